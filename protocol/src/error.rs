@@ -1,0 +1,172 @@
+//! Error codes and the one error body of the SPEC:
+//! `{ "error": { "code": "snake_case_code", "message": "…", "field": "optional.path" } }`.
+//! Each code maps to exactly one HTTP status, here and nowhere else.
+
+use serde::Serialize;
+
+/// Every error code Confab answers with. The string form is the wire `code`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// 400: the body is not JSON.
+    InvalidJson,
+    /// 422: a field breaks a rule (`field` says which).
+    ValidationFailed,
+    /// 413: body over 64 KiB.
+    PayloadTooLarge,
+    /// 401: missing, tampered or expired session token.
+    InvalidSession,
+    /// 401: missing or invalid agent JWT / server key on a tenant route.
+    InvalidCredentials,
+    /// 403: the credential is valid but not for this route (agent JWT on a server-key route).
+    Forbidden,
+    /// 403: init challenge missing, malformed, expired, reused or another tenant's.
+    InvalidChallenge,
+    /// 403: honeypot filled or too fast.
+    BotSuspected,
+    /// 403: `Origin` not on the allowlist.
+    OriginNotAllowed,
+    /// 404: no tenant has this public key.
+    UnknownPublicKey,
+    /// 404: no such conversation (for this tenant).
+    ConversationNotFound,
+    /// 404: no such route.
+    NotFound,
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
+    /// 429: over a rate limit (`Retry-After` says when to try again).
+    RateLimited,
+    /// 503: the store cannot be reached; nothing was acknowledged.
+    StoreUnavailable,
+    /// 503: the gateway is shutting down or at its connection limit.
+    Unavailable,
+    /// 500: a bug or an unexpected store error.
+    Internal,
+    /// WebSocket only: an unparseable or unknown frame.
+    InvalidFrame,
+}
+
+impl ErrorCode {
+    /// The wire `code`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::ValidationFailed => "validation_failed",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::InvalidSession => "invalid_session",
+            ErrorCode::InvalidCredentials => "invalid_credentials",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::InvalidChallenge => "invalid_challenge",
+            ErrorCode::BotSuspected => "bot_suspected",
+            ErrorCode::OriginNotAllowed => "origin_not_allowed",
+            ErrorCode::UnknownPublicKey => "unknown_public_key",
+            ErrorCode::ConversationNotFound => "conversation_not_found",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::InvalidFrame => "invalid_frame",
+        }
+    }
+
+    /// The HTTP status that goes with the code.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidJson | ErrorCode::InvalidFrame => 400,
+            ErrorCode::InvalidSession | ErrorCode::InvalidCredentials => 401,
+            ErrorCode::Forbidden
+            | ErrorCode::InvalidChallenge
+            | ErrorCode::BotSuspected
+            | ErrorCode::OriginNotAllowed => 403,
+            ErrorCode::UnknownPublicKey | ErrorCode::ConversationNotFound | ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::ValidationFailed => 422,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Internal => 500,
+            ErrorCode::StoreUnavailable | ErrorCode::Unavailable => 503,
+        }
+    }
+}
+
+/// An error as the API reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The offending field's path (`contact.email`, `variables.cart`), for 422s.
+    pub field: Option<String>,
+    /// Seconds until a rate-limited request may succeed (`Retry-After`).
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into(), field: None, retry_after_secs: None }
+    }
+
+    /// A 422 `validation_failed` naming the field.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError {
+            code: ErrorCode::ValidationFailed,
+            message: message.into(),
+            field: Some(field.into()),
+            retry_after_secs: None,
+        }
+    }
+
+    /// A 429 with its `Retry-After`.
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        ApiError {
+            code: ErrorCode::RateLimited,
+            message: format!("rate limit exceeded; retry in {retry_after_secs} s"),
+            field: None,
+            retry_after_secs: Some(retry_after_secs),
+        }
+    }
+
+    /// The SPEC's error body.
+    pub fn body(&self) -> String {
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            code: &'a str,
+            message: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            field: Option<&'a str>,
+        }
+        #[derive(Serialize)]
+        struct Outer<'a> {
+            error: Inner<'a>,
+        }
+        serde_json::to_string(&Outer {
+            error: Inner { code: self.code.as_str(), message: &self.message, field: self.field.as_deref() },
+        })
+        .unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_the_spec_shape() {
+        let e = ApiError::invalid("contact.email", "not an email");
+        let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
+        assert_eq!(v["error"]["code"], "validation_failed");
+        assert_eq!(v["error"]["field"], "contact.email");
+        assert_eq!(e.code.status(), 422);
+        let v: serde_json::Value =
+            serde_json::from_str(&ApiError::new(ErrorCode::Internal, "x").body()).unwrap();
+        assert!(v["error"].get("field").is_none());
+    }
+}

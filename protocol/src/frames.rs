@@ -1,0 +1,123 @@
+//! WebSocket frames. Client frames are parsed from text; server frames are encoded here,
+//! once, into the exact text every subscriber receives.
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::model::{Author, Message};
+
+/// A frame a client may send on either channel. Which ones a channel accepts is the
+/// channel's business (`reply`/`close` are agent-only, for instance).
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ClientFrame {
+    /// First frame: the credential and, to resume, the last id/offset the client saw.
+    Auth {
+        token: String,
+        #[serde(default)]
+        after: Option<String>,
+    },
+    /// Visitor sends a message.
+    Message {
+        message: String,
+        #[serde(default, rename = "clientMessageId")]
+        client_message_id: Option<String>,
+    },
+    /// Visitor (no conversation id) or agent (with one) is typing.
+    Typing {
+        #[serde(default, rename = "conversationId")]
+        conversation_id: Option<String>,
+    },
+    Ping,
+    /// Agent replies in a conversation.
+    Reply {
+        #[serde(rename = "conversationId")]
+        conversation_id: String,
+        message: String,
+        #[serde(default, rename = "clientMessageId")]
+        client_message_id: Option<String>,
+    },
+    /// Agent closes a conversation.
+    Close {
+        #[serde(rename = "conversationId")]
+        conversation_id: String,
+    },
+}
+
+impl ClientFrame {
+    /// Parses a text frame; the error text is what `invalid_frame` reports.
+    pub fn parse(text: &str) -> Result<ClientFrame, String> {
+        serde_json::from_str(text).map_err(|e| format!("unparseable or unknown frame: {e}"))
+    }
+}
+
+/// `{"type":"message:new","data":Message}` on the visitor channel.
+pub fn visitor_message_new(message_json: &str) -> String {
+    format!(r#"{{"type":"message:new","data":{message_json}}}"#)
+}
+
+/// `{"type":"conversation:updated","data":Conversation}` on the visitor channel.
+pub fn visitor_conversation_updated(conversation_json: &str) -> String {
+    format!(r#"{{"type":"conversation:updated","data":{conversation_json}}}"#)
+}
+
+/// A tenant-channel event: `{"type":…,"offset":"…","data":…}`.
+pub fn tenant_event(kind: &str, offset: u64, data_json: &str) -> String {
+    let kind = serde_json::to_string(kind).unwrap_or_else(|_| "\"\"".into());
+    format!(r#"{{"type":{kind},"offset":"{offset}","data":{data_json}}}"#)
+}
+
+/// `{"type":"typing","data":{"conversationId","author"}}` — ephemeral, no offset.
+pub fn typing(conversation_id: &str, author: &Author) -> String {
+    json!({"type": "typing", "data": {"conversationId": conversation_id, "author": author}}).to_string()
+}
+
+/// The visitor channel's `ready`.
+pub fn ready_visitor(conversation_id: &str, visitor_id: &str) -> String {
+    json!({"type": "ready", "conversationId": conversation_id, "visitorId": visitor_id}).to_string()
+}
+
+/// The tenant channel's `ready`.
+pub fn ready_tenant(tenant_id: &str, agent_id: &str, agent_name: Option<&str>, recovered: bool) -> String {
+    json!({"type": "ready", "tenantId": tenant_id, "agent": {"id": agent_id, "name": agent_name}, "recovered": recovered})
+        .to_string()
+}
+
+/// `ack` for a stored (or duplicate) message.
+pub fn ack(client_message_id: Option<&str>, message: &Message, duplicate: bool) -> String {
+    json!({"type": "ack", "clientMessageId": client_message_id, "messageId": message.id,
+           "createdAt": message.created_at, "duplicate": duplicate})
+    .to_string()
+}
+
+/// `{"type":"error","code","message"}`.
+pub fn error(code: &str, message: &str) -> String {
+    json!({"type": "error", "code": code, "message": message}).to_string()
+}
+
+/// `{"type":"pong"}`.
+pub const PONG: &str = r#"{"type":"pong"}"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_client_frames() {
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"auth","token":"t","after":"5"}"#).unwrap(),
+            ClientFrame::Auth { token: "t".into(), after: Some("5".into()) }
+        );
+        assert_eq!(ClientFrame::parse(r#"{"type":"ping"}"#).unwrap(), ClientFrame::Ping);
+        assert!(ClientFrame::parse(r#"{"type":"dance"}"#).is_err());
+        assert!(ClientFrame::parse("nope").is_err());
+    }
+
+    #[test]
+    fn tenant_event_frame_is_valid_json() {
+        let f = tenant_event("campaign:progress", 7, r#"{"x":1}"#);
+        let v: serde_json::Value = serde_json::from_str(&f).unwrap();
+        assert_eq!(v["offset"], "7");
+        assert_eq!(v["data"]["x"], 1);
+    }
+}

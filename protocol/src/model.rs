@@ -1,0 +1,161 @@
+//! The JSON shapes of the SPEC ("Shapes"): messages, conversations, tenant events, and the
+//! widget settings (intents, quick questions) in seed 004's shape. Field names are
+//! camelCase on the wire; the settings also accept the snake_case names used in TOML.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Who wrote a message. `visitor` messages are inbound, everything else outbound.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthorKind {
+    Visitor,
+    Agent,
+    Bot,
+    System,
+}
+
+/// `inbound` is visitor → tenant, `outbound` tenant → visitor.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// The author of a message or of a typing indicator.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Author {
+    pub kind: AuthorKind,
+    pub id: String,
+    pub name: Option<String>,
+}
+
+/// A stored message. Immutable once stored; `id` is opaque to clients and totally
+/// ordered within its conversation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    pub id: String,
+    pub conversation_id: String,
+    pub direction: Direction,
+    pub author: Author,
+    pub body: String,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_message_id: Option<String>,
+    /// `{ "mode": "flow" | "ai" | "safe_fallback" }` for bot messages; the page metadata
+    /// a visitor sent with the message otherwise (subject to the PII retention mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Value>,
+}
+
+/// `open` or `closed`; a closed conversation reopens when either side writes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Open,
+    Closed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Closed => "closed",
+        }
+    }
+}
+
+/// Contact details a visitor gave (contact form, `POST /v1/sessions`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Contact {
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+/// One conversation per (tenant, visitor).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Conversation {
+    pub id: String,
+    pub tenant_id: String,
+    pub visitor_id: String,
+    pub status: Status,
+    pub created_at: String,
+    pub updated_at: String,
+    pub customer_id: Option<String>,
+    pub locale: Option<String>,
+    pub contact: Contact,
+    pub variables: Map<String, Value>,
+    pub visitor_context: Map<String, Value>,
+    pub qualified: bool,
+    pub last_message: Option<Message>,
+}
+
+/// An entry of a tenant's event log as stored: `data` is kept as encoded JSON so that it
+/// is encoded once and the same bytes are handed to every subscriber.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantEvent {
+    /// Position in the tenant's log; strictly increasing, starting at 1.
+    pub offset: u64,
+    /// `conversation:new`, `message:new`, a custom `a:b` type, …
+    pub kind: String,
+    /// The event's `data`, already encoded as JSON.
+    pub data: String,
+    /// When it was stored (epoch ms); retention is judged by it.
+    pub created_ms: i64,
+}
+
+/// An intent the widget may trigger (seed 004's shape, including its one snake_case
+/// field `required_entities`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Intent {
+    pub name: String,
+    #[serde(alias = "display_label")]
+    pub display_label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtitle: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub examples: Vec<String>,
+    #[serde(default, rename = "required_entities")]
+    pub required_entities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icon: Option<IntentIcon>,
+    #[serde(default, alias = "accent_color", skip_serializing_if = "Option::is_none")]
+    pub accent_color: Option<String>,
+    #[serde(default, alias = "style_variant", skip_serializing_if = "Option::is_none")]
+    pub style_variant: Option<String>,
+    #[serde(default, alias = "is_pinned")]
+    pub is_pinned: bool,
+    #[serde(default)]
+    pub priority: i64,
+}
+
+/// An intent's icon: `{ "kind": "emoji" | "url" | …, "value": "…" }`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct IntentIcon {
+    pub kind: String,
+    pub value: String,
+}
+
+/// A quick-question chip (seed 004). `intentName` is null in responses unless that
+/// intent is configured.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QuickQuestion {
+    pub question: String,
+    #[serde(default = "general", alias = "page_type")]
+    pub page_type: String,
+    #[serde(default, alias = "flow_id")]
+    pub flow_id: Option<String>,
+    #[serde(default, alias = "intent_name")]
+    pub intent_name: Option<String>,
+}
+
+fn general() -> String {
+    "general".to_owned()
+}
