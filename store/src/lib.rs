@@ -1,0 +1,381 @@
+//! # Confab store
+//!
+//! The storage and fan-out contracts, and their backends.
+//!
+//! - [`Store`] — durable state: visitors, conversations, messages, the tenant event log,
+//!   the challenge replay set, the generated session secret. Its doc states the ordering
+//!   and durability promises every backend keeps.
+//! - [`Broker`] — cross-node fan-out: which channels this node wants, ephemeral
+//!   publications (typing), and the [`EventSink`] every committed event is handed to.
+//! - [`ratelimit`] — the [`RateLimiter`](ratelimit::RateLimiter) contract and its
+//!   in-process implementation.
+//! - [`sqlite`] — the embedded backend (file or in-memory): WAL, one writer thread with
+//!   group commit, reads off the async runtime. It is its own broker (one node).
+//! - [`redis`] — the scale-out backend: shared store, pub/sub fan-out, gap filling.
+//! - [`conformance`] — the test suite every backend runs.
+//!
+//! Message ids and tenant offsets are positive integers in a per-conversation /
+//! per-tenant sequence, written on the wire as decimal strings ([`message_id`]).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use confab_protocol::model::{Author, Contact, Conversation, Direction, Message, Status, TenantEvent};
+use serde_json::{Map, Value};
+
+pub mod conformance;
+pub mod domain;
+pub mod ratelimit;
+pub mod redis;
+pub mod sqlite;
+
+/// Store errors, by who is at fault.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// The backend cannot be reached or did not commit; nothing was stored.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or corrupt data.
+    #[error("store internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The wire form of a message id / tenant offset.
+pub fn message_id(seq: u64) -> String {
+    seq.to_string()
+}
+
+/// Parses a message id / offset given by a client; `None` when it is not one of ours.
+pub fn parse_seq(id: &str) -> Option<u64> {
+    if id.is_empty() || id.len() > 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    id.parse().ok()
+}
+
+/// What `start_conversation` needs.
+#[derive(Debug, Clone)]
+pub struct NewConversation {
+    pub tenant: String,
+    /// SHA-256 of the visitor token (the token itself is never stored).
+    pub token_hash: String,
+    pub customer_id: Option<String>,
+    pub locale: Option<String>,
+    pub contact: Contact,
+    pub variables: Map<String, Value>,
+    pub visitor_context: Map<String, Value>,
+}
+
+/// Fields a resuming visitor may update; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileUpdate {
+    pub customer_id: Option<String>,
+    pub locale: Option<String>,
+    pub contact: Option<Contact>,
+    pub variables: Option<Map<String, Value>>,
+    pub visitor_context: Option<Map<String, Value>>,
+}
+
+impl ProfileUpdate {
+    pub fn is_empty(&self) -> bool {
+        self.customer_id.is_none()
+            && self.locale.is_none()
+            && self.contact.is_none()
+            && self.variables.is_none()
+            && self.visitor_context.is_none()
+    }
+
+    /// Applies the update; true when something changed.
+    pub fn apply(self, c: &mut Conversation) -> bool {
+        let before = c.clone();
+        if let Some(v) = self.customer_id {
+            c.customer_id = Some(v);
+        }
+        if let Some(v) = self.locale {
+            c.locale = Some(v);
+        }
+        if let Some(v) = self.contact {
+            if v.name.is_some() {
+                c.contact.name = v.name;
+            }
+            if v.email.is_some() {
+                c.contact.email = v.email;
+            }
+        }
+        if let Some(v) = self.variables {
+            c.variables.extend(v);
+        }
+        if let Some(v) = self.visitor_context {
+            c.visitor_context = v;
+        }
+        *c != before
+    }
+}
+
+/// A known visitor: who they are and their conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VisitorRecord {
+    pub visitor_id: String,
+    pub conversation_id: String,
+}
+
+/// What `append_message` needs.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub tenant: String,
+    pub conversation_id: String,
+    pub direction: Direction,
+    pub author: Author,
+    /// Already validated and trimmed.
+    pub body: String,
+    pub client_message_id: Option<String>,
+    pub meta: Option<Value>,
+}
+
+/// The outcome of `append_message`.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub message: Message,
+    /// True when `client_message_id` was seen before: `message` is the first one and
+    /// nothing was stored.
+    pub duplicate: bool,
+    /// True when this was the first message of the conversation.
+    pub first_in_conversation: bool,
+}
+
+/// Where a history read starts (all exclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// From the oldest message.
+    Start,
+    /// After this message id.
+    After(u64),
+    /// After (createdAt, id) — seed 000's `afterCreatedAt` + `afterId`.
+    AfterCreated { created_ms: i64, id: u64 },
+    /// Created strictly after this instant — seed 001's `since`.
+    Since(i64),
+}
+
+/// A message as stored: its sequence number and its JSON, encoded once at append time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub seq: u64,
+    pub json: Arc<str>,
+}
+
+/// One page of history.
+#[derive(Debug, Clone, Default)]
+pub struct MessagePage {
+    pub messages: Vec<StoredMessage>,
+    pub has_more: bool,
+}
+
+/// One page of a tenant's event log.
+#[derive(Debug, Clone, Default)]
+pub struct EventsPage {
+    pub events: Vec<TenantEvent>,
+    pub has_more: bool,
+    /// False when events after the requested offset were already dropped by retention.
+    pub recovered: bool,
+}
+
+/// A page of the conversation list, most recently updated first.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationPage {
+    pub conversations: Vec<Conversation>,
+    /// Opaque cursor for the next page; `None` at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// Position in the conversation list (most recently updated first): exclusive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationCursor {
+    pub updated_ms: i64,
+    pub id: String,
+}
+
+impl ConversationCursor {
+    /// The opaque wire form.
+    pub fn encode(&self) -> String {
+        format!("{}_{}", self.updated_ms, self.id)
+    }
+
+    /// Parses the wire form; `None` when it is not one of ours.
+    pub fn decode(s: &str) -> Option<ConversationCursor> {
+        let (ms, id) = s.split_once('_')?;
+        if id.is_empty() || id.len() > 64 {
+            return None;
+        }
+        Some(ConversationCursor { updated_ms: ms.parse().ok()?, id: id.to_owned() })
+    }
+}
+
+/// How long the tenant event log is kept: an event is dropped only when it is *both*
+/// older than `min_age_ms` and not among the last `min_events` of its tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub min_events: u64,
+    pub min_age_ms: i64,
+}
+
+impl Default for Retention {
+    /// The SPEC's floor: the last 10,000 events or 24 h, whichever keeps more.
+    fn default() -> Self {
+        Retention { min_events: 10_000, min_age_ms: 24 * 3600 * 1000 }
+    }
+}
+
+/// The durable state of Confab.
+///
+/// Promises every backend keeps (checked by [`conformance`]):
+/// - **Durability**: a call that returns `Ok` has committed: the data survives a crash of
+///   the process (SQLite: WAL with `synchronous=FULL`; Redis: as durable as its AOF setting).
+///   `Err(Unavailable)` means nothing was stored.
+/// - **Order**: message ids are 1, 2, 3… per conversation and tenant offsets 1, 2, 3… per
+///   tenant, assigned at commit; `createdAt` never decreases along a conversation.
+/// - **Publication**: every committed message and tenant event is handed to the broker's
+///   [`EventSink`] exactly once per subscribed node, in id/offset order per channel (in
+///   Redis mode: at most once through pub/sub, the gap being filled from the log by the
+///   consumer, see [`Published`]).
+/// - **Idempotency**: a `client_message_id` seen before in the same conversation stores
+///   nothing and returns the first message with `duplicate: true`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Whether the backend is reachable (for `/readyz`).
+    async fn ping(&self) -> Result<()>;
+
+    /// The deployment's session secret: the stored one, or `generated` if none was stored
+    /// yet (first writer wins, so every node ends up with the same one).
+    async fn session_secret(&self, generated: Vec<u8>) -> Result<Vec<u8>>;
+
+    /// Marks a challenge nonce used until `expires_ms`. True the first time, false after.
+    async fn claim_nonce(&self, nonce: &str, expires_ms: i64) -> Result<bool>;
+
+    /// The visitor whose token hashes to `token_hash`, in `tenant`.
+    async fn find_visitor(&self, tenant: &str, token_hash: &str) -> Result<Option<VisitorRecord>>;
+
+    /// Creates a visitor and their conversation; appends `conversation:new`.
+    async fn start_conversation(&self, new: NewConversation) -> Result<Conversation>;
+
+    /// Updates what a resuming visitor sent; appends `conversation:updated` if anything
+    /// changed. `None` when there is no such conversation.
+    async fn update_profile(&self, tenant: &str, conversation_id: &str, update: ProfileUpdate)
+        -> Result<Option<Conversation>>;
+
+    /// Appends a message (or finds its duplicate), reopening a closed conversation;
+    /// appends `message:new` (and `conversation:updated` when it reopened).
+    /// `None` when there is no such conversation in this tenant.
+    async fn append_message(&self, new: NewMessage) -> Result<Option<Appended>>;
+
+    /// A page of a conversation's history in id order, at most `limit` messages.
+    async fn messages(&self, tenant: &str, conversation_id: &str, cursor: Cursor, limit: usize) -> Result<MessagePage>;
+
+    /// One conversation of the tenant.
+    async fn conversation(&self, tenant: &str, conversation_id: &str) -> Result<Option<Conversation>>;
+
+    /// The tenant's conversations, most recently updated first.
+    async fn conversations(
+        &self,
+        tenant: &str,
+        status: Option<Status>,
+        cursor: Option<ConversationCursor>,
+        limit: usize,
+    ) -> Result<ConversationPage>;
+
+    /// Sets a conversation's status; appends `conversation:updated` when it changed.
+    async fn set_status(&self, tenant: &str, conversation_id: &str, status: Status) -> Result<Option<Conversation>>;
+
+    /// Appends a custom event. `conversation:qualified` with a conversation id also sets
+    /// that conversation's `qualified` flag and carries the conversation as `data`.
+    /// `None` when the named conversation does not exist in this tenant.
+    async fn append_event(&self, tenant: &str, kind: &str, data: Value, conversation_id: Option<&str>)
+        -> Result<Option<TenantEvent>>;
+
+    /// The tenant's events after `after`, in offset order, at most `limit`.
+    async fn events(&self, tenant: &str, after: u64, limit: usize) -> Result<EventsPage>;
+
+    /// The tenant's latest offset (0 when it has none).
+    async fn last_offset(&self, tenant: &str) -> Result<u64>;
+
+    /// Housekeeping: drops expired nonces and events beyond retention.
+    async fn maintain(&self, now_ms: i64) -> Result<()>;
+}
+
+/// A channel of the fan-out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// Everything a visitor's connections see.
+    Conversation { tenant: Arc<str>, conversation_id: Arc<str> },
+    /// Everything a tenant's agents see.
+    Tenant { tenant: Arc<str> },
+}
+
+/// An event on its way to subscribers. Frames are encoded by the receiver, once.
+#[derive(Debug, Clone)]
+pub enum Published {
+    /// A stored message, for the visitor channel of its conversation. (The tenant channel
+    /// gets its own `TenantEvent` carrying the same message.)
+    Message { tenant: Arc<str>, conversation_id: Arc<str>, seq: u64, json: Arc<str> },
+    /// A stored tenant event, for the tenant's agents.
+    Event { tenant: Arc<str>, event: Arc<TenantEvent> },
+    /// The conversation changed (closed, reopened, profile): for its visitor channel.
+    ConversationUpdated { tenant: Arc<str>, conversation_id: Arc<str>, json: Arc<str> },
+    /// Ephemeral: never stored, never replayed. `frame` is the encoded `typing` frame.
+    Typing { channel: Channel, frame: Arc<str> },
+    /// The broker may have missed publications (pub/sub reconnected): every subscriber
+    /// must re-read the log after the last id/offset it delivered.
+    Resync,
+}
+
+/// Receives every publication for the channels this node subscribed to.
+/// Called from the backend's own thread/task: it must not block.
+pub trait EventSink: Send + Sync + 'static {
+    fn publish(&self, event: Published);
+}
+
+/// Cross-node fan-out.
+///
+/// Contract: after `subscribe(ch)`, every event committed on `ch` by any node is handed to
+/// the sink in commit order, at most once; a publication lost in transit (Redis pub/sub is
+/// at-most-once) is followed, once the loss is noticed, by a [`Published::Resync`].
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Where publications go. Called once, before any subscription.
+    fn set_sink(&self, sink: Arc<dyn EventSink>);
+    /// The first local subscriber of `channel` arrived.
+    fn subscribe(&self, channel: &Channel);
+    /// The last local subscriber of `channel` left.
+    fn unsubscribe(&self, channel: &Channel);
+    /// Publishes an ephemeral event (typing) to every node.
+    async fn publish_ephemeral(&self, event: Published) -> Result<()>;
+    /// False while the broker knows its subscription is broken (for `/readyz`).
+    fn healthy(&self) -> bool {
+        true
+    }
+}
+
+/// A backend: both halves.
+#[derive(Clone)]
+pub struct Backend {
+    pub store: Arc<dyn Store>,
+    pub broker: Arc<dyn Broker>,
+    pub limiter: Arc<dyn ratelimit::RateLimiter>,
+}
+
+/// Opens a backend from its URL: `memory`, `sqlite:PATH`, or `redis://…`.
+pub async fn open(url: &str, retention: Retention) -> Result<Backend> {
+    if url == "memory" {
+        let s = Arc::new(sqlite::SqliteStore::open_memory(retention)?);
+        return Ok(Backend { store: s.clone(), broker: s, limiter: Arc::new(ratelimit::MemoryRateLimiter::default()) });
+    }
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        let s = Arc::new(sqlite::SqliteStore::open_file(std::path::Path::new(path), retention)?);
+        return Ok(Backend { store: s.clone(), broker: s, limiter: Arc::new(ratelimit::MemoryRateLimiter::default()) });
+    }
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        return redis::open(url, retention).await;
+    }
+    Err(StoreError::Internal(format!("unknown store URL {url:?}: use memory, sqlite:PATH or redis://HOST:PORT/DB")))
+}

@@ -1,0 +1,712 @@
+//! The embedded backend: SQLite in WAL mode, one connection owned by a dedicated writer
+//! thread, readers off the async runtime.
+//!
+//! **Group commit.** Writes are closures queued to the writer thread. The thread takes
+//! whatever is queued (up to [`MAX_BATCH`]), runs each in its own savepoint inside one
+//! `BEGIN IMMEDIATE … COMMIT`, and only after the commit returns (with
+//! `synchronous=FULL`, i.e. after fsync) hands the batch's events to the sink and answers
+//! the callers. Many concurrent sends thus share one fsync, and none is answered before it
+//! is durable. A failing write rolls back its savepoint only.
+//!
+//! **Order.** The writer is the only writer, so sequence numbers are assigned in commit
+//! order and the sink sees events in that order: per-conversation and per-tenant order is
+//! the order of the log.
+//!
+//! **Reads.** File databases: a small pool of read-only connections used from
+//! `spawn_blocking` (WAL readers never block the writer nor each other). `memory`: reads
+//! run on the writer thread, the only connection to that database.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use confab_protocol::model::{Conversation, Message, Status, TenantEvent};
+use confab_protocol::time::{format_ms, now_ms};
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::{new_conversation, new_conversation_id, new_message, new_visitor_id, record_message, to_json};
+use crate::{
+    Appended, Broker, Channel, ConversationCursor, ConversationPage, Cursor, EventSink, EventsPage, MessagePage,
+    NewConversation, NewMessage, ProfileUpdate, Published, Result, Retention, Store, StoreError, StoredMessage,
+    VisitorRecord,
+};
+
+/// Most writes committed together.
+pub const MAX_BATCH: usize = 512;
+/// Writes waiting for the writer thread; senders wait (async) when it is full.
+const QUEUE_DEPTH: usize = 8192;
+/// Idle read connections kept open.
+const READ_POOL: usize = 8;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS visitors (
+    tenant TEXT NOT NULL, token_hash TEXT NOT NULL, visitor_id TEXT NOT NULL, conversation_id TEXT NOT NULL,
+    PRIMARY KEY (tenant, token_hash)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, status TEXT NOT NULL, updated_ms INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL, last_created_ms INTEGER NOT NULL, json TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conversations_by_update ON conversations (tenant, updated_ms DESC, id DESC);
+CREATE TABLE IF NOT EXISTS messages (
+    conversation_id TEXT NOT NULL, seq INTEGER NOT NULL, tenant TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    client_message_id TEXT, json TEXT NOT NULL, PRIMARY KEY (conversation_id, seq)) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (conversation_id, client_message_id)
+    WHERE client_message_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_by_time ON messages (conversation_id, created_ms, seq);
+CREATE TABLE IF NOT EXISTS tenant_logs (
+    tenant TEXT PRIMARY KEY, last_offset INTEGER NOT NULL, pruned_through INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tenant_events (
+    tenant TEXT NOT NULL, offset INTEGER NOT NULL, created_ms INTEGER NOT NULL, kind TEXT NOT NULL,
+    data TEXT NOT NULL, PRIMARY KEY (tenant, offset)) WITHOUT ROWID;
+PRAGMA user_version = 1;
+"#;
+
+type Completion = Box<dyn FnOnce(bool) + Send>;
+type WriteOp = Box<dyn FnOnce(&Connection, &mut Vec<Published>) -> Completion + Send>;
+type ReadOp = Box<dyn FnOnce(&Connection) + Send>;
+
+enum Cmd {
+    Write(WriteOp),
+    Read(ReadOp),
+}
+
+enum Readers {
+    /// File database: read-only connections, used from `spawn_blocking`.
+    Pool { path: PathBuf, idle: Mutex<Vec<Connection>> },
+    /// In-memory database: reads are queued to the writer thread.
+    ViaWriter,
+}
+
+/// The SQLite backend. Cheap to share (`Arc`); dropping the last handle stops the writer
+/// after it has committed everything queued.
+pub struct SqliteStore {
+    /// Queue to the writer thread (bounded: [`QUEUE_DEPTH`]).
+    writer: mpsc::Sender<Cmd>,
+    readers: Arc<Readers>,
+    /// Where committed events go; set once by the gateway's hub.
+    sink: Arc<OnceLock<Arc<dyn EventSink>>>,
+    retention: Retention,
+    /// Joined on drop so that queued writes are committed before the process exits.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::*;
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, DatabaseBusy | DatabaseLocked | DiskFull | CannotOpen | SystemIoFailure | ReadOnly) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Internal(format!("corrupt JSON in store: {e}"))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) a database file and its directory.
+    pub fn open_file(path: &Path, retention: Retention) -> Result<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path).map_err(db_err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;
+             PRAGMA cache_size = -32000; PRAGMA temp_store = MEMORY;",
+        )
+        .map_err(db_err)?;
+        let readers = Readers::Pool { path: path.to_owned(), idle: Mutex::new(Vec::new()) };
+        Self::start(conn, readers, retention)
+    }
+
+    /// A private in-memory database (tests, `--store memory`): nothing survives the process.
+    pub fn open_memory(retention: Retention) -> Result<SqliteStore> {
+        let conn = Connection::open_in_memory().map_err(db_err)?;
+        Self::start(conn, Readers::ViaWriter, retention)
+    }
+
+    fn start(conn: Connection, readers: Readers, retention: Retention) -> Result<SqliteStore> {
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let sink: Arc<OnceLock<Arc<dyn EventSink>>> = Arc::new(OnceLock::new());
+        let thread_sink = sink.clone();
+        let thread = std::thread::Builder::new()
+            .name("confab-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, thread_sink))
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        Ok(SqliteStore {
+            writer: tx,
+            readers: Arc::new(readers),
+            sink,
+            retention,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Runs `f` in the writer's transaction, in its own savepoint; answers after commit.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut Vec<Published>) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T>>();
+        let op: WriteOp = Box::new(move |conn, outbox| {
+            let result = in_savepoint(conn, outbox, f);
+            Box::new(move |committed| {
+                let _ = tx.send(if committed {
+                    result
+                } else {
+                    Err(StoreError::Unavailable("the transaction did not commit".into()))
+                });
+            })
+        });
+        self.writer
+            .send(Cmd::Write(op))
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("the writer dropped the request".into()))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        match &*self.readers {
+            Readers::Pool { .. } => {
+                let readers = self.readers.clone();
+                tokio::task::spawn_blocking(move || {
+                    let Readers::Pool { path, idle } = &*readers else { unreachable!() };
+                    let conn = match idle.lock().pop() {
+                        Some(c) => c,
+                        None => open_reader(path)?,
+                    };
+                    let result = f(&conn);
+                    let mut idle = idle.lock();
+                    if idle.len() < READ_POOL {
+                        idle.push(conn);
+                    }
+                    result
+                })
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))?
+            }
+            Readers::ViaWriter => {
+                let (tx, rx) = oneshot::channel();
+                let op: ReadOp = Box::new(move |conn| {
+                    let _ = tx.send(f(conn));
+                });
+                self.writer
+                    .send(Cmd::Read(op))
+                    .await
+                    .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+                rx.await.map_err(|_| StoreError::Unavailable("the writer dropped the request".into()))?
+            }
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and exit.
+        let (dead, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.writer, dead));
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(db_err)?;
+    conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -8000;").map_err(db_err)?;
+    Ok(conn)
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    outbox: &mut Vec<Published>,
+    f: impl FnOnce(&Connection, &mut Vec<Published>) -> Result<T>,
+) -> Result<T> {
+    conn.execute_batch("SAVEPOINT op").map_err(db_err)?;
+    let mut local = Vec::new();
+    let result = f(conn, &mut local);
+    match &result {
+        Ok(_) => {
+            conn.execute_batch("RELEASE op").map_err(db_err)?;
+            outbox.append(&mut local);
+        }
+        Err(_) => {
+            let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+        }
+    }
+    result
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Cmd>, sink: Arc<OnceLock<Arc<dyn EventSink>>>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut cmds = vec![first];
+        while cmds.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(c) => cmds.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut outbox = Vec::new();
+        let mut completions: Vec<Completion> = Vec::new();
+        let mut reads: Vec<ReadOp> = Vec::new();
+        let began = match conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "sqlite: cannot begin a transaction");
+                false
+            }
+        };
+        for cmd in cmds {
+            match cmd {
+                // A write that cannot run is dropped: its caller gets `Unavailable`.
+                Cmd::Write(op) if began => completions.push(op(&conn, &mut outbox)),
+                Cmd::Write(_) => {}
+                Cmd::Read(op) => reads.push(op),
+            }
+        }
+        let committed = began
+            && match conn.execute_batch("COMMIT") {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "sqlite: commit failed; the batch is rolled back");
+                    let _ = conn.execute_batch("ROLLBACK");
+                    false
+                }
+            };
+        if committed {
+            if let Some(sink) = sink.get() {
+                for event in outbox {
+                    sink.publish(event);
+                }
+            }
+        }
+        for c in completions {
+            c(committed);
+        }
+        for r in reads {
+            r(&conn);
+        }
+    }
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+}
+
+fn load_conversation(conn: &Connection, tenant: &str, id: &str) -> Result<Option<(Conversation, u64, i64)>> {
+    let row = conn
+        .prepare_cached("SELECT json, last_seq, last_created_ms FROM conversations WHERE id = ?1 AND tenant = ?2")
+        .map_err(db_err)?
+        .query_row(params![id, tenant], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+        .optional()
+        .map_err(db_err)?;
+    match row {
+        None => Ok(None),
+        Some((json, seq, created)) => Ok(Some((serde_json::from_str(&json).map_err(json_err)?, seq as u64, created))),
+    }
+}
+
+fn save_conversation(conn: &Connection, c: &Conversation, last_seq: u64, last_created_ms: i64, updated_ms: i64) -> Result<String> {
+    let json = to_json(c);
+    conn.prepare_cached(
+        "INSERT INTO conversations (id, tenant, status, updated_ms, last_seq, last_created_ms, json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (id) DO UPDATE SET status = ?3, updated_ms = ?4, last_seq = ?5, last_created_ms = ?6, json = ?7",
+    )
+    .map_err(db_err)?
+    .execute(params![c.id, c.tenant_id, c.status.as_str(), updated_ms, last_seq as i64, last_created_ms, json])
+    .map_err(db_err)?;
+    Ok(json)
+}
+
+fn append_event_tx(
+    conn: &Connection,
+    outbox: &mut Vec<Published>,
+    tenant: &str,
+    kind: &str,
+    data: String,
+    now: i64,
+) -> Result<TenantEvent> {
+    let offset: i64 = conn
+        .prepare_cached(
+            "INSERT INTO tenant_logs (tenant, last_offset, pruned_through) VALUES (?1, 1, 0)
+             ON CONFLICT (tenant) DO UPDATE SET last_offset = last_offset + 1 RETURNING last_offset",
+        )
+        .map_err(db_err)?
+        .query_row(params![tenant], |r| r.get(0))
+        .map_err(db_err)?;
+    conn.prepare_cached("INSERT INTO tenant_events (tenant, offset, created_ms, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .map_err(db_err)?
+        .execute(params![tenant, offset, now, kind, data])
+        .map_err(db_err)?;
+    let event = TenantEvent { offset: offset as u64, kind: kind.to_owned(), data, created_ms: now };
+    outbox.push(Published::Event { tenant: tenant.into(), event: Arc::new(event.clone()) });
+    Ok(event)
+}
+
+/// Records a conversation change: saves it, appends `conversation:updated`, tells its visitors.
+fn conversation_updated(
+    conn: &Connection,
+    outbox: &mut Vec<Published>,
+    c: &Conversation,
+    seq: u64,
+    created: i64,
+    now: i64,
+) -> Result<()> {
+    let json = save_conversation(conn, c, seq, created, now)?;
+    append_event_tx(conn, outbox, &c.tenant_id, "conversation:updated", json.clone(), now)?;
+    outbox.push(Published::ConversationUpdated {
+        tenant: c.tenant_id.as_str().into(),
+        conversation_id: c.id.as_str().into(),
+        json: json.into(),
+    });
+    Ok(())
+}
+
+fn pruned_through(conn: &Connection, tenant: &str) -> Result<u64> {
+    Ok(conn
+        .prepare_cached("SELECT pruned_through FROM tenant_logs WHERE tenant = ?1")
+        .map_err(db_err)?
+        .query_row(params![tenant], |r| r.get::<_, i64>(0))
+        .optional()
+        .map_err(db_err)?
+        .unwrap_or(0) as u64)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err)).await
+    }
+
+    async fn session_secret(&self, generated: Vec<u8>) -> Result<Vec<u8>> {
+        self.write(move |c, _| {
+            c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('session_secret', ?1)", params![generated])
+                .map_err(db_err)?;
+            c.query_row("SELECT value FROM meta WHERE key = 'session_secret'", [], |r| r.get(0)).map_err(db_err)
+        })
+        .await
+    }
+
+    async fn claim_nonce(&self, nonce: &str, expires_ms: i64) -> Result<bool> {
+        let nonce = nonce.to_owned();
+        self.write(move |c, _| {
+            let n = c
+                .prepare_cached("INSERT OR IGNORE INTO nonces (nonce, expires_ms) VALUES (?1, ?2)")
+                .map_err(db_err)?
+                .execute(params![nonce, expires_ms])
+                .map_err(db_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn find_visitor(&self, tenant: &str, token_hash: &str) -> Result<Option<VisitorRecord>> {
+        let (tenant, hash) = (tenant.to_owned(), token_hash.to_owned());
+        self.read(move |c| {
+            c.prepare_cached("SELECT visitor_id, conversation_id FROM visitors WHERE tenant = ?1 AND token_hash = ?2")
+                .map_err(db_err)?
+                .query_row(params![tenant, hash], |r| Ok(VisitorRecord { visitor_id: r.get(0)?, conversation_id: r.get(1)? }))
+                .optional()
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn start_conversation(&self, new: NewConversation) -> Result<Conversation> {
+        self.write(move |c, outbox| {
+            let now = now_ms();
+            let conv = new_conversation(&new, new_conversation_id(), new_visitor_id(), now);
+            c.prepare_cached(
+                "INSERT INTO visitors (tenant, token_hash, visitor_id, conversation_id) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant, token_hash) DO UPDATE SET visitor_id = ?3, conversation_id = ?4",
+            )
+            .map_err(db_err)?
+            .execute(params![new.tenant, new.token_hash, conv.visitor_id, conv.id])
+            .map_err(db_err)?;
+            let json = save_conversation(c, &conv, 0, 0, now)?;
+            append_event_tx(c, outbox, &new.tenant, "conversation:new", json, now)?;
+            Ok(conv)
+        })
+        .await
+    }
+
+    async fn update_profile(&self, tenant: &str, conversation_id: &str, update: ProfileUpdate) -> Result<Option<Conversation>> {
+        let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
+        self.write(move |c, outbox| {
+            let Some((mut conv, seq, created)) = load_conversation(c, &tenant, &id)? else { return Ok(None) };
+            if update.apply(&mut conv) {
+                let now = now_ms();
+                conv.updated_at = format_ms(now);
+                conversation_updated(c, outbox, &conv, seq, created, now)?;
+            }
+            Ok(Some(conv))
+        })
+        .await
+    }
+
+    async fn append_message(&self, new: NewMessage) -> Result<Option<Appended>> {
+        self.write(move |c, outbox| {
+            let Some((mut conv, last_seq, last_created)) = load_conversation(c, &new.tenant, &new.conversation_id)? else {
+                return Ok(None);
+            };
+            if let Some(cmid) = &new.client_message_id {
+                let existing: Option<String> = c
+                    .prepare_cached("SELECT json FROM messages WHERE conversation_id = ?1 AND client_message_id = ?2")
+                    .map_err(db_err)?
+                    .query_row(params![new.conversation_id, cmid], |r| r.get(0))
+                    .optional()
+                    .map_err(db_err)?;
+                if let Some(json) = existing {
+                    let message: Message = serde_json::from_str(&json).map_err(json_err)?;
+                    return Ok(Some(Appended { message, duplicate: true, first_in_conversation: false }));
+                }
+            }
+            let now = now_ms();
+            let seq = last_seq + 1;
+            let created = now.max(last_created);
+            let message = new_message(&new, seq, created);
+            let json = to_json(&message);
+            c.prepare_cached(
+                "INSERT INTO messages (conversation_id, seq, tenant, created_ms, client_message_id, json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(db_err)?
+            .execute(params![new.conversation_id, seq as i64, new.tenant, created, new.client_message_id, json])
+            .map_err(db_err)?;
+            let json: Arc<str> = json.into();
+            outbox.push(Published::Message {
+                tenant: new.tenant.as_str().into(),
+                conversation_id: new.conversation_id.as_str().into(),
+                seq,
+                json: json.clone(),
+            });
+            append_event_tx(c, outbox, &new.tenant, "message:new", json.to_string(), now)?;
+            if record_message(&mut conv, &message) {
+                conversation_updated(c, outbox, &conv, seq, created, now)?;
+            } else {
+                save_conversation(c, &conv, seq, created, now)?;
+            }
+            Ok(Some(Appended { message, duplicate: false, first_in_conversation: seq == 1 }))
+        })
+        .await
+    }
+
+    async fn messages(&self, tenant: &str, conversation_id: &str, cursor: Cursor, limit: usize) -> Result<MessagePage> {
+        let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
+        self.read(move |c| {
+            let fetch = (limit + 1) as i64;
+            let (sql, a, b) = match cursor {
+                Cursor::Start => ("seq > ?3", 0i64, 0i64),
+                Cursor::After(seq) => ("seq > ?3", seq.min(i64::MAX as u64) as i64, 0),
+                Cursor::Since(ms) => ("created_ms > ?3", ms, 0),
+                Cursor::AfterCreated { created_ms, id } => {
+                    ("(created_ms > ?3 OR (created_ms = ?3 AND seq > ?4))", created_ms, id.min(i64::MAX as u64) as i64)
+                }
+            };
+            let query = format!(
+                "SELECT seq, json FROM messages WHERE conversation_id = ?1 AND tenant = ?2 AND {sql}
+                 ORDER BY seq LIMIT ?5"
+            );
+            let mut stmt = c.prepare_cached(&query).map_err(db_err)?;
+            let mut messages = stmt
+                .query_map(params![id, tenant, a, b, fetch], |r| {
+                    Ok(StoredMessage { seq: r.get::<_, i64>(0)? as u64, json: r.get::<_, String>(1)?.into() })
+                })
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
+            let has_more = messages.len() > limit;
+            messages.truncate(limit);
+            Ok(MessagePage { messages, has_more })
+        })
+        .await
+    }
+
+    async fn conversation(&self, tenant: &str, conversation_id: &str) -> Result<Option<Conversation>> {
+        let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
+        self.read(move |c| Ok(load_conversation(c, &tenant, &id)?.map(|(conv, _, _)| conv))).await
+    }
+
+    async fn conversations(
+        &self,
+        tenant: &str,
+        status: Option<Status>,
+        cursor: Option<ConversationCursor>,
+        limit: usize,
+    ) -> Result<ConversationPage> {
+        let tenant = tenant.to_owned();
+        self.read(move |c| {
+            let (after_ms, after_id) = cursor.map(|k| (k.updated_ms, k.id)).unwrap_or((i64::MAX, String::new()));
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT json, updated_ms, id FROM conversations
+                     WHERE tenant = ?1 AND (?2 IS NULL OR status = ?2)
+                       AND (updated_ms < ?3 OR (updated_ms = ?3 AND id < ?4))
+                     ORDER BY updated_ms DESC, id DESC LIMIT ?5",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![tenant, status.map(|s| s.as_str()), after_ms, after_id, (limit + 1) as i64], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+                })
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
+            let more = rows.len() > limit;
+            let mut conversations = Vec::with_capacity(limit);
+            let mut next_cursor = None;
+            for (json, updated_ms, id) in rows.into_iter().take(limit) {
+                conversations.push(serde_json::from_str(&json).map_err(json_err)?);
+                next_cursor = Some(ConversationCursor { updated_ms, id }.encode());
+            }
+            Ok(ConversationPage { conversations, next_cursor: if more { next_cursor } else { None } })
+        })
+        .await
+    }
+
+    async fn set_status(&self, tenant: &str, conversation_id: &str, status: Status) -> Result<Option<Conversation>> {
+        let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
+        self.write(move |c, outbox| {
+            let Some((mut conv, seq, created)) = load_conversation(c, &tenant, &id)? else { return Ok(None) };
+            if conv.status != status {
+                let now = now_ms();
+                conv.status = status;
+                conv.updated_at = format_ms(now);
+                conversation_updated(c, outbox, &conv, seq, created, now)?;
+            }
+            Ok(Some(conv))
+        })
+        .await
+    }
+
+    async fn append_event(&self, tenant: &str, kind: &str, data: Value, conversation_id: Option<&str>) -> Result<Option<TenantEvent>> {
+        let (tenant, kind, conv_id) = (tenant.to_owned(), kind.to_owned(), conversation_id.map(str::to_owned));
+        self.write(move |c, outbox| {
+            let now = now_ms();
+            let mut data = data;
+            if let Some(id) = &conv_id {
+                let Some((mut conv, seq, created)) = load_conversation(c, &tenant, id)? else { return Ok(None) };
+                if kind == "conversation:qualified" {
+                    conv.qualified = true;
+                    conv.updated_at = format_ms(now);
+                    let json = save_conversation(c, &conv, seq, created, now)?;
+                    outbox.push(Published::ConversationUpdated {
+                        tenant: tenant.as_str().into(),
+                        conversation_id: id.as_str().into(),
+                        json: json.clone().into(),
+                    });
+                    return append_event_tx(c, outbox, &tenant, &kind, json, now).map(Some);
+                }
+                if let Value::Object(map) = &mut data {
+                    map.entry("conversationId").or_insert_with(|| Value::String(id.clone()));
+                }
+            }
+            append_event_tx(c, outbox, &tenant, &kind, to_json(&data), now).map(Some)
+        })
+        .await
+    }
+
+    async fn events(&self, tenant: &str, after: u64, limit: usize) -> Result<EventsPage> {
+        let tenant = tenant.to_owned();
+        self.read(move |c| {
+            let pruned = pruned_through(c, &tenant)?;
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT offset, created_ms, kind, data FROM tenant_events WHERE tenant = ?1 AND offset > ?2
+                     ORDER BY offset LIMIT ?3",
+                )
+                .map_err(db_err)?;
+            let mut events = stmt
+                .query_map(params![tenant, after.min(i64::MAX as u64) as i64, (limit + 1) as i64], |r| {
+                    Ok(TenantEvent { offset: r.get::<_, i64>(0)? as u64, created_ms: r.get(1)?, kind: r.get(2)?, data: r.get(3)? })
+                })
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
+            let has_more = events.len() > limit;
+            events.truncate(limit);
+            Ok(EventsPage { events, has_more, recovered: after >= pruned })
+        })
+        .await
+    }
+
+    async fn last_offset(&self, tenant: &str) -> Result<u64> {
+        let tenant = tenant.to_owned();
+        self.read(move |c| {
+            Ok(c.prepare_cached("SELECT last_offset FROM tenant_logs WHERE tenant = ?1")
+                .map_err(db_err)?
+                .query_row(params![tenant], |r| r.get::<_, i64>(0))
+                .optional()
+                .map_err(db_err)?
+                .unwrap_or(0) as u64)
+        })
+        .await
+    }
+
+    async fn maintain(&self, now: i64) -> Result<()> {
+        let retention = self.retention;
+        self.write(move |c, _| {
+            c.execute("DELETE FROM nonces WHERE expires_ms < ?1", params![now]).map_err(db_err)?;
+            let logs = c
+                .prepare("SELECT tenant, last_offset FROM tenant_logs")
+                .map_err(db_err)?
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
+            for (tenant, last) in logs {
+                let keep_from = last - retention.min_events as i64;
+                // Drop the prefix that is both beyond the count floor and older than the age floor.
+                let through: Option<i64> = c
+                    .query_row(
+                        "SELECT MAX(offset) FROM tenant_events WHERE tenant = ?1 AND offset <= ?2 AND created_ms < ?3",
+                        params![tenant, keep_from, now - retention.min_age_ms],
+                        |r| r.get(0),
+                    )
+                    .map_err(db_err)?;
+                if let Some(through) = through {
+                    c.execute("DELETE FROM tenant_events WHERE tenant = ?1 AND offset <= ?2", params![tenant, through])
+                        .map_err(db_err)?;
+                    c.execute(
+                        "UPDATE tenant_logs SET pruned_through = MAX(pruned_through, ?2) WHERE tenant = ?1",
+                        params![tenant, through],
+                    )
+                    .map_err(db_err)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Broker for SqliteStore {
+    fn set_sink(&self, sink: Arc<dyn EventSink>) {
+        let _ = self.sink.set(sink);
+    }
+
+    /// One node: every event is local, nothing to subscribe to.
+    fn subscribe(&self, _channel: &Channel) {}
+
+    fn unsubscribe(&self, _channel: &Channel) {}
+
+    async fn publish_ephemeral(&self, event: Published) -> Result<()> {
+        if let Some(sink) = self.sink.get() {
+            sink.publish(event);
+        }
+        Ok(())
+    }
+}
