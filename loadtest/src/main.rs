@@ -1,0 +1,22 @@
+//! `confab-loadtest`: parses flags and runs one scenario (see the library's `scenario`).
+
+use clap::Parser;
+use confab_loadtest::cli::{Cli, Command};
+use confab_loadtest::scenario;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Two cores: a multi-threaded runtime still helps (one core can parse while the other
+    // writes), and child processes of `connections` each get their own.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Connections(a) => scenario::connections::run(a).await,
+            Command::Chat(a) => scenario::chat::run(a).await,
+            Command::Broadcast(a) => scenario::broadcast::run(a).await,
+            Command::Http(a) => scenario::http::run(a).await,
+        }
+    })
+}

@@ -1,0 +1,342 @@
+//! `broadcast`: the tenant's backend publishes custom events (`POST /v1/tenant/events`
+//! with the server key) at rate R, spread over P publishers, to A agents on the tenant
+//! channel. Reports deliveries per second, publish → agent latency, publish request
+//! latency, and lost / duplicated / out-of-order deliveries per publisher sequence.
+//!
+//! Against `--target baseline`, publishers are `/pub` sockets and agents `/sub` sockets;
+//! every sent frame is expected.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{latency_row, open_agents, per_sec, receive, source_pool, Endpoints, RecvStats, Stop};
+use crate::api::frame_type;
+use crate::baseline_proto::{self, Role};
+use crate::cli::{BroadcastArgs, Target};
+use crate::http::HttpClient;
+use crate::net::Endpoint;
+use crate::probe::{new_run_id, now_us, Stamp};
+use crate::report::{self, rate, Progress, Table, LATENCY_HEADERS};
+use crate::stats::{Failures, Latency, SeqSet};
+
+/// Counters the publishers share.
+#[derive(Default)]
+struct Publishers {
+    /// Publish attempts.
+    sent: AtomicU64,
+    /// Publishes the server accepted (202; baseline: sent).
+    accepted: AtomicU64,
+    /// Publish request latency (HTTP round trip), µs.
+    latency: Latency,
+    /// How late each publish was against its schedule, µs.
+    lag: Latency,
+    /// Rejected or failed publishes.
+    errors: Failures,
+}
+
+/// Runs the scenario.
+pub async fn run(args: BroadcastArgs) -> Result<()> {
+    let params = report::mask_secrets(serde_json::to_value(&args)?);
+    report::print_params("broadcast", &params, args.common.json);
+    if args.publishers == 0 || args.rate <= 0.0 {
+        bail!("--publishers and --rate must be positive");
+    }
+    let target = args.common.target;
+    let endpoints = Endpoints::resolve(&args.common).await?;
+    let pool = source_pool(&args.common, args.agents + args.publishers, 0);
+    let creds = args.common.creds();
+    let run = new_run_id();
+    let mut progress = Progress::new();
+    let server_before = args.common.server_pid.and_then(report::proc_stat);
+
+    progress.note(format!("connecting {} agents", args.agents));
+    let sockets = open_agents(target, &endpoints, &pool, &creds, args.agents).await?;
+    let (stop_tx, stop) = Stop::new();
+    let agents = Arc::new(RecvStats::default());
+    let event_type = args.event_type.clone();
+    let agent_tasks: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, ws)| {
+            let event_type = event_type.clone();
+            let classify = move |t: &str| match target {
+                Target::Gateway if frame_type(t) == Some(event_type.as_str()) => {
+                    Stamp::find(t, run)
+                }
+                Target::Gateway => None,
+                Target::Baseline => Stamp::parse(t).filter(|s| s.run == run),
+            };
+            tokio::spawn(receive(ws, i, agents.clone(), stop.clone(), classify))
+        })
+        .collect();
+
+    let publishers = Arc::new(Publishers::default());
+    let period = Duration::from_secs_f64(args.publishers as f64 / args.rate);
+    let t0 = Instant::now() + Duration::from_millis(200);
+    let t0_us = now_us() + 200_000;
+    let end = t0 + args.duration.0;
+    let mut publisher_tasks = vec![];
+    for p in 0..args.publishers {
+        let endpoint = endpoints.main(p).clone();
+        let local = pool.next_for(&endpoint.addr);
+        let sink = match target {
+            Target::Gateway => Sink::Http(HttpClient::new(endpoint.clone(), local)),
+            Target::Baseline => Sink::Ws(Box::new(
+                baseline_proto::open(&endpoint, Role::Pub, local).await?,
+            )),
+        };
+        let job = Publisher {
+            index: p,
+            run,
+            size: args.size,
+            event_type: args.event_type.clone(),
+            server_key: creds.server_key.clone(),
+            first: t0 + period.mul_f64(p as f64 / args.publishers as f64),
+            period,
+            end,
+            endpoint,
+        };
+        publisher_tasks.push(tokio::spawn(job.run(
+            sink,
+            publishers.clone(),
+            stop.clone(),
+        )));
+    }
+    progress.note(format!(
+        "publishing {} events/s for {:.0}s to {} agents ({} publishers)",
+        args.rate,
+        args.duration.0.as_secs_f64(),
+        args.agents,
+        args.publishers
+    ));
+
+    let interrupt = crate::cli::interrupted();
+    tokio::pin!(interrupt);
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    let mut interrupted = false;
+    let mut draining = false;
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = &mut interrupt => { interrupted = true; break; }
+        }
+        let now = Instant::now();
+        let delivered = agents.deliveries.load(Relaxed);
+        let accepted = publishers.accepted.load(Relaxed);
+        if now >= end && !draining {
+            draining = true;
+            progress.note("publishing done; draining");
+        }
+        if draining {
+            let publishers_done = publisher_tasks.iter().all(|t| t.is_finished());
+            let all_in = publishers_done && delivered >= accepted * args.agents as u64;
+            if all_in || now >= end + args.drain.0 {
+                break;
+            }
+        }
+        progress.tick(|| {
+            let dt = (now - last.0).as_secs_f64().max(1e-3);
+            let line = format!(
+                "published {} accepted {accepted}  deliveries {delivered} ({:.0}/s)",
+                publishers.sent.load(Relaxed),
+                (delivered - last.1) as f64 / dt
+            );
+            last = (now, delivered);
+            line
+        });
+    }
+    let _ = stop_tx.send(true);
+    progress.finish();
+    let server_after = args.common.server_pid.and_then(report::proc_stat);
+
+    let mut accepted_sets = vec![];
+    for t in publisher_tasks {
+        accepted_sets.push(t.await?);
+    }
+    let mut lost = 0;
+    for t in agent_tasks {
+        lost += t.await?.lost(&accepted_sets);
+    }
+    let sent = publishers.sent.load(Relaxed);
+    let accepted = publishers.accepted.load(Relaxed);
+    let deliveries = agents.deliveries.load(Relaxed);
+    let span = Duration::from_micros(agents.last_us.load(Relaxed).saturating_sub(t0_us));
+    let delivery_lat = agents.latency.summary();
+    let publish_lat = publishers.latency.summary();
+    let lag = publishers.lag.summary();
+    let dup = agents.duplicates.load(Relaxed);
+    let ooo = agents.out_of_order.load(Relaxed);
+    let errors = publishers.errors.snapshot();
+    let dropped = agents.dropped.snapshot();
+
+    if args.common.json {
+        report::print_json(&json!({
+            "scenario": "broadcast",
+            "params": params,
+            "results": {
+                "published": sent,
+                "accepted": accepted,
+                "publishedPerSec": per_sec(accepted, args.duration.0),
+                "deliveries": deliveries,
+                "expected": accepted * args.agents as u64,
+                "deliveriesPerSec": per_sec(deliveries, span),
+                "lost": lost, "duplicates": dup, "outOfOrder": ooo,
+                "deliveryLatency": delivery_lat,
+                "publishLatency": publish_lat,
+                "publishLag": lag,
+                "errors": errors,
+                "dropped": dropped,
+                "server": { "before": server_before, "after": server_after },
+                "interrupted": interrupted,
+            }
+        }));
+        return Ok(());
+    }
+
+    println!(
+        "broadcast: {} publishers → {} agents",
+        args.publishers, args.agents
+    );
+    let mut t = Table::new(&["", "count", "per sec", "lost", "dup", "out of order"]);
+    t.row(vec![
+        "published (accepted)".into(),
+        format!("{accepted}/{sent}"),
+        rate(per_sec(accepted, args.duration.0)),
+        "".into(),
+        "".into(),
+        "".into(),
+    ]);
+    t.row(vec![
+        "agent deliveries".into(),
+        format!("{deliveries}/{}", accepted * args.agents as u64),
+        rate(per_sec(deliveries, span)),
+        lost.to_string(),
+        dup.to_string(),
+        ooo.to_string(),
+    ]);
+    t.print();
+    println!();
+    let mut h = vec!["latency"];
+    h.extend(LATENCY_HEADERS);
+    let mut t = Table::new(&h);
+    t.row(latency_row("publish → agent", &delivery_lat));
+    if target == Target::Gateway {
+        t.row(latency_row("publish request", &publish_lat));
+    }
+    t.row(latency_row("client publish lag", &lag));
+    t.print();
+    let mut problems = errors;
+    for (k, v) in dropped {
+        *problems.entry(format!("agent {k}")).or_default() += v;
+    }
+    super::connections::print_failures(&problems);
+    if interrupted {
+        println!("\n(interrupted: figures cover a partial run)");
+    }
+    Ok(())
+}
+
+/// Where a publisher sends.
+enum Sink {
+    /// `POST /v1/tenant/events` over one keep-alive connection.
+    Http(HttpClient),
+    /// A baseline `/pub` socket.
+    Ws(Box<crate::ws::Ws>),
+}
+
+/// One publisher's schedule.
+struct Publisher {
+    /// The stamp's sender.
+    index: usize,
+    /// This run's id.
+    run: u32,
+    /// Approximate data size.
+    size: usize,
+    /// Custom event type.
+    event_type: String,
+    /// Bearer key for the tenant API.
+    server_key: String,
+    /// First publish.
+    first: Instant,
+    /// Time between publishes.
+    period: Duration,
+    /// No publishes scheduled at or after this.
+    end: Instant,
+    /// Kept for error messages.
+    endpoint: Arc<Endpoint>,
+}
+
+impl Publisher {
+    /// Publishes until `end`; returns the accepted sequence numbers.
+    async fn run(self, mut sink: Sink, shared: Arc<Publishers>, mut stop: Stop) -> SeqSet {
+        let mut ticker = tokio::time::interval_at(self.first, self.period);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let mut accepted = SeqSet::default();
+        let mut seq = 0u64;
+        loop {
+            let scheduled = tokio::select! {
+                s = ticker.tick() => s,
+                _ = stop.wait() => break,
+            };
+            if scheduled >= self.end {
+                break;
+            }
+            shared
+                .lag
+                .record(self.index, scheduled.elapsed().as_micros() as u64);
+            seq += 1;
+            let stamp = Stamp {
+                run: self.run,
+                sender: self.index as u32,
+                seq,
+                sent_us: now_us(),
+            };
+            shared.sent.fetch_add(1, Relaxed);
+            let t = std::time::Instant::now();
+            let ok = match &mut sink {
+                Sink::Http(http) => {
+                    let body = json!({ "type": self.event_type, "data": { "stamp": stamp.body(self.size) } });
+                    match http
+                        .post_json("/v1/tenant/events", Some(&self.server_key), &body)
+                        .await
+                    {
+                        Ok(r) if r.status == 202 || r.status == 200 => true,
+                        Ok(r) => {
+                            shared.errors.add(r.failure("publish"));
+                            false
+                        }
+                        Err(e) => {
+                            shared
+                                .errors
+                                .add(format!("publish to {}: {e:#}", self.endpoint.url));
+                            false
+                        }
+                    }
+                }
+                Sink::Ws(ws) => match ws.send(Message::text(stamp.body(self.size))).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        shared.errors.add(format!("publish: {e}"));
+                        break;
+                    }
+                },
+            };
+            if ok {
+                shared
+                    .latency
+                    .record(self.index, t.elapsed().as_micros() as u64);
+                shared.accepted.fetch_add(1, Relaxed);
+                accepted.insert(seq);
+            }
+        }
+        accepted
+    }
+}
