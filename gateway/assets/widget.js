@@ -250,7 +250,7 @@
   sendBtn.appendChild(svg(ICON_SEND));
   compose.appendChild(input); compose.appendChild(sendBtn);
   var hp = h('input', 'hp', null, { type: 'text', name: 'website', tabindex: '-1', autocomplete: 'off', 'aria-hidden': 'true' });
-  var contact = h('form', 'contact', null, { hidden: '' });
+  var contact = h('form', 'contact', null, { hidden: '', novalidate: '' });
   panel.appendChild(head); panel.appendChild(log); panel.appendChild(chips); panel.appendChild(typingEl);
   panel.appendChild(note); panel.appendChild(compose); panel.appendChild(contact); panel.appendChild(hp);
   cf.appendChild(launch); cf.appendChild(panel);
@@ -285,6 +285,9 @@
     if (ts && kind !== 'system') el.appendChild(h('div', 'meta', fmtTime(ts)));
     return el;
   }
+  // Resume point: the newest message this page has rendered (history is always loaded
+  // first, so it never skips what another tab saw but this one did not).
+  function cursor() { return order.length ? order[order.length - 1] : null; }
   function firstPending() { return log.querySelector('.pending'); }
   function resetConversation() {
     order.forEach(function (id) { var e = seen[id]; if (e && e.parentNode) e.parentNode.removeChild(e); });
@@ -428,13 +431,14 @@
   function connect() {
     clearTimeout(wsTimer);
     if (ws || !hasSession() || !W.WebSocket) { if (!W.WebSocket) startPolling(); return; }
-    var s, ready = false, gaveAfter = !!st.lastId;
+    var s, ready = false, after = null;
     try { s = new WebSocket(API.replace(/^http/, 'ws') + '/v1/visitor/ws'); } catch (e) { startPolling(); return retryLater(); }
     ws = s;
     var guard = setTimeout(function () { if (!ready) kill(s); }, 10000);
     s.onopen = function () {
       var f = { type: 'auth', token: st.sessionToken };
-      if (st.lastId) f.after = st.lastId;
+      after = cursor();
+      if (after) f.after = after;
       s.send(JSON.stringify(f));
     };
     s.onmessage = function (ev) {
@@ -445,7 +449,7 @@
         ready = true; clearTimeout(guard);
         wsReady = true; wsTries = 0;
         stopPolling(); startPing(); setNet();
-        if (!gaveAfter) catchUp(); // nothing to resume from: fetch anything stored before we subscribed
+        if (!after) catchUp(); // nothing to resume from: fetch anything stored before we subscribed
         for (var c in pending) if (pending[c].state === 'failed' && pending[c].net) deliver(pending[c]);
       } else onFrame(f);
     };
@@ -511,7 +515,7 @@
     if (!polling) return;
     var ac = W.AbortController ? new AbortController() : null, t = Date.now();
     pollAbort = ac;
-    authed('GET', '/v1/messages?limit=200&wait=25' + (st.lastId ? '&after=' + enc(st.lastId) : ''), null, ac && ac.signal)
+    authed('GET', '/v1/messages?limit=200&wait=25' + (cursor() ? '&after=' + enc(cursor()) : ''), null, ac && ac.signal)
       .then(function (r) {
         if (!polling || pollAbort !== ac) return;
         pollErrs = 0; setNet();
@@ -532,7 +536,7 @@
   // History: oldest first, paged with `after` while hasMore.
   function catchUp() {
     function page() {
-      return authed('GET', '/v1/messages?limit=200' + (st.lastId ? '&after=' + enc(st.lastId) : '')).then(function (r) {
+      return authed('GET', '/v1/messages?limit=200' + (cursor() ? '&after=' + enc(cursor()) : '')).then(function (r) {
         var ms = r.messages || [];
         ms.forEach(addMessage);
         if (r.hasMore && ms.length) return page();
