@@ -281,6 +281,8 @@ const jwt = agentJwt(AGENT_SECRET, 'demo', 'agent-alice', 'Alice Agent');
 test('visitor and agent chat live: message, typing both ways, reply, unread badge, close', { timeout: 120_000 }, async () => {
   agent = await openConsole(jwt);
   visitor = await newPage();
+  const telemetry = [];
+  visitor.on('request', (r) => { if (r.method() === 'POST' && new URL(r.url()).pathname === '/v1/events') telemetry.push(r.postDataJSON()); });
   await visitor.goto(`${gw.url}/demo?utm_source=browser-test&utm_campaign=issue6`);
   const w = widget(visitor);
   await w.launcher.waitFor({ state: 'visible' });
@@ -295,8 +297,12 @@ test('visitor and agent chat live: message, typing both ways, reply, unread badg
   await shot(visitor, '02-demo-open');
 
   const first = 'Hello from the browser test';
+  const messageEvent = visitor.waitForRequest((r) => r.url().endsWith('/v1/events') && /"MESSAGE"/.test(r.postData() || ''));
   await sendFromWidget(visitor, first);
   await shot(visitor, '03-visitor-sent');
+  // OPEN happened before the session existed: queued, then sent with it (sample rate 1.0).
+  await messageEvent;
+  assert.ok(telemetry.some((e) => e.type === 'OPEN'), `OPEN telemetry, got ${JSON.stringify(telemetry)}`);
 
   // The console lists the new conversation live and shows the message.
   await convItem(agent, first).waitFor();
@@ -396,6 +402,23 @@ test('reload and a second tab keep the history, with no duplicates', { timeout: 
   // The agent sees each message exactly once too.
   const ids = await agent.locator('#msgs .msg[data-id]').evaluateAll((els) => els.map((e) => e.getAttribute('data-id')));
   assert.equal(new Set(ids).size, ids.length, 'console shows no duplicates');
+
+  // A rejected session token (401 / close 4401) is renewed with the stored visitor token:
+  // same visitor, same conversation, same history.
+  const key = `confab:${PK}`;
+  const stored = await visitor.evaluate((k) => JSON.parse(localStorage.getItem(k)), key);
+  await visitor.evaluate(([k, v]) => localStorage.setItem(k, JSON.stringify(v)), [key, { ...stored, sessionToken: stored.sessionToken.slice(0, -4) + 'AAAA' }]);
+  const renewed = visitor.waitForResponse((r) => r.url().endsWith('/v1/sessions') && r.request().method() === 'POST');
+  await visitor.reload();
+  const resp = await renewed;
+  assert.equal(resp.status(), 201);
+  const body = await resp.json();
+  assert.equal(body.resumed, true, 'the same visitor is resumed');
+  assert.equal(body.conversationId, stored.conversationId);
+  await w.confirmed.nth(a.length - 1).waitFor();
+  assert.deepEqual(await widgetMessages(visitor), a, 'history intact after renewing the session');
+  await consoleReply(agent, 'After the renewal');
+  await w.fromAgent('After the renewal').waitFor();
 });
 
 test('with WebSockets blocked, visitor and console fall back to long-polling both ways', { timeout: 120_000 }, async () => {
@@ -426,6 +449,34 @@ test('with WebSockets blocked, visitor and console fall back to long-polling bot
   await consoleReply(agentPage, 'Reply delivered by long-polling');
   await w.fromAgent('Reply delivered by long-polling').waitFor();
   await shot(page, '10-polling-visitor');
+
+  // A send whose answer is lost after the server stored it, then a send that never arrives
+  // and is retried by hand: one clientMessageId per message, no duplicates either way.
+  const posts = [];
+  await page.route((u) => u.pathname === '/v1/messages', async (route) => {
+    if (route.request().method() !== 'POST') return route.continue();
+    posts.push(route.request().postDataJSON());
+    if (posts.length === 1) { await route.fetch(); return route.abort('failed'); }
+    if (posts.length === 2) return route.abort('failed');
+    return route.continue();
+  });
+  await w.input.fill('Stored but the answer was lost');
+  await w.input.press('Enter');
+  await w.mine('Stored but the answer was lost').waitFor();
+  await w.input.fill('Lost on the way, retried');
+  await w.input.press('Enter');
+  const retry = page.locator('confab-widget .msg.failed .retry');
+  await retry.waitFor();
+  await shot(page, '10b-polling-send-failed');
+  await retry.click();
+  await w.mine('Lost on the way, retried').waitFor();
+  assert.equal(posts[1].clientMessageId, posts[2].clientMessageId, 'the retry reuses the clientMessageId');
+  assert.ok(posts.slice(0, 2).every((p, i, all) => i === 0 || p.clientMessageId !== all[0].clientMessageId), 'each message has its own id');
+  await agentPage.locator('#msgs .msg.in[data-id]', { hasText: 'Lost on the way, retried' }).waitFor();
+  for (const t of ['Stored but the answer was lost', 'Lost on the way, retried']) {
+    assert.equal(await page.locator('confab-widget .msg.me', { hasText: t }).count(), 1, `one "${t}" in the widget`);
+    assert.equal(await agentPage.locator('#msgs .msg.in', { hasText: t }).count(), 1, `one "${t}" in the console`);
+  }
 
   assert.ok(visitorUpgrades >= 1, 'the widget tried the WebSocket first');
   assert.ok(consoleUpgrades >= 1, 'the console tried the WebSocket first');
