@@ -132,7 +132,7 @@
       });
     }).catch(function (e) {
       if (attempt < 2 && (e.code === 'invalid_challenge' || (e.code === 'bot_suspected' && !hp.value))) {
-        return delay(attempt ? 3000 : 0).then(function () { return startSession(extra, attempt + 1); });
+        return delay(e.code === 'bot_suspected' ? 2000 * (attempt + 1) : 0).then(function () { return startSession(extra, attempt + 1); });
       }
       throw e;
     });
