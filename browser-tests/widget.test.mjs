@@ -582,6 +582,14 @@ test('phone width: full-screen panel, keyboard only', { timeout: 60_000 }, async
   await page.keyboard.press('Enter');
   await w.mine('Typed on a phone').waitFor();
   await shot(page, '17-phone-open');
+  for (let i = 0; i < 8; i++) { // Tab cycles inside the full-screen panel
+    await page.keyboard.press(i % 3 ? 'Tab' : 'Shift+Tab');
+    const inside = await page.evaluate(() => {
+      const r = document.querySelector('confab-widget').shadowRoot;
+      return !!r.activeElement && r.querySelector('.panel').contains(r.activeElement);
+    });
+    assert.ok(inside, `focus stays in the panel after ${i + 1} Tab presses`);
+  }
   await page.keyboard.press('Escape');
   await w.panel.waitFor({ state: 'hidden' });
   await page.context().close();

@@ -571,7 +571,15 @@
   }
   launch.onclick = function () { if (isOpen) close(); else open(); };
   xBtn.onclick = close;
-  panel.addEventListener('keydown', function (e) { if (e.key === 'Escape') { e.preventDefault(); close(); } });
+  panel.addEventListener('keydown', function (e) {
+    if (e.key === 'Escape') { e.preventDefault(); close(); return; }
+    // Full-screen on phones: keep Tab inside the panel, as a modal dialog would.
+    if (e.key !== 'Tab' || !W.matchMedia || !W.matchMedia('(max-width:480px)').matches) return;
+    var f = Array.prototype.filter.call(panel.querySelectorAll('button,textarea,input:not(.hp),[tabindex="0"]'),
+      function (x) { return !x.disabled && x.getClientRects().length; });
+    var first = f[0], last = f[f.length - 1], at = root.activeElement;
+    if (e.shiftKey ? at === first : at === last) { e.preventDefault(); (e.shiftKey ? last : first).focus(); }
+  });
   input.addEventListener('input', onInput);
   input.addEventListener('keydown', function (e) {
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); submit(); }
