@@ -17,7 +17,7 @@ pub const DEMO_PK: &str = "pk_live_0123456789abcdef0123456789abcdef";
 
 /// Load generator for the Confab gateway (and the confab-baseline server).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, args_override_self = true)]
 pub struct Cli {
     /// The scenario to run.
     #[command(subcommand)]

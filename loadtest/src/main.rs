@@ -18,5 +18,6 @@ fn main() -> anyhow::Result<()> {
             Command::Broadcast(a) => scenario::broadcast::run(a).await,
             Command::Http(a) => scenario::http::run(a).await,
         }
-    })
+    })?;
+    Ok(())
 }

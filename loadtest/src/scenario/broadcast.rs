@@ -42,7 +42,8 @@ struct Publishers {
 }
 
 /// Runs the scenario.
-pub async fn run(args: BroadcastArgs) -> Result<()> {
+/// Returns the JSON document (also printed with `--json`).
+pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
     let params = report::mask_secrets(serde_json::to_value(&args)?);
     report::print_params("broadcast", &params, args.common.json);
     if args.publishers == 0 || args.rate <= 0.0 {
@@ -177,28 +178,29 @@ pub async fn run(args: BroadcastArgs) -> Result<()> {
     let errors = publishers.errors.snapshot();
     let dropped = agents.dropped.snapshot();
 
+    let doc = json!({
+        "scenario": "broadcast",
+        "params": params,
+        "results": {
+            "published": sent,
+            "accepted": accepted,
+            "publishedPerSec": per_sec(accepted, args.duration.0),
+            "deliveries": deliveries,
+            "expected": accepted * args.agents as u64,
+            "deliveriesPerSec": per_sec(deliveries, span),
+            "lost": lost, "duplicates": dup, "outOfOrder": ooo,
+            "deliveryLatency": delivery_lat,
+            "publishLatency": publish_lat,
+            "publishLag": lag,
+            "errors": errors,
+            "dropped": dropped,
+            "server": { "before": server_before, "after": server_after },
+            "interrupted": interrupted,
+        }
+    });
     if args.common.json {
-        report::print_json(&json!({
-            "scenario": "broadcast",
-            "params": params,
-            "results": {
-                "published": sent,
-                "accepted": accepted,
-                "publishedPerSec": per_sec(accepted, args.duration.0),
-                "deliveries": deliveries,
-                "expected": accepted * args.agents as u64,
-                "deliveriesPerSec": per_sec(deliveries, span),
-                "lost": lost, "duplicates": dup, "outOfOrder": ooo,
-                "deliveryLatency": delivery_lat,
-                "publishLatency": publish_lat,
-                "publishLag": lag,
-                "errors": errors,
-                "dropped": dropped,
-                "server": { "before": server_before, "after": server_after },
-                "interrupted": interrupted,
-            }
-        }));
-        return Ok(());
+        report::print_json(&doc);
+        return Ok(doc);
     }
 
     println!(
@@ -241,7 +243,7 @@ pub async fn run(args: BroadcastArgs) -> Result<()> {
     if interrupted {
         println!("\n(interrupted: figures cover a partial run)");
     }
-    Ok(())
+    Ok(doc)
 }
 
 /// Where a publisher sends.

@@ -59,7 +59,8 @@ struct VisitorOut {
 }
 
 /// Runs the scenario.
-pub async fn run(args: ChatArgs) -> Result<()> {
+/// Returns the JSON document (also printed with `--json`).
+pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
     let params = report::mask_secrets(serde_json::to_value(&args)?);
     report::print_params("chat", &params, args.common.json);
     if args.visitors == 0 || args.rate <= 0.0 {
@@ -237,36 +238,37 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     let (agent_dup, agent_ooo) = d(&agents);
     let (echo_dup, echo_ooo) = d(&visitors.echo);
 
+    let doc = json!({
+        "scenario": "chat",
+        "params": params,
+        "results": {
+            "sent": sent,
+            "sentPerSec": per_sec(sent, send_secs),
+            "acked": acked,
+            "ackDuplicates": visitors.ack_duplicates.load(Relaxed),
+            "errors": errors,
+            "agents": {
+                "deliveries": agents.deliveries.load(Relaxed),
+                "expected": acked * args.agents as u64,
+                "deliveriesPerSec": per_sec(agents.deliveries.load(Relaxed), span),
+                "lost": agent_lost, "duplicates": agent_dup, "outOfOrder": agent_ooo,
+                "latency": agent_lat, "dropped": agent_dropped,
+            },
+            "echo": {
+                "deliveries": visitors.echo.deliveries.load(Relaxed),
+                "expected": acked,
+                "lost": echo_lost, "duplicates": echo_dup, "outOfOrder": echo_ooo,
+                "latency": echo_lat, "dropped": visitor_dropped,
+            },
+            "ackLatency": ack_lat,
+            "sendLag": lag,
+            "server": { "before": server_before, "after": server_after },
+            "interrupted": interrupted,
+        }
+    });
     if args.common.json {
-        report::print_json(&json!({
-            "scenario": "chat",
-            "params": params,
-            "results": {
-                "sent": sent,
-                "sentPerSec": per_sec(sent, send_secs),
-                "acked": acked,
-                "ackDuplicates": visitors.ack_duplicates.load(Relaxed),
-                "errors": errors,
-                "agents": {
-                    "deliveries": agents.deliveries.load(Relaxed),
-                    "expected": acked * args.agents as u64,
-                    "deliveriesPerSec": per_sec(agents.deliveries.load(Relaxed), span),
-                    "lost": agent_lost, "duplicates": agent_dup, "outOfOrder": agent_ooo,
-                    "latency": agent_lat, "dropped": agent_dropped,
-                },
-                "echo": {
-                    "deliveries": visitors.echo.deliveries.load(Relaxed),
-                    "expected": acked,
-                    "lost": echo_lost, "duplicates": echo_dup, "outOfOrder": echo_ooo,
-                    "latency": echo_lat, "dropped": visitor_dropped,
-                },
-                "ackLatency": ack_lat,
-                "sendLag": lag,
-                "server": { "before": server_before, "after": server_after },
-                "interrupted": interrupted,
-            }
-        }));
-        return Ok(());
+        report::print_json(&doc);
+        return Ok(doc);
     }
 
     println!("chat: {} visitors → {} agents", args.visitors, args.agents);
@@ -328,7 +330,7 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     if interrupted {
         println!("\n(interrupted: figures cover a partial run)");
     }
-    Ok(())
+    Ok(doc)
 }
 
 /// One visitor's schedule.

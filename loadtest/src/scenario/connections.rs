@@ -151,9 +151,11 @@ impl Share {
 }
 
 /// Runs the scenario (parent), or one share of it (child).
-pub async fn run(args: ConnectionsArgs) -> Result<()> {
+/// Returns the JSON document (also printed with `--json`).
+pub async fn run(args: ConnectionsArgs) -> Result<serde_json::Value> {
     if let Some(index) = args.child_index {
-        return run_child(args, index).await;
+        run_child(args, index).await?;
+        return Ok(serde_json::Value::Null);
     }
     let procs = if args.procs == 0 {
         args.connections.div_ceil(PER_PROCESS).max(1)
@@ -193,7 +195,7 @@ pub async fn run(args: ConnectionsArgs) -> Result<()> {
         handles.push(release_tx);
     } else {
         for i in 0..procs {
-            handles.push(spawn_child(i, tx.clone())?);
+            handles.push(spawn_child(i, procs, tx.clone())?);
         }
     }
     drop(tx);
@@ -305,32 +307,33 @@ pub async fn run(args: ConnectionsArgs) -> Result<()> {
         (counts.open > 0).then(|| client_rss as f64 * 1024.0 / counts.open as f64);
     let ramp_secs = ramp_time.map(|d| d.as_secs_f64());
 
+    let doc = json!({
+        "scenario": "connections",
+        "params": shown,
+        "results": {
+            "procs": procs,
+            "counts": counts,
+            "stayedOpen": counts.open,
+            "rampSecs": ramp_secs,
+            "heldSecs": held_for.map(|d| d.as_secs_f64()),
+            "openedPerSec": ramp_secs.map(|s| counts.opened as f64 / s),
+            "sessionLatency": session,
+            "openLatency": open,
+            "server": {
+                "before": server_before,
+                "ramped": server_ramped,
+                "holdEnd": server_hold_end,
+                "afterClose": server_after,
+                "rssBytesPerConnection": server_per_conn,
+            },
+            "client": { "rssKib": client_rss, "rssBytesPerConnection": client_per_conn },
+            "failures": failures,
+            "interrupted": interrupted,
+        }
+    });
     if args.common.json {
-        report::print_json(&json!({
-            "scenario": "connections",
-            "params": shown,
-            "results": {
-                "procs": procs,
-                "counts": counts,
-                "stayedOpen": counts.open,
-                "rampSecs": ramp_secs,
-                "heldSecs": held_for.map(|d| d.as_secs_f64()),
-                "openedPerSec": ramp_secs.map(|s| counts.opened as f64 / s),
-                "sessionLatency": session,
-                "openLatency": open,
-                "server": {
-                    "before": server_before,
-                    "ramped": server_ramped,
-                    "holdEnd": server_hold_end,
-                    "afterClose": server_after,
-                    "rssBytesPerConnection": server_per_conn,
-                },
-                "client": { "rssKib": client_rss, "rssBytesPerConnection": client_per_conn },
-                "failures": failures,
-                "interrupted": interrupted,
-            }
-        }));
-        return Ok(());
+        report::print_json(&doc);
+        return Ok(doc);
     }
 
     println!("connections");
@@ -411,7 +414,7 @@ pub async fn run(args: ConnectionsArgs) -> Result<()> {
     ]);
     t.print();
     print_failures(&failures);
-    Ok(())
+    Ok(doc)
 }
 
 fn sum(all: &[Counts]) -> Counts {
@@ -437,12 +440,22 @@ pub fn print_failures(failures: &BTreeMap<String, u64>) {
 
 /// Starts child process `i` and forwards its events; dropping (or sending on) the returned
 /// sender closes the child's stdin, which ends its hold.
-fn spawn_child(i: usize, tx: mpsc::UnboundedSender<(usize, Event)>) -> Result<oneshot::Sender<()>> {
+fn spawn_child(
+    i: usize,
+    procs: usize,
+    tx: mpsc::UnboundedSender<(usize, Event)>,
+) -> Result<oneshot::Sender<()>> {
     let exe = std::env::current_exe().context("locating own executable")?;
     let mut child = tokio::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
-        .arg("--child-index")
-        .arg(i.to_string())
+        // Later flags override earlier ones (`args_override_self`), so this pins the
+        // process count even when the user left it automatic.
+        .args([
+            "--procs",
+            &procs.to_string(),
+            "--child-index",
+            &i.to_string(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -36,7 +36,8 @@ struct RouteStats {
 }
 
 /// Runs the scenario.
-pub async fn run(args: HttpArgs) -> Result<()> {
+/// Returns the JSON document (also printed with `--json`).
+pub async fn run(args: HttpArgs) -> Result<serde_json::Value> {
     let params = report::mask_secrets(serde_json::to_value(&args)?);
     report::print_params("http", &params, args.common.json);
     if args.common.target != Target::Gateway {
@@ -214,38 +215,39 @@ pub async fn run(args: HttpArgs) -> Result<()> {
         rows.push((*route, ok, errors, s.latency.summary()));
     }
 
+    let routes: serde_json::Map<String, serde_json::Value> = rows
+        .iter()
+        .map(|(r, ok, errors, lat)| {
+            (
+                serde_json::to_value(r)
+                    .expect("route")
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
+                json!({
+                    "route": r.name(),
+                    "ok": ok,
+                    "okPerSec": per_sec(*ok, elapsed),
+                    "errors": errors,
+                    "latency": lat,
+                }),
+            )
+        })
+        .collect();
+    let doc = json!({
+        "scenario": "http",
+        "params": params,
+        "results": {
+            "elapsedSecs": elapsed.as_secs_f64(),
+            "okPerSec": per_sec(total_ok(), elapsed),
+            "routes": routes,
+            "server": { "before": server_before, "after": server_after },
+            "interrupted": interrupted,
+        }
+    });
     if args.common.json {
-        let routes: serde_json::Map<String, serde_json::Value> = rows
-            .iter()
-            .map(|(r, ok, errors, lat)| {
-                (
-                    serde_json::to_value(r)
-                        .expect("route")
-                        .as_str()
-                        .unwrap_or("?")
-                        .to_string(),
-                    json!({
-                        "route": r.name(),
-                        "ok": ok,
-                        "okPerSec": per_sec(*ok, elapsed),
-                        "errors": errors,
-                        "latency": lat,
-                    }),
-                )
-            })
-            .collect();
-        report::print_json(&json!({
-            "scenario": "http",
-            "params": params,
-            "results": {
-                "elapsedSecs": elapsed.as_secs_f64(),
-                "okPerSec": per_sec(total_ok(), elapsed),
-                "routes": routes,
-                "server": { "before": server_before, "after": server_after },
-                "interrupted": interrupted,
-            }
-        }));
-        return Ok(());
+        report::print_json(&doc);
+        return Ok(doc);
     }
 
     println!(
@@ -292,7 +294,7 @@ pub async fn run(args: HttpArgs) -> Result<()> {
     if interrupted {
         println!("\n(interrupted: figures cover a partial run)");
     }
-    Ok(())
+    Ok(doc)
 }
 
 /// One closed-loop worker.
