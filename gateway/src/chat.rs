@@ -1,0 +1,309 @@
+//! The chat operations both transports share — HTTP routes and WebSocket frames call the
+//! same functions, so validation, idempotency, rate limits (one bucket per key, whatever
+//! the transport), PII handling and auto-replies cannot drift apart.
+
+use std::net::IpAddr;
+
+use confab_protocol::model::{Author, AuthorKind, Conversation, Direction, Status};
+use confab_protocol::validate;
+use confab_protocol::{frames, ApiError, ErrorCode};
+use confab_store::{Appended, Channel, NewMessage, Published};
+use serde_json::{json, Map, Value};
+
+use crate::auth::VisitorSession;
+use crate::config::PiiRetention;
+use crate::limits::Limit;
+use crate::state::{AppState, Tenant};
+
+/// Page metadata a visitor may attach to a message (seed 002).
+pub const META_FIELDS: [&str; 6] = [
+    "pageUrl",
+    "referrer",
+    "locale",
+    "pageTitle",
+    "origin",
+    "utm",
+];
+
+fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::ConversationNotFound, "no such conversation")
+}
+
+/// Checks a visitor message's `meta` and applies the tenant's PII mode to it.
+pub fn visitor_meta(tenant: &Tenant, meta: Option<Value>) -> Result<Option<Value>, ApiError> {
+    let Some(meta) = meta else { return Ok(None) };
+    let Value::Object(map) = meta else {
+        return Err(ApiError::invalid("meta", "meta must be an object"));
+    };
+    let mut out = Map::new();
+    for (k, v) in map {
+        if !META_FIELDS.contains(&k.as_str()) {
+            return Err(ApiError::invalid(
+                format!("meta.{k}"),
+                format!("unknown field (allowed: {})", META_FIELDS.join(", ")),
+            ));
+        }
+        if k == "utm" {
+            out.insert(k, Value::Object(check_utm("meta.utm", &v)?));
+            continue;
+        }
+        match v {
+            Value::Null => {}
+            Value::String(s) => {
+                validate::max_chars(&format!("meta.{k}"), &s, validate::MAX_CONTEXT_CHARS)?;
+                out.insert(k, Value::String(s));
+            }
+            _ => return Err(ApiError::invalid(format!("meta.{k}"), "must be a string")),
+        }
+    }
+    Ok(match tenant.cfg.pii_retention {
+        PiiRetention::Minimal => None,
+        PiiRetention::Redact => Some(Value::Object(redact_urls(out))),
+        PiiRetention::Full => (!out.is_empty()).then_some(Value::Object(out)),
+    })
+}
+
+/// `utm`: an object of at most the five UTM strings.
+pub fn check_utm(field: &str, v: &Value) -> Result<Map<String, Value>, ApiError> {
+    const UTM: [&str; 5] = ["source", "medium", "campaign", "term", "content"];
+    let Value::Object(m) = v else {
+        return Err(ApiError::invalid(field, "must be an object"));
+    };
+    for (k, v) in m {
+        if !UTM.contains(&k.as_str()) {
+            return Err(ApiError::invalid(
+                format!("{field}.{k}"),
+                "unknown UTM field",
+            ));
+        }
+        match v {
+            Value::Null => {}
+            Value::String(s) => {
+                validate::max_chars(&format!("{field}.{k}"), s, validate::MAX_CONTEXT_CHARS)?
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("{field}.{k}"),
+                    "must be a string",
+                ))
+            }
+        }
+    }
+    Ok(m.clone())
+}
+
+/// Cuts query strings and fragments (where tokens and e-mails hide) from URL fields.
+pub fn redact_urls(mut m: Map<String, Value>) -> Map<String, Value> {
+    for k in ["pageUrl", "referrer", "origin"] {
+        if let Some(Value::String(s)) = m.get_mut(k) {
+            if let Some(i) = s.find(['?', '#']) {
+                s.truncate(i);
+            }
+        }
+    }
+    m
+}
+
+/// `jane.doe@example.com` → `j***@example.com`.
+pub fn redact_email(email: &str) -> String {
+    match email.split_once('@') {
+        Some((local, domain)) => format!("{}***@{domain}", local.chars().next().unwrap_or('*')),
+        None => "***".into(),
+    }
+}
+
+impl AppState {
+    /// A visitor sends a message (HTTP or WebSocket).
+    pub async fn send_visitor_message(
+        &self,
+        session: &VisitorSession,
+        ip: IpAddr,
+        message: &str,
+        client_message_id: Option<String>,
+        meta: Option<Value>,
+    ) -> Result<Appended, ApiError> {
+        let tenant = &session.tenant;
+        let body = validate::message_body("message", message, tenant.cfg.max_message_length)?;
+        if let Some(id) = &client_message_id {
+            validate::client_message_id(id)?;
+        }
+        let meta = visitor_meta(tenant, meta)?;
+        self.rate_limit(
+            tenant,
+            Limit::MessagesPerSession,
+            &session.claims.visitor_id,
+        )
+        .await?;
+        self.rate_limit(tenant, Limit::MessagesPerIp, &ip.to_string())
+            .await?;
+        self.append_visitor_message(session, body, client_message_id, meta)
+            .await
+    }
+
+    /// Stores an already validated and rate-limited visitor message, then the auto-reply
+    /// if it was the conversation's first.
+    pub async fn append_visitor_message(
+        &self,
+        session: &VisitorSession,
+        body: String,
+        client_message_id: Option<String>,
+        meta: Option<Value>,
+    ) -> Result<Appended, ApiError> {
+        let tenant = &session.tenant;
+        let new = NewMessage {
+            tenant: tenant.cfg.id.clone(),
+            conversation_id: session.claims.conversation_id.clone(),
+            direction: Direction::Inbound,
+            author: session.author(),
+            body,
+            client_message_id,
+            meta,
+        };
+        let appended = self
+            .store
+            .append_message(new)
+            .await
+            .map_err(crate::error::store_error)?
+            .ok_or_else(not_found)?;
+        if !appended.duplicate {
+            self.metrics
+                .messages_stored
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if appended.first_in_conversation {
+                self.auto_reply(tenant, &session.claims.conversation_id)
+                    .await;
+            }
+        }
+        Ok(appended)
+    }
+
+    /// Posts the tenant's auto-reply after a conversation's first visitor message. A
+    /// failure is logged, not reported: the visitor's own message is already stored.
+    async fn auto_reply(&self, tenant: &Tenant, conversation_id: &str) {
+        let Some(text) = &tenant.cfg.auto_reply else {
+            return;
+        };
+        let new = NewMessage {
+            tenant: tenant.cfg.id.clone(),
+            conversation_id: conversation_id.to_owned(),
+            direction: Direction::Outbound,
+            author: Author {
+                kind: AuthorKind::Bot,
+                id: "auto_reply".into(),
+                name: Some(tenant.cfg.name.clone()),
+            },
+            body: text.clone(),
+            client_message_id: Some("auto_reply".into()),
+            meta: Some(json!({"mode": "flow"})),
+        };
+        if let Err(e) = self.store.append_message(new).await {
+            tracing::warn!(error = %e, conversation_id, "auto-reply not stored");
+        }
+    }
+
+    /// The tenant side writes in a conversation (agent reply, or the tenant's backend).
+    pub async fn send_tenant_message(
+        &self,
+        tenant: &Tenant,
+        author: Author,
+        conversation_id: &str,
+        message: &str,
+        client_message_id: Option<String>,
+        meta: Option<Value>,
+    ) -> Result<Appended, ApiError> {
+        let body = validate::message_body("message", message, validate::MAX_MESSAGE_CHARS)?;
+        if let Some(id) = &client_message_id {
+            validate::client_message_id(id)?;
+        }
+        let new = NewMessage {
+            tenant: tenant.cfg.id.clone(),
+            conversation_id: conversation_id.to_owned(),
+            direction: Direction::Outbound,
+            author,
+            body,
+            client_message_id,
+            meta,
+        };
+        let appended = self
+            .store
+            .append_message(new)
+            .await
+            .map_err(crate::error::store_error)?
+            .ok_or_else(not_found)?;
+        if !appended.duplicate {
+            self.metrics
+                .messages_stored
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(appended)
+    }
+
+    /// Closes or reopens a conversation.
+    pub async fn set_conversation_status(
+        &self,
+        tenant: &Tenant,
+        conversation_id: &str,
+        status: Status,
+    ) -> Result<Conversation, ApiError> {
+        self.store
+            .set_status(&tenant.cfg.id, conversation_id, status)
+            .await
+            .map_err(crate::error::store_error)?
+            .ok_or_else(not_found)
+    }
+
+    /// A visitor is typing: tell the tenant's agents (ephemeral).
+    pub async fn visitor_typing(&self, session: &VisitorSession) {
+        let frame = frames::typing(&session.claims.conversation_id, &session.author());
+        let channel = Channel::Tenant {
+            tenant: session.tenant.cfg.id.as_str().into(),
+        };
+        self.publish_typing(channel, frame).await;
+    }
+
+    /// An agent is typing in a conversation: tell its visitor (ephemeral).
+    pub async fn agent_typing(
+        &self,
+        tenant: &Tenant,
+        author: &Author,
+        conversation_id: &str,
+    ) -> Result<(), ApiError> {
+        if conversation_id.is_empty() || conversation_id.len() > 64 {
+            return Err(not_found());
+        }
+        let frame = frames::typing(conversation_id, author);
+        let channel = Channel::Conversation {
+            tenant: tenant.cfg.id.as_str().into(),
+            conversation_id: conversation_id.into(),
+        };
+        self.publish_typing(channel, frame).await;
+        Ok(())
+    }
+
+    async fn publish_typing(&self, channel: Channel, frame: String) {
+        if let Err(e) = self
+            .broker
+            .publish_ephemeral(Published::Typing {
+                channel,
+                frame: frame.into(),
+            })
+            .await
+        {
+            tracing::debug!(error = %e, "typing not published");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_email("jane.doe@example.com"), "j***@example.com");
+        let m = json!({"pageUrl": "https://s.example/p?email=a@b.c#x", "pageTitle": "T"});
+        let r = redact_urls(m.as_object().unwrap().clone());
+        assert_eq!(r["pageUrl"], "https://s.example/p");
+        assert_eq!(r["pageTitle"], "T");
+    }
+}

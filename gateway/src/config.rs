@@ -1,0 +1,552 @@
+//! Configuration: the TOML file of the SPEC ("Configuration"), overridden by flags and
+//! environment variables, checked once at start-up so that a bad file fails loudly and
+//! early rather than at the first request.
+//!
+//! Precedence (highest first): command-line flags, environment (`CONFAB_LISTEN`,
+//! `CONFAB_STORE`, `WEBCHAT_ALLOWED_ORIGINS`, `WEBCHAT_PII_RETENTION_MODE`), the file,
+//! built-in defaults. Without a file the gateway runs the built-in demo tenant.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use confab_protocol::model::{Intent, QuickQuestion};
+use confab_protocol::validate::{is_public_key, MAX_MESSAGE_CHARS};
+use serde::Deserialize;
+
+use crate::availability::Schedule;
+
+/// The demo tenant's public key (the SPEC's example key).
+pub const DEMO_PUBLIC_KEY: &str = "pk_live_0123456789abcdef0123456789abcdef";
+
+/// The whole configuration, as read from the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// Global origin allowlist; empty = any origin.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// CIDRs whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default = "default_session_ttl")]
+    pub session_ttl_secs: u64,
+    /// HMAC key for session tokens and challenges; generated and stored when absent.
+    #[serde(default)]
+    pub session_secret: Option<String>,
+    /// Older secrets still accepted when verifying (rotation).
+    #[serde(default)]
+    pub previous_session_secrets: Vec<String>,
+    /// How long an init challenge stays valid.
+    #[serde(default = "default_challenge_ttl")]
+    pub challenge_ttl_secs: u64,
+    /// Most WebSocket connections this node holds (each is an open file; the process
+    /// limit here is 20,000).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a shutting-down node waits for in-flight work before exiting anyway.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u64,
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    /// True when no file was given: the tenant list is the built-in demo.
+    #[serde(skip)]
+    pub demo: bool,
+}
+
+/// One tenant (`[[tenants]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub id: String,
+    pub name: String,
+    pub public_key: String,
+    pub agent_secret: String,
+    pub server_key: String,
+    /// Empty = the global list; non-empty replaces it.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    #[serde(default = "default_greeting")]
+    pub greeting: String,
+    /// Posted as a bot message after a conversation's first visitor message.
+    #[serde(default)]
+    pub auto_reply: Option<String>,
+    #[serde(default = "yes")]
+    pub require_init_challenge: bool,
+    /// `botSignals.elapsedMs` below this is a bot; 0 turns the check off.
+    #[serde(default = "default_min_elapsed")]
+    pub min_elapsed_ms: u64,
+    #[serde(default)]
+    pub pii_retention: PiiRetention,
+    #[serde(default = "default_sample_rate")]
+    pub telemetry_sample_rate: f64,
+    #[serde(default = "default_max_message_length")]
+    pub max_message_length: usize,
+    #[serde(default)]
+    pub branding: Branding,
+    #[serde(default)]
+    pub availability: AvailabilityConfig,
+    #[serde(default)]
+    pub rate_limits: RateLimits,
+    #[serde(default)]
+    pub intents: Vec<Intent>,
+    #[serde(default)]
+    pub quick_questions: Vec<QuickQuestion>,
+}
+
+/// How much personal data is kept (seed 002's `WEBCHAT_PII_RETENTION_MODE`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PiiRetention {
+    /// Everything as sent.
+    #[default]
+    Full,
+    /// E-mail local parts masked, query strings and fragments cut from URLs.
+    Redact,
+    /// No contact details, no page context, no message metadata.
+    Minimal,
+}
+
+impl std::str::FromStr for PiiRetention {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "full" => Ok(PiiRetention::Full),
+            "redact" => Ok(PiiRetention::Redact),
+            "minimal" => Ok(PiiRetention::Minimal),
+            other => Err(format!(
+                "unknown PII retention mode {other:?} (full | redact | minimal)"
+            )),
+        }
+    }
+}
+
+/// `[tenants.branding]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Branding {
+    #[serde(default = "default_color")]
+    pub primary_color: String,
+    #[serde(default = "default_position")]
+    pub position: String,
+    #[serde(default = "default_label")]
+    pub label: String,
+    #[serde(default)]
+    pub logo: Option<String>,
+}
+
+impl Default for Branding {
+    fn default() -> Self {
+        Branding {
+            primary_color: default_color(),
+            position: default_position(),
+            label: default_label(),
+            logo: None,
+        }
+    }
+}
+
+/// `[tenants.availability]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AvailabilityConfig {
+    #[serde(default)]
+    pub mode: AvailabilityMode,
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Weekday (`mon` … `sun`) → `"HH:MM-HH:MM"` ranges in local time. A missing day is closed.
+    #[serde(default)]
+    pub hours: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for AvailabilityConfig {
+    fn default() -> Self {
+        AvailabilityConfig {
+            mode: AvailabilityMode::Always,
+            timezone: default_timezone(),
+            hours: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AvailabilityMode {
+    #[default]
+    Always,
+    BusinessHours,
+    Offline,
+}
+
+impl AvailabilityMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AvailabilityMode::Always => "always",
+            AvailabilityMode::BusinessHours => "business_hours",
+            AvailabilityMode::Offline => "offline",
+        }
+    }
+}
+
+/// `[tenants.rate_limits]`: the SPEC's table, each configurable.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    pub sessions_per_hour_per_ip: u32,
+    pub messages_per_hour_per_ip: u32,
+    pub messages_per_minute_per_session: u32,
+    pub config_per_minute_per_ip: u32,
+    pub polls_per_minute_per_session: u32,
+    pub events_per_minute_per_session: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            sessions_per_hour_per_ip: 10,
+            messages_per_hour_per_ip: 60,
+            messages_per_minute_per_session: 30,
+            config_per_minute_per_ip: 60,
+            polls_per_minute_per_session: 120,
+            events_per_minute_per_session: 120,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_store() -> String {
+    "sqlite:confab-data/confab.db".into()
+}
+fn default_session_ttl() -> u64 {
+    86_400
+}
+fn default_challenge_ttl() -> u64 {
+    600
+}
+fn default_max_connections() -> usize {
+    19_000
+}
+fn default_shutdown_grace() -> u64 {
+    10
+}
+fn default_greeting() -> String {
+    "Hi there! How can we help?".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_min_elapsed() -> u64 {
+    800
+}
+fn default_sample_rate() -> f64 {
+    1.0
+}
+fn default_max_message_length() -> usize {
+    MAX_MESSAGE_CHARS
+}
+fn default_color() -> String {
+    "#10A37F".into()
+}
+fn default_position() -> String {
+    "bottom-right".into()
+}
+fn default_label() -> String {
+    "Chat with us".into()
+}
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+/// Overrides from flags and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub store: Option<String>,
+    /// Comma-separated (`WEBCHAT_ALLOWED_ORIGINS`).
+    pub allowed_origins: Option<String>,
+    pub pii_retention: Option<String>,
+}
+
+impl Overrides {
+    /// Reads the environment variables of the SPEC.
+    pub fn from_env() -> Overrides {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Overrides {
+            listen: var("CONFAB_LISTEN"),
+            store: var("CONFAB_STORE"),
+            allowed_origins: var("WEBCHAT_ALLOWED_ORIGINS"),
+            pii_retention: var("WEBCHAT_PII_RETENTION_MODE"),
+        }
+    }
+
+    /// `other` wins where it has a value.
+    pub fn or(self, other: Overrides) -> Overrides {
+        Overrides {
+            listen: other.listen.or(self.listen),
+            store: other.store.or(self.store),
+            allowed_origins: other.allowed_origins.or(self.allowed_origins),
+            pii_retention: other.pii_retention.or(self.pii_retention),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML document and checks it.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    /// Reads a file (`--config`), or the demo when `path` is `None`; applies overrides
+    /// and checks the result.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Config, String> {
+        let mut config = match path {
+            Some(p) => {
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                Config::from_toml(&text).map_err(|e| format!("{}: {e}", p.display()))?
+            }
+            None => Config::demo(),
+        };
+        config.apply(overrides)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The built-in demo: one tenant, secrets derived from the session secret at start-up.
+    pub fn demo() -> Config {
+        let mut config = Config::from_toml("").expect("the empty config parses");
+        config.demo = true;
+        let mut tenant: TenantConfig = toml::from_str(&format!(
+            r#"id = "demo"
+               name = "Demo Inc"
+               public_key = "{DEMO_PUBLIC_KEY}"
+               agent_secret = ""
+               server_key = ""
+               auto_reply = "Thanks for reaching out! An agent will be with you shortly."
+               [[intents]]
+               name = "billing"
+               display_label = "Billing question"
+               examples = ["Where is my invoice?"]
+               [[intents]]
+               name = "support"
+               display_label = "Technical support"
+               examples = ["The app does not start"]
+               [[quick_questions]]
+               question = "What are your prices?"
+               page_type = "pricing"
+               intent_name = "billing"
+               [[quick_questions]]
+               question = "How do I reset my password?"
+               intent_name = "support""#
+        ))
+        .expect("the demo tenant parses");
+        tenant.rate_limits.sessions_per_hour_per_ip = 100;
+        config.tenants.push(tenant);
+        config
+    }
+
+    fn apply(&mut self, o: Overrides) -> Result<(), String> {
+        if let Some(v) = o.listen {
+            self.listen = v;
+        }
+        if let Some(v) = o.store {
+            self.store = v;
+        }
+        if let Some(v) = o.allowed_origins {
+            self.allowed_origins = v
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if let Some(v) = o.pii_retention {
+            let mode: PiiRetention = v.parse()?;
+            for t in &mut self.tenants {
+                t.pii_retention = mode;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every rule a file must follow, with a message naming what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        if self.tenants.is_empty() {
+            return Err("no tenants configured: add at least one [[tenants]] table".into());
+        }
+        if self.session_ttl_secs == 0 || self.challenge_ttl_secs == 0 {
+            return Err("session_ttl_secs and challenge_ttl_secs must be positive".into());
+        }
+        for cidr in &self.trusted_proxies {
+            crate::limits::parse_cidr(cidr)
+                .ok_or_else(|| format!("trusted_proxies: {cidr:?} is not a CIDR or IP"))?;
+        }
+        for o in &self.allowed_origins {
+            crate::origin::check_pattern(o).map_err(|e| format!("allowed_origins: {e}"))?;
+        }
+        let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
+        for t in &self.tenants {
+            let at = format!("tenant {:?}", t.id);
+            if t.id.is_empty()
+                || t.id.len() > 64
+                || !t
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(format!("{at}: id must be 1-64 characters of [A-Za-z0-9_-]"));
+            }
+            if !ids.insert(&t.id) {
+                return Err(format!("{at}: duplicate tenant id"));
+            }
+            if !is_public_key(&t.public_key) {
+                return Err(format!(
+                    "{at}: public_key must match ^pk_live_[a-f0-9]{{32}}$"
+                ));
+            }
+            if !keys.insert(&t.public_key) {
+                return Err(format!("{at}: public_key is used by another tenant"));
+            }
+            if !self.demo && (t.agent_secret.len() < 8 || t.server_key.len() < 8) {
+                return Err(format!(
+                    "{at}: agent_secret and server_key must be at least 8 characters"
+                ));
+            }
+            if !(0.0..=1.0).contains(&t.telemetry_sample_rate) {
+                return Err(format!(
+                    "{at}: telemetry_sample_rate must be between 0 and 1"
+                ));
+            }
+            if t.max_message_length == 0 || t.max_message_length > MAX_MESSAGE_CHARS {
+                return Err(format!(
+                    "{at}: max_message_length must be 1..={MAX_MESSAGE_CHARS}"
+                ));
+            }
+            if !matches!(t.branding.position.as_str(), "bottom-right" | "bottom-left") {
+                return Err(format!(
+                    "{at}: branding.position must be bottom-right or bottom-left"
+                ));
+            }
+            for o in &t.allowed_origins {
+                crate::origin::check_pattern(o)
+                    .map_err(|e| format!("{at}: allowed_origins: {e}"))?;
+            }
+            Schedule::parse(&t.availability).map_err(|e| format!("{at}: availability: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_example_parses() {
+        let c = Config::from_toml(
+            r##"
+listen = "127.0.0.1:8080"
+store = "sqlite:confab-data/confab.db"
+allowed_origins = []
+trusted_proxies = []
+session_ttl_secs = 86400
+session_secret = "s3cret-s3cret"
+
+[[tenants]]
+id = "demo"
+name = "Demo Inc"
+public_key = "pk_live_0123456789abcdef0123456789abcdef"
+agent_secret = "change-me"
+server_key = "change-me-too"
+allowed_origins = []
+greeting = "Hi there! How can we help?"
+auto_reply = "Thanks for reaching out! We'll get back to you soon."
+require_init_challenge = true
+min_elapsed_ms = 800
+pii_retention = "full"
+telemetry_sample_rate = 1.0
+
+[tenants.branding]
+primary_color = "#10A37F"
+position = "bottom-right"
+label = "Chat with us"
+
+[tenants.availability]
+mode = "business_hours"
+timezone = "Europe/Berlin"
+hours = { mon = ["09:00-17:00"], tue = ["09:00-17:00"], sat = [] }
+
+[tenants.rate_limits]
+sessions_per_hour_per_ip = 10
+messages_per_hour_per_ip = 60
+messages_per_minute_per_session = 30
+
+[[tenants.intents]]
+name = "billing"
+display_label = "Billing question"
+examples = ["Where is my invoice?"]
+
+[[tenants.quick_questions]]
+question = "What are your prices?"
+page_type = "pricing"
+intent_name = "billing"
+"##,
+        )
+        .unwrap();
+        c.check().unwrap();
+        let t = &c.tenants[0];
+        assert_eq!(t.availability.mode, AvailabilityMode::BusinessHours);
+        assert_eq!(t.rate_limits.polls_per_minute_per_session, 120);
+        assert_eq!(
+            t.intents[0].display_label.as_deref(),
+            Some("Billing question")
+        );
+        assert_eq!(t.quick_questions[0].intent_name.as_deref(), Some("billing"));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let bad_key = r#"[[tenants]]
+id = "a"
+name = "A"
+public_key = "pk_live_nope"
+agent_secret = "xxxxxxxxxx"
+server_key = "yyyyyyyyyy""#;
+        let e = Config::from_toml(bad_key).unwrap().check().unwrap_err();
+        assert!(e.contains("public_key"), "{e}");
+        let typo = "listne = \"x\"";
+        assert!(Config::from_toml(typo).unwrap_err().contains("listne"));
+        let bad_tz = format!(
+            "{}\n[tenants.availability]\nmode = \"business_hours\"\ntimezone = \"Mars/Olympus\"",
+            bad_key.replace("pk_live_nope", DEMO_PUBLIC_KEY)
+        );
+        assert!(Config::from_toml(&bad_tz)
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .contains("Mars"));
+    }
+
+    #[test]
+    fn overrides_win() {
+        let c = Config::load(
+            None,
+            Overrides {
+                listen: Some("0.0.0.0:1".into()),
+                allowed_origins: Some("https://a.example, https://b.example".into()),
+                pii_retention: Some("minimal".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:1");
+        assert_eq!(c.allowed_origins.len(), 2);
+        assert_eq!(c.tenants[0].pii_retention, PiiRetention::Minimal);
+        assert!(c.demo);
+    }
+}

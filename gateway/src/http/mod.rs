@@ -1,0 +1,292 @@
+//! HTTP routes. [`router`] is the whole application (HTTP and WebSocket upgrades) as an
+//! axum `Router`, so tests and the binary serve exactly the same thing.
+//!
+//! - [`widget`] — the visitor-facing API: config, sessions, messages, telemetry.
+//! - [`tenant`] — the agent-dashboard / tenant-backend API.
+//! - [`ops`] — health, readiness, metrics, and the static pages (widget, demo, console).
+
+use std::net::SocketAddr;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use confab_protocol::{ApiError, ErrorCode};
+use confab_store::{parse_seq, Cursor, MessagePage};
+
+use crate::error::{error_response, Params};
+use crate::state::AppState;
+
+pub mod ops;
+pub mod tenant;
+pub mod widget;
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Route labels for metrics (a closed set, so labels stay bounded).
+const ROUTES: &[&str] = &[
+    "/v1/config",
+    "/v1/sessions",
+    "/v1/messages",
+    "/v1/events",
+    "/v1/visitor/ws",
+    "/v1/tenant/ws",
+    "/v1/tenant/conversations",
+    "/v1/tenant/conversations/{id}",
+    "/v1/tenant/conversations/{id}/messages",
+    "/v1/tenant/conversations/{id}/close",
+    "/v1/tenant/conversations/{id}/reopen",
+    "/v1/tenant/events",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/widget.js",
+    "/demo",
+    "/console",
+];
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/config", get(widget::config))
+        .route("/v1/sessions", post(widget::sessions))
+        .route("/v1/messages", get(widget::history).post(widget::send))
+        .route("/v1/events", post(widget::events))
+        .route("/v1/visitor/ws", get(crate::ws::visitor::upgrade))
+        .route("/v1/tenant/ws", get(crate::ws::tenant::upgrade))
+        .route("/v1/tenant/conversations", get(tenant::list))
+        .route("/v1/tenant/conversations/{id}", get(tenant::get_one))
+        .route(
+            "/v1/tenant/conversations/{id}/messages",
+            get(tenant::history).post(tenant::reply),
+        )
+        .route("/v1/tenant/conversations/{id}/close", post(tenant::close))
+        .route("/v1/tenant/conversations/{id}/reopen", post(tenant::reopen))
+        .route(
+            "/v1/tenant/events",
+            get(tenant::events).post(tenant::publish),
+        )
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/widget.js", get(ops::widget_js))
+        .route("/demo", get(ops::demo))
+        .route("/console", get(ops::console))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::origin::cors,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), count))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    error_response(&ApiError::new(ErrorCode::NotFound, "no such route"))
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(&ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    ))
+}
+
+async fn count(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
+        .unwrap_or("other");
+    let resp = next.run(req).await;
+    state.metrics.http(route, resp.status().as_u16());
+    resp
+}
+
+/// The client's IP per the trusted-proxy rule.
+pub fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> std::net::IpAddr {
+    crate::limits::client_ip(peer, headers, &state.trusted_proxies)
+}
+
+/// A JSON response from already-encoded text.
+pub fn json_text(status: axum::http::StatusCode, body: String) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Reads the history cursor: `after`, or `afterCreatedAt` + `afterId`, or `since`
+/// (exactly one form). Returns the cursor and the id to echo as `nextCursor` when the page
+/// is empty.
+pub fn history_cursor(p: &Params) -> Result<(Cursor, Option<String>), ApiError> {
+    let given = |k: &str| p.get(k).filter(|v| !v.is_empty());
+    let forms = [
+        given("after").is_some(),
+        given("afterCreatedAt").is_some() || given("afterId").is_some(),
+        given("since").is_some(),
+    ];
+    if forms.iter().filter(|f| **f).count() > 1 {
+        return Err(ApiError::invalid(
+            "after",
+            "give one cursor: after, afterCreatedAt + afterId, or since",
+        ));
+    }
+    if let Some(a) = given("after") {
+        let seq =
+            parse_seq(a).ok_or_else(|| ApiError::invalid("after", "after must be a message id"))?;
+        return Ok((Cursor::After(seq), Some(a.to_owned())));
+    }
+    if forms[1] {
+        let ts = given("afterCreatedAt").ok_or_else(|| {
+            ApiError::invalid("afterCreatedAt", "afterCreatedAt goes with afterId")
+        })?;
+        let id = given("afterId")
+            .ok_or_else(|| ApiError::invalid("afterId", "afterId goes with afterCreatedAt"))?;
+        let created_ms = confab_protocol::time::parse_ms(ts).ok_or_else(|| {
+            ApiError::invalid(
+                "afterCreatedAt",
+                "afterCreatedAt must be an RFC 3339 timestamp",
+            )
+        })?;
+        let id_seq = parse_seq(id)
+            .ok_or_else(|| ApiError::invalid("afterId", "afterId must be a message id"))?;
+        return Ok((
+            Cursor::AfterCreated {
+                created_ms,
+                id: id_seq,
+            },
+            Some(id.to_owned()),
+        ));
+    }
+    if let Some(s) = given("since") {
+        let ms = confab_protocol::time::parse_ms(s)
+            .ok_or_else(|| ApiError::invalid("since", "since must be an RFC 3339 timestamp"))?;
+        return Ok((Cursor::Since(ms), None));
+    }
+    Ok((Cursor::Start, None))
+}
+
+/// `limit` (1..=200, default 50) and `wait` (0..=30 s, default 0).
+pub fn limit_and_wait(p: &Params) -> Result<(usize, u64), ApiError> {
+    let limit = p.int("limit", 1..=200)?.unwrap_or(50) as usize;
+    let wait = p.int("wait", 0..=30)?.unwrap_or(0);
+    Ok((limit, wait))
+}
+
+/// `{ "messages": [...], "hasMore": …, "nextCursor": … }`, concatenating the stored JSON.
+pub fn history_body(page: &MessagePage, echo: Option<String>) -> String {
+    let mut s = String::with_capacity(
+        64 + page
+            .messages
+            .iter()
+            .map(|m| m.json.len() + 1)
+            .sum::<usize>(),
+    );
+    s.push_str(r#"{"messages":["#);
+    for (i, m) in page.messages.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&m.json);
+    }
+    let next = page.messages.last().map(|m| m.seq.to_string()).or(echo);
+    s.push_str(r#"],"hasMore":"#);
+    s.push_str(if page.has_more { "true" } else { "false" });
+    s.push_str(r#","nextCursor":"#);
+    s.push_str(&serde_json::to_string(&next).unwrap_or_else(|_| "null".into()));
+    s.push('}');
+    s
+}
+
+/// A history read that, with `wait > 0` and nothing newer, holds the request until a
+/// message of the conversation is stored (the hub wakes it), the time is up, or the node
+/// shuts down. Subscribing before the second read closes the race with a concurrent send.
+pub async fn read_history(
+    state: &AppState,
+    tenant: &str,
+    conversation_id: &str,
+    cursor: Cursor,
+    limit: usize,
+    wait: u64,
+) -> Result<MessagePage, ApiError> {
+    let read = || async {
+        state
+            .store
+            .messages(tenant, conversation_id, cursor, limit)
+            .await
+            .map_err(crate::error::store_error)
+    };
+    let page = read().await?;
+    if !page.messages.is_empty() || wait == 0 {
+        return Ok(page);
+    }
+    let channel = confab_store::Channel::Conversation {
+        tenant: tenant.into(),
+        conversation_id: conversation_id.into(),
+    };
+    let mut sub = state.hub.subscribe(&state.broker, channel, 1, true);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+    loop {
+        let page = read().await?;
+        if !page.messages.is_empty() {
+            return Ok(page);
+        }
+        tokio::select! {
+            _ = sub.rx.recv() => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(page),
+            _ = state.shutdown.cancelled() => return Ok(page),
+        }
+    }
+}
+
+/// The tenant-event counterpart of [`read_history`].
+pub async fn read_events(
+    state: &AppState,
+    tenant: &str,
+    after: u64,
+    limit: usize,
+    wait: u64,
+) -> Result<confab_store::EventsPage, ApiError> {
+    let read = || async {
+        state
+            .store
+            .events(tenant, after, limit)
+            .await
+            .map_err(crate::error::store_error)
+    };
+    let page = read().await?;
+    if !page.events.is_empty() || wait == 0 {
+        return Ok(page);
+    }
+    let mut sub = state.hub.subscribe(
+        &state.broker,
+        confab_store::Channel::Tenant {
+            tenant: tenant.into(),
+        },
+        1,
+        true,
+    );
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+    loop {
+        let page = read().await?;
+        if !page.events.is_empty() {
+            return Ok(page);
+        }
+        tokio::select! {
+            _ = sub.rx.recv() => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(page),
+            _ = state.shutdown.cancelled() => return Ok(page),
+        }
+    }
+}

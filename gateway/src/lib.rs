@@ -1,0 +1,39 @@
+//! # Confab gateway
+//!
+//! One node of the Confab chat gateway. [`server::run`] is the one entry point; the
+//! binary (`main.rs`) only parses flags and passes a shutdown signal.
+//!
+//! ## Layout
+//!
+//! - [`config`] — the TOML file, flags and environment, checked at start-up.
+//! - [`state`] — shared node state: compiled tenants, keys, backend, hub, clock.
+//! - [`http`] — the HTTP routes (`router` is the whole application).
+//! - [`ws`] — the visitor and tenant WebSocket channels.
+//! - [`hub`] — node-local connection registry and fan-out (encode once, bounded queues).
+//! - [`chat`] — operations shared by HTTP and WebSocket (send, reply, close, typing).
+//! - [`auth`] — session tokens, agent JWTs, server keys.
+//! - [`origin`] — origin allowlists and CORS.
+//! - [`limits`] — rate limits and the client-IP rule.
+//! - [`availability`] — business hours in the tenant's time zone.
+//! - [`error`] — the error body, status mapping and request extractors.
+//! - [`metrics`] — counters for `/metrics`.
+//!
+//! Layers read in one direction: `http`/`ws` → `chat` → `confab_store` (and the hub,
+//! which the store feeds after each commit).
+
+pub mod auth;
+pub mod availability;
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod origin;
+pub mod server;
+pub mod state;
+pub mod ws;
+
+pub use config::{Config, Overrides};
+pub use server::{run, Options};

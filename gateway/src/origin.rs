@@ -1,0 +1,179 @@
+//! Origin allowlists and CORS.
+//!
+//! A list entry is an exact origin (`https://shop.example`, `http://localhost:3000`) or a
+//! subdomain wildcard (`https://*.shop.example`, which does not match the apex). An empty
+//! list allows any origin. A tenant's non-empty list replaces the global one.
+//!
+//! CORS is answered for every route by [`cors`]: the request's `Origin` is reflected when
+//! some policy in the deployment allows it, so browsers can read even a tenant-specific 403.
+//! The tenant-specific decision is made by the handler ([`OriginPolicy::check`]) once it
+//! knows the tenant. WebSocket upgrades are not covered by CORS at all: the channels call
+//! the same check before upgrading.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use confab_protocol::{ApiError, ErrorCode};
+
+use crate::state::AppState;
+
+/// Checks that a list entry is well-formed.
+pub fn check_pattern(p: &str) -> Result<(), String> {
+    let ok = (p.starts_with("http://") || p.starts_with("https://"))
+        && !p.ends_with('/')
+        && !p[p.find("://").map(|i| i + 3).unwrap_or(0)..].contains('/');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{p:?} is not an origin (scheme://host[:port], no path; * allowed as the first label)"
+        ))
+    }
+}
+
+fn matches(pattern: &str, origin: &str) -> bool {
+    if pattern.eq_ignore_ascii_case(origin) {
+        return true;
+    }
+    let Some((scheme, rest)) = pattern.split_once("://*.") else {
+        return false;
+    };
+    let Some((o_scheme, o_host)) = origin.split_once("://") else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case(o_scheme)
+        && o_host.len() > rest.len() + 1
+        && o_host[o_host.len() - rest.len()..].eq_ignore_ascii_case(rest)
+        && o_host.as_bytes()[o_host.len() - rest.len() - 1] == b'.'
+}
+
+/// One effective allowlist.
+#[derive(Debug, Clone, Default)]
+pub struct OriginPolicy {
+    /// Empty = any origin.
+    pub allowed: Vec<String>,
+}
+
+impl OriginPolicy {
+    /// A tenant's policy: its own list, or the global one when its list is empty.
+    pub fn for_tenant(global: &[String], tenant: &[String]) -> OriginPolicy {
+        OriginPolicy {
+            allowed: if tenant.is_empty() {
+                global.to_vec()
+            } else {
+                tenant.to_vec()
+            },
+        }
+    }
+
+    pub fn allows(&self, origin: &str) -> bool {
+        self.allowed.is_empty() || self.allowed.iter().any(|p| matches(p, origin))
+    }
+
+    /// The request's `Origin`, if any, must be allowed. No `Origin` (server-to-server,
+    /// curl) is allowed: the allowlist protects browsers' users, not the API.
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match headers.get(header::ORIGIN) {
+            None => Ok(()),
+            Some(v) => match v.to_str() {
+                Ok(o) if self.allows(o) => Ok(()),
+                _ => Err(ApiError::new(
+                    ErrorCode::OriginNotAllowed,
+                    "this origin is not allowed to use this widget",
+                )),
+            },
+        }
+    }
+}
+
+/// Answers preflights and adds `Access-Control-Allow-Origin` to every response whose
+/// `Origin` some policy of the deployment allows.
+pub async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let allowed = origin
+        .as_ref()
+        .and_then(|o| o.to_str().ok())
+        .is_some_and(|o| state.tenants.any_policy_allows(o));
+    if req.method() == Method::OPTIONS {
+        if origin.is_some() && !allowed {
+            return crate::error::error_response(&ApiError::new(
+                ErrorCode::OriginNotAllowed,
+                "origin not allowed",
+            ));
+        }
+        let mut resp = StatusCode::NO_CONTENT.into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        decorate(h, origin);
+        return resp;
+    }
+    let mut resp = next.run(req).await;
+    if allowed {
+        decorate(resp.headers_mut(), origin);
+    }
+    resp
+}
+
+fn decorate(h: &mut HeaderMap, origin: Option<HeaderValue>) {
+    if let Some(o) = origin {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("retry-after"),
+        );
+        h.append(header::VARY, HeaderValue::from_static("origin"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_and_wildcard() {
+        let p = OriginPolicy {
+            allowed: vec![
+                "https://shop.example".into(),
+                "https://*.brand.example".into(),
+            ],
+        };
+        assert!(p.allows("https://shop.example"));
+        assert!(p.allows("https://SHOP.example"));
+        assert!(!p.allows("http://shop.example"));
+        assert!(!p.allows("https://shop.example.evil"));
+        assert!(p.allows("https://eu.brand.example"));
+        assert!(!p.allows("https://brand.example"));
+        assert!(!p.allows("https://evilbrand.example"));
+        assert!(!p.allows("null"));
+        assert!(OriginPolicy::default().allows("https://anything.example"));
+    }
+
+    #[test]
+    fn tenant_list_replaces_global() {
+        let p =
+            OriginPolicy::for_tenant(&["https://a.example".into()], &["https://b.example".into()]);
+        assert!(!p.allows("https://a.example") && p.allows("https://b.example"));
+        let p = OriginPolicy::for_tenant(&["https://a.example".into()], &[]);
+        assert!(p.allows("https://a.example"));
+    }
+
+    #[test]
+    fn patterns_are_checked() {
+        assert!(check_pattern("https://a.example:8443").is_ok());
+        assert!(check_pattern("a.example").is_err());
+        assert!(check_pattern("https://a.example/").is_err());
+        assert!(check_pattern("https://a.example/path").is_err());
+    }
+}

@@ -1,0 +1,187 @@
+//! The one way in: [`run`] serves a bound listener with a configuration until `shutdown`
+//! resolves. The binary and the tests both call it.
+//!
+//! Shutdown: stop accepting, cancel the node's token (long-polls answer, every socket
+//! closes with 1001), let in-flight requests and acks finish within
+//! `shutdown_grace_secs`, then drop the backend — for SQLite that joins the writer thread
+//! after it committed everything queued and checkpoints the WAL.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use confab_protocol::token::{sign_agent_jwt, AgentClaims, Keyring};
+use confab_store::{Retention, StoreError};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::state::{AppState, Clock};
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Knobs tests turn; the binary uses the defaults.
+#[derive(Clone)]
+pub struct Options {
+    pub clock: Clock,
+    pub retention: Retention,
+    /// How often housekeeping runs (expired nonces, event retention, rate-limit keys).
+    pub maintenance_every: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clock: Clock::system(),
+            retention: Retention::default(),
+            maintenance_every: Duration::from_secs(60),
+        }
+    }
+}
+
+fn derive(secret: &[u8], label: &str) -> String {
+    let d = Sha256::new()
+        .chain_update(label.as_bytes())
+        .chain_update([0])
+        .chain_update(secret)
+        .finalize();
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Serves until `shutdown` resolves. Logs `listening on http://ADDR` once it accepts.
+pub async fn run(
+    listener: TcpListener,
+    mut config: Config,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let backend = confab_store::open(&config.store, options.retention).await?;
+    let secret = match &config.session_secret {
+        Some(s) => s.as_bytes().to_vec(),
+        None => {
+            let mut fresh = vec![0u8; 32];
+            rand::rng().fill_bytes(&mut fresh);
+            backend.store.session_secret(fresh).await?
+        }
+    };
+    let previous: Vec<Vec<u8>> = config
+        .previous_session_secrets
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    let keys = Keyring::new(&secret, &previous);
+    if config.demo {
+        // Stable across restarts, unguessable, and never written anywhere but the log.
+        let t = &mut config.tenants[0];
+        t.agent_secret = derive(&secret, "confab-demo-agent-secret");
+        t.server_key = format!(
+            "sk_demo_{}",
+            &derive(&secret, "confab-demo-server-key")[..32]
+        );
+    }
+    let hub = Arc::new(Hub::default());
+    backend.broker.set_sink(hub.clone());
+    let state = AppState::new(
+        config,
+        keys,
+        backend.store,
+        backend.broker,
+        backend.limiter,
+        hub,
+        options.clock,
+    );
+
+    let addr = listener.local_addr()?;
+    if state.config.demo {
+        print_demo_banner(&state, addr);
+    }
+    let maintenance = tokio::spawn(maintain(state.clone(), options.maintenance_every));
+    let app = crate::http::router(state.clone());
+    let token = state.shutdown.clone();
+    let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        token.cancel();
+        let _ = stop_tx.send(());
+    });
+    tracing::info!("listening on http://{addr}");
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop_rx.await;
+    });
+    let cancelled = state.shutdown.clone();
+    tokio::select! {
+        r = server => r?,
+        _ = async { cancelled.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("in-flight requests did not finish within {grace:?}; exiting anyway");
+        }
+    }
+    state.sockets.close();
+    if tokio::time::timeout(grace, state.sockets.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some WebSocket connections did not close within {grace:?}");
+    }
+    maintenance.abort();
+    let _ = maintenance.await;
+    drop(state);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn maintain(state: AppState, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        let now = state.now_ms();
+        if let Err(e) = state.store.maintain(now).await {
+            tracing::warn!(error = %e, "maintenance failed");
+        }
+        state.limiter.sweep(now).await;
+    }
+}
+
+fn print_demo_banner(state: &AppState, addr: SocketAddr) {
+    let t = &state.config.tenants[0];
+    let exp = state.now_ms() / 1000 + 24 * 3600;
+    let jwt = sign_agent_jwt(
+        t.agent_secret.as_bytes(),
+        &AgentClaims {
+            sub: "demo-agent".into(),
+            tenant: t.id.clone(),
+            exp,
+            name: Some("Demo Agent".into()),
+        },
+    );
+    let base = format!("http://{addr}");
+    tracing::info!("demo tenant {:?} ({}) — no config file given", t.id, t.name);
+    tracing::info!("  public key:   {}", t.public_key);
+    tracing::info!("  server key:   {}", t.server_key);
+    tracing::info!("  agent JWT (valid 24 h): {jwt}");
+    tracing::info!("  widget demo:  {base}/demo");
+    tracing::info!("  console:      {base}/console#token={jwt}");
+    tracing::info!(
+        "  config:       curl '{base}/v1/config?pk={}'",
+        t.public_key
+    );
+}

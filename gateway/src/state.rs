@@ -1,0 +1,178 @@
+//! Shared state of one gateway node: configuration compiled for the hot path, the
+//! backend, the hub, the clock, and the shutdown signal.
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use confab_protocol::token::Keyring;
+use confab_store::ratelimit::RateLimiter;
+use confab_store::{Broker, Store};
+use dashmap::DashMap;
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::availability::Schedule;
+use crate::config::{Config, TenantConfig};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::origin::OriginPolicy;
+
+/// The time source (epoch ms). Injectable so tests can move through DST changes.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock(Arc::new(confab_protocol::time::now_ms))
+    }
+
+    pub fn from_fn(f: impl Fn() -> i64 + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(f))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+/// A tenant, compiled.
+pub struct Tenant {
+    pub cfg: TenantConfig,
+    /// Its effective origin allowlist.
+    pub policy: OriginPolicy,
+    pub schedule: Schedule,
+}
+
+/// Lookup tables for tenants.
+pub struct Tenants {
+    by_id: HashMap<String, Arc<Tenant>>,
+    by_public_key: HashMap<String, Arc<Tenant>>,
+    /// SHA-256 of each `server_key`: a hash-table lookup does not leak key bytes by timing.
+    by_server_key: HashMap<[u8; 32], Arc<Tenant>>,
+    /// Every policy of the deployment, for CORS (which runs before the tenant is known).
+    policies: Vec<OriginPolicy>,
+}
+
+impl Tenants {
+    pub fn new(config: &Config) -> Tenants {
+        let mut t = Tenants {
+            by_id: HashMap::new(),
+            by_public_key: HashMap::new(),
+            by_server_key: HashMap::new(),
+            policies: Vec::new(),
+        };
+        for cfg in &config.tenants {
+            let tenant = Arc::new(Tenant {
+                policy: OriginPolicy::for_tenant(&config.allowed_origins, &cfg.allowed_origins),
+                schedule: Schedule::parse(&cfg.availability)
+                    .expect("checked when the config was loaded"),
+                cfg: cfg.clone(),
+            });
+            t.policies.push(tenant.policy.clone());
+            t.by_id.insert(cfg.id.clone(), tenant.clone());
+            t.by_public_key
+                .insert(cfg.public_key.clone(), tenant.clone());
+            t.by_server_key
+                .insert(Sha256::digest(cfg.server_key.as_bytes()).into(), tenant);
+        }
+        t
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<&Arc<Tenant>> {
+        self.by_id.get(id)
+    }
+
+    pub fn by_public_key(&self, pk: &str) -> Option<&Arc<Tenant>> {
+        self.by_public_key.get(pk)
+    }
+
+    pub fn by_server_key(&self, key: &str) -> Option<&Arc<Tenant>> {
+        self.by_server_key
+            .get(&<[u8; 32]>::from(Sha256::digest(key.as_bytes())))
+    }
+
+    pub fn any_policy_allows(&self, origin: &str) -> bool {
+        self.policies.iter().any(|p| p.allows(origin))
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.by_id.values()
+    }
+}
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+pub struct Inner {
+    pub config: Config,
+    pub tenants: Tenants,
+    /// Session-token and challenge keys (current + previous).
+    pub keys: Keyring,
+    pub store: Arc<dyn Store>,
+    pub broker: Arc<dyn Broker>,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub hub: Arc<Hub>,
+    pub clock: Clock,
+    pub trusted_proxies: Vec<IpNet>,
+    /// Tenant id → (computed at, encoded tenant part of `/v1/config` without its closing
+    /// brace). Recomputed at most once per 60 s per tenant.
+    pub config_cache: DashMap<String, (i64, Arc<str>)>,
+    pub metrics: Metrics,
+    /// Cancelled when the node shuts down: long-polls answer, sockets close with 1001.
+    pub shutdown: CancellationToken,
+    /// WebSocket connection slots (`max_connections`): taken before the upgrade.
+    pub connections: Arc<Semaphore>,
+    /// WebSocket tasks, awaited (with a deadline) at shutdown.
+    pub sockets: TaskTracker,
+}
+
+impl AppState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        keys: Keyring,
+        store: Arc<dyn Store>,
+        broker: Arc<dyn Broker>,
+        limiter: Arc<dyn RateLimiter>,
+        hub: Arc<Hub>,
+        clock: Clock,
+    ) -> AppState {
+        let trusted_proxies = config
+            .trusted_proxies
+            .iter()
+            .filter_map(|c| crate::limits::parse_cidr(c))
+            .collect();
+        AppState(Arc::new(Inner {
+            tenants: Tenants::new(&config),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            config,
+            keys,
+            store,
+            broker,
+            limiter,
+            hub,
+            clock,
+            trusted_proxies,
+            config_cache: DashMap::new(),
+            metrics: Metrics::default(),
+            shutdown: CancellationToken::new(),
+            sockets: TaskTracker::new(),
+        }))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}

@@ -1,0 +1,351 @@
+//! The WebSocket channels. [`visitor`] and [`tenant`] supply what differs (credential,
+//! log, client frames); this module drives a connection from upgrade to close:
+//!
+//! 1. Before the upgrade: `Origin` (HTTP 403 — CORS does not protect upgrades), a
+//!    connection slot (HTTP 503 at `max_connections`).
+//! 2. The auth frame within [`AUTH_TIMEOUT`] (else 4408); a bad credential closes 4401,
+//!    an origin the tenant does not allow 4403, a malformed `after` 4400.
+//! 3. Subscribe to the channel *first*, then read the log after `after` and send it, then
+//!    the live queue — dropping whatever the replay already covered (`seq <= last`) and
+//!    filling any hole (`seq > last + 1`, or a broker `Resync`) from the log. This is
+//!    what makes resume lossless and duplicate-free at the seam.
+//! 4. Until the end: frames in, queue out, pings every [`PING_EVERY`], close after
+//!    [`IDLE_LIMIT`] of silence, 1013 when the hub kicks a consumer that cannot keep up,
+//!    1001 at shutdown, 1009 for frames over 64 KiB, 1003 for binary frames.
+//!
+//! Buffers are small on purpose (an idle socket should cost a few KiB): tungstenite reads
+//! in [`READ_BUFFER`] chunks and writes through without an accumulation buffer.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use confab_protocol::frames::{self, ClientFrame};
+use confab_protocol::{ApiError, ErrorCode};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::{timeout, Instant};
+
+use crate::error::error_response;
+use crate::hub::{Class, KickHandle, Subscription};
+use crate::state::AppState;
+
+pub mod tenant;
+pub mod visitor;
+
+/// The first frame must arrive within this.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The server pings this often.
+pub const PING_EVERY: Duration = Duration::from_secs(25);
+/// A connection that sends nothing (not even a pong) for this long is closed.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(60);
+/// Largest accepted frame / message.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// tungstenite's read chunk (its default, 128 KiB, would dominate an idle socket's cost).
+pub const READ_BUFFER: usize = 4 * 1024;
+/// Most bytes tungstenite may hold unsent before `send` waits (backpressure then comes
+/// from the hub queue, see `hub`).
+pub const MAX_WRITE_BUFFER: usize = 256 * 1024;
+/// A kicked or closing connection gets this long to take its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Close codes (RFC 6455 and the SPEC's 44xx).
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub const BAD_REQUEST: u16 = 4400;
+    pub const UNAUTHORIZED: u16 = 4401;
+    pub const FORBIDDEN: u16 = 4403;
+    pub const AUTH_TIMEOUT: u16 = 4408;
+}
+
+/// What a channel supplies to the driver.
+pub trait ChannelLogic: Send + 'static {
+    /// A page of the log after `after`: (seq, encoded frame) in order, and whether more
+    /// follows. `None` when that part of the log is gone (retention).
+    fn backlog(
+        &self,
+        state: &AppState,
+        after: u64,
+    ) -> impl std::future::Future<Output = Result<Option<(Vec<(u64, Utf8Bytes)>, bool)>, ApiError>> + Send;
+
+    /// Handles a client frame after auth; replies go through `sub.reply`.
+    fn on_frame(
+        &mut self,
+        state: &AppState,
+        frame: ClientFrame,
+        sub: &Subscription,
+    ) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Checks what can be checked before upgrading and configures the socket.
+pub fn prepare(
+    state: &AppState,
+    headers: &HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<(WebSocketUpgrade, tokio::sync::OwnedSemaphorePermit), Response> {
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+        if !origin
+            .to_str()
+            .is_ok_and(|o| state.tenants.any_policy_allows(o))
+        {
+            return Err(error_response(&ApiError::new(
+                ErrorCode::OriginNotAllowed,
+                "origin not allowed",
+            )));
+        }
+    }
+    if state.shutdown.is_cancelled() {
+        return Err(error_response(&ApiError::new(
+            ErrorCode::Unavailable,
+            "shutting down",
+        )));
+    }
+    let permit = state.connections.clone().try_acquire_owned().map_err(|_| {
+        error_response(&ApiError::new(
+            ErrorCode::Unavailable,
+            "connection limit reached",
+        ))
+    })?;
+    let ws = ws
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME);
+    Ok((ws, permit))
+}
+
+/// The socket halves plus liveness bookkeeping.
+pub struct Conn {
+    sink: SplitSink<WebSocket, Message>,
+    stream: SplitStream<WebSocket>,
+    last_heard: Instant,
+}
+
+/// Why a connection loop ended, and how to say so.
+enum End {
+    Close(u16, &'static str),
+    /// The peer is gone: nothing to send.
+    Gone,
+}
+
+impl Conn {
+    pub fn new(socket: WebSocket) -> Conn {
+        let (sink, stream) = socket.split();
+        Conn {
+            sink,
+            stream,
+            last_heard: Instant::now(),
+        }
+    }
+
+    async fn send(&mut self, text: Utf8Bytes) -> Result<(), End> {
+        self.sink
+            .send(Message::Text(text))
+            .await
+            .map_err(|_| End::Gone)
+    }
+
+    pub async fn close(mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = timeout(CLOSE_GRACE, async {
+            let _ = self.sink.send(Message::Close(Some(frame))).await;
+            let _ = self.sink.close().await;
+        })
+        .await;
+    }
+
+    /// Reads until a text frame, handling control frames. `Err` ends the connection.
+    async fn next_text(&mut self) -> Result<Utf8Bytes, End> {
+        loop {
+            let msg = match self.stream.next().await {
+                None => return Err(End::Gone),
+                Some(Err(e)) => return Err(classify(e)),
+                Some(Ok(m)) => m,
+            };
+            self.last_heard = Instant::now();
+            match msg {
+                Message::Text(t) if t.len() > MAX_FRAME => {
+                    return Err(End::Close(close::TOO_BIG, "frame over 64 KiB"))
+                }
+                Message::Text(t) => return Ok(t),
+                Message::Binary(_) => {
+                    return Err(End::Close(
+                        close::UNSUPPORTED_DATA,
+                        "binary frames are not supported",
+                    ))
+                }
+                Message::Close(_) => return Err(End::Gone),
+                Message::Ping(_) | Message::Pong(_) => {}
+            }
+        }
+    }
+
+    /// Waits for the auth frame: `(token, after)`.
+    pub async fn authenticate(&mut self) -> Result<(String, Option<String>), (u16, &'static str)> {
+        let deadline = Instant::now() + AUTH_TIMEOUT;
+        loop {
+            let text = match tokio::time::timeout_at(deadline, self.next_text()).await {
+                Err(_) => return Err((close::AUTH_TIMEOUT, "no auth frame within 5 s")),
+                Ok(Err(End::Close(code, why))) => return Err((code, why)),
+                Ok(Err(End::Gone)) => return Err((0, "")),
+                Ok(Ok(t)) => t,
+            };
+            match ClientFrame::parse(&text) {
+                Ok(ClientFrame::Auth { token, after }) => return Ok((token, after)),
+                Ok(_) => {
+                    let _ = self
+                        .send(frames::error("invalid_frame", "the first frame must be auth").into())
+                        .await;
+                }
+                Err(msg) => {
+                    let _ = self.send(frames::error("invalid_frame", &msg).into()).await;
+                }
+            }
+        }
+    }
+}
+
+fn classify(e: axum::Error) -> End {
+    match e.into_inner().downcast::<tungstenite::Error>() {
+        Ok(boxed) => match *boxed {
+            tungstenite::Error::Capacity(_) => End::Close(close::TOO_BIG, "frame over 64 KiB"),
+            tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_) => {
+                End::Close(close::PROTOCOL_ERROR, "protocol error")
+            }
+            _ => End::Gone,
+        },
+        Err(_) => End::Gone,
+    }
+}
+
+/// Runs an authenticated, subscribed connection until it ends: replays after `last`,
+/// then serves live frames and client frames.
+pub async fn serve<L: ChannelLogic>(
+    state: AppState,
+    mut conn: Conn,
+    mut sub: Subscription,
+    mut logic: L,
+    mut last: u64,
+    ready: String,
+) {
+    let end = async {
+        conn.send(ready.into()).await?;
+        fill(&state, &mut conn, &logic, &mut last).await?;
+        let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+        let kick = sub.kick_handle();
+        loop {
+            tokio::select! {
+                biased;
+                _ = state.shutdown.cancelled() => return Err(End::Close(close::GOING_AWAY, "server shutting down")),
+                _ = kick.wait() => return Err(End::Close(close::TRY_AGAIN_LATER, "too slow: resume with after")),
+                out = sub.rx.recv() => {
+                    let Some(out) = out else { return Err(End::Gone) };
+                    match (out.class, out.seq) {
+                        (Class::Resync, _) => {
+                            fill(&state, &mut conn, &logic, &mut last).await?;
+                        }
+                        (_, Some(seq)) if seq <= last => {}
+                        (_, Some(seq)) => {
+                            // A hole before this frame is filled from the log first; if the log
+                            // cannot be read now, the frame waits for the next attempt rather
+                            // than opening a gap the client would never see filled.
+                            let whole = seq == last + 1 || fill(&state, &mut conn, &logic, &mut last).await?;
+                            if whole && seq > last {
+                                send_or_stop(&state, &mut conn, &kick, out.text).await?;
+                                last = seq;
+                            }
+                        }
+                        (_, None) => send_or_stop(&state, &mut conn, &kick, out.text).await?,
+                    }
+                }
+                text = conn.next_text() => {
+                    let text = text?;
+                    match ClientFrame::parse(&text) {
+                        Ok(frame) => logic.on_frame(&state, frame, &sub).await,
+                        Err(msg) => sub.reply(frames::error("invalid_frame", &msg)),
+                    }
+                }
+                _ = ping.tick() => {
+                    if conn.last_heard.elapsed() > IDLE_LIMIT {
+                        return Err(End::Close(close::NORMAL, "no traffic for 60 s"));
+                    }
+                    conn.sink.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)?;
+                }
+            }
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), End>(())
+    }
+    .await;
+    if let Err(End::Close(code, reason)) = end {
+        conn.close(code, reason).await;
+    }
+}
+
+/// Sends a live frame, giving up if the hub kicks this consumer or the node shuts down
+/// while the socket is not draining.
+async fn send_or_stop(
+    state: &AppState,
+    conn: &mut Conn,
+    kick: &KickHandle,
+    text: Utf8Bytes,
+) -> Result<(), End> {
+    tokio::select! {
+        r = conn.send(text) => r,
+        _ = kick.wait() => Err(End::Close(close::TRY_AGAIN_LATER, "too slow: resume with after")),
+        _ = state.shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "server shutting down")),
+    }
+}
+
+/// Sends everything in the log after `last`, advancing it. `Ok(false)` when the log could
+/// not be read to its end.
+async fn fill<L: ChannelLogic>(
+    state: &AppState,
+    conn: &mut Conn,
+    logic: &L,
+    last: &mut u64,
+) -> Result<bool, End> {
+    loop {
+        match logic.backlog(state, *last).await {
+            Ok(Some((items, more))) => {
+                for (seq, text) in items {
+                    if seq > *last {
+                        conn.send(text).await?;
+                        *last = seq;
+                    }
+                }
+                if !more {
+                    return Ok(true);
+                }
+            }
+            Ok(None) => {
+                conn.send(
+                    frames::error(
+                        "not_recovered",
+                        "events were lost to retention: reload over HTTP",
+                    )
+                    .into(),
+                )
+                .await?;
+                return Ok(true);
+            }
+            Err(e) => {
+                // The store is down: say so and keep the socket; the next Resync or live
+                // frame retries the fill.
+                conn.send(frames::error(e.code.as_str(), &e.message).into())
+                    .await?;
+                return Ok(false);
+            }
+        }
+    }
+}

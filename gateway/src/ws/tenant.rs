@@ -1,0 +1,232 @@
+//! The tenant channel (`GET /v1/tenant/ws`): every event of one tenant, for agent
+//! dashboards. Authenticated by an agent JWT; `after` is a tenant event offset.
+
+use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use confab_protocol::frames::{self, ClientFrame};
+use confab_protocol::model::{Author, Status};
+use confab_protocol::ApiError;
+use confab_store::{parse_seq, Channel};
+use std::sync::Arc;
+
+use super::visitor::error_for;
+use super::{close, prepare, serve, ChannelLogic, Conn};
+use crate::auth::verify_agent;
+use crate::hub::Subscription;
+use crate::state::{AppState, Tenant};
+
+/// Outbound queue per agent connection, in frames. Agents see every event of the tenant,
+/// so bursts are larger than on the visitor channel.
+pub const AGENT_QUEUE: usize = 4096;
+/// Events per replay read.
+const PAGE: usize = 500;
+
+struct Agent {
+    tenant: Arc<Tenant>,
+    author: Author,
+}
+
+impl ChannelLogic for Agent {
+    async fn backlog(
+        &self,
+        state: &AppState,
+        after: u64,
+    ) -> Result<Option<(Vec<(u64, Utf8Bytes)>, bool)>, ApiError> {
+        let page = state
+            .store
+            .events(&self.tenant.cfg.id, after, PAGE)
+            .await
+            .map_err(crate::error::store_error)?;
+        if !page.recovered {
+            return Ok(None);
+        }
+        let items = page
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    e.offset,
+                    frames::tenant_event(&e.kind, e.offset, &e.data).into(),
+                )
+            })
+            .collect();
+        Ok(Some((items, page.has_more)))
+    }
+
+    async fn on_frame(&mut self, state: &AppState, frame: ClientFrame, sub: &Subscription) {
+        match frame {
+            ClientFrame::Reply {
+                conversation_id,
+                message,
+                client_message_id,
+            } => {
+                let cmid = client_message_id.clone();
+                let result = state
+                    .send_tenant_message(
+                        &self.tenant,
+                        self.author.clone(),
+                        &conversation_id,
+                        &message,
+                        client_message_id,
+                        None,
+                    )
+                    .await;
+                match result {
+                    Ok(a) => sub.reply(frames::ack(
+                        a.message.client_message_id.as_deref().or(cmid.as_deref()),
+                        &a.message,
+                        a.duplicate,
+                    )),
+                    Err(e) => sub.reply(error_for(&e, cmid.as_deref())),
+                }
+            }
+            ClientFrame::Typing {
+                conversation_id: Some(id),
+            } => {
+                if let Err(e) = state.agent_typing(&self.tenant, &self.author, &id).await {
+                    sub.reply(error_for(&e, None));
+                }
+            }
+            ClientFrame::Typing {
+                conversation_id: None,
+            } => sub.reply(frames::error(
+                "invalid_frame",
+                "typing needs a conversationId on the tenant channel",
+            )),
+            ClientFrame::Close { conversation_id } => {
+                if let Err(e) = state
+                    .set_conversation_status(&self.tenant, &conversation_id, Status::Closed)
+                    .await
+                {
+                    sub.reply(error_for(&e, None));
+                }
+            }
+            ClientFrame::Ping => sub.reply(Utf8Bytes::from_static(frames::PONG)),
+            ClientFrame::Auth { .. } => {
+                sub.reply(frames::error("invalid_frame", "already authenticated"))
+            }
+            ClientFrame::Message { .. } => sub.reply(frames::error(
+                "invalid_frame",
+                "not an agent frame (reply, typing, close, ping)",
+            )),
+        }
+    }
+}
+
+/// `GET /v1/tenant/ws`.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let (ws, permit) = match prepare(&state, &headers, ws) {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let tracker = state.sockets.clone();
+    ws.on_upgrade(move |socket| {
+        tracker.track_future(async move {
+            let _permit = permit;
+            state
+                .metrics
+                .agent_sockets
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            run(state.clone(), Conn::new(socket), headers).await;
+            state
+                .metrics
+                .agent_sockets
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        })
+    })
+}
+
+async fn run(state: AppState, mut conn: Conn, headers: HeaderMap) {
+    let (token, after) = match conn.authenticate().await {
+        Ok(x) => x,
+        Err((0, _)) => return,
+        Err((code, why)) => return conn.close(code, why).await,
+    };
+    let (tenant, claims) = match verify_agent(&state, &token) {
+        Ok(x) => x,
+        Err(_) => {
+            return conn
+                .close(close::UNAUTHORIZED, "invalid or expired agent token")
+                .await
+        }
+    };
+    if tenant.policy.check(&headers).is_err() {
+        return conn
+            .close(close::FORBIDDEN, "origin not allowed for this tenant")
+            .await;
+    }
+    let after = match after.as_deref().filter(|a| !a.is_empty()) {
+        None => None,
+        Some(a) => match parse_seq(a) {
+            Some(n) => Some(n),
+            None => {
+                return conn
+                    .close(close::BAD_REQUEST, "after is not an event offset")
+                    .await
+            }
+        },
+    };
+    let sub = state.hub.subscribe(
+        &state.broker,
+        Channel::Tenant {
+            tenant: tenant.cfg.id.as_str().into(),
+        },
+        AGENT_QUEUE,
+        false,
+    );
+    let latest = match state.store.last_offset(&tenant.cfg.id).await {
+        Ok(n) => n,
+        Err(_) => {
+            return conn
+                .close(close::TRY_AGAIN_LATER, "store unavailable")
+                .await
+        }
+    };
+    let (last, recovered) = match after {
+        None => (latest, true),
+        // An offset this log never reached: the client's state is from elsewhere.
+        Some(a) if a > latest => (latest, false),
+        Some(a) => match state.store.events(&tenant.cfg.id, a, 1).await {
+            Ok(page) if page.recovered => (a, true),
+            // Lost to retention: replay what is retained, and say so.
+            Ok(_) => (a, false),
+            Err(_) => {
+                return conn
+                    .close(close::TRY_AGAIN_LATER, "store unavailable")
+                    .await
+            }
+        },
+    };
+    let last = if recovered || after.is_none_or(|a| a > latest) {
+        last
+    } else {
+        retained_floor(&state, &tenant.cfg.id, last).await
+    };
+    let ready = frames::ready_tenant(
+        &tenant.cfg.id,
+        &claims.sub,
+        claims.name.as_deref(),
+        recovered,
+    );
+    let author = Author {
+        kind: confab_protocol::model::AuthorKind::Agent,
+        id: claims.sub,
+        name: claims.name,
+    };
+    serve(state, conn, sub, Agent { tenant, author }, last, ready).await;
+}
+
+/// For a non-recovered resume: the offset just before the oldest retained event, so the
+/// replay sends everything still retained.
+async fn retained_floor(state: &AppState, tenant: &str, fallback: u64) -> u64 {
+    match state.store.events(tenant, 0, 1).await {
+        Ok(p) => p.events.first().map(|e| e.offset - 1).unwrap_or(fallback),
+        Err(_) => fallback,
+    }
+}

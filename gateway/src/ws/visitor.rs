@@ -1,0 +1,187 @@
+//! The visitor channel (`GET /v1/visitor/ws`): one conversation, live. Authenticated by a
+//! session token; `after` is a message id.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use confab_protocol::frames::{self, ClientFrame};
+use confab_protocol::ApiError;
+use confab_store::{parse_seq, Channel, Cursor};
+
+use super::{close, prepare, serve, ChannelLogic, Conn};
+use crate::auth::{verify_session, VisitorSession};
+use crate::hub::Subscription;
+use crate::state::AppState;
+
+/// Outbound queue per visitor connection, in frames. A visitor sees one conversation, so
+/// this is far more than a healthy client ever has pending.
+pub const VISITOR_QUEUE: usize = 256;
+
+struct Visitor {
+    session: VisitorSession,
+    ip: IpAddr,
+}
+
+impl ChannelLogic for Visitor {
+    async fn backlog(
+        &self,
+        state: &AppState,
+        after: u64,
+    ) -> Result<Option<(Vec<(u64, Utf8Bytes)>, bool)>, ApiError> {
+        let c = &self.session.claims;
+        let page = state
+            .store
+            .messages(&c.tenant, &c.conversation_id, Cursor::After(after), 200)
+            .await
+            .map_err(crate::error::store_error)?;
+        let items = page
+            .messages
+            .iter()
+            .map(|m| (m.seq, frames::visitor_message_new(&m.json).into()))
+            .collect();
+        Ok(Some((items, page.has_more)))
+    }
+
+    async fn on_frame(&mut self, state: &AppState, frame: ClientFrame, sub: &Subscription) {
+        match frame {
+            ClientFrame::Message {
+                message,
+                client_message_id,
+            } => {
+                let cmid = client_message_id.clone();
+                match state
+                    .send_visitor_message(&self.session, self.ip, &message, client_message_id, None)
+                    .await
+                {
+                    Ok(a) => sub.reply(frames::ack(
+                        a.message.client_message_id.as_deref().or(cmid.as_deref()),
+                        &a.message,
+                        a.duplicate,
+                    )),
+                    Err(e) => sub.reply(error_for(&e, cmid.as_deref())),
+                }
+            }
+            ClientFrame::Typing { .. } => state.visitor_typing(&self.session).await,
+            ClientFrame::Ping => sub.reply(Utf8Bytes::from_static(frames::PONG)),
+            ClientFrame::Auth { .. } => {
+                sub.reply(frames::error("invalid_frame", "already authenticated"))
+            }
+            ClientFrame::Reply { .. } | ClientFrame::Close { .. } => sub.reply(frames::error(
+                "invalid_frame",
+                "not a visitor frame (message, typing, ping)",
+            )),
+        }
+    }
+}
+
+/// An `error` frame for a failed client request, naming the `clientMessageId` it answers.
+pub fn error_for(e: &ApiError, client_message_id: Option<&str>) -> String {
+    let mut v = serde_json::json!({"type": "error", "code": e.code.as_str(), "message": e.message});
+    if let Some(id) = client_message_id {
+        v["clientMessageId"] = id.into();
+    }
+    if let Some(f) = &e.field {
+        v["field"] = f.as_str().into();
+    }
+    if let Some(s) = e.retry_after_secs {
+        v["retryAfter"] = s.into();
+    }
+    v.to_string()
+}
+
+/// `GET /v1/visitor/ws`.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let (ws, permit) = match prepare(&state, &headers, ws) {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let ip = crate::http::client_ip(&state, peer, &headers);
+    let tracker = state.sockets.clone();
+    ws.on_upgrade(move |socket| {
+        tracker.track_future(async move {
+            let _permit = permit;
+            state
+                .metrics
+                .visitor_sockets
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            run(state.clone(), Conn::new(socket), headers, ip).await;
+            state
+                .metrics
+                .visitor_sockets
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        })
+    })
+}
+
+async fn run(state: AppState, mut conn: Conn, headers: HeaderMap, ip: IpAddr) {
+    let (token, after) = match conn.authenticate().await {
+        Ok(x) => x,
+        Err((0, _)) => return,
+        Err((code, why)) => return conn.close(code, why).await,
+    };
+    let session = match verify_session(&state, Some(&token)) {
+        Ok(s) => s,
+        Err(_) => {
+            return conn
+                .close(close::UNAUTHORIZED, "invalid or expired session token")
+                .await
+        }
+    };
+    if session.tenant.policy.check(&headers).is_err() {
+        return conn
+            .close(close::FORBIDDEN, "origin not allowed for this widget")
+            .await;
+    }
+    let after = match after.as_deref().filter(|a| !a.is_empty()) {
+        None => None,
+        Some(a) => match parse_seq(a) {
+            Some(n) => Some(n),
+            None => {
+                return conn
+                    .close(close::BAD_REQUEST, "after is not a message id")
+                    .await
+            }
+        },
+    };
+    let c = &session.claims;
+    let channel = Channel::Conversation {
+        tenant: c.tenant.as_str().into(),
+        conversation_id: c.conversation_id.as_str().into(),
+    };
+    let sub = state
+        .hub
+        .subscribe(&state.broker, channel, VISITOR_QUEUE, false);
+    // Where the log stands now that we are subscribed: anything later arrives live.
+    let latest = match state
+        .store
+        .conversation(&c.tenant, &c.conversation_id)
+        .await
+    {
+        Ok(Some(conv)) => conv
+            .last_message
+            .and_then(|m| parse_seq(&m.id))
+            .unwrap_or(0),
+        Ok(None) => {
+            return conn
+                .close(close::UNAUTHORIZED, "no such conversation")
+                .await
+        }
+        Err(_) => {
+            return conn
+                .close(close::TRY_AGAIN_LATER, "store unavailable")
+                .await
+        }
+    };
+    // Without `after` the client starts live; an `after` beyond the log replays nothing.
+    let last = after.map_or(latest, |a| a.min(latest));
+    let ready = frames::ready_visitor(&c.conversation_id, &c.visitor_id);
+    serve(state, conn, sub, Visitor { session, ip }, last, ready).await;
+}
