@@ -348,6 +348,15 @@ pub trait Broker: Send + Sync + 'static {
     fn subscribe(&self, channel: &Channel);
     /// The last local subscriber of `channel` left.
     fn unsubscribe(&self, channel: &Channel);
+    /// Resolves once the subscription to `channel` is live: every event committed on it
+    /// from then on reaches the sink. `subscribe` may take effect asynchronously (Redis),
+    /// so a hub replaying history to a new subscriber reads the log only after this (and
+    /// drops live events it already replayed, by id/offset): nothing committed in between
+    /// is missed. `Err(Unavailable)` when it did not become live in time; a
+    /// [`Published::Resync`] follows once it does. Default: live at once.
+    async fn subscribed(&self, _channel: &Channel) -> Result<()> {
+        Ok(())
+    }
     /// Publishes an ephemeral event (typing) to every node.
     async fn publish_ephemeral(&self, event: Published) -> Result<()>;
     /// False while the broker knows its subscription is broken (for `/readyz`).

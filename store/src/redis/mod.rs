@@ -1,8 +1,670 @@
-//! The Redis backend (scale-out): not built yet.
+//! # The Redis backend
+//!
+//! Scale-out mode: every gateway node opens the same Redis. The store, the fan-out and the
+//! rate limiter all live there, so nodes share conversations, ids, offsets, limits, the
+//! challenge replay set and the session secret.
+//!
+//! ## Layout
+//!
+//! - `mod.rs` (this file) — [`open`], [`RedisStore`] (the [`Store`]) and the command
+//!   connection ([`Conn`]: timeouts, reconnects, error mapping).
+//! - `keys.rs` — every key and channel name.
+//! - `codec.rs` — the JSON templates the scripts fill in, and the pub/sub payloads.
+//! - `scripts.rs` + `*.lua` — the scripts; `lib.lua` holds the helpers all of them share.
+//! - `pubsub.rs` — [`RedisBroker`]: the node's one subscriber connection, resync, canary.
+//! - `limiter.rs` — [`RedisRateLimiter`]: GCRA in a script.
+//! - `testing.rs` — a private `redis-server` per test and a freezable TCP proxy (for this
+//!   crate's tests and the gateway's multi-node tests).
+//!
+//! ## Key layout
+//!
+//! `T` and `C` are the tenant and conversation ids, escaped when they hold anything but
+//! `[A-Za-z0-9_.-]` (see `keys.rs`), so data never forges a key or a hash tag.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `confab:{t:T}:conv:C` | HASH | one conversation: JSON pieces `t1`…`t5`, `st`, `ua`, `q`, `lm`, `seq`, `lcm`, `lca`, `um`, `ver` |
+//! | `confab:{t:T}:msgs:C` | STREAM | its messages: entry id `SEQ-CREATED_MS`, field `m` = the message JSON |
+//! | `confab:{t:T}:idem:C` | HASH | clientMessageId → seq of the first message with it |
+//! | `confab:{t:T}:list:open`, `…:list:closed` | ZSET | the conversation list: score 0, member `UPDATED_MS(20 digits):C` |
+//! | `confab:{t:T}:visitors` | HASH | visitor-token hash → `VISITOR_ID CONVERSATION_ID` |
+//! | `confab:{t:T}:meta` | HASH | `offset` (last tenant offset), `pruned` (highest offset dropped by retention) |
+//! | `confab:{t:T}:log` | STREAM | tenant events: entry id `OFFSET-CREATED_MS`, fields `k` (type), `d` (data JSON) |
+//! | `confab:tenants` | SET | tenants with a log, for `maintain` |
+//! | `confab:secret` | STRING | the generated session secret (`SET NX`, then `GET`) |
+//! | `confab:nonce:N` | STRING | a used challenge nonce (`SET NX PX ttl`: expires by itself) |
+//! | `confab:rl:KEY` | STRING | a rate limiter's TAT in µs (`PX` until the TAT: expires by itself) |
+//!
+//! Channels: `confab:DB:{t:T}:conv:C` (a conversation's visitors), `confab:DB:{t:T}:events`
+//! (a tenant's agents), `confab:DB:node:ID` (a node's canary). Pub/sub ignores `SELECT`,
+//! hence the database number in the name.
+//!
+//! **Why streams for messages and events.** A conversation's messages are read by id range
+//! (`after`), by creation time (`since`, `afterCreatedAt`) and never change. A stream with
+//! *explicit* ids `SEQ-CREATED_MS` is exactly that: `XADD` refuses an id that does not
+//! grow, the id range gives `after` in O(log n + k) (`XRANGE key SEQ+1 + COUNT k`), the
+//! creation time rides in the id so a time cursor is a binary search over ids with no
+//! second index (`history.lua`: (createdAt, id) grows with the id since createdAt never
+//! decreases), and radix-tree/listpack storage with delta-encoded ids is the most compact
+//! Redis has for an append-only log. A sorted set would need a unique member per entry
+//! (the JSON itself, or a hash beside it) and a second sorted set for time. The tenant log
+//! is a stream for the same reasons, plus `XTRIM MINID` for retention.
+//!
+//! ## Scripts, and round trips per message
+//!
+//! `start.lua`, `append.lua`, `status.lua`, `profile.lua`, `qualify.lua`, `event.lua`,
+//! `trim.lua`, `history.lua`, `gcra.lua` (see `scripts.rs`). **A message costs one round
+//! trip**: one `EVALSHA` of `append.lua` checks that the conversation exists in the tenant,
+//! checks the clientMessageId, takes the next seq, computes `createdAt = max(now, last)`,
+//! `XADD`s the message, records the idempotency key, updates the conversation (last
+//! message, `updatedAt`, reopening, its list position), appends `message:new` (and
+//! `conversation:updated` on reopen) to the tenant log with the next offsets, trims the log
+//! and `PUBLISH`es the message, the event(s) and the conversation change. The JSON is made
+//! by serde in Rust as a template around placeholders and the script splices in the id and
+//! `createdAt` (see `codec.rs`), so the bytes are exactly SQLite's. Extra round trips: a
+//! tenant's first event in a process adds one `SADD confab:tenants`; after a Redis restart
+//! the first `EVALSHA` of each script gets `NOSCRIPT` and is followed by `SCRIPT LOAD` +
+//! `EVALSHA`.
+//!
+//! ## Ordering
+//!
+//! Redis runs one script at a time, so a script is a transaction: the seq and offsets it
+//! takes are the commit order, and its `PUBLISH`es reach each subscriber connection before
+//! those of any later script. Every node subscribes with one connection and delivers only
+//! what that connection receives — its own publications included — so every node sees
+//! every channel in seq/offset order, and a stored event is always published (same script)
+//! while a published one is always stored.
+//!
+//! ## Faults
+//!
+//! - **Commands** go over one multiplexed connection (a `ConnectionManager`, which
+//!   reconnects after I/O errors) and are bounded by [`COMMAND_TIMEOUT`]. While Redis is
+//!   unreachable a call fails within that bound with [`StoreError::Unavailable`]; a timed
+//!   out connection is replaced (it may be a half-open TCP connection that would never
+//!   answer). A timeout is ambiguous — the script may have run — which is what
+//!   clientMessageId idempotency is for: a client retrying gets `duplicate: true`.
+//! - **Pub/sub is at-most-once.** After every (re)subscription the broker emits
+//!   [`Published::Resync`]; the hub then re-reads each subscriber's log after the last
+//!   id/offset it delivered, so the gap is filled from the stored log.
+//! - **Silent failures** (a half-open connection, a proxy that stopped forwarding) are
+//!   caught by a canary: the node publishes to its own channel every [`pubsub::CANARY_EVERY`]
+//!   and when nothing came back for [`pubsub::CANARY_DEADLINE`], it marks itself unhealthy
+//!   (`/readyz` says 503), reconnects, and emits `Resync`.
+//! - Everything recovers by itself when Redis returns.
+//!
+//! ## Persistence
+//!
+//! A message is acknowledged once its script ran, i.e. once Redis has it in memory. That
+//! survives any gateway node crash (the SPEC's promise). Whether it survives a *Redis*
+//! crash is Redis's persistence setting:
+//! - `appendonly yes` + `appendfsync always`: Redis fsyncs the AOF before it replies, so an
+//!   acknowledged message survives a Redis crash or power loss. Costs an fsync per write
+//!   batch (Redis groups the writes of one event-loop iteration).
+//! - `appendonly yes` + `appendfsync everysec` (the usual choice): at most about one second
+//!   of acknowledged writes can be lost on a power loss or kernel crash; a crash of the
+//!   Redis process alone loses nothing (the data is already in the OS page cache).
+//! - `appendfsync no` / RDB snapshots only: acknowledged messages since the last
+//!   flush/snapshot can be lost. Fine for a cache, not for chat history.
+//! With replicas, a failover can lose writes the replica had not received; Redis 7.2's
+//! `WAITAOF` could make the acknowledgement wait for them (not done here).
+//!
+//! ## Cluster
+//!
+//! Every key of a tenant carries the hash tag `{t:T}`, so all of a tenant lives in one
+//! slot and every script touches one slot: the tenant is the unit of sharding. That keeps
+//! a message's commit (conversation + tenant log) atomic in one script; the cost is that
+//! one tenant's load cannot be spread over shards, which suits chat widgets (many modest
+//! tenants). Scripts declare every key they touch in `KEYS`. The global keys
+//! (`confab:tenants`, `confab:secret`, nonces, limiter keys) are used by single commands.
+//! This module speaks to one Redis (standalone, or behind a proxy/Sentinel address);
+//! running on Cluster needs a cluster client and `SPUBLISH`/`SSUBSCRIBE` (sharded pub/sub:
+//! the channel names already carry the tenant's hash tag) — not done yet.
+//!
+//! Requires Redis ≥ 6.2 (`XTRIM MINID`).
 
-use crate::{Backend, Result, Retention, StoreError};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Opens the Redis backend.
-pub async fn open(_url: &str, _retention: Retention) -> Result<Backend> {
-    Err(StoreError::Unavailable("the Redis backend is not available in this build".into()))
+use async_trait::async_trait;
+use confab_protocol::model::{Conversation, Status, TenantEvent};
+use confab_protocol::time::{format_ms, now_ms};
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, RedisError, RedisResult, ScriptInvocation, Value};
+use serde_json::Value as Json;
+
+use crate::domain::{new_conversation, new_conversation_id, new_message, new_visitor_id, to_json};
+use crate::{
+    Appended, Backend, ConversationCursor, ConversationPage, Cursor, EventsPage, MessagePage, NewConversation,
+    NewMessage, ProfileUpdate, Result, Retention, Store, StoreError, StoredMessage, VisitorRecord,
+};
+
+mod codec;
+mod keys;
+mod limiter;
+pub mod pubsub;
+mod scripts;
+#[doc(hidden)]
+pub mod testing;
+
+use codec::{conversation_template, fill_conversation, message_template, parse_conversation, parse_message, ConvSlots};
+use keys::{Channels, TenantKeys};
+pub use limiter::RedisRateLimiter;
+pub use pubsub::RedisBroker;
+
+/// The longest a store call waits for Redis before it answers `Unavailable`.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest one connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Optimistic retries of `update_profile` against concurrent profile updates.
+const PROFILE_ATTEMPTS: usize = 8;
+/// Events `maintain` drops per script call (keeps each call short).
+const TRIM_BUDGET: usize = 1000;
+
+/// Opens the Redis backend: the store, the broker and the rate limiter of one node.
+/// Fails with `Unavailable` when Redis does not answer a `PING` within [`COMMAND_TIMEOUT`].
+pub async fn open(url: &str, retention: Retention) -> Result<Backend> {
+    let node = RedisNode::connect(url, retention).await?;
+    Ok(Backend { store: node.store, broker: node.broker, limiter: node.limiter })
+}
+
+/// The three halves of a node, with their concrete types (tests look inside).
+pub struct RedisNode {
+    pub store: Arc<RedisStore>,
+    pub broker: Arc<RedisBroker>,
+    pub limiter: Arc<RedisRateLimiter>,
+}
+
+impl RedisNode {
+    /// Connects to `url` (`redis://[user:pass@]host:port[/db]`).
+    pub async fn connect(url: &str, retention: Retention) -> Result<RedisNode> {
+        let client = redis::Client::open(url).map_err(|e| StoreError::Internal(format!("bad Redis URL {url:?}: {e}")))?;
+        let db = client.get_connection_info().redis_settings().db();
+        let conn = Arc::new(Conn::new(client.clone())?);
+        let _: String = conn.query(redis::cmd("PING")).await?;
+        let channels = Channels::new(db);
+        let store = Arc::new(RedisStore {
+            conn: conn.clone(),
+            channels: channels.clone(),
+            retention,
+            registered: DashMap::new(),
+        });
+        let broker = Arc::new(RedisBroker::start(client, conn.clone(), channels));
+        let limiter = Arc::new(RedisRateLimiter::new(conn));
+        Ok(RedisNode { store, broker, limiter })
+    }
+}
+
+/// The command connection: one multiplexed connection shared by every call of the node.
+pub(crate) struct Conn {
+    client: redis::Client,
+    /// The connection and its generation; replaced after a timeout.
+    current: RwLock<(u64, ConnectionManager)>,
+}
+
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(COMMAND_TIMEOUT))
+        // Fail fast while Redis is down: callers get `Unavailable` and the next call
+        // starts a new attempt.
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500))
+}
+
+impl Conn {
+    fn new(client: redis::Client) -> Result<Conn> {
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config()).map_err(map_err)?;
+        Ok(Conn { client, current: RwLock::new((0, manager)) })
+    }
+
+    /// Runs `f` on the connection, bounded by [`COMMAND_TIMEOUT`] (plus the time to connect).
+    pub(crate) async fn run<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let (generation, manager) = self.current.read().clone();
+        match tokio::time::timeout(COMMAND_TIMEOUT + CONNECT_TIMEOUT, f(manager)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if e.is_timeout() {
+                    self.renew(generation);
+                }
+                Err(map_err(e))
+            }
+            Err(_) => {
+                self.renew(generation);
+                Err(StoreError::Unavailable("Redis did not answer in time".into()))
+            }
+        }
+    }
+
+    /// Replaces a connection that timed out: it may be half-open and never answer again
+    /// (the manager itself only reconnects after an I/O error).
+    fn renew(&self, generation: u64) {
+        let mut current = self.current.write();
+        if current.0 != generation {
+            return;
+        }
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), manager_config()) {
+            Ok(m) => {
+                tracing::warn!("redis: a command timed out; replacing the connection");
+                *current = (generation + 1, m);
+            }
+            Err(e) => tracing::error!(error = %e, "redis: cannot make a new connection"),
+        }
+    }
+
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T> {
+        self.run(|mut c| async move { cmd.query_async(&mut c).await }).await
+    }
+
+    pub(crate) async fn pipe<T: FromRedisValue>(&self, pipe: redis::Pipeline) -> Result<T> {
+        self.run(|mut c| async move { pipe.query_async(&mut c).await }).await
+    }
+
+    pub(crate) async fn eval<T: FromRedisValue>(&self, inv: ScriptInvocation<'static>) -> Result<T> {
+        self.run(|mut c| async move { inv.invoke_async(&mut c).await }).await
+    }
+}
+
+/// Who is at fault: Redis being away or busy is `Unavailable`; anything else (a script
+/// error, an unexpected reply) is a bug or corrupt data.
+fn map_err(e: RedisError) -> StoreError {
+    use redis::{ErrorKind, ServerErrorKind as S};
+    let unavailable = match e.kind() {
+        ErrorKind::Io | ErrorKind::AuthenticationFailed | ErrorKind::ClusterConnectionNotFound => true,
+        ErrorKind::Server(k) => matches!(k, S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly),
+        ErrorKind::Extension => matches!(e.code(), Some("OOM" | "BUSY" | "NOREPLICAS" | "MISCONF")),
+        _ => false,
+    };
+    if unavailable {
+        StoreError::Unavailable(format!("redis: {e}"))
+    } else {
+        StoreError::Internal(format!("redis: {e}"))
+    }
+}
+
+fn unexpected(what: &str, v: &[Value]) -> StoreError {
+    StoreError::Internal(format!("redis: unexpected reply to {what}: {v:?}"))
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Okay => Some("OK".into()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(n) => Some(*n),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// Splits a stream entry id `A-B`.
+fn split_id(id: &str) -> Option<(u64, i64)> {
+    let (a, b) = id.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// A stream entry as `XRANGE` returns it.
+type Entry = (String, Vec<String>);
+
+/// The value of `field` in a stream entry.
+fn field<'a>(entry: &'a Entry, name: &str) -> Option<&'a str> {
+    entry.1.chunks(2).find(|kv| kv[0] == name).and_then(|kv| kv.get(1)).map(String::as_str)
+}
+
+const CONV_READ: [&str; 10] = ["t1", "t2", "t3", "t4", "t5", "st", "ua", "q", "lm", "ver"];
+
+/// A conversation and its template version, from `HMGET key CONV_READ…`.
+fn assemble(fields: Vec<Option<String>>) -> Result<Option<(Conversation, String)>> {
+    let mut it = fields.into_iter();
+    let mut next = || it.next().flatten();
+    let Some(t1) = next() else { return Ok(None) };
+    let t = [t1, next().unwrap_or_default(), next().unwrap_or_default(), next().unwrap_or_default(), next().unwrap_or_default()];
+    let slots = ConvSlots {
+        status: next().unwrap_or_default(),
+        updated_at: next().unwrap_or_default(),
+        qualified: next().unwrap_or_default(),
+        last: next().unwrap_or_default(),
+    };
+    let ver = next().unwrap_or_default();
+    Ok(Some((parse_conversation(&fill_conversation(&t, &slots))?, ver)))
+}
+
+/// The Redis [`Store`].
+pub struct RedisStore {
+    conn: Arc<Conn>,
+    channels: Channels,
+    retention: Retention,
+    /// Tenants this process already added to `confab:tenants` (one `SADD` per tenant).
+    registered: DashMap<String, ()>,
+}
+
+impl RedisStore {
+    /// Makes sure `maintain` will find this tenant's log.
+    async fn register(&self, tenant: &str) -> Result<()> {
+        if self.registered.contains_key(tenant) {
+            return Ok(());
+        }
+        let _: i64 = self.conn.query(redis::cmd("SADD").arg(keys::TENANTS).arg(tenant).to_owned()).await?;
+        self.registered.insert(tenant.to_owned(), ());
+        Ok(())
+    }
+
+    async fn load(&self, tenant: &str, id: &str) -> Result<Option<(Conversation, String)>> {
+        let key = TenantKeys::new(tenant).conversation(id);
+        let fields: Vec<Option<String>> = self.conn.query(redis::cmd("HMGET").arg(key).arg(&CONV_READ[..]).to_owned()).await?;
+        assemble(fields)
+    }
+
+    fn retention_args(&self) -> (u64, i64) {
+        (self.retention.min_events, self.retention.min_age_ms)
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn ping(&self) -> Result<()> {
+        let _: String = self.conn.query(redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    async fn session_secret(&self, generated: Vec<u8>) -> Result<Vec<u8>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(keys::SECRET).arg(generated).arg("NX").ignore();
+        pipe.cmd("GET").arg(keys::SECRET);
+        let (secret,): (Vec<u8>,) = self.conn.pipe(pipe).await?;
+        Ok(secret)
+    }
+
+    async fn claim_nonce(&self, nonce: &str, expires_ms: i64) -> Result<bool> {
+        let ttl = (expires_ms - now_ms()).max(1);
+        let reply: Value =
+            self.conn.query(redis::cmd("SET").arg(keys::nonce(nonce)).arg(1).arg("NX").arg("PX").arg(ttl).to_owned()).await?;
+        Ok(!matches!(reply, Value::Nil))
+    }
+
+    async fn find_visitor(&self, tenant: &str, token_hash: &str) -> Result<Option<VisitorRecord>> {
+        let key = TenantKeys::new(tenant).visitors();
+        let found: Option<String> = self.conn.query(redis::cmd("HGET").arg(key).arg(token_hash).to_owned()).await?;
+        Ok(found.and_then(|v| {
+            let (visitor_id, conversation_id) = v.split_once(' ')?;
+            Some(VisitorRecord { visitor_id: visitor_id.to_owned(), conversation_id: conversation_id.to_owned() })
+        }))
+    }
+
+    async fn start_conversation(&self, new: NewConversation) -> Result<Conversation> {
+        let now = now_ms();
+        let conv = new_conversation(&new, new_conversation_id(), new_visitor_id(), now);
+        let t = conversation_template(&conv)?;
+        self.register(&new.tenant).await?;
+        let k = TenantKeys::new(&new.tenant);
+        let (min_events, min_age) = self.retention_args();
+        let mut inv = scripts::START.prepare_invoke();
+        inv.key(k.visitors()).key(k.conversation(&conv.id)).key(k.list("open")).key(k.meta()).key(k.log());
+        inv.arg(&new.token_hash).arg(&conv.visitor_id).arg(&conv.id).arg(&t[..]);
+        inv.arg(now).arg(format_ms(now)).arg(min_events).arg(min_age).arg(self.channels.tenant(&new.tenant));
+        let _offset: i64 = self.conn.eval(inv).await?;
+        Ok(conv)
+    }
+
+    async fn update_profile(&self, tenant: &str, conversation_id: &str, update: ProfileUpdate) -> Result<Option<Conversation>> {
+        let k = TenantKeys::new(tenant);
+        let (min_events, min_age) = self.retention_args();
+        for _ in 0..PROFILE_ATTEMPTS {
+            let Some((mut conv, ver)) = self.load(tenant, conversation_id).await? else { return Ok(None) };
+            if !update.clone().apply(&mut conv) {
+                return Ok(Some(conv));
+            }
+            let now = now_ms();
+            conv.updated_at = format_ms(now);
+            let t = conversation_template(&conv)?;
+            let mut inv = scripts::PROFILE.prepare_invoke();
+            inv.key(k.conversation(conversation_id)).key(k.list("open")).key(k.list("closed")).key(k.meta()).key(k.log());
+            inv.arg(conversation_id).arg(ver).arg(&t[..]).arg(now).arg(format_ms(now)).arg(min_events).arg(min_age);
+            inv.arg(self.channels.conversation(tenant, conversation_id)).arg(self.channels.tenant(tenant));
+            self.register(tenant).await?;
+            let reply: Vec<Value> = self.conn.eval(inv).await?;
+            match reply.first().and_then(text).as_deref() {
+                Some("none") => return Ok(None),
+                Some("conflict") => continue,
+                Some("ok") => {
+                    let json = reply.get(1).and_then(text).ok_or_else(|| unexpected("profile", &reply))?;
+                    return parse_conversation(&json).map(Some);
+                }
+                _ => return Err(unexpected("profile", &reply)),
+            }
+        }
+        Err(StoreError::Unavailable("the conversation is being updated concurrently; try again".into()))
+    }
+
+    async fn append_message(&self, new: NewMessage) -> Result<Option<Appended>> {
+        let t = message_template(&new)?;
+        self.register(&new.tenant).await?;
+        let k = TenantKeys::new(&new.tenant);
+        let id = &new.conversation_id;
+        let (min_events, min_age) = self.retention_args();
+        let now = now_ms();
+        let mut inv = scripts::APPEND.prepare_invoke();
+        inv.key(k.conversation(id)).key(k.messages(id)).key(k.idempotency(id));
+        inv.key(k.list("open")).key(k.list("closed")).key(k.meta()).key(k.log());
+        inv.arg(id).arg(now).arg(format_ms(now)).arg(&t[..]).arg(new.client_message_id.as_deref().unwrap_or(""));
+        inv.arg(min_events).arg(min_age).arg(self.channels.conversation(&new.tenant, id)).arg(self.channels.tenant(&new.tenant));
+        let reply: Vec<Value> = self.conn.eval(inv).await?;
+        match reply.first().and_then(text).as_deref() {
+            Some("none") => Ok(None),
+            Some("dup") => {
+                let json = reply.get(1).and_then(text).ok_or_else(|| unexpected("append", &reply))?;
+                Ok(Some(Appended { message: parse_message(&json)?, duplicate: true, first_in_conversation: false }))
+            }
+            Some("ok") => {
+                let (Some(seq), Some(created)) = (reply.get(1).and_then(int), reply.get(2).and_then(int)) else {
+                    return Err(unexpected("append", &reply));
+                };
+                let seq = seq as u64;
+                Ok(Some(Appended { message: new_message(&new, seq, created), duplicate: false, first_in_conversation: seq == 1 }))
+            }
+            _ => Err(unexpected("append", &reply)),
+        }
+    }
+
+    async fn messages(&self, tenant: &str, conversation_id: &str, cursor: Cursor, limit: usize) -> Result<MessagePage> {
+        let key = TenantKeys::new(tenant).messages(conversation_id);
+        let count = limit.saturating_add(1);
+        let entries: Vec<Entry> = match cursor {
+            Cursor::Start => self.conn.query(redis::cmd("XRANGE").arg(key).arg("-").arg("+").arg("COUNT").arg(count).to_owned()).await?,
+            Cursor::After(u64::MAX) => Vec::new(),
+            Cursor::After(seq) => {
+                self.conn.query(redis::cmd("XRANGE").arg(key).arg(seq + 1).arg("+").arg("COUNT").arg(count).to_owned()).await?
+            }
+            Cursor::AfterCreated { created_ms, id } => self.history(key, created_ms, id, count).await?,
+            Cursor::Since(ms) => self.history(key, ms, u64::MAX, count).await?,
+        };
+        let mut messages = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let (Some((seq, _)), Some(json)) = (split_id(&e.0), field(e, "m")) else {
+                return Err(StoreError::Internal(format!("redis: malformed message entry {e:?}")));
+            };
+            messages.push(StoredMessage { seq, json: json.into() });
+        }
+        let has_more = messages.len() > limit;
+        messages.truncate(limit);
+        Ok(MessagePage { messages, has_more })
+    }
+
+    async fn conversation(&self, tenant: &str, conversation_id: &str) -> Result<Option<Conversation>> {
+        Ok(self.load(tenant, conversation_id).await?.map(|(c, _)| c))
+    }
+
+    async fn conversations(
+        &self,
+        tenant: &str,
+        status: Option<Status>,
+        cursor: Option<ConversationCursor>,
+        limit: usize,
+    ) -> Result<ConversationPage> {
+        let k = TenantKeys::new(tenant);
+        let max = cursor.map(|c| format!("({:020}:{}", c.updated_ms, c.id)).unwrap_or_else(|| "+".to_owned());
+        let lists: Vec<&str> = match status {
+            Some(s) => vec![s.as_str()],
+            None => vec!["open", "closed"],
+        };
+        let count = limit.saturating_add(1);
+        let mut pipe = redis::pipe();
+        for list in &lists {
+            pipe.cmd("ZREVRANGEBYLEX").arg(k.list(list)).arg(&max).arg("-").arg("LIMIT").arg(0).arg(count);
+        }
+        let found: Vec<Vec<String>> = self.conn.pipe(pipe).await?;
+        // Each list is in order; their union, re-sorted, is the page.
+        let mut members: Vec<String> = found.into_iter().flatten().collect();
+        members.sort_unstable_by(|a, b| b.cmp(a));
+        let more = members.len() > limit;
+        members.truncate(limit);
+        let mut entries = Vec::with_capacity(members.len());
+        let mut pipe = redis::pipe();
+        for m in &members {
+            let (ms, id) = m.split_once(':').ok_or_else(|| StoreError::Internal(format!("redis: bad list member {m:?}")))?;
+            let ms: i64 = ms.parse().map_err(|_| StoreError::Internal(format!("redis: bad list member {m:?}")))?;
+            pipe.cmd("HMGET").arg(k.conversation(id)).arg(&CONV_READ[..]);
+            entries.push(ConversationCursor { updated_ms: ms, id: id.to_owned() });
+        }
+        let rows: Vec<Vec<Option<String>>> = if members.is_empty() { Vec::new() } else { self.conn.pipe(pipe).await? };
+        let mut conversations = Vec::with_capacity(rows.len());
+        for row in rows {
+            if let Some((c, _)) = assemble(row)? {
+                conversations.push(c);
+            }
+        }
+        let next_cursor = if more { entries.last().map(ConversationCursor::encode) } else { None };
+        Ok(ConversationPage { conversations, next_cursor })
+    }
+
+    async fn set_status(&self, tenant: &str, conversation_id: &str, status: Status) -> Result<Option<Conversation>> {
+        let k = TenantKeys::new(tenant);
+        let (min_events, min_age) = self.retention_args();
+        let now = now_ms();
+        let mut inv = scripts::STATUS.prepare_invoke();
+        inv.key(k.conversation(conversation_id)).key(k.list("open")).key(k.list("closed")).key(k.meta()).key(k.log());
+        inv.arg(conversation_id).arg(status.as_str()).arg(now).arg(format_ms(now)).arg(min_events).arg(min_age);
+        inv.arg(self.channels.conversation(tenant, conversation_id)).arg(self.channels.tenant(tenant));
+        self.register(tenant).await?;
+        let reply: Vec<Value> = self.conn.eval(inv).await?;
+        match reply.first().and_then(text).as_deref() {
+            Some("none") => Ok(None),
+            Some("ok") => {
+                let json = reply.get(1).and_then(text).ok_or_else(|| unexpected("status", &reply))?;
+                parse_conversation(&json).map(Some)
+            }
+            _ => Err(unexpected("status", &reply)),
+        }
+    }
+
+    async fn append_event(&self, tenant: &str, kind: &str, data: Json, conversation_id: Option<&str>) -> Result<Option<TenantEvent>> {
+        let k = TenantKeys::new(tenant);
+        let (min_events, min_age) = self.retention_args();
+        self.register(tenant).await?;
+        let now = now_ms();
+        if let (Some(id), "conversation:qualified") = (conversation_id, kind) {
+            let mut inv = scripts::QUALIFY.prepare_invoke();
+            inv.key(k.conversation(id)).key(k.list("open")).key(k.list("closed")).key(k.meta()).key(k.log());
+            inv.arg(id).arg(kind).arg(now).arg(format_ms(now)).arg(min_events).arg(min_age);
+            inv.arg(self.channels.conversation(tenant, id)).arg(self.channels.tenant(tenant));
+            let reply: Vec<Value> = self.conn.eval(inv).await?;
+            return match (reply.first().and_then(text).as_deref(), reply.get(1).and_then(int), reply.get(2).and_then(text)) {
+                (Some("none"), _, _) => Ok(None),
+                (Some("ok"), Some(offset), Some(data)) => {
+                    Ok(Some(TenantEvent { offset: offset as u64, kind: kind.to_owned(), data, created_ms: now }))
+                }
+                _ => Err(unexpected("qualify", &reply)),
+            };
+        }
+        let mut data = data;
+        if let (Some(id), Json::Object(map)) = (conversation_id, &mut data) {
+            map.entry("conversationId").or_insert_with(|| Json::String(id.to_owned()));
+        }
+        let data = to_json(&data);
+        let mut inv = scripts::EVENT.prepare_invoke();
+        inv.key(k.meta()).key(k.log()).key(conversation_id.map(|id| k.conversation(id)).unwrap_or_else(|| k.meta()));
+        inv.arg(kind).arg(&data).arg(if conversation_id.is_some() { "1" } else { "0" });
+        inv.arg(now).arg(min_events).arg(min_age).arg(self.channels.tenant(tenant));
+        let reply: Vec<Value> = self.conn.eval(inv).await?;
+        match (reply.first().and_then(text).as_deref(), reply.get(1).and_then(int)) {
+            (Some("none"), _) => Ok(None),
+            (Some("ok"), Some(offset)) => Ok(Some(TenantEvent { offset: offset as u64, kind: kind.to_owned(), data, created_ms: now })),
+            _ => Err(unexpected("event", &reply)),
+        }
+    }
+
+    async fn events(&self, tenant: &str, after: u64, limit: usize) -> Result<EventsPage> {
+        let k = TenantKeys::new(tenant);
+        if after == u64::MAX {
+            return Ok(EventsPage { events: Vec::new(), has_more: false, recovered: true });
+        }
+        // One snapshot: retention cannot run between the two reads.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("HGET").arg(k.meta()).arg("pruned");
+        pipe.cmd("XRANGE").arg(k.log()).arg(after + 1).arg("+").arg("COUNT").arg(limit.saturating_add(1));
+        let (pruned, entries): (Option<u64>, Vec<Entry>) = self.conn.pipe(pipe).await?;
+        let mut events = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let (Some((offset, created_ms)), Some(kind), Some(data)) = (split_id(&e.0), field(e, "k"), field(e, "d")) else {
+                return Err(StoreError::Internal(format!("redis: malformed event entry {e:?}")));
+            };
+            events.push(TenantEvent { offset, kind: kind.to_owned(), data: data.to_owned(), created_ms });
+        }
+        let has_more = events.len() > limit;
+        events.truncate(limit);
+        Ok(EventsPage { events, has_more, recovered: after >= pruned.unwrap_or(0) })
+    }
+
+    async fn last_offset(&self, tenant: &str) -> Result<u64> {
+        let k = TenantKeys::new(tenant);
+        let offset: Option<u64> = self.conn.query(redis::cmd("HGET").arg(k.meta()).arg("offset").to_owned()).await?;
+        Ok(offset.unwrap_or(0))
+    }
+
+    async fn maintain(&self, now: i64) -> Result<()> {
+        // Nonces and limiter keys expire by themselves; the appends trim their log as they
+        // go. This pass catches up tenants that went quiet.
+        let (min_events, min_age) = self.retention_args();
+        let mut cursor = 0u64;
+        loop {
+            let (next, tenants): (u64, Vec<String>) =
+                self.conn.query(redis::cmd("SSCAN").arg(keys::TENANTS).arg(cursor).arg("COUNT").arg(200).to_owned()).await?;
+            for tenant in tenants {
+                let k = TenantKeys::new(&tenant);
+                loop {
+                    let mut inv = scripts::TRIM.prepare_invoke();
+                    inv.key(k.meta()).key(k.log()).arg(now).arg(min_events).arg(min_age).arg(TRIM_BUDGET);
+                    let dropped: usize = self.conn.eval(inv).await?;
+                    if dropped < TRIM_BUDGET {
+                        break;
+                    }
+                }
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+}
+
+impl RedisStore {
+    async fn history(&self, key: String, created_ms: i64, after: u64, count: usize) -> Result<Vec<Entry>> {
+        let mut inv = scripts::HISTORY.prepare_invoke();
+        inv.key(key).arg(created_ms).arg(after).arg(count);
+        self.conn.eval(inv).await
+    }
 }

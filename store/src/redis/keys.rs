@@ -1,0 +1,155 @@
+//! Key and channel names: one place that knows the layout described in the module doc.
+//!
+//! Everything of a tenant carries the hash tag `{t:TENANT}`, so in a Redis Cluster a
+//! tenant's keys (and its sharded pub/sub channels) live in one slot and every script
+//! touches a single slot.
+//!
+//! Names are built from *segments*: a tenant id or conversation id is used verbatim when it
+//! is made of `[A-Za-z0-9_.-]` (our UUIDs and ordinary tenant ids), and hex-encoded behind
+//! a `~` otherwise. `:`, `{`, `}` therefore never come from data, so a crafted
+//! conversation id (they reach us from URLs) can neither collide with another key nor move
+//! a key to another hash slot.
+
+use std::borrow::Cow;
+use std::fmt::Write;
+
+use crate::Channel;
+
+/// A tenant or conversation id made safe for a key name (see the module doc).
+pub(crate) fn seg(id: &str) -> Cow<'_, str> {
+    let plain = !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if plain {
+        return Cow::Borrowed(id);
+    }
+    let mut out = String::with_capacity(1 + 2 * id.len());
+    out.push('~');
+    for b in id.bytes() {
+        let _ = write!(out, "{b:02x}");
+    }
+    Cow::Owned(out)
+}
+
+/// The generated session secret (`SET NX`, then `GET`).
+pub(crate) const SECRET: &str = "confab:secret";
+/// Tenants that ever had an event: what `maintain` walks.
+pub(crate) const TENANTS: &str = "confab:tenants";
+
+/// A used challenge nonce (`SET NX PX`; expires by itself).
+pub(crate) fn nonce(nonce: &str) -> String {
+    format!("confab:nonce:{nonce}")
+}
+
+/// A rate limiter key: the GCRA theoretical arrival time, in µs (expires at the TAT).
+pub(crate) fn rate(key: &str) -> String {
+    format!("confab:rl:{key}")
+}
+
+/// The keys of one tenant (all in the tenant's hash slot).
+pub(crate) struct TenantKeys {
+    /// `confab:{t:TENANT}`.
+    base: String,
+}
+
+impl TenantKeys {
+    pub(crate) fn new(tenant: &str) -> TenantKeys {
+        TenantKeys { base: format!("confab:{{t:{}}}", seg(tenant)) }
+    }
+
+    /// HASH visitor token hash → `"VISITOR_ID CONVERSATION_ID"`.
+    pub(crate) fn visitors(&self) -> String {
+        format!("{}:visitors", self.base)
+    }
+
+    /// HASH `offset` (last tenant offset), `pruned` (highest offset dropped by retention).
+    pub(crate) fn meta(&self) -> String {
+        format!("{}:meta", self.base)
+    }
+
+    /// STREAM of tenant events, entry id `OFFSET-CREATED_MS`, fields `k` (type), `d` (data).
+    pub(crate) fn log(&self) -> String {
+        format!("{}:log", self.base)
+    }
+
+    /// ZSET (all scores 0) of the tenant's conversations with this status, member
+    /// `UPDATED_MS(20 digits):ID`, so that lexical order is the list order.
+    pub(crate) fn list(&self, status: &str) -> String {
+        format!("{}:list:{status}", self.base)
+    }
+
+    /// HASH holding one conversation (template pieces and mutable fields).
+    pub(crate) fn conversation(&self, id: &str) -> String {
+        format!("{}:conv:{}", self.base, seg(id))
+    }
+
+    /// STREAM of a conversation's messages, entry id `SEQ-CREATED_MS`, field `m` (JSON).
+    pub(crate) fn messages(&self, id: &str) -> String {
+        format!("{}:msgs:{}", self.base, seg(id))
+    }
+
+    /// HASH clientMessageId → seq of the first message that carried it.
+    pub(crate) fn idempotency(&self, id: &str) -> String {
+        format!("{}:idem:{}", self.base, seg(id))
+    }
+}
+
+/// Pub/sub channel names. Redis pub/sub ignores `SELECT`, so the names carry the database
+/// number: two deployments on two databases of one server do not hear each other.
+#[derive(Clone)]
+pub(crate) struct Channels {
+    /// `confab:DB:`.
+    prefix: String,
+}
+
+impl Channels {
+    pub(crate) fn new(db: i64) -> Channels {
+        Channels { prefix: format!("confab:{db}:") }
+    }
+
+    /// Everything a conversation's visitors see.
+    pub(crate) fn conversation(&self, tenant: &str, id: &str) -> String {
+        format!("{}{{t:{}}}:conv:{}", self.prefix, seg(tenant), seg(id))
+    }
+
+    /// Everything a tenant's agents see.
+    pub(crate) fn tenant(&self, tenant: &str) -> String {
+        format!("{}{{t:{}}}:events", self.prefix, seg(tenant))
+    }
+
+    /// One node's own channel: its liveness canary.
+    pub(crate) fn node(&self, node: &str) -> String {
+        format!("{}node:{node}", self.prefix)
+    }
+
+    pub(crate) fn of(&self, channel: &Channel) -> String {
+        match channel {
+            Channel::Conversation { tenant, conversation_id } => self.conversation(tenant, conversation_id),
+            Channel::Tenant { tenant } => self.tenant(tenant),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_ids_are_kept_and_others_escaped() {
+        assert_eq!(seg("demo"), "demo");
+        assert_eq!(seg("0b8e1c7e-2f0a-4b8e-9a57-3f2b1c0d9e8f"), "0b8e1c7e-2f0a-4b8e-9a57-3f2b1c0d9e8f");
+        assert_eq!(seg("a}b"), "~617d62");
+        assert_eq!(seg(""), "~");
+        assert_ne!(seg("~61"), "~61", "an escaped form cannot be forged");
+    }
+
+    #[test]
+    fn tenant_keys_share_one_hash_tag() {
+        let k = TenantKeys::new("demo");
+        for key in [k.visitors(), k.meta(), k.log(), k.list("open"), k.conversation("x"), k.messages("x:y}")] {
+            assert!(key.starts_with("confab:{t:demo}:"), "{key}");
+            assert_eq!(key.matches('{').count(), 1);
+        }
+        assert_eq!(k.messages("x:y}"), "confab:{t:demo}:msgs:~783a797d");
+    }
+}

@@ -1,0 +1,38 @@
+//! [`RedisRateLimiter`]: GCRA in a script, so every node draws from the same allowance.
+//!
+//! One script call per request (`gcra.lua`), the same arithmetic as
+//! [`ratelimit::gcra`](crate::ratelimit::gcra) on the caller's `now_ms`. The key holds the
+//! TAT and expires at it (`PX`), so idle keys vanish by themselves and `sweep` has nothing
+//! to do.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{keys, scripts, Conn};
+use crate::ratelimit::{Decision, RateLimiter};
+use crate::Result;
+
+/// The Redis [`RateLimiter`].
+pub struct RedisRateLimiter {
+    conn: Arc<Conn>,
+}
+
+impl RedisRateLimiter {
+    pub(crate) fn new(conn: Arc<Conn>) -> RedisRateLimiter {
+        RedisRateLimiter { conn }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for RedisRateLimiter {
+    async fn check(&self, key: &str, limit: u32, window_ms: u64, now_ms: i64) -> Result<Decision> {
+        if limit == 0 {
+            return Ok(Decision::Limited { retry_after_ms: window_ms.max(1000) });
+        }
+        let mut inv = scripts::GCRA.prepare_invoke();
+        inv.key(keys::rate(key)).arg(limit).arg(window_ms).arg(now_ms);
+        let (allowed, wait): (i64, i64) = self.conn.eval(inv).await?;
+        Ok(if allowed == 1 { Decision::Allowed } else { Decision::Limited { retry_after_ms: wait.max(0) as u64 } })
+    }
+}

@@ -1,0 +1,35 @@
+//! The Lua scripts, each prefixed with the shared helpers of `lib.lua`.
+//!
+//! They run with `EVALSHA` (`redis::Script` loads them again after a `NOSCRIPT`, e.g. once
+//! after a Redis restart). Each script validates everything before its first write and
+//! only then writes, so a script never stops half-way (Redis does not roll scripts back);
+//! an OOM refusal hits the first write, before anything changed.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+macro_rules! script {
+    ($file:literal) => {
+        LazyLock::new(|| Script::new(concat!(include_str!("lib.lua"), "\n", include_str!($file))))
+    };
+}
+
+/// `start_conversation`.
+pub(crate) static START: LazyLock<Script> = script!("start.lua");
+/// `append_message`: the one-round-trip commit of a message.
+pub(crate) static APPEND: LazyLock<Script> = script!("append.lua");
+/// `set_status`.
+pub(crate) static STATUS: LazyLock<Script> = script!("status.lua");
+/// `update_profile` (optimistic: fails with `conflict` when the pieces changed meanwhile).
+pub(crate) static PROFILE: LazyLock<Script> = script!("profile.lua");
+/// `append_event("conversation:qualified", Some(conversation))`.
+pub(crate) static QUALIFY: LazyLock<Script> = script!("qualify.lua");
+/// `append_event` (custom events).
+pub(crate) static EVENT: LazyLock<Script> = script!("event.lua");
+/// `maintain`: retention of one tenant log.
+pub(crate) static TRIM: LazyLock<Script> = script!("trim.lua");
+/// `messages` with a time cursor.
+pub(crate) static HISTORY: LazyLock<Script> = script!("history.lua");
+/// `RateLimiter::check`.
+pub(crate) static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("gcra.lua")));
