@@ -33,7 +33,9 @@ fn placeholder(what: &str) -> String {
 }
 
 fn template_err(what: &str) -> StoreError {
-    StoreError::Internal(format!("the {what} JSON no longer has the shape the Redis templates assume"))
+    StoreError::Internal(format!(
+        "the {what} JSON no longer has the shape the Redis templates assume"
+    ))
 }
 
 /// A message's JSON as `[p0, p1, p2]`: `p0 + ID + p1 + CREATED_AT + p2`.
@@ -45,8 +47,16 @@ pub(crate) fn message_template(new: &NewMessage) -> crate::Result<[String; 3]> {
     let s = to_json(&m);
     // `id` is the first field: nothing the user wrote precedes it.
     let i = s.find(&id).ok_or_else(|| template_err("message"))?;
-    let c = s[i + id.len()..].find(&created).ok_or_else(|| template_err("message"))? + i + id.len();
-    let parts = [s[..i].to_owned(), s[i + id.len()..c].to_owned(), s[c + created.len()..].to_owned()];
+    let c = s[i + id.len()..]
+        .find(&created)
+        .ok_or_else(|| template_err("message"))?
+        + i
+        + id.len();
+    let parts = [
+        s[..i].to_owned(),
+        s[i + id.len()..c].to_owned(),
+        s[c + created.len()..].to_owned(),
+    ];
     // Checked against serde with real values.
     let probe = new_message(new, 1, 1_700_000_000_123);
     if fill_message(&parts, 1, &probe.created_at) != to_json(&probe) {
@@ -79,7 +89,11 @@ impl ConvSlots {
             status: c.status.as_str().to_owned(),
             updated_at: c.updated_at.clone(),
             qualified: c.qualified.to_string(),
-            last: c.last_message.as_ref().map(to_json).unwrap_or_else(|| "null".to_owned()),
+            last: c
+                .last_message
+                .as_ref()
+                .map(to_json)
+                .unwrap_or_else(|| "null".to_owned()),
         }
     }
 }
@@ -127,8 +141,20 @@ pub(crate) fn conversation_template(c: &Conversation) -> crate::Result<[String; 
 /// What the scripts' `conv_json` does.
 pub(crate) fn fill_conversation<S: AsRef<str>>(t: &[S; 5], v: &ConvSlots) -> String {
     let [t1, t2, t3, t4, t5] = t.each_ref().map(|p| p.as_ref());
-    let mut out = String::with_capacity(t1.len() + t2.len() + t3.len() + t4.len() + t5.len() + v.last.len() + 40);
-    for piece in [t1, &v.status, t2, &v.updated_at, t3, &v.qualified, t4, &v.last, t5] {
+    let mut out = String::with_capacity(
+        t1.len() + t2.len() + t3.len() + t4.len() + t5.len() + v.last.len() + 40,
+    );
+    for piece in [
+        t1,
+        &v.status,
+        t2,
+        &v.updated_at,
+        t3,
+        &v.qualified,
+        t4,
+        &v.last,
+        t5,
+    ] {
         out.push_str(piece);
     }
     out
@@ -137,10 +163,22 @@ pub(crate) fn fill_conversation<S: AsRef<str>>(t: &[S; 5], v: &ConvSlots) -> Str
 /// A decoded pub/sub payload.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Payload<'a> {
-    Message { seq: u64, json: &'a str },
-    Updated { json: &'a str },
-    Event { offset: u64, created_ms: i64, kind: &'a str, data: &'a str },
-    Typing { frame: &'a str },
+    Message {
+        seq: u64,
+        json: &'a str,
+    },
+    Updated {
+        json: &'a str,
+    },
+    Event {
+        offset: u64,
+        created_ms: i64,
+        kind: &'a str,
+        data: &'a str,
+    },
+    Typing {
+        frame: &'a str,
+    },
     Canary,
 }
 
@@ -151,7 +189,10 @@ pub(crate) fn decode(payload: &[u8]) -> Option<Payload<'_>> {
     Some(match kind {
         "m" => {
             let (seq, json) = rest.split_once('|')?;
-            Payload::Message { seq: seq.parse().ok()?, json }
+            Payload::Message {
+                seq: seq.parse().ok()?,
+                json,
+            }
         }
         "u" => Payload::Updated { json: rest },
         "e" => {
@@ -164,7 +205,12 @@ pub(crate) fn decode(payload: &[u8]) -> Option<Payload<'_>> {
                 return None;
             }
             let (kind, data) = tail.split_at(len);
-            Payload::Event { offset, created_ms, kind, data }
+            Payload::Event {
+                offset,
+                created_ms,
+                kind,
+                data,
+            }
         }
         "y" => Payload::Typing { frame: rest },
         "p" => Payload::Canary,
@@ -179,12 +225,14 @@ pub(crate) fn encode_typing(frame: &str) -> String {
 
 /// A message parsed back from its stored JSON (duplicates, conversation reads).
 pub(crate) fn parse_message(json: &str) -> crate::Result<Message> {
-    serde_json::from_str(json).map_err(|e| StoreError::Internal(format!("corrupt message JSON in Redis: {e}")))
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Internal(format!("corrupt message JSON in Redis: {e}")))
 }
 
 /// A conversation parsed back from its assembled JSON.
 pub(crate) fn parse_conversation(json: &str) -> crate::Result<Conversation> {
-    serde_json::from_str(json).map_err(|e| StoreError::Internal(format!("corrupt conversation JSON in Redis: {e}")))
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Internal(format!("corrupt conversation JSON in Redis: {e}")))
 }
 
 #[cfg(test)]
@@ -193,16 +241,20 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use confab_protocol::time::format_ms;
     use crate::domain::{new_conversation, record_message};
     use crate::NewConversation;
+    use confab_protocol::time::format_ms;
 
     fn msg(body: &str, cmid: Option<&str>, meta: Option<serde_json::Value>) -> NewMessage {
         NewMessage {
             tenant: "t".into(),
             conversation_id: "c-1".into(),
             direction: Direction::Outbound,
-            author: Author { kind: AuthorKind::Agent, id: "a/1".into(), name: Some("Ann \"the\" agent".into()) },
+            author: Author {
+                kind: AuthorKind::Agent,
+                id: "a/1".into(),
+                name: Some("Ann \"the\" agent".into()),
+            },
             body: body.into(),
             client_message_id: cmid.map(str::to_owned),
             meta,
@@ -213,12 +265,20 @@ mod tests {
     fn message_template_matches_serde() {
         let cases = [
             msg("hi", None, None),
-            msg("\"id\":\"x\" </script> \u{1F600} \\ \n", Some("c/1"), Some(json!({"mode": "ai", "n": 1.5}))),
+            msg(
+                "\"id\":\"x\" </script> \u{1F600} \\ \n",
+                Some("c/1"),
+                Some(json!({"mode": "ai", "n": 1.5})),
+            ),
             msg("", Some(""), Some(json!(null))),
         ];
         for new in cases {
             let t = message_template(&new).unwrap();
-            for (seq, ms) in [(1u64, 0i64), (42, 1_795_000_000_123), (u64::MAX, 253_402_300_799_999)] {
+            for (seq, ms) in [
+                (1u64, 0i64),
+                (42, 1_795_000_000_123),
+                (u64::MAX, 253_402_300_799_999),
+            ] {
                 let expected = to_json(&new_message(&new, seq, ms));
                 assert_eq!(fill_message(&t, seq, &format_ms(ms)), expected);
             }
@@ -232,11 +292,15 @@ mod tests {
             token_hash: "h".into(),
             customer_id: Some("\"status\":\"open\"".into()),
             locale: None,
-            contact: Contact { name: Some("\"qualified\":false".into()), email: Some("a@b.c".into()) },
-            variables: json!({"status": "open", "qualified": false, "lastMessage": null, "u": "ü/"})
-                .as_object()
-                .cloned()
-                .unwrap(),
+            contact: Contact {
+                name: Some("\"qualified\":false".into()),
+                email: Some("a@b.c".into()),
+            },
+            variables:
+                json!({"status": "open", "qualified": false, "lastMessage": null, "u": "ü/"})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
             visitor_context: json!({"lastMessage": null}).as_object().cloned().unwrap(),
         };
         let mut c = new_conversation(&tricky, "id-1".into(), "v_1".into(), 1_795_000_000_000);
@@ -254,15 +318,35 @@ mod tests {
 
     #[test]
     fn payloads_decode() {
-        assert_eq!(decode(b"m|12|{\"a\":\"|\"}"), Some(Payload::Message { seq: 12, json: "{\"a\":\"|\"}" }));
+        assert_eq!(
+            decode(b"m|12|{\"a\":\"|\"}"),
+            Some(Payload::Message {
+                seq: 12,
+                json: "{\"a\":\"|\"}"
+            })
+        );
         assert_eq!(decode(b"u|{}"), Some(Payload::Updated { json: "{}" }));
         assert_eq!(
             decode("e|5|1700|6|a|b:ü{\"x\":1}".as_bytes()),
-            Some(Payload::Event { offset: 5, created_ms: 1700, kind: "a|b:ü", data: "{\"x\":1}" })
+            Some(Payload::Event {
+                offset: 5,
+                created_ms: 1700,
+                kind: "a|b:ü",
+                data: "{\"x\":1}"
+            })
         );
         assert_eq!(decode(b"e|5|1700|99|ab"), None);
-        assert_eq!(decode("e|5|1700|1|ü".as_bytes()), None, "a length inside a character is rejected");
-        assert_eq!(decode(encode_typing("{\"type\":\"typing\"}").as_bytes()), Some(Payload::Typing { frame: "{\"type\":\"typing\"}" }));
+        assert_eq!(
+            decode("e|5|1700|1|ü".as_bytes()),
+            None,
+            "a length inside a character is rejected"
+        );
+        assert_eq!(
+            decode(encode_typing("{\"type\":\"typing\"}").as_bytes()),
+            Some(Payload::Typing {
+                frame: "{\"type\":\"typing\"}"
+            })
+        );
         assert_eq!(decode(b"p|3"), Some(Payload::Canary));
         assert_eq!(decode(b"zzz"), None);
         assert_eq!(decode(b"m|x|{}"), None);

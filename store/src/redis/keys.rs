@@ -19,7 +19,9 @@ use crate::Channel;
 pub(crate) fn seg(id: &str) -> Cow<'_, str> {
     let plain = !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if plain {
         return Cow::Borrowed(id);
     }
@@ -54,7 +56,9 @@ pub(crate) struct TenantKeys {
 
 impl TenantKeys {
     pub(crate) fn new(tenant: &str) -> TenantKeys {
-        TenantKeys { base: format!("confab:{{t:{}}}", seg(tenant)) }
+        TenantKeys {
+            base: format!("confab:{{t:{}}}", seg(tenant)),
+        }
     }
 
     /// HASH visitor token hash → `"VISITOR_ID CONVERSATION_ID"`.
@@ -104,7 +108,9 @@ pub(crate) struct Channels {
 
 impl Channels {
     pub(crate) fn new(db: i64) -> Channels {
-        Channels { prefix: format!("confab:{db}:") }
+        Channels {
+            prefix: format!("confab:{db}:"),
+        }
     }
 
     /// Everything a conversation's visitors see.
@@ -124,7 +130,10 @@ impl Channels {
 
     pub(crate) fn of(&self, channel: &Channel) -> String {
         match channel {
-            Channel::Conversation { tenant, conversation_id } => self.conversation(tenant, conversation_id),
+            Channel::Conversation {
+                tenant,
+                conversation_id,
+            } => self.conversation(tenant, conversation_id),
             Channel::Tenant { tenant } => self.tenant(tenant),
         }
     }
@@ -137,7 +146,10 @@ mod tests {
     #[test]
     fn plain_ids_are_kept_and_others_escaped() {
         assert_eq!(seg("demo"), "demo");
-        assert_eq!(seg("0b8e1c7e-2f0a-4b8e-9a57-3f2b1c0d9e8f"), "0b8e1c7e-2f0a-4b8e-9a57-3f2b1c0d9e8f");
+        assert_eq!(
+            seg("0b8e1c7e-2f0a-4b8e-9a57-3f2b1c0d9e8f"),
+            "0b8e1c7e-2f0a-4b8e-9a57-3f2b1c0d9e8f"
+        );
         assert_eq!(seg("a}b"), "~617d62");
         assert_eq!(seg(""), "~");
         assert_ne!(seg("~61"), "~61", "an escaped form cannot be forged");
@@ -146,7 +158,14 @@ mod tests {
     #[test]
     fn tenant_keys_share_one_hash_tag() {
         let k = TenantKeys::new("demo");
-        for key in [k.visitors(), k.meta(), k.log(), k.list("open"), k.conversation("x"), k.messages("x:y}")] {
+        for key in [
+            k.visitors(),
+            k.meta(),
+            k.log(),
+            k.list("open"),
+            k.conversation("x"),
+            k.messages("x:y}"),
+        ] {
             assert!(key.starts_with("confab:{t:demo}:"), "{key}");
             assert_eq!(key.matches('{').count(), 1);
         }

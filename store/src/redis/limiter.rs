@@ -28,11 +28,22 @@ impl RedisRateLimiter {
 impl RateLimiter for RedisRateLimiter {
     async fn check(&self, key: &str, limit: u32, window_ms: u64, now_ms: i64) -> Result<Decision> {
         if limit == 0 {
-            return Ok(Decision::Limited { retry_after_ms: window_ms.max(1000) });
+            return Ok(Decision::Limited {
+                retry_after_ms: window_ms.max(1000),
+            });
         }
         let mut inv = scripts::GCRA.prepare_invoke();
-        inv.key(keys::rate(key)).arg(limit).arg(window_ms).arg(now_ms);
+        inv.key(keys::rate(key))
+            .arg(limit)
+            .arg(window_ms)
+            .arg(now_ms);
         let (allowed, wait): (i64, i64) = self.conn.eval(inv).await?;
-        Ok(if allowed == 1 { Decision::Allowed } else { Decision::Limited { retry_after_ms: wait.max(0) as u64 } })
+        Ok(if allowed == 1 {
+            Decision::Allowed
+        } else {
+            Decision::Limited {
+                retry_after_ms: wait.max(0) as u64,
+            }
+        })
     }
 }

@@ -105,6 +105,7 @@
 //!   Redis process alone loses nothing (the data is already in the OS page cache).
 //! - `appendfsync no` / RDB snapshots only: acknowledged messages since the last
 //!   flush/snapshot can be lost. Fine for a cache, not for chat history.
+//!
 //! With replicas, a failover can lose writes the replica had not received; Redis 7.2's
 //! `WAITAOF` could make the acknowledgement wait for them (not done here).
 //!
@@ -137,8 +138,9 @@ use serde_json::Value as Json;
 
 use crate::domain::{new_conversation, new_conversation_id, new_message, new_visitor_id, to_json};
 use crate::{
-    Appended, Backend, ConversationCursor, ConversationPage, Cursor, EventsPage, MessagePage, NewConversation,
-    NewMessage, ProfileUpdate, Result, Retention, Store, StoreError, StoredMessage, VisitorRecord,
+    Appended, Backend, ConversationCursor, ConversationPage, Cursor, EventsPage, MessagePage,
+    NewConversation, NewMessage, ProfileUpdate, Result, Retention, Store, StoreError,
+    StoredMessage, VisitorRecord,
 };
 
 mod codec;
@@ -149,7 +151,10 @@ mod scripts;
 #[doc(hidden)]
 pub mod testing;
 
-use codec::{conversation_template, fill_conversation, message_template, parse_conversation, parse_message, ConvSlots};
+use codec::{
+    conversation_template, fill_conversation, message_template, parse_conversation, parse_message,
+    ConvSlots,
+};
 use keys::{Channels, TenantKeys};
 pub use limiter::RedisRateLimiter;
 pub use pubsub::RedisBroker;
@@ -167,7 +172,11 @@ const TRIM_BUDGET: usize = 1000;
 /// Fails with `Unavailable` when Redis does not answer a `PING` within [`COMMAND_TIMEOUT`].
 pub async fn open(url: &str, retention: Retention) -> Result<Backend> {
     let node = RedisNode::connect(url, retention).await?;
-    Ok(Backend { store: node.store, broker: node.broker, limiter: node.limiter })
+    Ok(Backend {
+        store: node.store,
+        broker: node.broker,
+        limiter: node.limiter,
+    })
 }
 
 /// The three halves of a node, with their concrete types (tests look inside).
@@ -180,7 +189,8 @@ pub struct RedisNode {
 impl RedisNode {
     /// Connects to `url` (`redis://[user:pass@]host:port[/db]`).
     pub async fn connect(url: &str, retention: Retention) -> Result<RedisNode> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Internal(format!("bad Redis URL {url:?}: {e}")))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Internal(format!("bad Redis URL {url:?}: {e}")))?;
         let db = client.get_connection_info().redis_settings().db();
         let conn = Arc::new(Conn::new(client.clone())?);
         let _: String = conn.query(redis::cmd("PING")).await?;
@@ -193,7 +203,11 @@ impl RedisNode {
         });
         let broker = Arc::new(RedisBroker::start(client, conn.clone(), channels));
         let limiter = Arc::new(RedisRateLimiter::new(conn));
-        Ok(RedisNode { store, broker, limiter })
+        Ok(RedisNode {
+            store,
+            broker,
+            limiter,
+        })
     }
 }
 
@@ -217,8 +231,12 @@ fn manager_config() -> ConnectionManagerConfig {
 
 impl Conn {
     fn new(client: redis::Client) -> Result<Conn> {
-        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config()).map_err(map_err)?;
-        Ok(Conn { client, current: RwLock::new((0, manager)) })
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())
+            .map_err(map_err)?;
+        Ok(Conn {
+            client,
+            current: RwLock::new((0, manager)),
+        })
     }
 
     /// Runs `f` on the connection, bounded by [`COMMAND_TIMEOUT`] (plus the time to connect).
@@ -238,7 +256,9 @@ impl Conn {
             }
             Err(_) => {
                 self.renew(generation);
-                Err(StoreError::Unavailable("Redis did not answer in time".into()))
+                Err(StoreError::Unavailable(
+                    "Redis did not answer in time".into(),
+                ))
             }
         }
     }
@@ -260,15 +280,21 @@ impl Conn {
     }
 
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T> {
-        self.run(|mut c| async move { cmd.query_async(&mut c).await }).await
+        self.run(|mut c| async move { cmd.query_async(&mut c).await })
+            .await
     }
 
     pub(crate) async fn pipe<T: FromRedisValue>(&self, pipe: redis::Pipeline) -> Result<T> {
-        self.run(|mut c| async move { pipe.query_async(&mut c).await }).await
+        self.run(|mut c| async move { pipe.query_async(&mut c).await })
+            .await
     }
 
-    pub(crate) async fn eval<T: FromRedisValue>(&self, inv: ScriptInvocation<'static>) -> Result<T> {
-        self.run(|mut c| async move { inv.invoke_async(&mut c).await }).await
+    pub(crate) async fn eval<T: FromRedisValue>(
+        &self,
+        inv: ScriptInvocation<'static>,
+    ) -> Result<T> {
+        self.run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await
     }
 }
 
@@ -277,8 +303,13 @@ impl Conn {
 fn map_err(e: RedisError) -> StoreError {
     use redis::{ErrorKind, ServerErrorKind as S};
     let unavailable = match e.kind() {
-        ErrorKind::Io | ErrorKind::AuthenticationFailed | ErrorKind::ClusterConnectionNotFound => true,
-        ErrorKind::Server(k) => matches!(k, S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly),
+        ErrorKind::Io | ErrorKind::AuthenticationFailed | ErrorKind::ClusterConnectionNotFound => {
+            true
+        }
+        ErrorKind::Server(k) => matches!(
+            k,
+            S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly
+        ),
         ErrorKind::Extension => matches!(e.code(), Some("OOM" | "BUSY" | "NOREPLICAS" | "MISCONF")),
         _ => false,
     };
@@ -320,7 +351,12 @@ type Entry = (String, Vec<String>);
 
 /// The value of `field` in a stream entry.
 fn field<'a>(entry: &'a Entry, name: &str) -> Option<&'a str> {
-    entry.1.chunks(2).find(|kv| kv[0] == name).and_then(|kv| kv.get(1)).map(String::as_str)
+    entry
+        .1
+        .chunks(2)
+        .find(|kv| kv[0] == name)
+        .and_then(|kv| kv.get(1))
+        .map(String::as_str)
 }
 
 const CONV_READ: [&str; 10] = ["t1", "t2", "t3", "t4", "t5", "st", "ua", "q", "lm", "ver"];
@@ -330,7 +366,13 @@ fn assemble(fields: Vec<Option<String>>) -> Result<Option<(Conversation, String)
     let mut it = fields.into_iter();
     let mut next = || it.next().flatten();
     let Some(t1) = next() else { return Ok(None) };
-    let t = [t1, next().unwrap_or_default(), next().unwrap_or_default(), next().unwrap_or_default(), next().unwrap_or_default()];
+    let t = [
+        t1,
+        next().unwrap_or_default(),
+        next().unwrap_or_default(),
+        next().unwrap_or_default(),
+        next().unwrap_or_default(),
+    ];
     let slots = ConvSlots {
         status: next().unwrap_or_default(),
         updated_at: next().unwrap_or_default(),
@@ -338,7 +380,10 @@ fn assemble(fields: Vec<Option<String>>) -> Result<Option<(Conversation, String)
         last: next().unwrap_or_default(),
     };
     let ver = next().unwrap_or_default();
-    Ok(Some((parse_conversation(&fill_conversation(&t, &slots))?, ver)))
+    Ok(Some((
+        parse_conversation(&fill_conversation(&t, &slots))?,
+        ver,
+    )))
 }
 
 /// The Redis [`Store`].
@@ -356,14 +401,20 @@ impl RedisStore {
         if self.registered.contains_key(tenant) {
             return Ok(());
         }
-        let _: i64 = self.conn.query(redis::cmd("SADD").arg(keys::TENANTS).arg(tenant).to_owned()).await?;
+        let _: i64 = self
+            .conn
+            .query(redis::cmd("SADD").arg(keys::TENANTS).arg(tenant).to_owned())
+            .await?;
         self.registered.insert(tenant.to_owned(), ());
         Ok(())
     }
 
     async fn load(&self, tenant: &str, id: &str) -> Result<Option<(Conversation, String)>> {
         let key = TenantKeys::new(tenant).conversation(id);
-        let fields: Vec<Option<String>> = self.conn.query(redis::cmd("HMGET").arg(key).arg(&CONV_READ[..]).to_owned()).await?;
+        let fields: Vec<Option<String>> = self
+            .conn
+            .query(redis::cmd("HMGET").arg(key).arg(&CONV_READ[..]).to_owned())
+            .await?;
         assemble(fields)
     }
 
@@ -381,7 +432,11 @@ impl Store for RedisStore {
 
     async fn session_secret(&self, generated: Vec<u8>) -> Result<Vec<u8>> {
         let mut pipe = redis::pipe();
-        pipe.cmd("SET").arg(keys::SECRET).arg(generated).arg("NX").ignore();
+        pipe.cmd("SET")
+            .arg(keys::SECRET)
+            .arg(generated)
+            .arg("NX")
+            .ignore();
         pipe.cmd("GET").arg(keys::SECRET);
         let (secret,): (Vec<u8>,) = self.conn.pipe(pipe).await?;
         Ok(secret)
@@ -389,17 +444,33 @@ impl Store for RedisStore {
 
     async fn claim_nonce(&self, nonce: &str, expires_ms: i64) -> Result<bool> {
         let ttl = (expires_ms - now_ms()).max(1);
-        let reply: Value =
-            self.conn.query(redis::cmd("SET").arg(keys::nonce(nonce)).arg(1).arg("NX").arg("PX").arg(ttl).to_owned()).await?;
+        let reply: Value = self
+            .conn
+            .query(
+                redis::cmd("SET")
+                    .arg(keys::nonce(nonce))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl)
+                    .to_owned(),
+            )
+            .await?;
         Ok(!matches!(reply, Value::Nil))
     }
 
     async fn find_visitor(&self, tenant: &str, token_hash: &str) -> Result<Option<VisitorRecord>> {
         let key = TenantKeys::new(tenant).visitors();
-        let found: Option<String> = self.conn.query(redis::cmd("HGET").arg(key).arg(token_hash).to_owned()).await?;
+        let found: Option<String> = self
+            .conn
+            .query(redis::cmd("HGET").arg(key).arg(token_hash).to_owned())
+            .await?;
         Ok(found.and_then(|v| {
             let (visitor_id, conversation_id) = v.split_once(' ')?;
-            Some(VisitorRecord { visitor_id: visitor_id.to_owned(), conversation_id: conversation_id.to_owned() })
+            Some(VisitorRecord {
+                visitor_id: visitor_id.to_owned(),
+                conversation_id: conversation_id.to_owned(),
+            })
         }))
     }
 
@@ -411,18 +482,36 @@ impl Store for RedisStore {
         let k = TenantKeys::new(&new.tenant);
         let (min_events, min_age) = self.retention_args();
         let mut inv = scripts::START.prepare_invoke();
-        inv.key(k.visitors()).key(k.conversation(&conv.id)).key(k.list("open")).key(k.meta()).key(k.log());
-        inv.arg(&new.token_hash).arg(&conv.visitor_id).arg(&conv.id).arg(&t[..]);
-        inv.arg(now).arg(format_ms(now)).arg(min_events).arg(min_age).arg(self.channels.tenant(&new.tenant));
+        inv.key(k.visitors())
+            .key(k.conversation(&conv.id))
+            .key(k.list("open"))
+            .key(k.meta())
+            .key(k.log());
+        inv.arg(&new.token_hash)
+            .arg(&conv.visitor_id)
+            .arg(&conv.id)
+            .arg(&t[..]);
+        inv.arg(now)
+            .arg(format_ms(now))
+            .arg(min_events)
+            .arg(min_age)
+            .arg(self.channels.tenant(&new.tenant));
         let _offset: i64 = self.conn.eval(inv).await?;
         Ok(conv)
     }
 
-    async fn update_profile(&self, tenant: &str, conversation_id: &str, update: ProfileUpdate) -> Result<Option<Conversation>> {
+    async fn update_profile(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        update: ProfileUpdate,
+    ) -> Result<Option<Conversation>> {
         let k = TenantKeys::new(tenant);
         let (min_events, min_age) = self.retention_args();
         for _ in 0..PROFILE_ATTEMPTS {
-            let Some((mut conv, ver)) = self.load(tenant, conversation_id).await? else { return Ok(None) };
+            let Some((mut conv, ver)) = self.load(tenant, conversation_id).await? else {
+                return Ok(None);
+            };
             if !update.clone().apply(&mut conv) {
                 return Ok(Some(conv));
             }
@@ -430,22 +519,38 @@ impl Store for RedisStore {
             conv.updated_at = format_ms(now);
             let t = conversation_template(&conv)?;
             let mut inv = scripts::PROFILE.prepare_invoke();
-            inv.key(k.conversation(conversation_id)).key(k.list("open")).key(k.list("closed")).key(k.meta()).key(k.log());
-            inv.arg(conversation_id).arg(ver).arg(&t[..]).arg(now).arg(format_ms(now)).arg(min_events).arg(min_age);
-            inv.arg(self.channels.conversation(tenant, conversation_id)).arg(self.channels.tenant(tenant));
+            inv.key(k.conversation(conversation_id))
+                .key(k.list("open"))
+                .key(k.list("closed"))
+                .key(k.meta())
+                .key(k.log());
+            inv.arg(conversation_id)
+                .arg(ver)
+                .arg(&t[..])
+                .arg(now)
+                .arg(format_ms(now))
+                .arg(min_events)
+                .arg(min_age);
+            inv.arg(self.channels.conversation(tenant, conversation_id))
+                .arg(self.channels.tenant(tenant));
             self.register(tenant).await?;
             let reply: Vec<Value> = self.conn.eval(inv).await?;
             match reply.first().and_then(text).as_deref() {
                 Some("none") => return Ok(None),
                 Some("conflict") => continue,
                 Some("ok") => {
-                    let json = reply.get(1).and_then(text).ok_or_else(|| unexpected("profile", &reply))?;
+                    let json = reply
+                        .get(1)
+                        .and_then(text)
+                        .ok_or_else(|| unexpected("profile", &reply))?;
                     return parse_conversation(&json).map(Some);
                 }
                 _ => return Err(unexpected("profile", &reply)),
             }
         }
-        Err(StoreError::Unavailable("the conversation is being updated concurrently; try again".into()))
+        Err(StoreError::Unavailable(
+            "the conversation is being updated concurrently; try again".into(),
+        ))
     }
 
     async fn append_message(&self, new: NewMessage) -> Result<Option<Appended>> {
@@ -456,53 +561,117 @@ impl Store for RedisStore {
         let (min_events, min_age) = self.retention_args();
         let now = now_ms();
         let mut inv = scripts::APPEND.prepare_invoke();
-        inv.key(k.conversation(id)).key(k.messages(id)).key(k.idempotency(id));
-        inv.key(k.list("open")).key(k.list("closed")).key(k.meta()).key(k.log());
-        inv.arg(id).arg(now).arg(format_ms(now)).arg(&t[..]).arg(new.client_message_id.as_deref().unwrap_or(""));
-        inv.arg(min_events).arg(min_age).arg(self.channels.conversation(&new.tenant, id)).arg(self.channels.tenant(&new.tenant));
+        inv.key(k.conversation(id))
+            .key(k.messages(id))
+            .key(k.idempotency(id));
+        inv.key(k.list("open"))
+            .key(k.list("closed"))
+            .key(k.meta())
+            .key(k.log());
+        inv.arg(id)
+            .arg(now)
+            .arg(format_ms(now))
+            .arg(&t[..])
+            .arg(new.client_message_id.as_deref().unwrap_or(""));
+        inv.arg(min_events)
+            .arg(min_age)
+            .arg(self.channels.conversation(&new.tenant, id))
+            .arg(self.channels.tenant(&new.tenant));
         let reply: Vec<Value> = self.conn.eval(inv).await?;
         match reply.first().and_then(text).as_deref() {
             Some("none") => Ok(None),
             Some("dup") => {
-                let json = reply.get(1).and_then(text).ok_or_else(|| unexpected("append", &reply))?;
-                Ok(Some(Appended { message: parse_message(&json)?, duplicate: true, first_in_conversation: false }))
+                let json = reply
+                    .get(1)
+                    .and_then(text)
+                    .ok_or_else(|| unexpected("append", &reply))?;
+                Ok(Some(Appended {
+                    message: parse_message(&json)?,
+                    duplicate: true,
+                    first_in_conversation: false,
+                }))
             }
             Some("ok") => {
-                let (Some(seq), Some(created)) = (reply.get(1).and_then(int), reply.get(2).and_then(int)) else {
+                let (Some(seq), Some(created)) =
+                    (reply.get(1).and_then(int), reply.get(2).and_then(int))
+                else {
                     return Err(unexpected("append", &reply));
                 };
                 let seq = seq as u64;
-                Ok(Some(Appended { message: new_message(&new, seq, created), duplicate: false, first_in_conversation: seq == 1 }))
+                Ok(Some(Appended {
+                    message: new_message(&new, seq, created),
+                    duplicate: false,
+                    first_in_conversation: seq == 1,
+                }))
             }
             _ => Err(unexpected("append", &reply)),
         }
     }
 
-    async fn messages(&self, tenant: &str, conversation_id: &str, cursor: Cursor, limit: usize) -> Result<MessagePage> {
+    async fn messages(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<MessagePage> {
         let key = TenantKeys::new(tenant).messages(conversation_id);
         let count = limit.saturating_add(1);
         let entries: Vec<Entry> = match cursor {
-            Cursor::Start => self.conn.query(redis::cmd("XRANGE").arg(key).arg("-").arg("+").arg("COUNT").arg(count).to_owned()).await?,
+            Cursor::Start => {
+                self.conn
+                    .query(
+                        redis::cmd("XRANGE")
+                            .arg(key)
+                            .arg("-")
+                            .arg("+")
+                            .arg("COUNT")
+                            .arg(count)
+                            .to_owned(),
+                    )
+                    .await?
+            }
             Cursor::After(u64::MAX) => Vec::new(),
             Cursor::After(seq) => {
-                self.conn.query(redis::cmd("XRANGE").arg(key).arg(seq + 1).arg("+").arg("COUNT").arg(count).to_owned()).await?
+                self.conn
+                    .query(
+                        redis::cmd("XRANGE")
+                            .arg(key)
+                            .arg(seq + 1)
+                            .arg("+")
+                            .arg("COUNT")
+                            .arg(count)
+                            .to_owned(),
+                    )
+                    .await?
             }
-            Cursor::AfterCreated { created_ms, id } => self.history(key, created_ms, id, count).await?,
+            Cursor::AfterCreated { created_ms, id } => {
+                self.history(key, created_ms, id, count).await?
+            }
             Cursor::Since(ms) => self.history(key, ms, u64::MAX, count).await?,
         };
         let mut messages = Vec::with_capacity(entries.len());
         for e in &entries {
             let (Some((seq, _)), Some(json)) = (split_id(&e.0), field(e, "m")) else {
-                return Err(StoreError::Internal(format!("redis: malformed message entry {e:?}")));
+                return Err(StoreError::Internal(format!(
+                    "redis: malformed message entry {e:?}"
+                )));
             };
-            messages.push(StoredMessage { seq, json: json.into() });
+            messages.push(StoredMessage {
+                seq,
+                json: json.into(),
+            });
         }
         let has_more = messages.len() > limit;
         messages.truncate(limit);
         Ok(MessagePage { messages, has_more })
     }
 
-    async fn conversation(&self, tenant: &str, conversation_id: &str) -> Result<Option<Conversation>> {
+    async fn conversation(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+    ) -> Result<Option<Conversation>> {
         Ok(self.load(tenant, conversation_id).await?.map(|(c, _)| c))
     }
 
@@ -514,7 +683,9 @@ impl Store for RedisStore {
         limit: usize,
     ) -> Result<ConversationPage> {
         let k = TenantKeys::new(tenant);
-        let max = cursor.map(|c| format!("({:020}:{}", c.updated_ms, c.id)).unwrap_or_else(|| "+".to_owned());
+        let max = cursor
+            .map(|c| format!("({:020}:{}", c.updated_ms, c.id))
+            .unwrap_or_else(|| "+".to_owned());
         let lists: Vec<&str> = match status {
             Some(s) => vec![s.as_str()],
             None => vec!["open", "closed"],
@@ -522,7 +693,13 @@ impl Store for RedisStore {
         let count = limit.saturating_add(1);
         let mut pipe = redis::pipe();
         for list in &lists {
-            pipe.cmd("ZREVRANGEBYLEX").arg(k.list(list)).arg(&max).arg("-").arg("LIMIT").arg(0).arg(count);
+            pipe.cmd("ZREVRANGEBYLEX")
+                .arg(k.list(list))
+                .arg(&max)
+                .arg("-")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(count);
         }
         let found: Vec<Vec<String>> = self.conn.pipe(pipe).await?;
         // Each list is in order; their union, re-sorted, is the page.
@@ -533,74 +710,153 @@ impl Store for RedisStore {
         let mut entries = Vec::with_capacity(members.len());
         let mut pipe = redis::pipe();
         for m in &members {
-            let (ms, id) = m.split_once(':').ok_or_else(|| StoreError::Internal(format!("redis: bad list member {m:?}")))?;
-            let ms: i64 = ms.parse().map_err(|_| StoreError::Internal(format!("redis: bad list member {m:?}")))?;
-            pipe.cmd("HMGET").arg(k.conversation(id)).arg(&CONV_READ[..]);
-            entries.push(ConversationCursor { updated_ms: ms, id: id.to_owned() });
+            let (ms, id) = m
+                .split_once(':')
+                .ok_or_else(|| StoreError::Internal(format!("redis: bad list member {m:?}")))?;
+            let ms: i64 = ms
+                .parse()
+                .map_err(|_| StoreError::Internal(format!("redis: bad list member {m:?}")))?;
+            pipe.cmd("HMGET")
+                .arg(k.conversation(id))
+                .arg(&CONV_READ[..]);
+            entries.push(ConversationCursor {
+                updated_ms: ms,
+                id: id.to_owned(),
+            });
         }
-        let rows: Vec<Vec<Option<String>>> = if members.is_empty() { Vec::new() } else { self.conn.pipe(pipe).await? };
+        let rows: Vec<Vec<Option<String>>> = if members.is_empty() {
+            Vec::new()
+        } else {
+            self.conn.pipe(pipe).await?
+        };
         let mut conversations = Vec::with_capacity(rows.len());
         for row in rows {
             if let Some((c, _)) = assemble(row)? {
                 conversations.push(c);
             }
         }
-        let next_cursor = if more { entries.last().map(ConversationCursor::encode) } else { None };
-        Ok(ConversationPage { conversations, next_cursor })
+        let next_cursor = if more {
+            entries.last().map(ConversationCursor::encode)
+        } else {
+            None
+        };
+        Ok(ConversationPage {
+            conversations,
+            next_cursor,
+        })
     }
 
-    async fn set_status(&self, tenant: &str, conversation_id: &str, status: Status) -> Result<Option<Conversation>> {
+    async fn set_status(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        status: Status,
+    ) -> Result<Option<Conversation>> {
         let k = TenantKeys::new(tenant);
         let (min_events, min_age) = self.retention_args();
         let now = now_ms();
         let mut inv = scripts::STATUS.prepare_invoke();
-        inv.key(k.conversation(conversation_id)).key(k.list("open")).key(k.list("closed")).key(k.meta()).key(k.log());
-        inv.arg(conversation_id).arg(status.as_str()).arg(now).arg(format_ms(now)).arg(min_events).arg(min_age);
-        inv.arg(self.channels.conversation(tenant, conversation_id)).arg(self.channels.tenant(tenant));
+        inv.key(k.conversation(conversation_id))
+            .key(k.list("open"))
+            .key(k.list("closed"))
+            .key(k.meta())
+            .key(k.log());
+        inv.arg(conversation_id)
+            .arg(status.as_str())
+            .arg(now)
+            .arg(format_ms(now))
+            .arg(min_events)
+            .arg(min_age);
+        inv.arg(self.channels.conversation(tenant, conversation_id))
+            .arg(self.channels.tenant(tenant));
         self.register(tenant).await?;
         let reply: Vec<Value> = self.conn.eval(inv).await?;
         match reply.first().and_then(text).as_deref() {
             Some("none") => Ok(None),
             Some("ok") => {
-                let json = reply.get(1).and_then(text).ok_or_else(|| unexpected("status", &reply))?;
+                let json = reply
+                    .get(1)
+                    .and_then(text)
+                    .ok_or_else(|| unexpected("status", &reply))?;
                 parse_conversation(&json).map(Some)
             }
             _ => Err(unexpected("status", &reply)),
         }
     }
 
-    async fn append_event(&self, tenant: &str, kind: &str, data: Json, conversation_id: Option<&str>) -> Result<Option<TenantEvent>> {
+    async fn append_event(
+        &self,
+        tenant: &str,
+        kind: &str,
+        data: Json,
+        conversation_id: Option<&str>,
+    ) -> Result<Option<TenantEvent>> {
         let k = TenantKeys::new(tenant);
         let (min_events, min_age) = self.retention_args();
         self.register(tenant).await?;
         let now = now_ms();
         if let (Some(id), "conversation:qualified") = (conversation_id, kind) {
             let mut inv = scripts::QUALIFY.prepare_invoke();
-            inv.key(k.conversation(id)).key(k.list("open")).key(k.list("closed")).key(k.meta()).key(k.log());
-            inv.arg(id).arg(kind).arg(now).arg(format_ms(now)).arg(min_events).arg(min_age);
-            inv.arg(self.channels.conversation(tenant, id)).arg(self.channels.tenant(tenant));
+            inv.key(k.conversation(id))
+                .key(k.list("open"))
+                .key(k.list("closed"))
+                .key(k.meta())
+                .key(k.log());
+            inv.arg(id)
+                .arg(kind)
+                .arg(now)
+                .arg(format_ms(now))
+                .arg(min_events)
+                .arg(min_age);
+            inv.arg(self.channels.conversation(tenant, id))
+                .arg(self.channels.tenant(tenant));
             let reply: Vec<Value> = self.conn.eval(inv).await?;
-            return match (reply.first().and_then(text).as_deref(), reply.get(1).and_then(int), reply.get(2).and_then(text)) {
+            return match (
+                reply.first().and_then(text).as_deref(),
+                reply.get(1).and_then(int),
+                reply.get(2).and_then(text),
+            ) {
                 (Some("none"), _, _) => Ok(None),
-                (Some("ok"), Some(offset), Some(data)) => {
-                    Ok(Some(TenantEvent { offset: offset as u64, kind: kind.to_owned(), data, created_ms: now }))
-                }
+                (Some("ok"), Some(offset), Some(data)) => Ok(Some(TenantEvent {
+                    offset: offset as u64,
+                    kind: kind.to_owned(),
+                    data,
+                    created_ms: now,
+                })),
                 _ => Err(unexpected("qualify", &reply)),
             };
         }
         let mut data = data;
         if let (Some(id), Json::Object(map)) = (conversation_id, &mut data) {
-            map.entry("conversationId").or_insert_with(|| Json::String(id.to_owned()));
+            map.entry("conversationId")
+                .or_insert_with(|| Json::String(id.to_owned()));
         }
         let data = to_json(&data);
         let mut inv = scripts::EVENT.prepare_invoke();
-        inv.key(k.meta()).key(k.log()).key(conversation_id.map(|id| k.conversation(id)).unwrap_or_else(|| k.meta()));
-        inv.arg(kind).arg(&data).arg(if conversation_id.is_some() { "1" } else { "0" });
-        inv.arg(now).arg(min_events).arg(min_age).arg(self.channels.tenant(tenant));
+        inv.key(k.meta()).key(k.log()).key(
+            conversation_id
+                .map(|id| k.conversation(id))
+                .unwrap_or_else(|| k.meta()),
+        );
+        inv.arg(kind)
+            .arg(&data)
+            .arg(if conversation_id.is_some() { "1" } else { "0" });
+        inv.arg(now)
+            .arg(min_events)
+            .arg(min_age)
+            .arg(self.channels.tenant(tenant));
         let reply: Vec<Value> = self.conn.eval(inv).await?;
-        match (reply.first().and_then(text).as_deref(), reply.get(1).and_then(int)) {
+        match (
+            reply.first().and_then(text).as_deref(),
+            reply.get(1).and_then(int),
+        ) {
             (Some("none"), _) => Ok(None),
-            (Some("ok"), Some(offset)) => Ok(Some(TenantEvent { offset: offset as u64, kind: kind.to_owned(), data, created_ms: now })),
+            (Some("ok"), Some(offset)) => Ok(Some(TenantEvent {
+                offset: offset as u64,
+                kind: kind.to_owned(),
+                data,
+                created_ms: now,
+            })),
             _ => Err(unexpected("event", &reply)),
         }
     }
@@ -608,29 +864,54 @@ impl Store for RedisStore {
     async fn events(&self, tenant: &str, after: u64, limit: usize) -> Result<EventsPage> {
         let k = TenantKeys::new(tenant);
         if after == u64::MAX {
-            return Ok(EventsPage { events: Vec::new(), has_more: false, recovered: true });
+            return Ok(EventsPage {
+                events: Vec::new(),
+                has_more: false,
+                recovered: true,
+            });
         }
         // One snapshot: retention cannot run between the two reads.
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.cmd("HGET").arg(k.meta()).arg("pruned");
-        pipe.cmd("XRANGE").arg(k.log()).arg(after + 1).arg("+").arg("COUNT").arg(limit.saturating_add(1));
+        pipe.cmd("XRANGE")
+            .arg(k.log())
+            .arg(after + 1)
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.saturating_add(1));
         let (pruned, entries): (Option<u64>, Vec<Entry>) = self.conn.pipe(pipe).await?;
         let mut events = Vec::with_capacity(entries.len());
         for e in &entries {
-            let (Some((offset, created_ms)), Some(kind), Some(data)) = (split_id(&e.0), field(e, "k"), field(e, "d")) else {
-                return Err(StoreError::Internal(format!("redis: malformed event entry {e:?}")));
+            let (Some((offset, created_ms)), Some(kind), Some(data)) =
+                (split_id(&e.0), field(e, "k"), field(e, "d"))
+            else {
+                return Err(StoreError::Internal(format!(
+                    "redis: malformed event entry {e:?}"
+                )));
             };
-            events.push(TenantEvent { offset, kind: kind.to_owned(), data: data.to_owned(), created_ms });
+            events.push(TenantEvent {
+                offset,
+                kind: kind.to_owned(),
+                data: data.to_owned(),
+                created_ms,
+            });
         }
         let has_more = events.len() > limit;
         events.truncate(limit);
-        Ok(EventsPage { events, has_more, recovered: after >= pruned.unwrap_or(0) })
+        Ok(EventsPage {
+            events,
+            has_more,
+            recovered: after >= pruned.unwrap_or(0),
+        })
     }
 
     async fn last_offset(&self, tenant: &str) -> Result<u64> {
         let k = TenantKeys::new(tenant);
-        let offset: Option<u64> = self.conn.query(redis::cmd("HGET").arg(k.meta()).arg("offset").to_owned()).await?;
+        let offset: Option<u64> = self
+            .conn
+            .query(redis::cmd("HGET").arg(k.meta()).arg("offset").to_owned())
+            .await?;
         Ok(offset.unwrap_or(0))
     }
 
@@ -640,13 +921,27 @@ impl Store for RedisStore {
         let (min_events, min_age) = self.retention_args();
         let mut cursor = 0u64;
         loop {
-            let (next, tenants): (u64, Vec<String>) =
-                self.conn.query(redis::cmd("SSCAN").arg(keys::TENANTS).arg(cursor).arg("COUNT").arg(200).to_owned()).await?;
+            let (next, tenants): (u64, Vec<String>) = self
+                .conn
+                .query(
+                    redis::cmd("SSCAN")
+                        .arg(keys::TENANTS)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(200)
+                        .to_owned(),
+                )
+                .await?;
             for tenant in tenants {
                 let k = TenantKeys::new(&tenant);
                 loop {
                     let mut inv = scripts::TRIM.prepare_invoke();
-                    inv.key(k.meta()).key(k.log()).arg(now).arg(min_events).arg(min_age).arg(TRIM_BUDGET);
+                    inv.key(k.meta())
+                        .key(k.log())
+                        .arg(now)
+                        .arg(min_events)
+                        .arg(min_age)
+                        .arg(TRIM_BUDGET);
                     let dropped: usize = self.conn.eval(inv).await?;
                     if dropped < TRIM_BUDGET {
                         break;
@@ -662,7 +957,13 @@ impl Store for RedisStore {
 }
 
 impl RedisStore {
-    async fn history(&self, key: String, created_ms: i64, after: u64, count: usize) -> Result<Vec<Entry>> {
+    async fn history(
+        &self,
+        key: String,
+        created_ms: i64,
+        after: u64,
+        count: usize,
+    ) -> Result<Vec<Entry>> {
         let mut inv = scripts::HISTORY.prepare_invoke();
         inv.key(key).arg(created_ms).arg(after).arg(count);
         self.conn.eval(inv).await

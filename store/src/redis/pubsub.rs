@@ -83,7 +83,8 @@ impl Shared {
     }
 
     fn canary_seen_now(&self) {
-        self.canary_seen_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.canary_seen_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn canary_age(&self) -> Duration {
@@ -110,21 +111,60 @@ impl Shared {
             }
             return;
         }
-        let Some(channel) = self.subs.lock().wanted.get(name).cloned() else { return };
+        let Some(channel) = self.subs.lock().wanted.get(name).cloned() else {
+            return;
+        };
         let event = match (payload, channel) {
-            (Payload::Message { seq, json }, Channel::Conversation { tenant, conversation_id }) => {
-                Published::Message { tenant, conversation_id, seq, json: json.into() }
-            }
-            (Payload::Updated { json }, Channel::Conversation { tenant, conversation_id }) => {
-                Published::ConversationUpdated { tenant, conversation_id, json: json.into() }
-            }
-            (Payload::Event { offset, created_ms, kind, data }, Channel::Tenant { tenant }) => Published::Event {
+            (
+                Payload::Message { seq, json },
+                Channel::Conversation {
+                    tenant,
+                    conversation_id,
+                },
+            ) => Published::Message {
                 tenant,
-                event: Arc::new(TenantEvent { offset, kind: kind.to_owned(), data: data.to_owned(), created_ms }),
+                conversation_id,
+                seq,
+                json: json.into(),
             },
-            (Payload::Typing { frame }, channel) => Published::Typing { channel, frame: frame.into() },
+            (
+                Payload::Updated { json },
+                Channel::Conversation {
+                    tenant,
+                    conversation_id,
+                },
+            ) => Published::ConversationUpdated {
+                tenant,
+                conversation_id,
+                json: json.into(),
+            },
+            (
+                Payload::Event {
+                    offset,
+                    created_ms,
+                    kind,
+                    data,
+                },
+                Channel::Tenant { tenant },
+            ) => Published::Event {
+                tenant,
+                event: Arc::new(TenantEvent {
+                    offset,
+                    kind: kind.to_owned(),
+                    data: data.to_owned(),
+                    created_ms,
+                }),
+            },
+            (Payload::Typing { frame }, channel) => Published::Typing {
+                channel,
+                frame: frame.into(),
+            },
             (payload, channel) => {
-                tracing::warn!(?payload, ?channel, "redis pub/sub: publication does not fit its channel");
+                tracing::warn!(
+                    ?payload,
+                    ?channel,
+                    "redis pub/sub: publication does not fit its channel"
+                );
                 return;
             }
         };
@@ -159,7 +199,12 @@ impl RedisBroker {
             tokio::spawn(subscriber(shared.clone(), client)),
             tokio::spawn(canary(shared.clone(), conn.clone())),
         ];
-        RedisBroker { shared, conn, channels, tasks }
+        RedisBroker {
+            shared,
+            conn,
+            channels,
+            tasks,
+        }
     }
 
     /// How many times the subscription was established (1 + reconnections).
@@ -183,12 +228,20 @@ impl Broker for RedisBroker {
     }
 
     fn subscribe(&self, channel: &Channel) {
-        self.shared.subs.lock().wanted.insert(self.channels.of(channel), channel.clone());
+        self.shared
+            .subs
+            .lock()
+            .wanted
+            .insert(self.channels.of(channel), channel.clone());
         self.shared.changed.notify_one();
     }
 
     fn unsubscribe(&self, channel: &Channel) {
-        self.shared.subs.lock().wanted.remove(&self.channels.of(channel));
+        self.shared
+            .subs
+            .lock()
+            .wanted
+            .remove(&self.channels.of(channel));
         self.shared.changed.notify_one();
     }
 
@@ -205,20 +258,29 @@ impl Broker for RedisBroker {
                     return Ok(());
                 }
                 if !subs.wanted.contains_key(&name) {
-                    return Err(StoreError::Internal(format!("{channel:?} was not subscribed")));
+                    return Err(StoreError::Internal(format!(
+                        "{channel:?} was not subscribed"
+                    )));
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(StoreError::Unavailable("the Redis subscription is not live yet".into()));
+                return Err(StoreError::Unavailable(
+                    "the Redis subscription is not live yet".into(),
+                ));
             }
         }
     }
 
     async fn publish_ephemeral(&self, event: Published) -> Result<()> {
         let Published::Typing { channel, frame } = event else {
-            return Err(StoreError::Internal("only typing is published without being stored".into()));
+            return Err(StoreError::Internal(
+                "only typing is published without being stored".into(),
+            ));
         };
-        let cmd = redis::cmd("PUBLISH").arg(self.channels.of(&channel)).arg(encode_typing(&frame)).to_owned();
+        let cmd = redis::cmd("PUBLISH")
+            .arg(self.channels.of(&channel))
+            .arg(encode_typing(&frame))
+            .to_owned();
         let _receivers: i64 = self.conn.query(cmd).await?;
         Ok(())
     }
@@ -308,7 +370,9 @@ async fn session(shared: &Shared, client: &redis::Client) -> Ended {
     }
 }
 
-async fn command(f: impl std::future::Future<Output = redis::RedisResult<()>>) -> std::result::Result<(), Ended> {
+async fn command(
+    f: impl std::future::Future<Output = redis::RedisResult<()>>,
+) -> std::result::Result<(), Ended> {
     match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Ended::Command(e.to_string())),
@@ -322,8 +386,18 @@ async fn reconcile(shared: &Shared, sink: &mut PubSubSink) -> std::result::Resul
         let (add, remove): (Vec<String>, Vec<String>) = {
             let subs = shared.subs.lock();
             (
-                subs.wanted.keys().filter(|n| !subs.live.contains(*n)).take(BATCH).cloned().collect(),
-                subs.live.iter().filter(|n| !subs.wanted.contains_key(*n)).take(BATCH).cloned().collect(),
+                subs.wanted
+                    .keys()
+                    .filter(|n| !subs.live.contains(*n))
+                    .take(BATCH)
+                    .cloned()
+                    .collect(),
+                subs.live
+                    .iter()
+                    .filter(|n| !subs.wanted.contains_key(*n))
+                    .take(BATCH)
+                    .cloned()
+                    .collect(),
             )
         };
         if add.is_empty() && remove.is_empty() {
@@ -351,7 +425,10 @@ async fn canary(shared: Arc<Shared>, conn: Arc<Conn>) {
     loop {
         tick.tick().await;
         n += 1;
-        let cmd = redis::cmd("PUBLISH").arg(&shared.node_channel).arg(format!("p|{n}")).to_owned();
+        let cmd = redis::cmd("PUBLISH")
+            .arg(&shared.node_channel)
+            .arg(format!("p|{n}"))
+            .to_owned();
         if let Err(e) = conn.query::<i64>(cmd).await {
             tracing::debug!(error = %e, "redis pub/sub: canary not published");
         }

@@ -54,19 +54,31 @@ impl RedisServer {
             eprintln!("SKIPPED {test}: redis-server is not installed (set {REQUIRE_ENV}=1 to make this a failure)");
             return None;
         }
-        Some(RedisServer::start().await.unwrap_or_else(|e| panic!("{test}: cannot start redis-server: {e}")))
+        Some(
+            RedisServer::start()
+                .await
+                .unwrap_or_else(|e| panic!("{test}: cannot start redis-server: {e}")),
+        )
     }
 
     /// Starts a server on a free port and waits until it answers `PING`.
     pub async fn start() -> io::Result<RedisServer> {
-        let dir = std::env::temp_dir().join(format!("confab-redis-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+        let dir = std::env::temp_dir().join(format!(
+            "confab-redis-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         std::fs::create_dir_all(&dir)?;
         let mut last_err = None;
         // A free port can be taken by someone else between our probe and redis binding it:
         // try a few.
         for _ in 0..5 {
             let port = free_port()?;
-            let mut server = RedisServer { child: None, port, dir: dir.clone() };
+            let mut server = RedisServer {
+                child: None,
+                port,
+                dir: dir.clone(),
+            };
             match server.spawn().await {
                 Ok(()) => return Ok(server),
                 Err(e) => {
@@ -82,7 +94,16 @@ impl RedisServer {
 
     async fn spawn(&mut self) -> io::Result<()> {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--databases", "256", "--logfile", "redis.log", "--dir"])
             .arg(&self.dir)
             .current_dir(&self.dir)
@@ -99,16 +120,24 @@ impl RedisServer {
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
-                    return Err(io::Error::other(format!("redis-server exited ({status}): {}", self.log_tail())));
+                    return Err(io::Error::other(format!(
+                        "redis-server exited ({status}): {}",
+                        self.log_tail()
+                    )));
                 }
             }
-            if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_millis(500), self.command(&["PING"])).await {
+            if let Ok(Ok(reply)) =
+                tokio::time::timeout(Duration::from_millis(500), self.command(&["PING"])).await
+            {
                 if reply == "PONG" {
                     return Ok(());
                 }
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(io::Error::other(format!("redis-server did not answer PING: {}", self.log_tail())));
+                return Err(io::Error::other(format!(
+                    "redis-server did not answer PING: {}",
+                    self.log_tail()
+                )));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -155,7 +184,10 @@ impl RedisServer {
         loop {
             let n = stream.read(&mut chunk).await?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "redis closed the connection"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "redis closed the connection",
+                ));
             }
             buf.extend_from_slice(&chunk[..n]);
             if let Some(reply) = parse_reply(&buf)? {
@@ -194,13 +226,17 @@ fn free_port() -> io::Result<u16> {
 /// Parses one RESP reply (simple string, error, integer, bulk string); `None` when more
 /// bytes are needed.
 fn parse_reply(buf: &[u8]) -> io::Result<Option<String>> {
-    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
+    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return Ok(None);
+    };
     let line = String::from_utf8_lossy(&buf[1..end]).into_owned();
     match buf.first() {
         Some(b'+') | Some(b':') => Ok(Some(line)),
         Some(b'-') => Err(io::Error::other(line)),
         Some(b'$') => {
-            let len: i64 = line.parse().map_err(|_| io::Error::other("bad bulk length"))?;
+            let len: i64 = line
+                .parse()
+                .map_err(|_| io::Error::other("bad bulk length"))?;
             if len < 0 {
                 return Ok(Some(String::new()));
             }
@@ -209,7 +245,9 @@ fn parse_reply(buf: &[u8]) -> io::Result<Option<String>> {
             if buf.len() < stop + 2 {
                 return Ok(None);
             }
-            Ok(Some(String::from_utf8_lossy(&buf[start..stop]).into_owned()))
+            Ok(Some(
+                String::from_utf8_lossy(&buf[start..stop]).into_owned(),
+            ))
         }
         _ => Err(io::Error::other(format!("unsupported reply: {line}"))),
     }
@@ -237,7 +275,9 @@ impl TcpProxy {
             while let Ok((client, _)) = listener.accept().await {
                 let f = f.clone();
                 conns.spawn(async move {
-                    let Ok(server) = TcpStream::connect(target).await else { return };
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
                     tokio::join!(pump(cr, sw, f.subscribe()), pump(sr, cw, f.subscribe()));
@@ -270,7 +310,11 @@ impl Drop for TcpProxy {
     }
 }
 
-async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, mut frozen: watch::Receiver<bool>) {
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         if frozen.wait_for(|f| !*f).await.is_err() {
