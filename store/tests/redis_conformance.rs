@@ -584,6 +584,10 @@ async fn calls_fail_fast_while_redis_is_down_and_recover() {
                 "round {round}, call {i}: {r:?}"
             );
         }
+        eprintln!(
+            "redis down, round {round}: 6 calls failed in {:?}",
+            started.elapsed()
+        );
         assert!(
             started.elapsed() < fast * 2,
             "round {round} took {:?}",

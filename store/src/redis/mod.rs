@@ -7,7 +7,7 @@
 //! ## Layout
 //!
 //! - `mod.rs` (this file) — [`open`], [`RedisStore`] (the [`Store`]) and the command
-//!   connection ([`Conn`]: timeouts, reconnects, error mapping).
+//!   connection (`Conn`: timeouts, reconnects, error mapping).
 //! - `keys.rs` — every key and channel name.
 //! - `codec.rs` — the JSON templates the scripts fill in, and the pub/sub payloads.
 //! - `scripts.rs` + `*.lua` — the scripts; `lib.lua` holds the helpers all of them share.
@@ -83,9 +83,13 @@
 //!   out connection is replaced (it may be a half-open TCP connection that would never
 //!   answer). A timeout is ambiguous — the script may have run — which is what
 //!   clientMessageId idempotency is for: a client retrying gets `duplicate: true`.
-//! - **Pub/sub is at-most-once.** After every (re)subscription the broker emits
-//!   [`Published::Resync`]; the hub then re-reads each subscriber's log after the last
-//!   id/offset it delivered, so the gap is filled from the stored log.
+//! - **Pub/sub is at-most-once.** A publication sent while the subscriber connection is
+//!   down is lost, and Redis itself drops a subscriber that falls too far behind
+//!   (`client-output-buffer-limit pubsub`). After every (re)subscription the broker emits
+//!   [`Published::Resync`](crate::Published::Resync); the hub then re-reads each subscriber's log after the last
+//!   id/offset it delivered, so the gap is filled from the stored log. A *new*
+//!   subscription goes live asynchronously: [`Broker::subscribed`](crate::Broker::subscribed) says when, so the hub
+//!   reads the log for its replay only after that.
 //! - **Silent failures** (a half-open connection, a proxy that stopped forwarding) are
 //!   caught by a canary: the node publishes to its own channel every [`pubsub::CANARY_EVERY`]
 //!   and when nothing came back for [`pubsub::CANARY_DEADLINE`], it marks itself unhealthy

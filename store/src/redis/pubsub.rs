@@ -421,6 +421,8 @@ async fn reconcile(shared: &Shared, sink: &mut PubSubSink) -> std::result::Resul
 /// The canary task: publishes to the node's own channel; the subscriber task watches for it.
 async fn canary(shared: Arc<Shared>, conn: Arc<Conn>) {
     let mut tick = tokio::time::interval(CANARY_EVERY);
+    // A publish stuck on a dead connection must not be followed by a burst.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n = 0u64;
     loop {
         tick.tick().await;

@@ -69,26 +69,25 @@ impl RedisServer {
             rand::random::<u64>()
         ));
         std::fs::create_dir_all(&dir)?;
+        // Dropped on failure: kills the child and removes the directory.
+        let mut server = RedisServer {
+            child: None,
+            port: 0,
+            dir,
+        };
         let mut last_err = None;
-        // A free port can be taken by someone else between our probe and redis binding it:
-        // try a few.
+        // A free port can be taken by someone else between our probe and redis binding
+        // it: try a few.
         for _ in 0..5 {
-            let port = free_port()?;
-            let mut server = RedisServer {
-                child: None,
-                port,
-                dir: dir.clone(),
-            };
+            server.port = free_port()?;
             match server.spawn().await {
                 Ok(()) => return Ok(server),
                 Err(e) => {
-                    last_err = Some(e);
                     server.kill();
-                    std::mem::forget(server); // keep the directory for the next attempt
+                    last_err = Some(e);
                 }
             }
         }
-        let _ = std::fs::remove_dir_all(&dir);
         Err(last_err.unwrap_or_else(|| io::Error::other("redis-server did not start")))
     }
 
