@@ -143,6 +143,10 @@ pub struct ConnectionsArgs {
     /// Concurrent session creations (config + POST /v1/sessions), all processes together.
     #[arg(long, default_value_t = 32)]
     pub sessions_concurrency: usize,
+    /// Most sockets opening at once (connect + upgrade + auth), all processes together:
+    /// a server slower than --rate then slows the ramp down instead of timing out auths.
+    #[arg(long, default_value_t = 256)]
+    pub open_concurrency: usize,
     /// Which channel to open.
     #[arg(long, value_enum, default_value_t = ConnRole::Visitor)]
     pub role: ConnRole,

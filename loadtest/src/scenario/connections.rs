@@ -135,6 +135,8 @@ struct Share {
     rate: f64,
     /// This share's session-creation concurrency.
     concurrency: usize,
+    /// This share's bound on sockets opening at once.
+    open_concurrency: usize,
 }
 
 impl Share {
@@ -146,6 +148,7 @@ impl Share {
             count: n / of + usize::from(index < n % of),
             rate: (args.rate / of as f64).max(0.001),
             concurrency: args.sessions_concurrency.div_ceil(of).max(1),
+            open_concurrency: args.open_concurrency.div_ceil(of).max(1),
         }
     }
 }
@@ -526,6 +529,7 @@ async fn run_share(
     let (stop_tx, stop) = Stop::new();
     let start = tokio::time::Instant::now();
     let next = Arc::new(AtomicU64::new(0));
+    let opening = Arc::new(tokio::sync::Semaphore::new(share.open_concurrency));
     let needs_session = args.common.target == Target::Gateway && args.role == ConnRole::Visitor;
 
     let mut openers = vec![];
@@ -544,6 +548,7 @@ async fn run_share(
             stop.clone(),
         );
         let args = args.clone();
+        let opening = opening.clone();
         openers.push(tokio::spawn(async move {
             let mut http: Vec<Option<HttpClient>> = endpoints.main.iter().map(|_| None).collect();
             loop {
@@ -583,12 +588,25 @@ async fn run_share(
                 } else {
                     None
                 };
+                let permit = tokio::select! {
+                    p = opening.clone().acquire_owned() => p.expect("never closed"),
+                    _ = stop.wait() => break,
+                };
                 shared.pending.fetch_add(1, Relaxed);
                 let local = pool.next_for(&endpoint.addr);
                 let (shared, stop, target, role) =
                     (shared.clone(), stop.clone(), args.common.target, args.role);
                 tokio::spawn(async move {
-                    hold_one(shared, stop, target, role, endpoint, local, token, global).await
+                    let open = Opening {
+                        target,
+                        role,
+                        endpoint,
+                        local,
+                        token,
+                        global,
+                        permit,
+                    };
+                    hold_one(shared, stop, open).await
                 });
             }
         }));
@@ -631,18 +649,35 @@ async fn run_share(
     Ok(())
 }
 
-/// Opens one socket and keeps reading it (so pings are answered) until the run stops.
-#[allow(clippy::too_many_arguments)]
-async fn hold_one(
-    shared: Arc<Shared>,
-    mut stop: Stop,
+/// One socket to open.
+struct Opening {
+    /// Gateway or baseline.
     target: Target,
+    /// Visitor or agent channel.
     role: ConnRole,
+    /// Where to connect.
     endpoint: Arc<crate::net::Endpoint>,
+    /// Source address.
     local: Option<std::net::IpAddr>,
+    /// Session token or agent JWT (gateway only).
     token: Option<String>,
+    /// Global connection number (histogram shard).
     global: usize,
-) {
+    /// A slot of `--open-concurrency`, released once the socket is ready or failed.
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Opens one socket and keeps reading it (so pings are answered) until the run stops.
+async fn hold_one(shared: Arc<Shared>, mut stop: Stop, open: Opening) {
+    let Opening {
+        target,
+        role,
+        endpoint,
+        local,
+        token,
+        global,
+        permit,
+    } = open;
     let t = Instant::now();
     let opening = async {
         match (target, role, token) {
@@ -656,7 +691,7 @@ async fn hold_one(
         }
     };
     let opened = tokio::select! {
-        r = opening => r,
+        r = opening => { drop(permit); r }
         _ = stop.wait() => {
             shared.pending.fetch_sub(1, Relaxed);
             return;
