@@ -169,9 +169,11 @@ impl AppState {
             self.metrics
                 .messages_stored
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if appended.first_in_conversation {
-                self.auto_reply(tenant, &session.claims.conversation_id)
-                    .await;
+            if appended.first_in_conversation && tenant.cfg.auto_reply.is_some() {
+                // After the answer, not before: the visitor's ack must not wait on it.
+                let (state, tenant) = (self.clone(), tenant.clone());
+                let conv = session.claims.conversation_id.clone();
+                tokio::spawn(async move { state.auto_reply(&tenant, &conv).await });
             }
         }
         Ok(appended)

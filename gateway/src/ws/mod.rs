@@ -64,6 +64,10 @@ pub mod close {
     pub const AUTH_TIMEOUT: u16 = 4408;
 }
 
+/// A page of a channel's log: (seq, encoded frame) in order, and whether more follows;
+/// `None` when that part of the log is gone (retention).
+pub type Backlog = Option<(Vec<(u64, Utf8Bytes)>, bool)>;
+
 /// What a channel supplies to the driver.
 pub trait ChannelLogic: Send + 'static {
     /// A page of the log after `after`: (seq, encoded frame) in order, and whether more
@@ -72,7 +76,7 @@ pub trait ChannelLogic: Send + 'static {
         &self,
         state: &AppState,
         after: u64,
-    ) -> impl std::future::Future<Output = Result<Option<(Vec<(u64, Utf8Bytes)>, bool)>, ApiError>> + Send;
+    ) -> impl std::future::Future<Output = Result<Backlog, ApiError>> + Send;
 
     /// Handles a client frame after auth; replies go through `sub.reply`.
     fn on_frame(
@@ -83,31 +87,35 @@ pub trait ChannelLogic: Send + 'static {
     ) -> impl std::future::Future<Output = ()> + Send;
 }
 
+fn refuse(e: ApiError) -> Box<Response> {
+    Box::new(error_response(&e))
+}
+
 /// Checks what can be checked before upgrading and configures the socket.
 pub fn prepare(
     state: &AppState,
     headers: &HeaderMap,
     ws: WebSocketUpgrade,
-) -> Result<(WebSocketUpgrade, tokio::sync::OwnedSemaphorePermit), Response> {
+) -> Result<(WebSocketUpgrade, tokio::sync::OwnedSemaphorePermit), Box<Response>> {
     if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
         if !origin
             .to_str()
             .is_ok_and(|o| state.tenants.any_policy_allows(o))
         {
-            return Err(error_response(&ApiError::new(
+            return Err(refuse(ApiError::new(
                 ErrorCode::OriginNotAllowed,
                 "origin not allowed",
             )));
         }
     }
     if state.shutdown.is_cancelled() {
-        return Err(error_response(&ApiError::new(
+        return Err(refuse(ApiError::new(
             ErrorCode::Unavailable,
             "shutting down",
         )));
     }
     let permit = state.connections.clone().try_acquire_owned().map_err(|_| {
-        error_response(&ApiError::new(
+        refuse(ApiError::new(
             ErrorCode::Unavailable,
             "connection limit reached",
         ))

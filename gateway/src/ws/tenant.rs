@@ -12,7 +12,7 @@ use confab_store::{parse_seq, Channel};
 use std::sync::Arc;
 
 use super::visitor::error_for;
-use super::{close, prepare, serve, ChannelLogic, Conn};
+use super::{close, prepare, serve, Backlog, ChannelLogic, Conn};
 use crate::auth::verify_agent;
 use crate::hub::Subscription;
 use crate::state::{AppState, Tenant};
@@ -29,11 +29,7 @@ struct Agent {
 }
 
 impl ChannelLogic for Agent {
-    async fn backlog(
-        &self,
-        state: &AppState,
-        after: u64,
-    ) -> Result<Option<(Vec<(u64, Utf8Bytes)>, bool)>, ApiError> {
+    async fn backlog(&self, state: &AppState, after: u64) -> Result<Backlog, ApiError> {
         let page = state
             .store
             .events(&self.tenant.cfg.id, after, PAGE)
@@ -123,7 +119,7 @@ pub async fn upgrade(
 ) -> Response {
     let (ws, permit) = match prepare(&state, &headers, ws) {
         Ok(x) => x,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let tracker = state.sockets.clone();
     ws.on_upgrade(move |socket| {

@@ -11,7 +11,7 @@ use confab_protocol::frames::{self, ClientFrame};
 use confab_protocol::ApiError;
 use confab_store::{parse_seq, Channel, Cursor};
 
-use super::{close, prepare, serve, ChannelLogic, Conn};
+use super::{close, prepare, serve, Backlog, ChannelLogic, Conn};
 use crate::auth::{verify_session, VisitorSession};
 use crate::hub::Subscription;
 use crate::state::AppState;
@@ -26,11 +26,7 @@ struct Visitor {
 }
 
 impl ChannelLogic for Visitor {
-    async fn backlog(
-        &self,
-        state: &AppState,
-        after: u64,
-    ) -> Result<Option<(Vec<(u64, Utf8Bytes)>, bool)>, ApiError> {
+    async fn backlog(&self, state: &AppState, after: u64) -> Result<Backlog, ApiError> {
         let c = &self.session.claims;
         let page = state
             .store
@@ -101,7 +97,7 @@ pub async fn upgrade(
 ) -> Response {
     let (ws, permit) = match prepare(&state, &headers, ws) {
         Ok(x) => x,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let ip = crate::http::client_ip(&state, peer, &headers);
     let tracker = state.sockets.clone();
