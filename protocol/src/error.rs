@@ -79,7 +79,9 @@ impl ErrorCode {
             | ErrorCode::InvalidChallenge
             | ErrorCode::BotSuspected
             | ErrorCode::OriginNotAllowed => 403,
-            ErrorCode::UnknownPublicKey | ErrorCode::ConversationNotFound | ErrorCode::NotFound => 404,
+            ErrorCode::UnknownPublicKey | ErrorCode::ConversationNotFound | ErrorCode::NotFound => {
+                404
+            }
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::ValidationFailed => 422,
@@ -103,7 +105,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), field: None, retry_after_secs: None }
+        ApiError {
+            code,
+            message: message.into(),
+            field: None,
+            retry_after_secs: None,
+        }
     }
 
     /// A 422 `validation_failed` naming the field.
@@ -140,7 +147,11 @@ impl ApiError {
             error: Inner<'a>,
         }
         serde_json::to_string(&Outer {
-            error: Inner { code: self.code.as_str(), message: &self.message, field: self.field.as_deref() },
+            error: Inner {
+                code: self.code.as_str(),
+                message: &self.message,
+                field: self.field.as_deref(),
+            },
         })
         .unwrap_or_default()
     }

@@ -69,7 +69,8 @@ pub fn tenant_event(kind: &str, offset: u64, data_json: &str) -> String {
 
 /// `{"type":"typing","data":{"conversationId","author"}}` — ephemeral, no offset.
 pub fn typing(conversation_id: &str, author: &Author) -> String {
-    json!({"type": "typing", "data": {"conversationId": conversation_id, "author": author}}).to_string()
+    json!({"type": "typing", "data": {"conversationId": conversation_id, "author": author}})
+        .to_string()
 }
 
 /// The visitor channel's `ready`.
@@ -78,7 +79,12 @@ pub fn ready_visitor(conversation_id: &str, visitor_id: &str) -> String {
 }
 
 /// The tenant channel's `ready`.
-pub fn ready_tenant(tenant_id: &str, agent_id: &str, agent_name: Option<&str>, recovered: bool) -> String {
+pub fn ready_tenant(
+    tenant_id: &str,
+    agent_id: &str,
+    agent_name: Option<&str>,
+    recovered: bool,
+) -> String {
     json!({"type": "ready", "tenantId": tenant_id, "agent": {"id": agent_id, "name": agent_name}, "recovered": recovered})
         .to_string()
 }
@@ -106,9 +112,15 @@ mod tests {
     fn parses_client_frames() {
         assert_eq!(
             ClientFrame::parse(r#"{"type":"auth","token":"t","after":"5"}"#).unwrap(),
-            ClientFrame::Auth { token: "t".into(), after: Some("5".into()) }
+            ClientFrame::Auth {
+                token: "t".into(),
+                after: Some("5".into())
+            }
         );
-        assert_eq!(ClientFrame::parse(r#"{"type":"ping"}"#).unwrap(), ClientFrame::Ping);
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"ping"}"#).unwrap(),
+            ClientFrame::Ping
+        );
         assert!(ClientFrame::parse(r#"{"type":"dance"}"#).is_err());
         assert!(ClientFrame::parse("nope").is_err());
     }

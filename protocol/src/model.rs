@@ -125,9 +125,17 @@ pub struct Intent {
     pub required_entities: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icon: Option<IntentIcon>,
-    #[serde(default, alias = "accent_color", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "accent_color",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub accent_color: Option<String>,
-    #[serde(default, alias = "style_variant", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "style_variant",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub style_variant: Option<String>,
     #[serde(default, alias = "is_pinned")]
     pub is_pinned: bool,

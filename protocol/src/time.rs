@@ -38,7 +38,10 @@ mod tests {
     fn parses_offsets_and_round_trips() {
         let ms = parse_ms("2026-11-22T10:00:00.123Z").unwrap();
         assert_eq!(format_ms(ms), "2026-11-22T10:00:00.123Z");
-        assert_eq!(parse_ms("2026-11-22T11:00:00+01:00"), parse_ms("2026-11-22T10:00:00Z"));
+        assert_eq!(
+            parse_ms("2026-11-22T11:00:00+01:00"),
+            parse_ms("2026-11-22T10:00:00Z")
+        );
         assert_eq!(parse_ms("yesterday"), None);
     }
 }

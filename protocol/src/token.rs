@@ -59,7 +59,10 @@ impl Keyring {
     }
 
     fn find(&self, kid: &str) -> Option<&[u8]> {
-        self.keys.iter().find(|(k, _)| k == kid).map(|(_, v)| v.as_slice())
+        self.keys
+            .iter()
+            .find(|(k, _)| k == kid)
+            .map(|(_, v)| v.as_slice())
     }
 
     fn sign(&self, prefix: &str, payload: &impl Serialize) -> String {
@@ -69,32 +72,47 @@ impl Keyring {
         format!("{prefix}.{kid}.{body}.{mac}")
     }
 
-    fn verify<T: for<'de> Deserialize<'de>>(&self, prefix: &str, token: &str) -> Result<T, TokenError> {
+    fn verify<T: for<'de> Deserialize<'de>>(
+        &self,
+        prefix: &str,
+        token: &str,
+    ) -> Result<T, TokenError> {
         if token.len() > 2048 {
             return Err(TokenError::Malformed);
         }
         let mut parts = token.split('.');
-        let (Some(p), Some(kid), Some(body), Some(sig), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(p), Some(kid), Some(body), Some(sig), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Err(TokenError::Malformed);
         };
         if p != prefix {
             return Err(TokenError::Malformed);
         }
         let key = self.find(kid).ok_or(TokenError::UnknownKey)?;
-        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| TokenError::Malformed)?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| TokenError::Malformed)?;
         if !bool::from(mac(key, prefix, body).as_slice().ct_eq(&sig)) {
             return Err(TokenError::BadSignature);
         }
-        let raw = URL_SAFE_NO_PAD.decode(body).map_err(|_| TokenError::Malformed)?;
+        let raw = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| TokenError::Malformed)?;
         serde_json::from_slice(&raw).map_err(|_| TokenError::Malformed)
     }
 }
 
 /// A short, stable, non-secret name for a key.
 pub fn key_id(key: &[u8]) -> String {
-    let digest = Sha256::new().chain_update(b"confab-key-id\0").chain_update(key).finalize();
+    let digest = Sha256::new()
+        .chain_update(b"confab-key-id\0")
+        .chain_update(key)
+        .finalize();
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -124,7 +142,11 @@ pub fn sign_session(keys: &Keyring, claims: &SessionClaims) -> String {
     keys.sign("s1", claims)
 }
 
-pub fn verify_session(keys: &Keyring, token: &str, now_ms: i64) -> Result<SessionClaims, TokenError> {
+pub fn verify_session(
+    keys: &Keyring,
+    token: &str,
+    now_ms: i64,
+) -> Result<SessionClaims, TokenError> {
     let claims: SessionClaims = keys.verify("s1", token)?;
     if claims.expires_ms <= now_ms {
         return Err(TokenError::Expired);
@@ -145,7 +167,12 @@ pub struct ChallengeClaims {
 }
 
 /// Issues a fresh challenge for `tenant`, valid for `ttl_ms`.
-pub fn issue_challenge(keys: &Keyring, tenant: &str, now_ms: i64, ttl_ms: i64) -> (String, ChallengeClaims) {
+pub fn issue_challenge(
+    keys: &Keyring,
+    tenant: &str,
+    now_ms: i64,
+    ttl_ms: i64,
+) -> (String, ChallengeClaims) {
     let mut nonce = [0u8; 16];
     rand::rng().fill_bytes(&mut nonce);
     let claims = ChallengeClaims {
@@ -157,7 +184,12 @@ pub fn issue_challenge(keys: &Keyring, tenant: &str, now_ms: i64, ttl_ms: i64) -
 }
 
 /// Checks signature, expiry and tenant binding. Single use is the caller's job.
-pub fn verify_challenge(keys: &Keyring, token: &str, tenant: &str, now_ms: i64) -> Result<ChallengeClaims, TokenError> {
+pub fn verify_challenge(
+    keys: &Keyring,
+    token: &str,
+    tenant: &str,
+    now_ms: i64,
+) -> Result<ChallengeClaims, TokenError> {
     let claims: ChallengeClaims = keys.verify("c1", token)?;
     if claims.expires_ms <= now_ms {
         return Err(TokenError::Expired);
@@ -177,7 +209,10 @@ pub fn new_visitor_token() -> String {
 
 /// What the store keeps instead of the visitor token itself.
 pub fn hash_visitor_token(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Random URL-safe id with `bits` of entropy (rounded up to bytes).
@@ -232,12 +267,18 @@ pub fn peek_jwt_tenant(token: &str) -> Option<String> {
 
 /// Verifies an HS256 agent JWT: algorithm exactly HS256, valid signature, `sub`,
 /// `tenant` (strings) and `exp` (number, in the future) present.
-pub fn verify_agent_jwt(token: &str, secret: &[u8], now_ms: i64) -> Result<AgentClaims, TokenError> {
+pub fn verify_agent_jwt(
+    token: &str,
+    secret: &[u8],
+    now_ms: i64,
+) -> Result<AgentClaims, TokenError> {
     if token.len() > 4096 {
         return Err(TokenError::Malformed);
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(TokenError::Malformed);
     };
     let header: JwtHeader = URL_SAFE_NO_PAD
@@ -248,17 +289,33 @@ pub fn verify_agent_jwt(token: &str, secret: &[u8], now_ms: i64) -> Result<Agent
     if header.alg != "HS256" {
         return Err(TokenError::WrongAlgorithm);
     }
-    let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| TokenError::Malformed)?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| TokenError::Malformed)?;
     let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
     m.update(h.as_bytes());
     m.update(b".");
     m.update(p.as_bytes());
     m.verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
-    let raw = URL_SAFE_NO_PAD.decode(p).map_err(|_| TokenError::Malformed)?;
+    let raw = URL_SAFE_NO_PAD
+        .decode(p)
+        .map_err(|_| TokenError::Malformed)?;
     let loose: LooseClaims = serde_json::from_slice(&raw).map_err(|_| TokenError::Malformed)?;
-    let sub = loose.sub.as_ref().and_then(|v| v.as_str()).ok_or(TokenError::MissingClaim("sub"))?;
-    let tenant = loose.tenant.as_ref().and_then(|v| v.as_str()).ok_or(TokenError::MissingClaim("tenant"))?;
-    let exp = loose.exp.as_ref().and_then(|v| v.as_f64()).ok_or(TokenError::MissingClaim("exp"))?;
+    let sub = loose
+        .sub
+        .as_ref()
+        .and_then(|v| v.as_str())
+        .ok_or(TokenError::MissingClaim("sub"))?;
+    let tenant = loose
+        .tenant
+        .as_ref()
+        .and_then(|v| v.as_str())
+        .ok_or(TokenError::MissingClaim("tenant"))?;
+    let exp = loose
+        .exp
+        .as_ref()
+        .and_then(|v| v.as_f64())
+        .ok_or(TokenError::MissingClaim("exp"))?;
     if (exp * 1000.0) as i64 <= now_ms {
         return Err(TokenError::Expired);
     }
@@ -280,28 +337,52 @@ mod tests {
 
     #[test]
     fn session_round_trip_and_expiry() {
-        let c = SessionClaims { tenant: "t".into(), visitor_id: "v".into(), conversation_id: "c".into(), expires_ms: 1000 };
+        let c = SessionClaims {
+            tenant: "t".into(),
+            visitor_id: "v".into(),
+            conversation_id: "c".into(),
+            expires_ms: 1000,
+        };
         let tok = sign_session(&ring(), &c);
         assert_eq!(verify_session(&ring(), &tok, 999).unwrap(), c);
-        assert_eq!(verify_session(&ring(), &tok, 1000), Err(TokenError::Expired));
+        assert_eq!(
+            verify_session(&ring(), &tok, 1000),
+            Err(TokenError::Expired)
+        );
     }
 
     #[test]
     fn tampering_is_detected() {
-        let c = SessionClaims { tenant: "t".into(), visitor_id: "v".into(), conversation_id: "c".into(), expires_ms: 1000 };
+        let c = SessionClaims {
+            tenant: "t".into(),
+            visitor_id: "v".into(),
+            conversation_id: "c".into(),
+            expires_ms: 1000,
+        };
         let tok = sign_session(&ring(), &c);
-        let forged = SessionClaims { tenant: "other".into(), ..c };
+        let forged = SessionClaims {
+            tenant: "other".into(),
+            ..c
+        };
         let forged_body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
         let mut parts: Vec<&str> = tok.split('.').collect();
         parts[2] = &forged_body;
-        assert_eq!(verify_session(&ring(), &parts.join("."), 0), Err(TokenError::BadSignature));
+        assert_eq!(
+            verify_session(&ring(), &parts.join("."), 0),
+            Err(TokenError::BadSignature)
+        );
         assert!(verify_session(&ring(), "garbage", 0).is_err());
         assert!(verify_session(&Keyring::new(b"other", &[]), &tok, 0).is_err());
     }
 
     #[test]
     fn rotation_keeps_old_tokens_valid() {
-        let c = SessionClaims { tenant: "t".into(), visitor_id: "v".into(), conversation_id: "c".into(), expires_ms: 1000 };
+        let c = SessionClaims {
+            tenant: "t".into(),
+            visitor_id: "v".into(),
+            conversation_id: "c".into(),
+            expires_ms: 1000,
+        };
         let tok = sign_session(&ring(), &c);
         let rotated = Keyring::new(b"secret-two", &[b"secret-one".to_vec()]);
         assert!(verify_session(&rotated, &tok, 0).is_ok());
@@ -312,37 +393,59 @@ mod tests {
         let (tok, _) = issue_challenge(&ring(), "t", 0, 1000);
         assert!(verify_challenge(&ring(), &tok, "t", 10).is_ok());
         assert!(verify_challenge(&ring(), &tok, "u", 10).is_err());
-        assert_eq!(verify_challenge(&ring(), &tok, "t", 1000), Err(TokenError::Expired));
+        assert_eq!(
+            verify_challenge(&ring(), &tok, "t", 1000),
+            Err(TokenError::Expired)
+        );
         let as_session = tok.replacen("c1", "s1", 1);
         assert!(verify_session(&ring(), &as_session, 0).is_err());
     }
 
     #[test]
     fn jwt_rules() {
-        let claims = AgentClaims { sub: "a1".into(), tenant: "demo".into(), exp: 2_000_000_000, name: Some("Ann".into()) };
+        let claims = AgentClaims {
+            sub: "a1".into(),
+            tenant: "demo".into(),
+            exp: 2_000_000_000,
+            name: Some("Ann".into()),
+        };
         let tok = sign_agent_jwt(b"k", &claims);
         assert_eq!(peek_jwt_tenant(&tok).as_deref(), Some("demo"));
         assert_eq!(verify_agent_jwt(&tok, b"k", 0).unwrap(), claims);
-        assert_eq!(verify_agent_jwt(&tok, b"wrong", 0), Err(TokenError::BadSignature));
-        assert_eq!(verify_agent_jwt(&tok, b"k", 2_000_000_000_000), Err(TokenError::Expired));
+        assert_eq!(
+            verify_agent_jwt(&tok, b"wrong", 0),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            verify_agent_jwt(&tok, b"k", 2_000_000_000_000),
+            Err(TokenError::Expired)
+        );
         // alg none and alg HS512 are refused even with a "valid" signature part.
         let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
         let payload = tok.split('.').nth(1).unwrap();
-        assert_eq!(verify_agent_jwt(&format!("{none_header}.{payload}."), b"k", 0), Err(TokenError::WrongAlgorithm));
+        assert_eq!(
+            verify_agent_jwt(&format!("{none_header}.{payload}."), b"k", 0),
+            Err(TokenError::WrongAlgorithm)
+        );
         // exp is required.
         let no_exp = URL_SAFE_NO_PAD.encode(br#"{"sub":"a","tenant":"demo"}"#);
         let h = tok.split('.').next().unwrap();
         let mut m = HmacSha256::new_from_slice(b"k").unwrap();
         m.update(format!("{h}.{no_exp}").as_bytes());
         let sig = URL_SAFE_NO_PAD.encode(m.finalize().into_bytes());
-        assert_eq!(verify_agent_jwt(&format!("{h}.{no_exp}.{sig}"), b"k", 0), Err(TokenError::MissingClaim("exp")));
+        assert_eq!(
+            verify_agent_jwt(&format!("{h}.{no_exp}.{sig}"), b"k", 0),
+            Err(TokenError::MissingClaim("exp"))
+        );
     }
 
     #[test]
     fn visitor_tokens_are_long_and_url_safe() {
         let t = new_visitor_token();
         assert!(t.starts_with("vis_") && t.len() >= 4 + 22);
-        assert!(t[4..].chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(t[4..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
         assert_ne!(t, new_visitor_token());
         assert_eq!(hash_visitor_token(&t).len(), 64);
     }

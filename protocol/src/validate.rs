@@ -32,7 +32,11 @@ pub fn chars(s: &str) -> usize {
 
 /// `^pk_live_[a-f0-9]{32}$`.
 pub fn is_public_key(s: &str) -> bool {
-    s.len() == 40 && s.starts_with("pk_live_") && s[8..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 40
+        && s.starts_with("pk_live_")
+        && s[8..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A message body: trimmed, 1..=`max` characters. Returns the trimmed text.
@@ -42,17 +46,23 @@ pub fn message_body(field: &str, text: &str, max: usize) -> Result<String, ApiEr
         return Err(ApiError::invalid(field, "message must not be empty"));
     }
     if chars(trimmed) > max {
-        return Err(ApiError::invalid(field, format!("message is too long (maximum {max} characters)")));
+        return Err(ApiError::invalid(
+            field,
+            format!("message is too long (maximum {max} characters)"),
+        ));
     }
     Ok(trimmed.to_owned())
 }
 
 /// `clientMessageId`: 1..=64 characters, no control characters.
 pub fn client_message_id(id: &str) -> Result<(), ApiError> {
-    if id.is_empty() || chars(id) > MAX_CLIENT_MESSAGE_ID_CHARS || id.chars().any(char::is_control) {
+    if id.is_empty() || chars(id) > MAX_CLIENT_MESSAGE_ID_CHARS || id.chars().any(char::is_control)
+    {
         return Err(ApiError::invalid(
             "clientMessageId",
-            format!("clientMessageId must be 1 to {MAX_CLIENT_MESSAGE_ID_CHARS} printable characters"),
+            format!(
+                "clientMessageId must be 1 to {MAX_CLIENT_MESSAGE_ID_CHARS} printable characters"
+            ),
         ));
     }
     Ok(())
@@ -61,7 +71,10 @@ pub fn client_message_id(id: &str) -> Result<(), ApiError> {
 /// A string no longer than `max` characters.
 pub fn max_chars(field: &str, s: &str, max: usize) -> Result<(), ApiError> {
     if chars(s) > max {
-        return Err(ApiError::invalid(field, format!("{field} must be at most {max} characters")));
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} must be at most {max} characters"),
+        ));
     }
     Ok(())
 }
@@ -71,8 +84,15 @@ pub fn is_email(s: &str) -> bool {
     if s.len() > 254 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return false;
     }
-    let Some((local, domain)) = s.rsplit_once('@') else { return false };
-    if local.is_empty() || local.len() > 64 || local.contains('@') || local.starts_with('.') || local.ends_with('.') {
+    let Some((local, domain)) = s.rsplit_once('@') else {
+        return false;
+    };
+    if local.is_empty()
+        || local.len() > 64
+        || local.contains('@')
+        || local.starts_with('.')
+        || local.ends_with('.')
+    {
         return false;
     }
     let labels: Vec<&str> = domain.split('.').collect();
@@ -84,7 +104,9 @@ pub fn is_email(s: &str) -> bool {
                 && !l.ends_with('-')
                 && l.chars().all(|c| c.is_alphanumeric() || c == '-')
         })
-        && labels.last().is_some_and(|tld| tld.len() >= 2 && !tld.chars().all(|c| c.is_ascii_digit()))
+        && labels
+            .last()
+            .is_some_and(|tld| tld.len() >= 2 && !tld.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// Well-formed BCP-47 tag (RFC 5646 syntax, simplified): a 2–8 letter language subtag,
@@ -94,10 +116,13 @@ pub fn is_locale(s: &str) -> bool {
         return false;
     }
     let mut parts = s.split('-');
-    let Some(lang) = parts.next() else { return false };
+    let Some(lang) = parts.next() else {
+        return false;
+    };
     let lang_ok = (2..=8).contains(&lang.len()) && lang.bytes().all(|b| b.is_ascii_alphabetic());
     let private_use = lang.eq_ignore_ascii_case("x") || lang.eq_ignore_ascii_case("i");
-    (lang_ok || private_use) && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+    (lang_ok || private_use)
+        && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 /// `^[a-z][a-z0-9_]*:[a-z][a-z0-9_]*$`, at most 64 characters.
@@ -122,24 +147,38 @@ fn is_variable_key(k: &str) -> bool {
 /// keys, values scalar / null / arrays nested at most 4 deep, never objects.
 pub fn variables(vars: &Map<String, Value>) -> Result<(), ApiError> {
     if vars.len() > MAX_VARIABLES {
-        return Err(ApiError::invalid("variables", format!("at most {MAX_VARIABLES} variables")));
+        return Err(ApiError::invalid(
+            "variables",
+            format!("at most {MAX_VARIABLES} variables"),
+        ));
     }
     for (k, v) in vars {
         if !is_variable_key(k) {
-            return Err(ApiError::invalid(format!("variables.{k}"), "keys must match ^[a-z][a-z0-9_]{0,63}$"));
+            return Err(ApiError::invalid(
+                format!("variables.{k}"),
+                "keys must match ^[a-z][a-z0-9_]{0,63}$",
+            ));
         }
         check_variable_value(k, v, 0)?;
     }
-    let encoded = serde_json::to_string(vars).map(|s| s.len()).unwrap_or(usize::MAX);
+    let encoded = serde_json::to_string(vars)
+        .map(|s| s.len())
+        .unwrap_or(usize::MAX);
     if encoded > MAX_VARIABLES_BYTES {
-        return Err(ApiError::invalid("variables", format!("at most {MAX_VARIABLES_BYTES} bytes when JSON-encoded")));
+        return Err(ApiError::invalid(
+            "variables",
+            format!("at most {MAX_VARIABLES_BYTES} bytes when JSON-encoded"),
+        ));
     }
     Ok(())
 }
 
 fn check_variable_value(key: &str, v: &Value, depth: usize) -> Result<(), ApiError> {
     match v {
-        Value::Object(_) => Err(ApiError::invalid(format!("variables.{key}"), "objects are not allowed as values")),
+        Value::Object(_) => Err(ApiError::invalid(
+            format!("variables.{key}"),
+            "objects are not allowed as values",
+        )),
         Value::Array(items) => {
             if depth + 1 > MAX_VARIABLE_DEPTH {
                 return Err(ApiError::invalid(
@@ -147,7 +186,9 @@ fn check_variable_value(key: &str, v: &Value, depth: usize) -> Result<(), ApiErr
                     format!("arrays may be nested at most {MAX_VARIABLE_DEPTH} deep"),
                 ));
             }
-            items.iter().try_for_each(|i| check_variable_value(key, i, depth + 1))
+            items
+                .iter()
+                .try_for_each(|i| check_variable_value(key, i, depth + 1))
         }
         _ => Ok(()),
     }
@@ -172,7 +213,10 @@ mod tests {
         assert!(message_body("message", &ten_k_emoji, MAX_MESSAGE_CHARS).is_ok());
         assert!(message_body("message", &format!("{ten_k_emoji}x"), MAX_MESSAGE_CHARS).is_err());
         assert!(message_body("message", "   \n", MAX_MESSAGE_CHARS).is_err());
-        assert_eq!(message_body("message", "  hi ", MAX_MESSAGE_CHARS).unwrap(), "hi");
+        assert_eq!(
+            message_body("message", "  hi ", MAX_MESSAGE_CHARS).unwrap(),
+            "hi"
+        );
     }
 
     #[test]
@@ -180,7 +224,9 @@ mod tests {
         for ok in ["a@b.co", "jane.doe+x@example.com", "ü@bücher.de"] {
             assert!(is_email(ok), "{ok}");
         }
-        for bad in ["", "a", "a@b", "@b.co", "a@b.c", "a b@c.de", "a@-b.com", "a@b..com", "a@1.23"] {
+        for bad in [
+            "", "a", "a@b", "@b.co", "a@b.c", "a b@c.de", "a@-b.com", "a@b..com", "a@1.23",
+        ] {
             assert!(!is_email(bad), "{bad}");
         }
     }
@@ -190,7 +236,15 @@ mod tests {
         for ok in ["en", "en-US", "zh-Hant-TW", "de-CH-1996", "x-private"] {
             assert!(is_locale(ok), "{ok}");
         }
-        for bad in ["", "e", "en_US", "en-", "1en", "en-US-toolongsubtag", "abcdefgh-ijklmnop"] {
+        for bad in [
+            "",
+            "e",
+            "en_US",
+            "en-",
+            "1en",
+            "en-US-toolongsubtag",
+            "abcdefgh-ijklmnop",
+        ] {
             assert!(!is_locale(bad), "{bad}");
         }
     }
@@ -210,14 +264,22 @@ mod tests {
         let ok = json!({"cart_total": 129, "page_path": "/pricing", "tags": ["a", ["b", [["c"]]]], "n": null});
         assert!(variables(ok.as_object().unwrap()).is_ok());
         let object = json!({"a": {"b": 1}});
-        assert_eq!(variables(object.as_object().unwrap()).unwrap_err().field.as_deref(), Some("variables.a"));
+        assert_eq!(
+            variables(object.as_object().unwrap())
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("variables.a")
+        );
         let deep = json!({"a": [[[[["x"]]]]]});
         assert!(variables(deep.as_object().unwrap()).is_err());
         let bad_key = json!({"Cart": 1});
         assert!(variables(bad_key.as_object().unwrap()).is_err());
         let many: Map<String, Value> = (0..51).map(|i| (format!("k{i}"), json!(1))).collect();
         assert!(variables(&many).is_err());
-        let big: Map<String, Value> = [("k".to_string(), json!("x".repeat(5000)))].into_iter().collect();
+        let big: Map<String, Value> = [("k".to_string(), json!("x".repeat(5000)))]
+            .into_iter()
+            .collect();
         assert!(variables(&big).is_err());
     }
 }
