@@ -93,15 +93,23 @@ pub struct ShareResult {
 /// Counters and histograms the tasks of one share update.
 #[derive(Default)]
 struct Shared {
+    /// See [`Counts::attempted`].
     attempted: AtomicU64,
+    /// See [`Counts::opened`].
     opened: AtomicU64,
+    /// See [`Counts::open`].
     open: AtomicU64,
+    /// See [`Counts::failed`].
     failed: AtomicU64,
+    /// See [`Counts::dropped`].
     dropped: AtomicU64,
     /// Attempts whose socket is still connecting.
     pending: AtomicU64,
+    /// Why attempts failed or sockets dropped.
     failures: Failures,
+    /// Session creation times, µs.
     session_us: Latency,
+    /// Socket open times, µs.
     open_us: Latency,
 }
 
@@ -492,6 +500,9 @@ fn spawn_child(
 async fn run_child(args: ConnectionsArgs, index: usize) -> Result<()> {
     let procs = args.procs.max(1);
     let share = Share::of_run(&args, index, procs);
+    // Ctrl-C reaches the whole process group; the parent handles it and ends the hold,
+    // so children must survive it to send their final report.
+    tokio::spawn(async { while tokio::signal::ctrl_c().await.is_ok() {} });
     let (release_tx, release_rx) = oneshot::channel();
     tokio::spawn(async move {
         let mut stdin = BufReader::new(tokio::io::stdin()).lines();
