@@ -646,3 +646,41 @@ async fn calls_fail_fast_while_redis_is_down_and_recover() {
         Decision::Allowed
     );
 }
+
+/// Not a check: how many appends per second one node commits (run with `--ignored
+/// --nocapture`; build with `--release` for meaningful figures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn append_throughput() {
+    let Some(redis) = RedisServer::start_or_skip("append_throughput").await else {
+        return;
+    };
+    let b = confab_store::open(&redis.url(), Retention::default())
+        .await
+        .unwrap();
+    let t = tenant();
+    let mut convs = Vec::new();
+    for _ in 0..64 {
+        convs.push(b.store.start_conversation(new_conv(&t)).await.unwrap().id);
+    }
+    let started = Instant::now();
+    let per_task = 300;
+    let tasks: Vec<_> = convs
+        .into_iter()
+        .map(|c| {
+            let (store, t) = (b.store.clone(), t.clone());
+            tokio::spawn(async move {
+                for i in 0..per_task {
+                    let m = message(&t, &c, &format!("message {i}"), Some(&format!("k{i}")));
+                    store.append_message(m).await.unwrap().unwrap();
+                }
+            })
+        })
+        .collect();
+    let n = tasks.len() * per_task;
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("{n} appends in {secs:.2} s: {:.0}/s", n as f64 / secs);
+}
