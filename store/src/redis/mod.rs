@@ -75,6 +75,16 @@
 //! every channel in seq/offset order, and a stored event is always published (same script)
 //! while a published one is always stored.
 //!
+//! **Clocks.** Timestamps come from the calling node's clock (as with SQLite), passed into
+//! the scripts with their formatted form; the script takes `max(now, last createdAt)`, so
+//! `createdAt` never decreases along a conversation even when nodes' clocks disagree (keep
+//! them NTP-synced: the conversation list and retention use them too). The rate limiter
+//! also uses the caller's `now_ms`.
+//!
+//! **Reads** are single commands (`XRANGE`, `HMGET`, an atomic `HGET`+`XRANGE` for the
+//! tenant log) except the conversation list: one pipeline of `ZREVRANGEBYLEX` over the
+//! status lists, then one pipeline of `HMGET`s.
+//!
 //! ## Faults
 //!
 //! - **Commands** go over one multiplexed connection (a `ConnectionManager`, which
@@ -173,7 +183,8 @@ const PROFILE_ATTEMPTS: usize = 8;
 const TRIM_BUDGET: usize = 1000;
 
 /// Opens the Redis backend: the store, the broker and the rate limiter of one node.
-/// Fails with `Unavailable` when Redis does not answer a `PING` within [`COMMAND_TIMEOUT`].
+/// Fails with `Unavailable` when Redis does not answer a `PING` in time (after that,
+/// outages are survived: calls fail fast and everything reconnects by itself).
 pub async fn open(url: &str, retention: Retention) -> Result<Backend> {
     let node = RedisNode::connect(url, retention).await?;
     Ok(Backend {
