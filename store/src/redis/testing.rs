@@ -10,7 +10,7 @@
 //! no`), lives in its own temporary directory, and is killed when dropped. Readiness is a
 //! `PING` answered, never a sleep.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -51,7 +51,11 @@ impl RedisServer {
             if std::env::var_os(REQUIRE_ENV).is_some() {
                 panic!("{test}: redis-server is not installed but {REQUIRE_ENV} is set");
             }
-            eprintln!("SKIPPED {test}: redis-server is not installed (set {REQUIRE_ENV}=1 to make this a failure)");
+            // Written past the test harness's capture, so a skip is never silent.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: redis-server is not installed (set {REQUIRE_ENV}=1 to make this a failure)"
+            );
             return None;
         }
         Some(
