@@ -7,6 +7,9 @@
 //
 // Run: cd browser-tests && npm ci && node --test
 // Env: CONFAB_BIN (gateway binary), CHROMIUM (browser, default /usr/bin/chromium).
+// The assets are compiled into the binary: rebuild it after changing gateway/assets/.
+// (Serving them with page.route instead does not work: Chromium treats a route-fulfilled
+// document as public and blocks its WebSocket to 127.0.0.1 by Local Network Access rules.)
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
