@@ -14,6 +14,9 @@ use hyper_util::rt::TokioIo;
 
 use crate::net::{self, Endpoint};
 
+/// The longest a request may take (long-polls use at most 30 s of `wait`).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(40);
+
 /// A finished request: status and the whole body.
 #[derive(Debug)]
 pub struct Response {
@@ -124,14 +127,20 @@ impl HttpClient {
             req = req.header("content-type", "application/json");
         }
         let req = req.body(Full::new(body.unwrap_or_default()))?;
-        let result = async {
+        let exchange = async {
             sender.ready().await?;
             let resp = sender.send_request(req).await?;
             let status = resp.status().as_u16();
             let body = resp.into_body().collect().await?.to_bytes();
             anyhow::Ok(Response { status, body })
-        }
-        .await;
+        };
+        let result = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!(
+                "no response within {}s",
+                REQUEST_TIMEOUT.as_secs()
+            )),
+        };
         if result.is_err() {
             self.sender = None;
         }

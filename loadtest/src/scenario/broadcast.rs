@@ -39,6 +39,8 @@ struct Publishers {
     lag: Latency,
     /// Rejected or failed publishes.
     errors: Failures,
+    /// When the last publish was sent (Unix µs): publishers that fall behind finish late.
+    last_us: AtomicU64,
 }
 
 /// Runs the scenario.
@@ -122,7 +124,7 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
     tokio::pin!(interrupt);
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
     let mut interrupted = false;
-    let mut draining = false;
+    let mut draining: Option<Instant> = None;
     let mut last = (Instant::now(), 0u64);
     loop {
         tokio::select! {
@@ -132,14 +134,17 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
         let now = Instant::now();
         let delivered = agents.deliveries.load(Relaxed);
         let accepted = publishers.accepted.load(Relaxed);
-        if now >= end && !draining {
-            draining = true;
-            progress.note("publishing done; draining");
+        // Publishers that fell behind catch up after `end`; the drain starts when the last
+        // one has finished, or late deliveries would be counted as lost.
+        if draining.is_none() && now >= end && publisher_tasks.iter().all(|t| t.is_finished()) {
+            draining = Some(now);
+            progress.note(format!(
+                "publishing done ({:.1}s late); draining",
+                (now - end).as_secs_f64()
+            ));
         }
-        if draining {
-            let publishers_done = publisher_tasks.iter().all(|t| t.is_finished());
-            let all_in = publishers_done && delivered >= accepted * args.agents as u64;
-            if all_in || now >= end + args.drain.0 {
+        if let Some(since) = draining {
+            if delivered >= accepted * args.agents as u64 || now >= since + args.drain.0 {
                 break;
             }
         }
@@ -170,6 +175,9 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
     let accepted = publishers.accepted.load(Relaxed);
     let deliveries = agents.deliveries.load(Relaxed);
     let span = Duration::from_micros(agents.last_us.load(Relaxed).saturating_sub(t0_us));
+    let publish_span = args.duration.0.max(Duration::from_micros(
+        publishers.last_us.load(Relaxed).saturating_sub(t0_us),
+    ));
     let delivery_lat = agents.latency.summary();
     let publish_lat = publishers.latency.summary();
     let lag = publishers.lag.summary();
@@ -184,7 +192,7 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
         "results": {
             "published": sent,
             "accepted": accepted,
-            "publishedPerSec": per_sec(accepted, args.duration.0),
+            "publishedPerSec": per_sec(accepted, publish_span),
             "deliveries": deliveries,
             "expected": accepted * args.agents as u64,
             "deliveriesPerSec": per_sec(deliveries, span),
@@ -211,7 +219,7 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
     t.row(vec![
         "published (accepted)".into(),
         format!("{accepted}/{sent}"),
-        rate(per_sec(accepted, args.duration.0)),
+        rate(per_sec(accepted, publish_span)),
         "".into(),
         "".into(),
         "".into(),
@@ -302,6 +310,7 @@ impl Publisher {
                 sent_us: now_us(),
             };
             shared.sent.fetch_add(1, Relaxed);
+            shared.last_us.fetch_max(stamp.sent_us, Relaxed);
             let t = std::time::Instant::now();
             let ok = match &mut sink {
                 Sink::Http(http) => {

@@ -48,6 +48,10 @@ struct Visitors {
     errors: Failures,
     /// Own echoes (`message:new` of the visitor's own message).
     echo: RecvStats,
+    /// Visitors that have stopped sending (schedule over, or their socket failed).
+    done: AtomicU64,
+    /// When the last message was sent (Unix µs).
+    last_send_us: AtomicU64,
 }
 
 /// What one visitor task hands back.
@@ -172,25 +176,30 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
     let mut interrupted = false;
     let mut last = (Instant::now(), 0u64, 0u64);
-    let mut draining = false;
+    let mut draining: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = &mut interrupt => { interrupted = true; break; }
         }
         let now = Instant::now();
-        if now >= end && !draining {
-            draining = true;
-            progress.note("sending done; draining");
+        // Visitors that fell behind catch up after `end`; the drain starts when the last
+        // one has stopped sending, or late deliveries would be counted as lost.
+        if draining.is_none() && visitors.done.load(Relaxed) >= args.visitors as u64 {
+            draining = Some(now);
+            progress.note(format!(
+                "sending done ({:.1}s late); draining",
+                now.saturating_duration_since(end).as_secs_f64()
+            ));
         }
         let sent = visitors.sent.load(Relaxed);
         let delivered = agents.deliveries.load(Relaxed);
         let acked = expected_acked(&visitors);
-        if draining {
+        if let Some(since) = draining {
             let all_in = delivered >= acked * args.agents as u64
                 && visitors.echo.deliveries.load(Relaxed) >= acked
                 && (target == Target::Baseline || acked + visitors.errors.total() >= sent);
-            if all_in || now >= end + args.drain.0 {
+            if all_in || now >= since + args.drain.0 {
                 break;
             }
         }
@@ -225,7 +234,10 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
 
     let sent = visitors.sent.load(Relaxed);
     let acked = expected_acked(&visitors);
-    let send_secs = args.duration.0;
+    // Visitors that fell behind finish late: rates are over the real sending span.
+    let send_secs = args.duration.0.max(Duration::from_micros(
+        visitors.last_send_us.load(Relaxed).saturating_sub(t0_us),
+    ));
     let span = Duration::from_micros(agents.last_us.load(Relaxed).saturating_sub(t0_us));
     let agent_lat = agents.latency.summary();
     let echo_lat = visitors.echo.latency.summary();
@@ -364,6 +376,7 @@ impl VisitorRun {
                 scheduled = ticker.tick(), if sending => {
                     if scheduled >= self.end {
                         sending = false;
+                        shared.done.fetch_add(1, Relaxed);
                         continue;
                     }
                     shared.send_lag.record(self.index, scheduled.elapsed().as_micros() as u64);
@@ -383,6 +396,7 @@ impl VisitorRun {
                         break;
                     }
                     shared.sent.fetch_add(1, Relaxed);
+                    shared.last_send_us.fetch_max(stamp.sent_us, Relaxed);
                     if self.target == Target::Baseline {
                         acked.insert(seq);
                     }
@@ -397,6 +411,9 @@ impl VisitorRun {
                 },
                 _ = stop.wait() => break,
             }
+        }
+        if sending {
+            shared.done.fetch_add(1, Relaxed);
         }
         VisitorOut { acked, echo }
     }
