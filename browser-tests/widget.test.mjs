@@ -491,6 +491,70 @@ test('with WebSockets blocked, visitor and console fall back to long-polling bot
   await agentPage.context().close();
 });
 
+test('dropped sockets resume from the last id / offset; a hidden tab catches up on return', { timeout: 120_000 }, async () => {
+  let blocked = false;
+  const auths = { visitor: [], agent: [] }, live = {};
+  // Proxy both channels through the test so it can cut them and read the auth frames.
+  const proxy = (name) => (ws) => {
+    if (blocked) return ws.close({ code: 1011, reason: 'blocked by test' });
+    const server = ws.connectToServer();
+    live[name] = { ws, server };
+    ws.onMessage((m) => { if (/"type":"auth"/.test(m)) auths[name].push(JSON.parse(m)); server.send(m); });
+  };
+  const agentPage = await newPage();
+  await agentPage.routeWebSocket(/\/v1\/tenant\/ws/, proxy('agent'));
+  await agentPage.route((u) => u.pathname === '/v1/tenant/events', (r) => (blocked ? r.abort() : r.continue()));
+  await agentPage.goto(`${gw.url}/console#token=${jwt}`);
+  await agentPage.locator('#conn', { hasText: 'live' }).waitFor();
+
+  const page = await newPage();
+  await page.routeWebSocket(/\/v1\/visitor\/ws/, proxy('visitor'));
+  await page.route((u) => u.pathname === '/v1/messages' && u.searchParams.has('wait'), (r) => (blocked ? r.abort() : r.continue()));
+  await page.goto(`${gw.url}/demo`);
+  const w = await openWidget(page);
+  await sendFromWidget(page, 'Before the connection drops');
+  await convItem(agentPage, 'Before the connection drops').click();
+  await agentPage.locator('#msgs .msg.in[data-id]', { hasText: 'Before the connection drops' }).waitFor();
+  const lastBefore = (await widgetMessages(page)).at(-1);
+  const conversationId = await page.evaluate((k) => JSON.parse(localStorage.getItem(k)).conversationId, `confab:${PK}`);
+
+  // Cut both sockets, keep them (and the polling fallback) down, hide the visitor's tab.
+  blocked = true;
+  const setHidden = (h) => page.evaluate((hidden) => {
+    Object.defineProperty(document, 'hidden', { configurable: true, get: () => hidden });
+    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (hidden ? 'hidden' : 'visible') });
+    document.dispatchEvent(new Event('visibilitychange'));
+  }, h);
+  await setHidden(true);
+  for (const n of ['visitor', 'agent']) { await live[n].ws.close({ code: 4000, reason: 'cut by test' }); await live[n].server.close(); }
+  const agentAuthsBefore = auths.agent.length;
+  await agentPage.locator('#conn:not(.live)').waitFor();
+
+  const missed = ['Missed while away, one', 'Missed while away, two'];
+  for (const t of missed) {
+    const r = await api('POST', `/v1/tenant/conversations/${conversationId}/messages`, { message: t, clientMessageId: `bt-${t}` }, jwt);
+    assert.equal(r.status, 201, JSON.stringify(r.json));
+  }
+
+  // Back: the visitor tab reconnects at once (not at the next backoff step) and catches up.
+  blocked = false;
+  await setHidden(false);
+  for (const t of missed) await w.fromAgent(t).waitFor();
+  const msgs = await widgetMessages(page);
+  assert.deepEqual(msgs.slice(-2).map((m) => m.text), missed, 'in order, after the last seen');
+  assert.equal(new Set(msgs.map((m) => m.id)).size, msgs.length, 'no duplicates');
+  assert.equal(auths.visitor.at(-1).after, lastBefore.id, 'the widget resumed from the last id it saw');
+  await shot(page, '18-resumed-after-drop');
+
+  // The console resumes from its last offset and shows each message once.
+  for (const t of missed) await agentPage.locator('#msgs .msg[data-id]', { hasText: t }).waitFor();
+  await agentPage.locator('#conn', { hasText: 'live' }).waitFor({ timeout: 40_000 });
+  assert.ok(auths.agent.length > agentAuthsBefore && auths.agent.at(-1).after, 'the console resumed with an offset');
+  for (const t of missed) assert.equal(await agentPage.locator('#msgs .msg', { hasText: t }).count(), 1);
+  await page.context().close();
+  await agentPage.context().close();
+});
+
 test('offline tenant: contact form starts a conversation that reaches the console', { timeout: 90_000 }, async () => {
   const offJwt = agentJwt(AGENT_SECRET_OFF, 'after-hours', 'agent-bob', 'Bob Night');
   const agentPage = await openConsole(offJwt);
