@@ -419,7 +419,7 @@
     if (!pending[p.c]) return;
     clearTimeout(p.timer); p.ws = false;
     p.net = !e || !e.status || e.status >= 500;
-    var msg = e && e.code === 'rate_limited' ? 'Too many messages' : e && e.status === 422 ? (e.message || 'Invalid message') : '';
+    var msg = e && e.code === 'rate_limited' ? 'Too many requests' : e && e.status === 422 ? (e.message || 'Invalid message') : '';
     setPendingState(p, 'failed', msg);
     tel('ERROR', { where: 'send', code: (e && e.code) || 'network' });
   }
