@@ -101,7 +101,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 /// Parses JSON with the SPEC's error classes.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
@@ -127,7 +127,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             }
             _ => ApiError::new(ErrorCode::InvalidJson, format!("malformed JSON: {inner}")),
         }
-    })
+    })?;
+    // Anything but whitespace after the value (`{"message":"x"} junk`) is malformed too.
+    de.end()
+        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("malformed JSON: {e}")))?;
+    Ok(value)
 }
 
 /// The query string as a map; malformed encoding is a 422 rather than axum's plain text.
