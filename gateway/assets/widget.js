@@ -457,7 +457,7 @@
       clearTimeout(guard);
       if (ws !== s) return;
       lost();
-      if (ev.code === 4401) { dropSession(); ensureSession().catch(retryLater); return; }
+      if (ev.code === 4401) { dropSession(); ensureSession().then(connect, retryLater); return; } // same visitor, new token
       if (!ready) startPolling(); // the upgrade itself fails: carry on over HTTP
       retryLater();
     };
