@@ -117,14 +117,28 @@ pub fn message_body(text: &str, client_message_id: &str) -> serde_json::Value {
 
 /// Opens the visitor channel and waits for `ready`.
 pub async fn open_visitor(endpoint: &Endpoint, local: Option<IpAddr>, token: &str) -> Result<Ws> {
-    open_authed(endpoint, "/v1/visitor/ws", local, token)
+    open_authed(endpoint, "/v1/visitor/ws", local, token, None)
         .await
+        .map(|(ws, _)| ws)
         .context("visitor ws")
 }
 
 /// Opens the tenant channel as an agent and waits for `ready`.
 pub async fn open_agent(endpoint: &Endpoint, local: Option<IpAddr>, jwt: &str) -> Result<Ws> {
-    open_authed(endpoint, "/v1/tenant/ws", local, jwt)
+    open_agent_after(endpoint, local, jwt, None)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// Opens the tenant channel resuming after tenant event offset `after`, as a dashboard
+/// does after a disconnect; returns the socket and the `ready` frame (with `recovered`).
+pub async fn open_agent_after(
+    endpoint: &Endpoint,
+    local: Option<IpAddr>,
+    jwt: &str,
+    after: Option<&str>,
+) -> Result<(Ws, String)> {
+    open_authed(endpoint, "/v1/tenant/ws", local, jwt, after)
         .await
         .context("tenant ws")
 }
@@ -134,17 +148,23 @@ async fn open_authed(
     path: &str,
     local: Option<IpAddr>,
     token: &str,
-) -> Result<Ws> {
+    after: Option<&str>,
+) -> Result<(Ws, String)> {
     let mut ws = ws::connect(endpoint, path, local).await?;
-    let auth = json!({ "type": "auth", "token": token }).to_string();
-    ws.send(Message::text(auth)).await.context("sending auth")?;
-    wait_for(&mut ws, "ready").await?;
-    Ok(ws)
+    let auth = match after {
+        Some(a) => json!({ "type": "auth", "token": token, "after": a }),
+        None => json!({ "type": "auth", "token": token }),
+    };
+    ws.send(Message::text(auth.to_string()))
+        .await
+        .context("sending auth")?;
+    let ready = wait_for(&mut ws, "ready").await?;
+    Ok((ws, ready))
 }
 
 /// Reads frames until one of type `kind` arrives (others are skipped), a close, or
-/// [`READY_TIMEOUT`].
-pub async fn wait_for(ws: &mut Ws, kind: &str) -> Result<()> {
+/// [`READY_TIMEOUT`]; returns that frame.
+pub async fn wait_for(ws: &mut Ws, kind: &str) -> Result<String> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
         let frame = tokio::time::timeout_at(deadline, ws.next())
@@ -153,7 +173,7 @@ pub async fn wait_for(ws: &mut Ws, kind: &str) -> Result<()> {
         match frame {
             Some(Ok(Message::Text(t))) => {
                 if frame_type(&t) == Some(kind) {
-                    return Ok(());
+                    return Ok(t.as_str().to_string());
                 }
                 if frame_type(&t) == Some("error") {
                     bail!("error frame before {kind}: {}", t.as_str());
@@ -172,14 +192,26 @@ pub async fn wait_for(ws: &mut Ws, kind: &str) -> Result<()> {
     }
 }
 
+/// The envelope of a server frame: its `type` and, for tenant events, its `offset`.
+/// Parsed without building the rest of the frame.
+#[derive(Debug, Deserialize)]
+pub struct Head<'a> {
+    /// `type`.
+    #[serde(rename = "type", borrow)]
+    pub kind: &'a str,
+    /// `offset` (tenant events only); opaque.
+    #[serde(default, borrow)]
+    pub offset: Option<&'a str>,
+}
+
+/// The envelope of a JSON frame, or `None` when it is not one.
+pub fn head(text: &str) -> Option<Head<'_>> {
+    serde_json::from_str::<Head<'_>>(text).ok()
+}
+
 /// The `type` of a JSON frame, without parsing the rest.
 pub fn frame_type(text: &str) -> Option<&str> {
-    #[derive(Deserialize)]
-    struct Head<'a> {
-        #[serde(rename = "type", borrow)]
-        kind: &'a str,
-    }
-    serde_json::from_str::<Head<'_>>(text).ok().map(|h| h.kind)
+    head(text).map(|h| h.kind)
 }
 
 /// A short reason for a WebSocket ending, for tallies.
@@ -205,5 +237,7 @@ mod tests {
         );
         assert_eq!(frame_type("not json"), None);
         assert_eq!(frame_type("lt:00000001:1:1:1"), None);
+        let h = head(r#"{"type":"campaign:progress","offset":"0000042","data":{}}"#).unwrap();
+        assert_eq!((h.kind, h.offset), ("campaign:progress", Some("0000042")));
     }
 }

@@ -213,6 +213,13 @@ pub struct BroadcastArgs {
     /// Custom event type to publish.
     #[arg(long, default_value = "campaign:progress")]
     pub event_type: String,
+    /// Slow consumers: this many agents stop reading for --stall, a third into the run, so
+    /// the server must drop them (1013) and they must resume without loss.
+    #[arg(long, default_value_t = 0)]
+    pub stall_agents: usize,
+    /// How long stalled agents stop reading.
+    #[arg(long, default_value = "10s")]
+    pub stall: Dur,
 }
 
 /// One HTTP route of the `http` scenario.

@@ -17,7 +17,6 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{latency_row, open_agents, per_sec, receive, source_pool, Endpoints, RecvStats, Stop};
-use crate::api::frame_type;
 use crate::baseline_proto::{self, Role};
 use crate::cli::{BroadcastArgs, Target};
 use crate::http::HttpClient;
@@ -64,15 +63,20 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
     let (stop_tx, stop) = Stop::new();
     let agents = Arc::new(RecvStats::default());
     let event_type = args.event_type.clone();
+    let t0 = Instant::now() + Duration::from_millis(200);
+    let t0_us = now_us() + 200_000;
+    let end = t0 + args.duration.0;
+    let stall_at = t0 + args.duration.0 / 3;
     let agent_tasks: Vec<_> = sockets
         .into_iter()
         .enumerate()
-        .map(|(i, ws)| {
+        .map(|(i, mut ws)| {
+            if i < args.stall_agents {
+                ws.stall = Some((stall_at, args.stall.0));
+            }
             let event_type = event_type.clone();
-            let classify = move |t: &str| match target {
-                Target::Gateway if frame_type(t) == Some(event_type.as_str()) => {
-                    Stamp::find(t, run)
-                }
+            let classify = move |t: &str, kind: Option<&str>| match target {
+                Target::Gateway if kind == Some(event_type.as_str()) => Stamp::find(t, run),
                 Target::Gateway => None,
                 Target::Baseline => Stamp::parse(t).filter(|s| s.run == run),
             };
@@ -82,9 +86,6 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
 
     let publishers = Arc::new(Publishers::default());
     let period = Duration::from_secs_f64(args.publishers as f64 / args.rate);
-    let t0 = Instant::now() + Duration::from_millis(200);
-    let t0_us = now_us() + 200_000;
-    let end = t0 + args.duration.0;
     let mut publisher_tasks = vec![];
     for p in 0..args.publishers {
         let endpoint = endpoints.main(p).clone();
@@ -113,11 +114,12 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
         )));
     }
     progress.note(format!(
-        "publishing {} events/s for {:.0}s to {} agents ({} publishers)",
+        "publishing {} events/s for {:.0}s to {} agents ({} publishers, {} stalling)",
         args.rate,
         args.duration.0.as_secs_f64(),
         args.agents,
-        args.publishers
+        args.publishers,
+        args.stall_agents
     ));
 
     let interrupt = crate::cli::interrupted();
@@ -197,6 +199,7 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
             "expected": accepted * args.agents as u64,
             "deliveriesPerSec": per_sec(deliveries, span),
             "lost": lost, "duplicates": dup, "outOfOrder": ooo,
+            "resumes": agents.resumes.load(Relaxed),
             "deliveryLatency": delivery_lat,
             "publishLatency": publish_lat,
             "publishLag": lag,
@@ -246,6 +249,13 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
     let mut problems = errors;
     for (k, v) in dropped {
         *problems.entry(format!("agent {k}")).or_default() += v;
+    }
+    let resumes = agents.resumes.load(Relaxed);
+    if resumes > 0 {
+        problems.insert(
+            "agent resumed with `after` (counted, not a failure)".into(),
+            resumes,
+        );
     }
     super::connections::print_failures(&problems);
     if interrupted {

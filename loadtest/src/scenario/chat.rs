@@ -130,8 +130,8 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
         .into_iter()
         .enumerate()
         .map(|(i, ws)| {
-            let classify = move |t: &str| match target {
-                Target::Gateway if frame_type(t) == Some("message:new") => Stamp::find(t, run),
+            let classify = move |t: &str, kind: Option<&str>| match target {
+                Target::Gateway if kind == Some("message:new") => Stamp::find(t, run),
                 Target::Gateway => None,
                 Target::Baseline => Stamp::parse(t).filter(|s| s.run == run),
             };
@@ -265,6 +265,7 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
                 "deliveriesPerSec": per_sec(agents.deliveries.load(Relaxed), span),
                 "lost": agent_lost, "duplicates": agent_dup, "outOfOrder": agent_ooo,
                 "latency": agent_lat, "dropped": agent_dropped,
+                "resumes": agents.resumes.load(Relaxed),
             },
             "echo": {
                 "deliveries": visitors.echo.deliveries.load(Relaxed),
@@ -337,6 +338,13 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
     }
     for (k, v) in visitor_dropped {
         *problems.entry(format!("visitor {k}")).or_default() += v;
+    }
+    let resumes = agents.resumes.load(Relaxed);
+    if resumes > 0 {
+        problems.insert(
+            "agent resumed with `after` (counted, not a failure)".into(),
+            resumes,
+        );
     }
     super::connections::print_failures(&problems);
     if interrupted {

@@ -152,26 +152,46 @@ pub async fn create_sessions(
 /// Connects agent `i` (tenant channel with a JWT, or baseline `/sub`).
 pub async fn open_agent(
     target: Target,
-    endpoint: &Endpoint,
+    endpoint: &Arc<Endpoint>,
     pool: &SourcePool,
     creds: &Creds,
     i: usize,
-) -> Result<Ws> {
+) -> Result<Agent> {
     let local = pool.next_for(&endpoint.addr);
     match target {
-        Target::Gateway => api::open_agent(endpoint, local, &creds.agent_token(i)).await,
-        Target::Baseline => baseline_proto::open(endpoint, Role::Sub, local).await,
+        Target::Gateway => {
+            let jwt = creds.agent_token(i);
+            let ws = api::open_agent(endpoint, local, &jwt).await?;
+            let resume = Some(Resume {
+                endpoint: endpoint.clone(),
+                local,
+                jwt,
+            });
+            Ok(Agent {
+                ws,
+                resume,
+                stall: None,
+            })
+        }
+        Target::Baseline => {
+            let ws = baseline_proto::open(endpoint, Role::Sub, local).await?;
+            Ok(Agent {
+                ws,
+                resume: None,
+                stall: None,
+            })
+        }
     }
 }
 
-/// Opens `n` agents, `concurrency` at a time; fails if any cannot connect.
+/// Opens `n` agents, 64 at a time; fails if any cannot connect.
 pub async fn open_agents(
     target: Target,
     endpoints: &Endpoints,
     pool: &Arc<SourcePool>,
     creds: &Creds,
     n: usize,
-) -> Result<Vec<Ws>> {
+) -> Result<Vec<Agent>> {
     use futures_util::stream::{self, StreamExt, TryStreamExt};
     stream::iter(0..n)
         .map(|i| open_agent(target, endpoints.agent(i), pool, creds, i))
@@ -216,8 +236,10 @@ pub struct RecvStats {
     pub latency: Latency,
     /// When the last delivery arrived (Unix µs), for deliveries per second.
     pub last_us: std::sync::atomic::AtomicU64,
-    /// Receivers whose socket closed before the run ended, and why.
+    /// Receivers whose socket closed before the run ended (and resume troubles), and why.
     pub dropped: Failures,
+    /// Successful resumes after a close.
+    pub resumes: std::sync::atomic::AtomicU64,
 }
 
 impl RecvStats {
@@ -246,36 +268,109 @@ impl RecvStats {
     }
 }
 
-/// Reads `ws` until the run stops, recording every frame `classify` finds a stamp in.
-/// Returns what this receiver saw, for the loss count.
+/// How an agent gets back in after its socket closes: what it needs to reconnect with
+/// `after` = the last tenant event offset it saw, as a dashboard does.
+#[derive(Clone)]
+pub struct Resume {
+    /// The node it was connected to.
+    pub endpoint: Arc<Endpoint>,
+    /// Its source address.
+    pub local: Option<std::net::IpAddr>,
+    /// Its agent JWT.
+    pub jwt: String,
+}
+
+/// A connected agent.
+pub struct Agent {
+    /// The tenant channel (or baseline `/sub`).
+    pub ws: Ws,
+    /// How to resume it (gateway only).
+    pub resume: Option<Resume>,
+    /// When to stop reading, and for how long (a deliberately slow consumer).
+    pub stall: Option<(tokio::time::Instant, Duration)>,
+}
+
+/// Reconnect attempts in a row before an agent gives up.
+const RESUME_ATTEMPTS: u32 = 5;
+
+/// Reads an agent's socket until the run stops, recording every frame `classify` finds a
+/// stamp in (`classify` gets the raw text and the frame's `type`, when it is JSON). When
+/// the server closes the socket — e.g. 1013 for a client that fell behind — a gateway agent
+/// resumes from the last offset it saw, so only real losses count as lost. Returns what
+/// this receiver saw, for the loss count.
 pub async fn receive(
-    mut ws: Ws,
+    agent: Agent,
     hint: usize,
     stats: Arc<RecvStats>,
     mut stop: Stop,
-    classify: impl Fn(&str) -> Option<crate::probe::Stamp>,
+    classify: impl Fn(&str, Option<&str>) -> Option<crate::probe::Stamp>,
 ) -> crate::stats::SeqTracker {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
+    let Agent {
+        mut ws,
+        resume,
+        mut stall,
+    } = agent;
     let mut tracker = crate::stats::SeqTracker::default();
+    let mut last_offset: Option<String> = None;
     loop {
+        let stall_at = stall.map(|(at, _)| at);
         tokio::select! {
+            _ = async { tokio::time::sleep_until(stall_at.expect("guarded")).await }, if stall_at.is_some() => {
+                // A slow consumer: read nothing for a while, then carry on.
+                let (_, d) = stall.take().expect("guarded");
+                tokio::time::sleep(d).await;
+            }
             frame = ws.next() => match frame {
                 Some(Ok(Message::Text(t))) => {
-                    if let Some(stamp) = classify(&t) {
+                    let head = api::head(&t);
+                    if let Some(offset) = head.as_ref().and_then(|h| h.offset) {
+                        last_offset = Some(offset.to_string());
+                    }
+                    if let Some(stamp) = classify(&t, head.as_ref().map(|h| h.kind)) {
                         stats.record(hint, &mut tracker, &stamp);
                     }
                 }
                 Some(Ok(m)) if !m.is_close() => {}
                 other => {
                     stats.dropped.add(api::close_reason(other));
-                    break;
+                    let Some(r) = &resume else { break };
+                    match reopen(r, last_offset.as_deref(), &stats, &mut stop).await {
+                        Some(new) => ws = new,
+                        None => break,
+                    }
                 }
             },
             _ = stop.wait() => break,
         }
     }
     tracker
+}
+
+/// Reconnects an agent after `after`; `None` when the run stops or every attempt failed.
+async fn reopen(r: &Resume, after: Option<&str>, stats: &RecvStats, stop: &mut Stop) -> Option<Ws> {
+    for attempt in 0..RESUME_ATTEMPTS {
+        if stop.is_set() {
+            return None;
+        }
+        let opened = tokio::select! {
+            o = api::open_agent_after(&r.endpoint, r.local, &r.jwt, after) => o,
+            _ = stop.wait() => return None,
+        };
+        match opened {
+            Ok((ws, ready)) => {
+                stats.resumes.fetch_add(1, Ordering::Relaxed);
+                if ready.contains("\"recovered\":false") {
+                    stats.dropped.add("resume: ready said recovered=false");
+                }
+                return Some(ws);
+            }
+            Err(e) => stats.dropped.add(format!("resume: {e:#}")),
+        }
+        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+    }
+    None
 }
 
 /// A latency table row.
