@@ -591,7 +591,34 @@ async fn pii_redact_masks_email_and_url_queries() {
     assert_eq!(conv["contact"]["email"], "j***@example.com");
     assert_eq!(conv["visitorContext"]["pageUrl"], "https://shop.example/p");
     assert_eq!(conv["visitorContext"]["pageTitle"], "Pricing");
+    // Message metadata is redacted the same way.
+    let token = r.json["sessionToken"].as_str().unwrap();
+    let meta = json!({"pageUrl": "https://shop.example/cart?token=abc#x", "referrer": "https://mail.example/?to=jane", "pageTitle": "Cart"});
+    let sent = c
+        .post_auth(
+            "/v1/messages",
+            token,
+            &json!({"message": "hi", "meta": meta}),
+        )
+        .await;
+    assert_eq!(sent.status, 201, "{}", sent.text);
+    let h = c.get_auth("/v1/messages", token).await;
+    let m = h.json["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["body"] == "hi")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        m["meta"],
+        json!({"pageUrl": "https://shop.example/cart", "referrer": "https://mail.example/", "pageTitle": "Cart"})
+    );
     let events = c.tenant_events(&agent, None).await;
-    assert!(!events.text.contains("jane.doe"), "{}", events.text);
+    assert!(
+        !events.text.contains("jane.doe") && !events.text.contains("token=abc"),
+        "{}",
+        events.text
+    );
     gw.shutdown().await;
 }

@@ -815,6 +815,28 @@ async fn close_and_reopen_by_replying() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
 
+    // The explicit reopen route, and closing again.
+    let r = c
+        .post_auth(
+            &format!("{}/reopen", conv_path(&s.conversation_id)),
+            &agent,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["status"], "open");
+    let ev = c.tenant_events(&agent, Some(&offset)).await;
+    assert_eq!(event_types(&ev), ["conversation:updated"]);
+    assert_eq!(ev.json["events"][0]["data"]["status"], "open");
+    let r = c
+        .post_auth(
+            &format!("{}/close", conv_path(&s.conversation_id)),
+            &agent,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.json["status"], "closed");
+    let offset = last_offset(&c.tenant_events(&agent, None).await);
     // A reply reopens.
     let reply = c
         .post_auth(
