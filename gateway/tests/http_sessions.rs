@@ -279,6 +279,9 @@ async fn profile_validation_names_the_field() {
         json!({"variables": (0..50).map(|i| (format!("k{i}"), json!(i))).collect::<serde_json::Map<_, _>>()}),
         json!({"variables": {"deep": [[[["four"]]]]}}),
         json!({"variables": {"a_1": "x".repeat(4000)}}),
+        // 4096 bytes JSON-encoded exactly ({"a":"…"} is 8 bytes plus 2 per "é").
+        json!({"variables": {"a": "é".repeat(2044)}}),
+        json!({"contact": {"name": "   "}}),
     ];
     for extra in ok {
         let r = start(&c, &body(&c, PK, extra.clone()).await).await;
@@ -324,6 +327,19 @@ async fn profile_validation_names_the_field() {
         (
             json!({"visitorContext": {"utm": {"nope": "x"}}}),
             "visitorContext.utm.nope",
+        ),
+        (json!({"variables": {"a": "é".repeat(2045)}}), "variables"), // 4098 bytes, 2045 characters
+        (
+            json!({"visitorContext": {"pageUrl": "x".repeat(2049)}}),
+            "visitorContext.pageUrl",
+        ),
+        (
+            json!({"visitorContext": {"pageTitle": 5}}),
+            "visitorContext.pageTitle",
+        ),
+        (
+            json!({"visitorContext": {"favouriteColour": "red"}}),
+            "visitorContext.favouriteColour",
         ),
     ];
     for (extra, field) in bad {
