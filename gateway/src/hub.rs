@@ -200,6 +200,23 @@ impl Hub {
         }
     }
 
+    /// [`subscribe`](Self::subscribe), then waits until the broker's subscription is live
+    /// (Redis subscribes asynchronously), so that a log read after this misses nothing.
+    /// If it does not become live in time, the broker sends a `Resync` once it does.
+    pub async fn subscribe_live(
+        self: &Arc<Self>,
+        broker: &Arc<dyn Broker>,
+        channel: Channel,
+        capacity: usize,
+        lossy: bool,
+    ) -> Subscription {
+        let sub = self.subscribe(broker, channel.clone(), capacity, lossy);
+        if let Err(e) = broker.subscribed(&channel).await {
+            tracing::debug!(error = %e, "subscription not live yet; a resync will follow");
+        }
+        sub
+    }
+
     /// Number of channels with local subscribers.
     pub fn channel_count(&self) -> usize {
         self.channels.len()

@@ -235,7 +235,10 @@ pub async fn read_history(
         tenant: tenant.into(),
         conversation_id: conversation_id.into(),
     };
-    let mut sub = state.hub.subscribe(&state.broker, channel, 1, true);
+    let mut sub = state
+        .hub
+        .subscribe_live(&state.broker, channel, 1, true)
+        .await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
     loop {
         let page = read().await?;
@@ -269,14 +272,17 @@ pub async fn read_events(
     if !page.events.is_empty() || wait == 0 {
         return Ok(page);
     }
-    let mut sub = state.hub.subscribe(
-        &state.broker,
-        confab_store::Channel::Tenant {
-            tenant: tenant.into(),
-        },
-        1,
-        true,
-    );
+    let mut sub = state
+        .hub
+        .subscribe_live(
+            &state.broker,
+            confab_store::Channel::Tenant {
+                tenant: tenant.into(),
+            },
+            1,
+            true,
+        )
+        .await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
     loop {
         let page = read().await?;

@@ -168,14 +168,17 @@ async fn run(state: AppState, mut conn: Conn, headers: HeaderMap) {
             }
         },
     };
-    let sub = state.hub.subscribe(
-        &state.broker,
-        Channel::Tenant {
-            tenant: tenant.cfg.id.as_str().into(),
-        },
-        AGENT_QUEUE,
-        false,
-    );
+    let sub = state
+        .hub
+        .subscribe_live(
+            &state.broker,
+            Channel::Tenant {
+                tenant: tenant.cfg.id.as_str().into(),
+            },
+            AGENT_QUEUE,
+            false,
+        )
+        .await;
     let latest = match state.store.last_offset(&tenant.cfg.id).await {
         Ok(n) => n,
         Err(_) => {

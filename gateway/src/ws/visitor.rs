@@ -154,7 +154,8 @@ async fn run(state: AppState, mut conn: Conn, headers: HeaderMap, ip: IpAddr) {
     };
     let sub = state
         .hub
-        .subscribe(&state.broker, channel, VISITOR_QUEUE, false);
+        .subscribe_live(&state.broker, channel, VISITOR_QUEUE, false)
+        .await;
     // Where the log stands now that we are subscribed: anything later arrives live.
     let latest = match state
         .store
