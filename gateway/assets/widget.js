@@ -79,7 +79,11 @@
   // ---- config and session
   var cfg = null, challenge = null, sessP = null, sampleRate = 1, maxLen = 10000;
   function getConfig() {
-    return req('GET', '/v1/config?pk=' + enc(PK)).then(function (c) { challenge = c.initChallenge || null; return c; });
+    return req('GET', '/v1/config?pk=' + enc(PK)).then(function (c) {
+      challenge = c.initChallenge || null;
+      if (typeof c.minElapsedMs === 'number') MIN_ELAPSED = c.minElapsedMs;
+      return c;
+    });
   }
   function hasSession() { return !!st.sessionToken && !(st.expiresAt && Date.parse(st.expiresAt) - Date.now() < 30000); }
   function dropSession() { st.sessionToken = null; st.expiresAt = null; save(); }

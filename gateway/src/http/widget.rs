@@ -88,6 +88,9 @@ fn tenant_config_prefix(t: &Tenant, now_ms: i64) -> String {
         "telemetry": {"eventTypes": TELEMETRY_TYPES, "sampleRate": c.telemetry_sample_rate},
         "limits": {"maxMessageLength": c.max_message_length},
         "requireInitChallenge": c.require_init_challenge,
+        // The widget waits this long before starting a session (not a secret: a bot can
+        // always wait; the point is to make every automated session cost that time).
+        "minElapsedMs": c.min_elapsed_ms,
     })
     .to_string();
     body[..body.len() - 1].to_owned()
