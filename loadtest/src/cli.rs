@@ -83,15 +83,21 @@ pub struct Common {
     /// for the run (one address per 25,000 sockets).
     #[arg(long, default_value_t = 0)]
     pub source_ips: usize,
-    /// PID of the server process, to report its RSS and open files before and after.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// PID of the server process, to report its RSS and open files before and after;
+    /// repeat for several nodes (figures are summed).
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
     /// Print one JSON document instead of tables.
     #[arg(long)]
     pub json: bool,
 }
 
 impl Common {
+    /// Summed RSS and open files of the `--server-pid` processes, if any were given.
+    pub fn server_stat(&self) -> Option<crate::report::ProcStat> {
+        crate::report::proc_stat_sum(&self.server_pids)
+    }
+
     /// The tenant credentials.
     pub fn creds(&self) -> Creds {
         Creds {

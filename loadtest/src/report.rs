@@ -231,6 +231,19 @@ pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     Some(ProcStat { rss_kib, fds })
 }
 
+/// [`proc_stat`] summed over several processes (the nodes of a cluster); `None` when
+/// the list is empty or none of them can be read.
+pub fn proc_stat_sum(pids: &[u32]) -> Option<ProcStat> {
+    let stats: Vec<ProcStat> = pids.iter().filter_map(|p| proc_stat(*p)).collect();
+    if stats.is_empty() {
+        return None;
+    }
+    Some(ProcStat {
+        rss_kib: stats.iter().map(|s| s.rss_kib).sum(),
+        fds: stats.iter().map(|s| s.fds).sum(),
+    })
+}
+
 /// This process's own RSS in KiB.
 pub fn self_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

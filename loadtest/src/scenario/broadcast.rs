@@ -56,7 +56,7 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
     let creds = args.common.creds();
     let run = new_run_id();
     let mut progress = Progress::new();
-    let server_before = args.common.server_pid.and_then(report::proc_stat);
+    let server_before = args.common.server_stat();
 
     progress.note(format!("connecting {} agents", args.agents));
     let sockets = open_agents(target, &endpoints, &pool, &creds, args.agents).await?;
@@ -163,7 +163,7 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
     }
     let _ = stop_tx.send(true);
     progress.finish();
-    let server_after = args.common.server_pid.and_then(report::proc_stat);
+    let server_after = args.common.server_stat();
 
     let mut accepted_sets = vec![];
     for t in publisher_tasks {

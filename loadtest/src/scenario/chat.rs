@@ -80,7 +80,7 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
     let creds = args.common.creds();
     let run = new_run_id();
     let mut progress = Progress::new();
-    let server_before = args.common.server_pid.and_then(report::proc_stat);
+    let server_before = args.common.server_stat();
 
     // Set-up: agents first, so they see every message.
     progress.note(format!("connecting {} agents", args.agents));
@@ -217,7 +217,7 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
     }
     let _ = stop_tx.send(true);
     progress.finish();
-    let server_after = args.common.server_pid.and_then(report::proc_stat);
+    let server_after = args.common.server_stat();
 
     let mut acked_sets = vec![];
     let mut echo_lost = 0;

@@ -26,7 +26,7 @@ use crate::api;
 use crate::baseline_proto::{self, Role};
 use crate::cli::{ConnRole, ConnectionsArgs, Target};
 use crate::http::HttpClient;
-use crate::report::{self, mib, ms, proc_stat, ProcStat, Progress, Table};
+use crate::report::{self, mib, ms, ProcStat, Progress, Table};
 use crate::stats::{merge_failures, Failures, HistDump, Latency, LatencySummary};
 
 /// Sockets one client process opens at most by default (of its 20,000 files).
@@ -184,7 +184,7 @@ pub async fn run(args: ConnectionsArgs) -> Result<serde_json::Value> {
         ));
     }
 
-    let server_before = args.common.server_pid.and_then(proc_stat);
+    let server_before = args.common.server_stat();
     let mut handles = Vec::with_capacity(procs);
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Event)>();
     if procs == 1 {
@@ -229,7 +229,7 @@ pub async fn run(args: ConnectionsArgs) -> Result<serde_json::Value> {
         let total = sum(&latest);
         if ramp_time.is_none() && ramped.iter().all(|r| *r) {
             ramp_time = Some(start.elapsed());
-            server_ramped = args.common.server_pid.and_then(proc_stat);
+            server_ramped = args.common.server_stat();
             progress.note(format!(
                 "ramp done in {:.1}s: {} open, {} failed; holding {:.0}s",
                 start.elapsed().as_secs_f64(),
@@ -258,8 +258,7 @@ pub async fn run(args: ConnectionsArgs) -> Result<serde_json::Value> {
             let phase = if ramp_time.is_some() { "hold" } else { "ramp" };
             let server = args
                 .common
-                .server_pid
-                .and_then(proc_stat)
+                .server_stat()
                 .map(|s| format!("  server {} {} fds", mib(s.rss_kib), s.fds))
                 .unwrap_or_default();
             format!(
@@ -269,7 +268,7 @@ pub async fn run(args: ConnectionsArgs) -> Result<serde_json::Value> {
         });
     }
     let held_for = ramp_time.map(|rt| start.elapsed().saturating_sub(rt));
-    let server_hold_end = args.common.server_pid.and_then(proc_stat);
+    let server_hold_end = args.common.server_stat();
 
     // Release every share and collect its final report.
     for h in handles {
@@ -292,13 +291,13 @@ pub async fn run(args: ConnectionsArgs) -> Result<serde_json::Value> {
     }
     let results: Vec<ShareResult> = results.into_iter().flatten().collect();
     // Give the server a moment to free what the closed sockets held.
-    let server_after = match args.common.server_pid {
-        Some(pid) if !interrupted => {
+    let server_after = if args.common.server_pids.is_empty() {
+        None
+    } else {
+        if !interrupted {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            proc_stat(pid)
         }
-        Some(pid) => proc_stat(pid),
-        None => None,
+        args.common.server_stat()
     };
 
     let mut counts = Counts::default();
@@ -405,7 +404,7 @@ pub async fn run(args: ConnectionsArgs) -> Result<serde_json::Value> {
                 .unwrap_or_default(),
         ]
     };
-    if args.common.server_pid.is_some() {
+    if !args.common.server_pids.is_empty() {
         t.row(row("server before", server_before, None));
         t.row(row("server after ramp", server_ramped, None));
         t.row(row(

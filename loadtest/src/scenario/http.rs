@@ -51,7 +51,7 @@ pub async fn run(args: HttpArgs) -> Result<serde_json::Value> {
     let creds = args.common.creds();
     let run = new_run_id();
     let mut progress = Progress::new();
-    let server_before = args.common.server_pid.and_then(report::proc_stat);
+    let server_before = args.common.server_stat();
 
     let sessions: Vec<Option<Session>> = if needs_session {
         progress.note(format!("creating {} sessions", args.concurrency));
@@ -199,7 +199,7 @@ pub async fn run(args: HttpArgs) -> Result<serde_json::Value> {
         elapsed
     };
     progress.finish();
-    let server_after = args.common.server_pid.and_then(report::proc_stat);
+    let server_after = args.common.server_stat();
 
     let mut rows = vec![];
     for (route, _) in &weights {
