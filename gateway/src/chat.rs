@@ -112,6 +112,24 @@ pub fn redact_email(email: &str) -> String {
     }
 }
 
+/// A visitor's message as the store takes it.
+fn visitor_message(
+    session: &VisitorSession,
+    body: String,
+    client_message_id: Option<String>,
+    meta: Option<Value>,
+) -> NewMessage {
+    NewMessage {
+        tenant: session.tenant.cfg.id.clone(),
+        conversation_id: session.claims.conversation_id.clone(),
+        direction: Direction::Inbound,
+        author: session.author(),
+        body,
+        client_message_id,
+        meta,
+    }
+}
+
 impl AppState {
     /// A visitor sends a message (HTTP or WebSocket).
     pub async fn send_visitor_message(
@@ -128,16 +146,39 @@ impl AppState {
             validate::client_message_id(id)?;
         }
         let meta = visitor_meta(tenant, meta)?;
-        self.rate_limit(
-            tenant,
-            Limit::MessagesPerSession,
-            &session.claims.visitor_id,
-        )
-        .await?;
-        self.rate_limit(tenant, Limit::MessagesPerIp, &ip.to_string())
-            .await?;
-        self.append_visitor_message(session, body, client_message_id, meta)
+        let new = visitor_message(session, body, client_message_id, meta);
+        let limited = match self
+            .rate_limit(
+                tenant,
+                Limit::MessagesPerSession,
+                &session.claims.visitor_id,
+            )
             .await
+        {
+            Ok(()) => {
+                self.rate_limit(tenant, Limit::MessagesPerIp, &ip.to_string())
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = limited {
+            // A retry of a message already stored is acknowledged, not refused: a 429
+            // would tell the client it was not stored.
+            if let Some(message) = self
+                .store
+                .find_duplicate(&new)
+                .await
+                .map_err(crate::error::store_error)?
+            {
+                return Ok(Appended {
+                    message,
+                    duplicate: true,
+                    first_in_conversation: false,
+                });
+            }
+            return Err(e);
+        }
+        self.store_visitor_message(session, new).await
     }
 
     /// Stores an already validated and rate-limited visitor message, then the auto-reply
@@ -149,16 +190,19 @@ impl AppState {
         client_message_id: Option<String>,
         meta: Option<Value>,
     ) -> Result<Appended, ApiError> {
+        self.store_visitor_message(
+            session,
+            visitor_message(session, body, client_message_id, meta),
+        )
+        .await
+    }
+
+    async fn store_visitor_message(
+        &self,
+        session: &VisitorSession,
+        new: NewMessage,
+    ) -> Result<Appended, ApiError> {
         let tenant = &session.tenant;
-        let new = NewMessage {
-            tenant: tenant.cfg.id.clone(),
-            conversation_id: session.claims.conversation_id.clone(),
-            direction: Direction::Inbound,
-            author: session.author(),
-            body,
-            client_message_id,
-            meta,
-        };
         let appended = self
             .store
             .append_message(new)

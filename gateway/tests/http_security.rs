@@ -538,10 +538,6 @@ async fn messages_per_minute_per_session() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: a retried clientMessageId is rate-limited before the duplicate lookup \
-            (chat.rs send_visitor_message rate-limits, then append_message finds the \
-            duplicate): the retry of an acknowledged message gets 429 — which says \
-            'not stored' — instead of 200 duplicate:true, and every retry burns allowance"]
 async fn a_retried_message_is_acknowledged_even_at_the_limit() {
     let gw = Gateway::start(&with_limit(&quiet(), "messages_per_minute_per_session", 2)).await;
     let c = gw.client();

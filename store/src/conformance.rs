@@ -13,12 +13,13 @@ use parking_lot::Mutex;
 use serde_json::{json, Map};
 
 use crate::{
-    Backend, Channel, ConversationCursor, Cursor, EventSink, NewConversation, NewMessage, ProfileUpdate, Published,
-    Retention,
+    Backend, Channel, ConversationCursor, Cursor, EventSink, NewConversation, NewMessage,
+    ProfileUpdate, Published, Retention,
 };
 
 /// Opens a fresh backend with the given retention.
-pub type Factory = Arc<dyn Fn(Retention) -> Pin<Box<dyn Future<Output = Backend> + Send>> + Send + Sync>;
+pub type Factory =
+    Arc<dyn Fn(Retention) -> Pin<Box<dyn Future<Output = Backend> + Send>> + Send + Sync>;
 
 /// Records what the broker hands over.
 #[derive(Default)]
@@ -60,8 +61,14 @@ fn new_conv(tenant: &str) -> NewConversation {
         token_hash: format!("h{}", rand::random::<u64>()),
         customer_id: Some("cust-1".into()),
         locale: Some("en-US".into()),
-        contact: Contact { name: Some("Jane".into()), email: None },
-        variables: json!({"plan": "pro"}).as_object().cloned().unwrap_or_default(),
+        contact: Contact {
+            name: Some("Jane".into()),
+            email: None,
+        },
+        variables: json!({"plan": "pro"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
         visitor_context: Map::new(),
     }
 }
@@ -71,7 +78,11 @@ fn visitor_msg(tenant: &str, conv: &str, body: &str, cmid: Option<&str>) -> NewM
         tenant: tenant.to_owned(),
         conversation_id: conv.to_owned(),
         direction: Direction::Inbound,
-        author: Author { kind: AuthorKind::Visitor, id: "v".into(), name: None },
+        author: Author {
+            kind: AuthorKind::Visitor,
+            id: "v".into(),
+            name: None,
+        },
         body: body.to_owned(),
         client_message_id: cmid.map(str::to_owned),
         meta: None,
@@ -107,8 +118,14 @@ async fn nonces_are_single_use(f: &Factory) {
     let far = confab_protocol::time::now_ms() + 60_000;
     assert!(b.store.claim_nonce(&n, far).await.unwrap());
     assert!(!b.store.claim_nonce(&n, far).await.unwrap());
-    b.store.maintain(confab_protocol::time::now_ms()).await.unwrap();
-    assert!(!b.store.claim_nonce(&n, far).await.unwrap(), "an unexpired nonce survives maintenance");
+    b.store
+        .maintain(confab_protocol::time::now_ms())
+        .await
+        .unwrap();
+    assert!(
+        !b.store.claim_nonce(&n, far).await.unwrap(),
+        "an unexpired nonce survives maintenance"
+    );
 }
 
 async fn visitors_and_conversations(f: &Factory) {
@@ -118,11 +135,24 @@ async fn visitors_and_conversations(f: &Factory) {
     let conv = b.store.start_conversation(new.clone()).await.unwrap();
     assert_eq!(conv.status, Status::Open);
     assert_eq!(conv.tenant_id, t);
-    let found = b.store.find_visitor(&t, &new.token_hash).await.unwrap().unwrap();
+    let found = b
+        .store
+        .find_visitor(&t, &new.token_hash)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found.conversation_id, conv.id);
     assert_eq!(found.visitor_id, conv.visitor_id);
-    assert!(b.store.find_visitor("other", &new.token_hash).await.unwrap().is_none());
-    assert_eq!(b.store.conversation(&t, &conv.id).await.unwrap().unwrap(), conv);
+    assert!(b
+        .store
+        .find_visitor("other", &new.token_hash)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        b.store.conversation(&t, &conv.id).await.unwrap().unwrap(),
+        conv
+    );
 
     let events = b.store.events(&t, 0, 10).await.unwrap();
     assert_eq!(events.events.len(), 1);
@@ -130,13 +160,28 @@ async fn visitors_and_conversations(f: &Factory) {
     assert_eq!(events.events[0].offset, 1);
     assert!(events.recovered);
 
-    let update = ProfileUpdate { locale: Some("de".into()), ..Default::default() };
-    let updated = b.store.update_profile(&t, &conv.id, update).await.unwrap().unwrap();
+    let update = ProfileUpdate {
+        locale: Some("de".into()),
+        ..Default::default()
+    };
+    let updated = b
+        .store
+        .update_profile(&t, &conv.id, update)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(updated.locale.as_deref(), Some("de"));
     assert_eq!(b.store.last_offset(&t).await.unwrap(), 2);
     // An update that changes nothing appends nothing.
-    let same = ProfileUpdate { locale: Some("de".into()), ..Default::default() };
-    b.store.update_profile(&t, &conv.id, same).await.unwrap().unwrap();
+    let same = ProfileUpdate {
+        locale: Some("de".into()),
+        ..Default::default()
+    };
+    b.store
+        .update_profile(&t, &conv.id, same)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(b.store.last_offset(&t).await.unwrap(), 2);
 }
 
@@ -146,17 +191,39 @@ async fn messages_are_ordered_and_idempotent(f: &Factory) {
     let conv = b.store.start_conversation(new_conv(&t)).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..5 {
-        let a = b.store.append_message(visitor_msg(&t, &conv.id, &format!("m{i}"), Some(&format!("c{i}")))).await.unwrap().unwrap();
+        let a = b
+            .store
+            .append_message(visitor_msg(
+                &t,
+                &conv.id,
+                &format!("m{i}"),
+                Some(&format!("c{i}")),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(!a.duplicate);
         assert_eq!(a.first_in_conversation, i == 0);
         ids.push(a.message.id.clone());
     }
     assert_eq!(ids, vec!["1", "2", "3", "4", "5"]);
-    let dup = b.store.append_message(visitor_msg(&t, &conv.id, "other text", Some("c2"))).await.unwrap().unwrap();
+    let dup = b
+        .store
+        .append_message(visitor_msg(&t, &conv.id, "other text", Some("c2")))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(dup.duplicate);
     assert_eq!(dup.message.id, "3");
-    assert_eq!(dup.message.body, "m2", "a duplicate returns the first message, whatever the new text");
-    let page = b.store.messages(&t, &conv.id, Cursor::Start, 50).await.unwrap();
+    assert_eq!(
+        dup.message.body, "m2",
+        "a duplicate returns the first message, whatever the new text"
+    );
+    let page = b
+        .store
+        .messages(&t, &conv.id, Cursor::Start, 50)
+        .await
+        .unwrap();
     assert_eq!(page.messages.len(), 5, "the duplicate stored nothing");
     let mut last_created = 0;
     for (i, m) in page.messages.iter().enumerate() {
@@ -169,7 +236,12 @@ async fn messages_are_ordered_and_idempotent(f: &Factory) {
     }
     let conv = b.store.conversation(&t, &conv.id).await.unwrap().unwrap();
     assert_eq!(conv.last_message.unwrap().id, "5");
-    assert!(b.store.append_message(visitor_msg(&t, "no-such-conversation", "x", None)).await.unwrap().is_none());
+    assert!(b
+        .store
+        .append_message(visitor_msg(&t, "no-such-conversation", "x", None))
+        .await
+        .unwrap()
+        .is_none());
 }
 
 async fn cursors(f: &Factory) {
@@ -178,23 +250,64 @@ async fn cursors(f: &Factory) {
     let conv = b.store.start_conversation(new_conv(&t)).await.unwrap();
     let mut created = Vec::new();
     for i in 0..7 {
-        let a = b.store.append_message(visitor_msg(&t, &conv.id, &format!("m{i}"), None)).await.unwrap().unwrap();
+        let a = b
+            .store
+            .append_message(visitor_msg(&t, &conv.id, &format!("m{i}"), None))
+            .await
+            .unwrap()
+            .unwrap();
         created.push(parse_ms(&a.message.created_at).unwrap());
     }
     let seqs = |p: &crate::MessagePage| p.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
-    let p = b.store.messages(&t, &conv.id, Cursor::Start, 3).await.unwrap();
+    let p = b
+        .store
+        .messages(&t, &conv.id, Cursor::Start, 3)
+        .await
+        .unwrap();
     assert_eq!((seqs(&p), p.has_more), (vec![1, 2, 3], true));
-    let p = b.store.messages(&t, &conv.id, Cursor::After(3), 3).await.unwrap();
+    let p = b
+        .store
+        .messages(&t, &conv.id, Cursor::After(3), 3)
+        .await
+        .unwrap();
     assert_eq!((seqs(&p), p.has_more), (vec![4, 5, 6], true));
-    let p = b.store.messages(&t, &conv.id, Cursor::After(6), 3).await.unwrap();
+    let p = b
+        .store
+        .messages(&t, &conv.id, Cursor::After(6), 3)
+        .await
+        .unwrap();
     assert_eq!((seqs(&p), p.has_more), (vec![7], false));
-    let p = b.store.messages(&t, &conv.id, Cursor::After(7), 3).await.unwrap();
+    let p = b
+        .store
+        .messages(&t, &conv.id, Cursor::After(7), 3)
+        .await
+        .unwrap();
     assert!(p.messages.is_empty() && !p.has_more);
-    let p = b.store.messages(&t, &conv.id, Cursor::AfterCreated { created_ms: created[4], id: 5 }, 10).await.unwrap();
+    let p = b
+        .store
+        .messages(
+            &t,
+            &conv.id,
+            Cursor::AfterCreated {
+                created_ms: created[4],
+                id: 5,
+            },
+            10,
+        )
+        .await
+        .unwrap();
     assert_eq!(seqs(&p), vec![6, 7]);
-    let p = b.store.messages(&t, &conv.id, Cursor::Since(created[6]), 10).await.unwrap();
+    let p = b
+        .store
+        .messages(&t, &conv.id, Cursor::Since(created[6]), 10)
+        .await
+        .unwrap();
     assert!(p.messages.is_empty(), "since is exclusive");
-    let p = b.store.messages(&t, &conv.id, Cursor::Since(created[0] - 1), 10).await.unwrap();
+    let p = b
+        .store
+        .messages(&t, &conv.id, Cursor::Since(created[0] - 1), 10)
+        .await
+        .unwrap();
     assert_eq!(p.messages.len(), 7);
 }
 
@@ -205,8 +318,15 @@ async fn concurrent_appends_get_contiguous_ids(f: &Factory) {
     let mut tasks = Vec::new();
     for i in 0..200 {
         let store = b.store.clone();
-        let m = visitor_msg(&t, &conv.id, &format!("m{i}"), Some(&format!("c{}", i % 150)));
-        tasks.push(tokio::spawn(async move { store.append_message(m).await.unwrap().unwrap() }));
+        let m = visitor_msg(
+            &t,
+            &conv.id,
+            &format!("m{i}"),
+            Some(&format!("c{}", i % 150)),
+        );
+        tasks.push(tokio::spawn(async move {
+            store.append_message(m).await.unwrap().unwrap()
+        }));
     }
     let mut stored = 0;
     for task in tasks {
@@ -215,20 +335,53 @@ async fn concurrent_appends_get_contiguous_ids(f: &Factory) {
         }
     }
     assert_eq!(stored, 150, "50 of the 200 reused a clientMessageId");
-    let p = b.store.messages(&t, &conv.id, Cursor::Start, 200).await.unwrap();
-    assert_eq!(p.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=150).collect::<Vec<_>>());
+    let p = b
+        .store
+        .messages(&t, &conv.id, Cursor::Start, 200)
+        .await
+        .unwrap();
+    assert_eq!(
+        p.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=150).collect::<Vec<_>>()
+    );
 }
 
 async fn tenants_are_isolated(f: &Factory) {
     let b = f(Retention::default()).await;
     let (t, u) = (tenant(), tenant());
     let conv = b.store.start_conversation(new_conv(&t)).await.unwrap();
-    b.store.append_message(visitor_msg(&t, &conv.id, "secret", None)).await.unwrap().unwrap();
+    b.store
+        .append_message(visitor_msg(&t, &conv.id, "secret", None))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(b.store.conversation(&u, &conv.id).await.unwrap().is_none());
-    assert!(b.store.messages(&u, &conv.id, Cursor::Start, 10).await.unwrap().messages.is_empty());
-    assert!(b.store.append_message(visitor_msg(&u, &conv.id, "x", None)).await.unwrap().is_none());
-    assert!(b.store.set_status(&u, &conv.id, Status::Closed).await.unwrap().is_none());
-    assert!(b.store.conversations(&u, None, None, 10).await.unwrap().conversations.is_empty());
+    assert!(b
+        .store
+        .messages(&u, &conv.id, Cursor::Start, 10)
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
+    assert!(b
+        .store
+        .append_message(visitor_msg(&u, &conv.id, "x", None))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(b
+        .store
+        .set_status(&u, &conv.id, Status::Closed)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(b
+        .store
+        .conversations(&u, None, None, 10)
+        .await
+        .unwrap()
+        .conversations
+        .is_empty());
     assert!(b.store.events(&u, 0, 10).await.unwrap().events.is_empty());
 }
 
@@ -236,33 +389,99 @@ async fn status_changes_and_reopen(f: &Factory) {
     let b = f(Retention::default()).await;
     let t = tenant();
     let conv = b.store.start_conversation(new_conv(&t)).await.unwrap();
-    let closed = b.store.set_status(&t, &conv.id, Status::Closed).await.unwrap().unwrap();
+    let closed = b
+        .store
+        .set_status(&t, &conv.id, Status::Closed)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(closed.status, Status::Closed);
     let before = b.store.last_offset(&t).await.unwrap();
-    b.store.set_status(&t, &conv.id, Status::Closed).await.unwrap().unwrap();
-    assert_eq!(b.store.last_offset(&t).await.unwrap(), before, "no change, no event");
+    b.store
+        .set_status(&t, &conv.id, Status::Closed)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        b.store.last_offset(&t).await.unwrap(),
+        before,
+        "no change, no event"
+    );
     let mut reply = visitor_msg(&t, &conv.id, "we're back", None);
     reply.direction = Direction::Outbound;
-    reply.author = Author { kind: AuthorKind::Agent, id: "a1".into(), name: Some("Ann".into()) };
+    reply.author = Author {
+        kind: AuthorKind::Agent,
+        id: "a1".into(),
+        name: Some("Ann".into()),
+    };
     b.store.append_message(reply).await.unwrap().unwrap();
-    assert_eq!(b.store.conversation(&t, &conv.id).await.unwrap().unwrap().status, Status::Open);
-    let kinds: Vec<String> = b.store.events(&t, 0, 100).await.unwrap().events.into_iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, ["conversation:new", "conversation:updated", "message:new", "conversation:updated"]);
+    assert_eq!(
+        b.store
+            .conversation(&t, &conv.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        Status::Open
+    );
+    let kinds: Vec<String> = b
+        .store
+        .events(&t, 0, 100)
+        .await
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "conversation:new",
+            "conversation:updated",
+            "message:new",
+            "conversation:updated"
+        ]
+    );
 }
 
 async fn custom_and_qualified_events(f: &Factory) {
     let b = f(Retention::default()).await;
     let t = tenant();
     let conv = b.store.start_conversation(new_conv(&t)).await.unwrap();
-    let e = b.store.append_event(&t, "campaign:progress", json!({"sent": 5}), None).await.unwrap().unwrap();
+    let e = b
+        .store
+        .append_event(&t, "campaign:progress", json!({"sent": 5}), None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(e.kind, "campaign:progress");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&e.data).unwrap()["sent"], 5);
-    let q = b.store.append_event(&t, "conversation:qualified", json!({}), Some(&conv.id)).await.unwrap().unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&e.data).unwrap()["sent"],
+        5
+    );
+    let q = b
+        .store
+        .append_event(&t, "conversation:qualified", json!({}), Some(&conv.id))
+        .await
+        .unwrap()
+        .unwrap();
     let data: serde_json::Value = serde_json::from_str(&q.data).unwrap();
     assert_eq!(data["id"], conv.id);
     assert_eq!(data["qualified"], true);
-    assert!(b.store.conversation(&t, &conv.id).await.unwrap().unwrap().qualified);
-    assert!(b.store.append_event(&t, "x:y", json!({}), Some("missing")).await.unwrap().is_none());
+    assert!(
+        b.store
+            .conversation(&t, &conv.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .qualified
+    );
+    assert!(b
+        .store
+        .append_event(&t, "x:y", json!({}), Some("missing"))
+        .await
+        .unwrap()
+        .is_none());
 }
 
 async fn conversation_list(f: &Factory) {
@@ -275,46 +494,112 @@ async fn conversation_list(f: &Factory) {
     }
     // Writing to the oldest makes it the most recently updated.
     tokio::time::sleep(Duration::from_millis(2)).await;
-    b.store.append_message(visitor_msg(&t, &ids[0], "bump", None)).await.unwrap().unwrap();
+    b.store
+        .append_message(visitor_msg(&t, &ids[0], "bump", None))
+        .await
+        .unwrap()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(2)).await;
-    b.store.set_status(&t, &ids[1], Status::Closed).await.unwrap().unwrap();
+    b.store
+        .set_status(&t, &ids[1], Status::Closed)
+        .await
+        .unwrap()
+        .unwrap();
     let mut seen = Vec::new();
     let mut cursor: Option<ConversationCursor> = None;
     loop {
-        let page = b.store.conversations(&t, None, cursor.clone(), 2).await.unwrap();
+        let page = b
+            .store
+            .conversations(&t, None, cursor.clone(), 2)
+            .await
+            .unwrap();
         seen.extend(page.conversations.iter().map(|c| c.id.clone()));
         match page.next_cursor {
-            Some(c) => cursor = Some(ConversationCursor::decode(&c).expect("our own cursor decodes")),
+            Some(c) => {
+                cursor = Some(ConversationCursor::decode(&c).expect("our own cursor decodes"))
+            }
             None => break,
         }
     }
-    assert_eq!(seen, vec![ids[1].clone(), ids[0].clone(), ids[4].clone(), ids[3].clone(), ids[2].clone()]);
-    let closed = b.store.conversations(&t, Some(Status::Closed), None, 10).await.unwrap();
-    assert_eq!(closed.conversations.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![ids[1].clone()]);
-    let open = b.store.conversations(&t, Some(Status::Open), None, 10).await.unwrap();
+    assert_eq!(
+        seen,
+        vec![
+            ids[1].clone(),
+            ids[0].clone(),
+            ids[4].clone(),
+            ids[3].clone(),
+            ids[2].clone()
+        ]
+    );
+    let closed = b
+        .store
+        .conversations(&t, Some(Status::Closed), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        closed
+            .conversations
+            .iter()
+            .map(|c| c.id.clone())
+            .collect::<Vec<_>>(),
+        vec![ids[1].clone()]
+    );
+    let open = b
+        .store
+        .conversations(&t, Some(Status::Open), None, 10)
+        .await
+        .unwrap();
     assert_eq!(open.conversations.len(), 4);
 }
 
 async fn retention_and_recovery(f: &Factory) {
-    let b = f(Retention { min_events: 3, min_age_ms: 0 }).await;
+    let b = f(Retention {
+        min_events: 3,
+        min_age_ms: 0,
+    })
+    .await;
     let t = tenant();
     for i in 0..10 {
-        b.store.append_event(&t, "campaign:progress", json!({"i": i}), None).await.unwrap().unwrap();
+        b.store
+            .append_event(&t, "campaign:progress", json!({"i": i}), None)
+            .await
+            .unwrap()
+            .unwrap();
     }
-    b.store.maintain(confab_protocol::time::now_ms() + 1).await.unwrap();
+    b.store
+        .maintain(confab_protocol::time::now_ms() + 1)
+        .await
+        .unwrap();
     let all = b.store.events(&t, 0, 100).await.unwrap();
     assert!(!all.recovered, "offset 0 is older than what is retained");
-    assert!(all.events.len() >= 3, "at least the last min_events are kept");
+    assert!(
+        all.events.len() >= 3,
+        "at least the last min_events are kept"
+    );
     assert_eq!(all.events.last().unwrap().offset, 10);
     let tail = b.store.events(&t, 7, 100).await.unwrap();
     assert!(tail.recovered);
-    assert_eq!(tail.events.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![8, 9, 10]);
+    assert_eq!(
+        tail.events.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        vec![8, 9, 10]
+    );
     // The age floor protects young events whatever their number.
-    let b = f(Retention { min_events: 3, min_age_ms: 3_600_000 }).await;
+    let b = f(Retention {
+        min_events: 3,
+        min_age_ms: 3_600_000,
+    })
+    .await;
     for i in 0..10 {
-        b.store.append_event(&t, "campaign:progress", json!({"i": i}), None).await.unwrap().unwrap();
+        b.store
+            .append_event(&t, "campaign:progress", json!({"i": i}), None)
+            .await
+            .unwrap()
+            .unwrap();
     }
-    b.store.maintain(confab_protocol::time::now_ms()).await.unwrap();
+    b.store
+        .maintain(confab_protocol::time::now_ms())
+        .await
+        .unwrap();
     let all = b.store.events(&t, 0, 100).await.unwrap();
     assert!(all.recovered);
     assert_eq!(all.events.len(), 10);
@@ -326,31 +611,80 @@ async fn publications_reach_the_sink_in_order(f: &Factory) {
     b.broker.set_sink(sink.clone());
     let t = tenant();
     let conv = b.store.start_conversation(new_conv(&t)).await.unwrap();
-    b.broker.subscribe(&Channel::Tenant { tenant: t.as_str().into() });
-    b.broker.subscribe(&Channel::Conversation { tenant: t.as_str().into(), conversation_id: conv.id.as_str().into() });
+    b.broker.subscribe(&Channel::Tenant {
+        tenant: t.as_str().into(),
+    });
+    b.broker.subscribe(&Channel::Conversation {
+        tenant: t.as_str().into(),
+        conversation_id: conv.id.as_str().into(),
+    });
     // Subscriptions may take effect asynchronously (Redis): probe until one arrives.
     let probe_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        b.store.append_event(&t, "probe:ping", json!({}), None).await.unwrap();
-        let got = sink.events.lock().iter().any(|e| matches!(e, Published::Event { event, .. } if event.kind == "probe:ping"));
+        b.store
+            .append_event(&t, "probe:ping", json!({}), None)
+            .await
+            .unwrap();
+        let got = sink
+            .events
+            .lock()
+            .iter()
+            .any(|e| matches!(e, Published::Event { event, .. } if event.kind == "probe:ping"));
         if got {
             break;
         }
-        assert!(tokio::time::Instant::now() < probe_deadline, "subscription never took effect");
+        assert!(
+            tokio::time::Instant::now() < probe_deadline,
+            "subscription never took effect"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     sink.events.lock().clear();
     for i in 0..20 {
-        b.store.append_message(visitor_msg(&t, &conv.id, &format!("m{i}"), None)).await.unwrap().unwrap();
+        b.store
+            .append_message(visitor_msg(&t, &conv.id, &format!("m{i}"), None))
+            .await
+            .unwrap()
+            .unwrap();
     }
     sink.wait_until("20 messages and 20 events", |evs| {
-        evs.iter().filter(|e| matches!(e, Published::Message { .. })).count() == 20
-            && evs.iter().filter(|e| matches!(e, Published::Event { event, .. } if event.kind == "message:new")).count() == 20
+        evs.iter()
+            .filter(|e| matches!(e, Published::Message { .. }))
+            .count()
+            == 20
+            && evs
+                .iter()
+                .filter(
+                    |e| matches!(e, Published::Event { event, .. } if event.kind == "message:new"),
+                )
+                .count()
+                == 20
     })
     .await;
     let evs = sink.events.lock().clone();
-    let seqs: Vec<u64> = evs.iter().filter_map(|e| if let Published::Message { seq, .. } = e { Some(*seq) } else { None }).collect();
+    let seqs: Vec<u64> = evs
+        .iter()
+        .filter_map(|e| {
+            if let Published::Message { seq, .. } = e {
+                Some(*seq)
+            } else {
+                None
+            }
+        })
+        .collect();
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
-    let offsets: Vec<u64> = evs.iter().filter_map(|e| if let Published::Event { event, .. } = e { Some(event.offset) } else { None }).collect();
-    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "offsets arrive contiguous and in order: {offsets:?}");
+    let offsets: Vec<u64> = evs
+        .iter()
+        .filter_map(|e| {
+            if let Published::Event { event, .. } = e {
+                Some(event.offset)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert!(
+        offsets.windows(2).all(|w| w[1] == w[0] + 1),
+        "offsets arrive contiguous and in order: {offsets:?}"
+    );
 }

@@ -18,7 +18,12 @@ pub fn new_conversation_id() -> String {
 }
 
 /// The conversation `start_conversation` creates.
-pub fn new_conversation(new: &NewConversation, id: String, visitor_id: String, now_ms: i64) -> Conversation {
+pub fn new_conversation(
+    new: &NewConversation,
+    id: String,
+    visitor_id: String,
+    now_ms: i64,
+) -> Conversation {
     let now = format_ms(now_ms);
     Conversation {
         id,

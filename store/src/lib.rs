@@ -20,7 +20,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use confab_protocol::model::{Author, Contact, Conversation, Direction, Message, Status, TenantEvent};
+use confab_protocol::model::{
+    Author, Contact, Conversation, Direction, Message, Status, TenantEvent,
+};
 use serde_json::{Map, Value};
 
 pub mod conformance;
@@ -134,6 +136,23 @@ pub struct NewMessage {
     pub meta: Option<Value>,
 }
 
+impl NewMessage {
+    /// The key idempotency is judged by: the `client_message_id` *of this author*. Two
+    /// authors of one conversation (the visitor, an agent, the auto-reply) may pick the
+    /// same id without one's message being taken for the other's duplicate.
+    pub fn idempotency_key(&self) -> Option<String> {
+        let kind = match self.author.kind {
+            confab_protocol::model::AuthorKind::Visitor => "visitor",
+            confab_protocol::model::AuthorKind::Agent => "agent",
+            confab_protocol::model::AuthorKind::Bot => "bot",
+            confab_protocol::model::AuthorKind::System => "system",
+        };
+        self.client_message_id
+            .as_ref()
+            .map(|id| format!("{kind}:{}:{id}", self.author.id))
+    }
+}
+
 /// The outcome of `append_message`.
 #[derive(Debug, Clone)]
 pub struct Appended {
@@ -208,7 +227,10 @@ impl ConversationCursor {
         if id.is_empty() || id.len() > 64 {
             return None;
         }
-        Some(ConversationCursor { updated_ms: ms.parse().ok()?, id: id.to_owned() })
+        Some(ConversationCursor {
+            updated_ms: ms.parse().ok()?,
+            id: id.to_owned(),
+        })
     }
 }
 
@@ -223,7 +245,10 @@ pub struct Retention {
 impl Default for Retention {
     /// The SPEC's floor: the last 10,000 events or 24 h, whichever keeps more.
     fn default() -> Self {
-        Retention { min_events: 10_000, min_age_ms: 24 * 3600 * 1000 }
+        Retention {
+            min_events: 10_000,
+            min_age_ms: 24 * 3600 * 1000,
+        }
     }
 }
 
@@ -261,19 +286,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Updates what a resuming visitor sent; appends `conversation:updated` if anything
     /// changed. `None` when there is no such conversation.
-    async fn update_profile(&self, tenant: &str, conversation_id: &str, update: ProfileUpdate)
-        -> Result<Option<Conversation>>;
+    async fn update_profile(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        update: ProfileUpdate,
+    ) -> Result<Option<Conversation>>;
 
     /// Appends a message (or finds its duplicate), reopening a closed conversation;
     /// appends `message:new` (and `conversation:updated` when it reopened).
     /// `None` when there is no such conversation in this tenant.
     async fn append_message(&self, new: NewMessage) -> Result<Option<Appended>>;
 
+    /// The message `new` would duplicate (same conversation, same author, same
+    /// `client_message_id`), if one is stored. Lets a caller acknowledge a retry it would
+    /// otherwise refuse (a rate-limited retry of a message already stored).
+    async fn find_duplicate(&self, new: &NewMessage) -> Result<Option<Message>>;
+
     /// A page of a conversation's history in id order, at most `limit` messages.
-    async fn messages(&self, tenant: &str, conversation_id: &str, cursor: Cursor, limit: usize) -> Result<MessagePage>;
+    async fn messages(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<MessagePage>;
 
     /// One conversation of the tenant.
-    async fn conversation(&self, tenant: &str, conversation_id: &str) -> Result<Option<Conversation>>;
+    async fn conversation(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+    ) -> Result<Option<Conversation>>;
 
     /// The tenant's conversations, most recently updated first.
     async fn conversations(
@@ -285,13 +329,23 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<ConversationPage>;
 
     /// Sets a conversation's status; appends `conversation:updated` when it changed.
-    async fn set_status(&self, tenant: &str, conversation_id: &str, status: Status) -> Result<Option<Conversation>>;
+    async fn set_status(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        status: Status,
+    ) -> Result<Option<Conversation>>;
 
     /// Appends a custom event. `conversation:qualified` with a conversation id also sets
     /// that conversation's `qualified` flag and carries the conversation as `data`.
     /// `None` when the named conversation does not exist in this tenant.
-    async fn append_event(&self, tenant: &str, kind: &str, data: Value, conversation_id: Option<&str>)
-        -> Result<Option<TenantEvent>>;
+    async fn append_event(
+        &self,
+        tenant: &str,
+        kind: &str,
+        data: Value,
+        conversation_id: Option<&str>,
+    ) -> Result<Option<TenantEvent>>;
 
     /// The tenant's events after `after`, in offset order, at most `limit`.
     async fn events(&self, tenant: &str, after: u64, limit: usize) -> Result<EventsPage>;
@@ -307,7 +361,10 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Channel {
     /// Everything a visitor's connections see.
-    Conversation { tenant: Arc<str>, conversation_id: Arc<str> },
+    Conversation {
+        tenant: Arc<str>,
+        conversation_id: Arc<str>,
+    },
     /// Everything a tenant's agents see.
     Tenant { tenant: Arc<str> },
 }
@@ -317,11 +374,23 @@ pub enum Channel {
 pub enum Published {
     /// A stored message, for the visitor channel of its conversation. (The tenant channel
     /// gets its own `TenantEvent` carrying the same message.)
-    Message { tenant: Arc<str>, conversation_id: Arc<str>, seq: u64, json: Arc<str> },
+    Message {
+        tenant: Arc<str>,
+        conversation_id: Arc<str>,
+        seq: u64,
+        json: Arc<str>,
+    },
     /// A stored tenant event, for the tenant's agents.
-    Event { tenant: Arc<str>, event: Arc<TenantEvent> },
+    Event {
+        tenant: Arc<str>,
+        event: Arc<TenantEvent>,
+    },
     /// The conversation changed (closed, reopened, profile): for its visitor channel.
-    ConversationUpdated { tenant: Arc<str>, conversation_id: Arc<str>, json: Arc<str> },
+    ConversationUpdated {
+        tenant: Arc<str>,
+        conversation_id: Arc<str>,
+        json: Arc<str>,
+    },
     /// Ephemeral: never stored, never replayed. `frame` is the encoded `typing` frame.
     Typing { channel: Channel, frame: Arc<str> },
     /// The broker may have missed publications (pub/sub reconnected): every subscriber
@@ -377,14 +446,27 @@ pub struct Backend {
 pub async fn open(url: &str, retention: Retention) -> Result<Backend> {
     if url == "memory" {
         let s = Arc::new(sqlite::SqliteStore::open_memory(retention)?);
-        return Ok(Backend { store: s.clone(), broker: s, limiter: Arc::new(ratelimit::MemoryRateLimiter::default()) });
+        return Ok(Backend {
+            store: s.clone(),
+            broker: s,
+            limiter: Arc::new(ratelimit::MemoryRateLimiter::default()),
+        });
     }
     if let Some(path) = url.strip_prefix("sqlite:") {
-        let s = Arc::new(sqlite::SqliteStore::open_file(std::path::Path::new(path), retention)?);
-        return Ok(Backend { store: s.clone(), broker: s, limiter: Arc::new(ratelimit::MemoryRateLimiter::default()) });
+        let s = Arc::new(sqlite::SqliteStore::open_file(
+            std::path::Path::new(path),
+            retention,
+        )?);
+        return Ok(Backend {
+            store: s.clone(),
+            broker: s,
+            limiter: Arc::new(ratelimit::MemoryRateLimiter::default()),
+        });
     }
     if url.starts_with("redis://") || url.starts_with("rediss://") {
         return redis::open(url, retention).await;
     }
-    Err(StoreError::Internal(format!("unknown store URL {url:?}: use memory, sqlite:PATH or redis://HOST:PORT/DB")))
+    Err(StoreError::Internal(format!(
+        "unknown store URL {url:?}: use memory, sqlite:PATH or redis://HOST:PORT/DB"
+    )))
 }

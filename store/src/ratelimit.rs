@@ -17,7 +17,9 @@ use crate::Result;
 pub enum Decision {
     Allowed,
     /// Refused; the earliest moment a retry can succeed, in ms from now.
-    Limited { retry_after_ms: u64 },
+    Limited {
+        retry_after_ms: u64,
+    },
 }
 
 /// Counts requests per key. Implementations must be correct under concurrency (and,
@@ -33,7 +35,12 @@ pub trait RateLimiter: Send + Sync + 'static {
 }
 
 /// One GCRA step in microseconds. Returns the new TAT to store, or the wait.
-pub fn gcra(stored_tat_us: Option<i64>, limit: u32, window_ms: u64, now_ms: i64) -> std::result::Result<i64, u64> {
+pub fn gcra(
+    stored_tat_us: Option<i64>,
+    limit: u32,
+    window_ms: u64,
+    now_ms: i64,
+) -> std::result::Result<i64, u64> {
     if limit == 0 {
         return Err(window_ms.max(1000));
     }
@@ -82,7 +89,9 @@ impl RateLimiter for MemoryRateLimiter {
                 if stored.is_none() {
                     *entry = now_ms * 1000;
                 }
-                Decision::Limited { retry_after_ms: wait }
+                Decision::Limited {
+                    retry_after_ms: wait,
+                }
             }
         })
     }
@@ -104,13 +113,24 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(l.check("k", 10, hour, 0).await.unwrap(), Decision::Allowed);
         }
-        let Decision::Limited { retry_after_ms } = l.check("k", 10, hour, 0).await.unwrap() else { panic!() };
+        let Decision::Limited { retry_after_ms } = l.check("k", 10, hour, 0).await.unwrap() else {
+            panic!()
+        };
         assert_eq!(retry_after_ms, 360_000);
         // Other keys are independent.
-        assert_eq!(l.check("other", 10, hour, 0).await.unwrap(), Decision::Allowed);
+        assert_eq!(
+            l.check("other", 10, hour, 0).await.unwrap(),
+            Decision::Allowed
+        );
         // One slot frees every window/limit.
-        assert_eq!(l.check("k", 10, hour, 360_000).await.unwrap(), Decision::Allowed);
-        assert!(matches!(l.check("k", 10, hour, 360_000).await.unwrap(), Decision::Limited { .. }));
+        assert_eq!(
+            l.check("k", 10, hour, 360_000).await.unwrap(),
+            Decision::Allowed
+        );
+        assert!(matches!(
+            l.check("k", 10, hour, 360_000).await.unwrap(),
+            Decision::Limited { .. }
+        ));
     }
 
     #[tokio::test]
@@ -127,6 +147,9 @@ mod tests {
     #[tokio::test]
     async fn zero_limit_refuses() {
         let l = MemoryRateLimiter::default();
-        assert!(matches!(l.check("k", 0, 1000, 0).await.unwrap(), Decision::Limited { .. }));
+        assert!(matches!(
+            l.check("k", 0, 1000, 0).await.unwrap(),
+            Decision::Limited { .. }
+        ));
     }
 }

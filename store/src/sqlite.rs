@@ -27,11 +27,13 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::{new_conversation, new_conversation_id, new_message, new_visitor_id, record_message, to_json};
+use crate::domain::{
+    new_conversation, new_conversation_id, new_message, new_visitor_id, record_message, to_json,
+};
 use crate::{
-    Appended, Broker, Channel, ConversationCursor, ConversationPage, Cursor, EventSink, EventsPage, MessagePage,
-    NewConversation, NewMessage, ProfileUpdate, Published, Result, Retention, Store, StoreError, StoredMessage,
-    VisitorRecord,
+    Appended, Broker, Channel, ConversationCursor, ConversationPage, Cursor, EventSink, EventsPage,
+    MessagePage, NewConversation, NewMessage, ProfileUpdate, Published, Result, Retention, Store,
+    StoreError, StoredMessage, VisitorRecord,
 };
 
 /// Most writes committed together.
@@ -53,9 +55,9 @@ CREATE TABLE IF NOT EXISTS conversations (
 CREATE INDEX IF NOT EXISTS conversations_by_update ON conversations (tenant, updated_ms DESC, id DESC);
 CREATE TABLE IF NOT EXISTS messages (
     conversation_id TEXT NOT NULL, seq INTEGER NOT NULL, tenant TEXT NOT NULL, created_ms INTEGER NOT NULL,
-    client_message_id TEXT, json TEXT NOT NULL, PRIMARY KEY (conversation_id, seq)) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (conversation_id, client_message_id)
-    WHERE client_message_id IS NOT NULL;
+    idempotency_key TEXT, json TEXT NOT NULL, PRIMARY KEY (conversation_id, seq)) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (conversation_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_by_time ON messages (conversation_id, created_ms, seq);
 CREATE TABLE IF NOT EXISTS tenant_logs (
     tenant TEXT PRIMARY KEY, last_offset INTEGER NOT NULL, pruned_through INTEGER NOT NULL) WITHOUT ROWID;
@@ -76,7 +78,10 @@ enum Cmd {
 
 enum Readers {
     /// File database: read-only connections, used from `spawn_blocking`.
-    Pool { path: PathBuf, idle: Mutex<Vec<Connection>> },
+    Pool {
+        path: PathBuf,
+        idle: Mutex<Vec<Connection>>,
+    },
     /// In-memory database: reads are queued to the writer thread.
     ViaWriter,
 }
@@ -98,7 +103,10 @@ fn db_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode::*;
     match &e {
         rusqlite::Error::SqliteFailure(f, _)
-            if matches!(f.code, DatabaseBusy | DatabaseLocked | DiskFull | CannotOpen | SystemIoFailure | ReadOnly) =>
+            if matches!(
+                f.code,
+                DatabaseBusy | DatabaseLocked | DiskFull | CannotOpen | SystemIoFailure | ReadOnly
+            ) =>
         {
             StoreError::Unavailable(e.to_string())
         }
@@ -114,7 +122,8 @@ impl SqliteStore {
     /// Opens (creating if needed) a database file and its directory.
     pub fn open_file(path: &Path, retention: Retention) -> Result<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
         }
         let conn = Connection::open(path).map_err(db_err)?;
         conn.execute_batch(
@@ -122,7 +131,10 @@ impl SqliteStore {
              PRAGMA cache_size = -32000; PRAGMA temp_store = MEMORY;",
         )
         .map_err(db_err)?;
-        let readers = Readers::Pool { path: path.to_owned(), idle: Mutex::new(Vec::new()) };
+        let readers = Readers::Pool {
+            path: path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+        };
         Self::start(conn, readers, retention)
     }
 
@@ -163,7 +175,9 @@ impl SqliteStore {
                 let _ = tx.send(if committed {
                     result
                 } else {
-                    Err(StoreError::Unavailable("the transaction did not commit".into()))
+                    Err(StoreError::Unavailable(
+                        "the transaction did not commit".into(),
+                    ))
                 });
             })
         });
@@ -171,7 +185,8 @@ impl SqliteStore {
             .send(Cmd::Write(op))
             .await
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
-        rx.await.map_err(|_| StoreError::Unavailable("the writer dropped the request".into()))?
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the writer dropped the request".into()))?
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -183,7 +198,9 @@ impl SqliteStore {
             Readers::Pool { .. } => {
                 let readers = self.readers.clone();
                 tokio::task::spawn_blocking(move || {
-                    let Readers::Pool { path, idle } = &*readers else { unreachable!() };
+                    let Readers::Pool { path, idle } = &*readers else {
+                        unreachable!()
+                    };
                     let conn = match idle.lock().pop() {
                         Some(c) => c,
                         None => open_reader(path)?,
@@ -207,7 +224,8 @@ impl SqliteStore {
                     .send(Cmd::Read(op))
                     .await
                     .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
-                rx.await.map_err(|_| StoreError::Unavailable("the writer dropped the request".into()))?
+                rx.await
+                    .map_err(|_| StoreError::Unavailable("the writer dropped the request".into()))?
             }
         }
     }
@@ -225,9 +243,13 @@ impl Drop for SqliteStore {
 }
 
 fn open_reader(path: &Path) -> Result<Connection> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(db_err)?;
+    conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -8000;")
         .map_err(db_err)?;
-    conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -8000;").map_err(db_err)?;
     Ok(conn)
 }
 
@@ -251,7 +273,11 @@ fn in_savepoint<T>(
     result
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Cmd>, sink: Arc<OnceLock<Arc<dyn EventSink>>>) {
+fn writer_loop(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Cmd>,
+    sink: Arc<OnceLock<Arc<dyn EventSink>>>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut cmds = vec![first];
         while cmds.len() < MAX_BATCH {
@@ -304,7 +330,11 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Cmd>, sink: Arc<OnceLock
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
 }
 
-fn load_conversation(conn: &Connection, tenant: &str, id: &str) -> Result<Option<(Conversation, u64, i64)>> {
+fn load_conversation(
+    conn: &Connection,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<(Conversation, u64, i64)>> {
     let row = conn
         .prepare_cached("SELECT json, last_seq, last_created_ms FROM conversations WHERE id = ?1 AND tenant = ?2")
         .map_err(db_err)?
@@ -313,11 +343,21 @@ fn load_conversation(conn: &Connection, tenant: &str, id: &str) -> Result<Option
         .map_err(db_err)?;
     match row {
         None => Ok(None),
-        Some((json, seq, created)) => Ok(Some((serde_json::from_str(&json).map_err(json_err)?, seq as u64, created))),
+        Some((json, seq, created)) => Ok(Some((
+            serde_json::from_str(&json).map_err(json_err)?,
+            seq as u64,
+            created,
+        ))),
     }
 }
 
-fn save_conversation(conn: &Connection, c: &Conversation, last_seq: u64, last_created_ms: i64, updated_ms: i64) -> Result<String> {
+fn save_conversation(
+    conn: &Connection,
+    c: &Conversation,
+    last_seq: u64,
+    last_created_ms: i64,
+    updated_ms: i64,
+) -> Result<String> {
     let json = to_json(c);
     conn.prepare_cached(
         "INSERT INTO conversations (id, tenant, status, updated_ms, last_seq, last_created_ms, json)
@@ -350,8 +390,16 @@ fn append_event_tx(
         .map_err(db_err)?
         .execute(params![tenant, offset, now, kind, data])
         .map_err(db_err)?;
-    let event = TenantEvent { offset: offset as u64, kind: kind.to_owned(), data, created_ms: now };
-    outbox.push(Published::Event { tenant: tenant.into(), event: Arc::new(event.clone()) });
+    let event = TenantEvent {
+        offset: offset as u64,
+        kind: kind.to_owned(),
+        data,
+        created_ms: now,
+    };
+    outbox.push(Published::Event {
+        tenant: tenant.into(),
+        event: Arc::new(event.clone()),
+    });
     Ok(event)
 }
 
@@ -365,7 +413,14 @@ fn conversation_updated(
     now: i64,
 ) -> Result<()> {
     let json = save_conversation(conn, c, seq, created, now)?;
-    append_event_tx(conn, outbox, &c.tenant_id, "conversation:updated", json.clone(), now)?;
+    append_event_tx(
+        conn,
+        outbox,
+        &c.tenant_id,
+        "conversation:updated",
+        json.clone(),
+        now,
+    )?;
     outbox.push(Published::ConversationUpdated {
         tenant: c.tenant_id.as_str().into(),
         conversation_id: c.id.as_str().into(),
@@ -387,14 +442,23 @@ fn pruned_through(conn: &Connection, tenant: &str) -> Result<u64> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err)).await
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
+            .await
     }
 
     async fn session_secret(&self, generated: Vec<u8>) -> Result<Vec<u8>> {
         self.write(move |c, _| {
-            c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('session_secret', ?1)", params![generated])
-                .map_err(db_err)?;
-            c.query_row("SELECT value FROM meta WHERE key = 'session_secret'", [], |r| r.get(0)).map_err(db_err)
+            c.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('session_secret', ?1)",
+                params![generated],
+            )
+            .map_err(db_err)?;
+            c.query_row(
+                "SELECT value FROM meta WHERE key = 'session_secret'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db_err)
         })
         .await
     }
@@ -442,10 +506,17 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn update_profile(&self, tenant: &str, conversation_id: &str, update: ProfileUpdate) -> Result<Option<Conversation>> {
+    async fn update_profile(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        update: ProfileUpdate,
+    ) -> Result<Option<Conversation>> {
         let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
         self.write(move |c, outbox| {
-            let Some((mut conv, seq, created)) = load_conversation(c, &tenant, &id)? else { return Ok(None) };
+            let Some((mut conv, seq, created)) = load_conversation(c, &tenant, &id)? else {
+                return Ok(None);
+            };
             if update.apply(&mut conv) {
                 let now = now_ms();
                 conv.updated_at = format_ms(now);
@@ -461,11 +532,12 @@ impl Store for SqliteStore {
             let Some((mut conv, last_seq, last_created)) = load_conversation(c, &new.tenant, &new.conversation_id)? else {
                 return Ok(None);
             };
-            if let Some(cmid) = &new.client_message_id {
+            let idempotency_key = new.idempotency_key();
+            if let Some(key) = &idempotency_key {
                 let existing: Option<String> = c
-                    .prepare_cached("SELECT json FROM messages WHERE conversation_id = ?1 AND client_message_id = ?2")
+                    .prepare_cached("SELECT json FROM messages WHERE conversation_id = ?1 AND idempotency_key = ?2")
                     .map_err(db_err)?
-                    .query_row(params![new.conversation_id, cmid], |r| r.get(0))
+                    .query_row(params![new.conversation_id, key], |r| r.get(0))
                     .optional()
                     .map_err(db_err)?;
                 if let Some(json) = existing {
@@ -479,11 +551,11 @@ impl Store for SqliteStore {
             let message = new_message(&new, seq, created);
             let json = to_json(&message);
             c.prepare_cached(
-                "INSERT INTO messages (conversation_id, seq, tenant, created_ms, client_message_id, json)
+                "INSERT INTO messages (conversation_id, seq, tenant, created_ms, idempotency_key, json)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .map_err(db_err)?
-            .execute(params![new.conversation_id, seq as i64, new.tenant, created, new.client_message_id, json])
+            .execute(params![new.conversation_id, seq as i64, new.tenant, created, idempotency_key, json])
             .map_err(db_err)?;
             let json: Arc<str> = json.into();
             outbox.push(Published::Message {
@@ -503,7 +575,30 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn messages(&self, tenant: &str, conversation_id: &str, cursor: Cursor, limit: usize) -> Result<MessagePage> {
+    async fn find_duplicate(&self, new: &NewMessage) -> Result<Option<Message>> {
+        let Some(key) = new.idempotency_key() else {
+            return Ok(None);
+        };
+        let (tenant, conv) = (new.tenant.clone(), new.conversation_id.clone());
+        self.read(move |c| {
+            let json: Option<String> = c
+                .prepare_cached("SELECT json FROM messages WHERE conversation_id = ?1 AND tenant = ?2 AND idempotency_key = ?3")
+                .map_err(db_err)?
+                .query_row(params![conv, tenant, key], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?;
+            json.map(|j| serde_json::from_str(&j).map_err(json_err)).transpose()
+        })
+        .await
+    }
+
+    async fn messages(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<MessagePage> {
         let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
         self.read(move |c| {
             let fetch = (limit + 1) as i64;
@@ -511,9 +606,11 @@ impl Store for SqliteStore {
                 Cursor::Start => ("seq > ?3", 0i64, 0i64),
                 Cursor::After(seq) => ("seq > ?3", seq.min(i64::MAX as u64) as i64, 0),
                 Cursor::Since(ms) => ("created_ms > ?3", ms, 0),
-                Cursor::AfterCreated { created_ms, id } => {
-                    ("(created_ms > ?3 OR (created_ms = ?3 AND seq > ?4))", created_ms, id.min(i64::MAX as u64) as i64)
-                }
+                Cursor::AfterCreated { created_ms, id } => (
+                    "(created_ms > ?3 OR (created_ms = ?3 AND seq > ?4))",
+                    created_ms,
+                    id.min(i64::MAX as u64) as i64,
+                ),
             };
             let query = format!(
                 "SELECT seq, json FROM messages WHERE conversation_id = ?1 AND tenant = ?2 AND {sql}
@@ -522,7 +619,10 @@ impl Store for SqliteStore {
             let mut stmt = c.prepare_cached(&query).map_err(db_err)?;
             let mut messages = stmt
                 .query_map(params![id, tenant, a, b, fetch], |r| {
-                    Ok(StoredMessage { seq: r.get::<_, i64>(0)? as u64, json: r.get::<_, String>(1)?.into() })
+                    Ok(StoredMessage {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        json: r.get::<_, String>(1)?.into(),
+                    })
                 })
                 .map_err(db_err)?
                 .collect::<rusqlite::Result<Vec<_>>>()
@@ -534,9 +634,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn conversation(&self, tenant: &str, conversation_id: &str) -> Result<Option<Conversation>> {
+    async fn conversation(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+    ) -> Result<Option<Conversation>> {
         let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
-        self.read(move |c| Ok(load_conversation(c, &tenant, &id)?.map(|(conv, _, _)| conv))).await
+        self.read(move |c| Ok(load_conversation(c, &tenant, &id)?.map(|(conv, _, _)| conv)))
+            .await
     }
 
     async fn conversations(
@@ -548,7 +653,9 @@ impl Store for SqliteStore {
     ) -> Result<ConversationPage> {
         let tenant = tenant.to_owned();
         self.read(move |c| {
-            let (after_ms, after_id) = cursor.map(|k| (k.updated_ms, k.id)).unwrap_or((i64::MAX, String::new()));
+            let (after_ms, after_id) = cursor
+                .map(|k| (k.updated_ms, k.id))
+                .unwrap_or((i64::MAX, String::new()));
             let mut stmt = c
                 .prepare_cached(
                     "SELECT json, updated_ms, id FROM conversations
@@ -558,9 +665,22 @@ impl Store for SqliteStore {
                 )
                 .map_err(db_err)?;
             let rows = stmt
-                .query_map(params![tenant, status.map(|s| s.as_str()), after_ms, after_id, (limit + 1) as i64], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
-                })
+                .query_map(
+                    params![
+                        tenant,
+                        status.map(|s| s.as_str()),
+                        after_ms,
+                        after_id,
+                        (limit + 1) as i64
+                    ],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, String>(2)?,
+                        ))
+                    },
+                )
                 .map_err(db_err)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(db_err)?;
@@ -571,15 +691,25 @@ impl Store for SqliteStore {
                 conversations.push(serde_json::from_str(&json).map_err(json_err)?);
                 next_cursor = Some(ConversationCursor { updated_ms, id }.encode());
             }
-            Ok(ConversationPage { conversations, next_cursor: if more { next_cursor } else { None } })
+            Ok(ConversationPage {
+                conversations,
+                next_cursor: if more { next_cursor } else { None },
+            })
         })
         .await
     }
 
-    async fn set_status(&self, tenant: &str, conversation_id: &str, status: Status) -> Result<Option<Conversation>> {
+    async fn set_status(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        status: Status,
+    ) -> Result<Option<Conversation>> {
         let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
         self.write(move |c, outbox| {
-            let Some((mut conv, seq, created)) = load_conversation(c, &tenant, &id)? else { return Ok(None) };
+            let Some((mut conv, seq, created)) = load_conversation(c, &tenant, &id)? else {
+                return Ok(None);
+            };
             if conv.status != status {
                 let now = now_ms();
                 conv.status = status;
@@ -591,13 +721,25 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn append_event(&self, tenant: &str, kind: &str, data: Value, conversation_id: Option<&str>) -> Result<Option<TenantEvent>> {
-        let (tenant, kind, conv_id) = (tenant.to_owned(), kind.to_owned(), conversation_id.map(str::to_owned));
+    async fn append_event(
+        &self,
+        tenant: &str,
+        kind: &str,
+        data: Value,
+        conversation_id: Option<&str>,
+    ) -> Result<Option<TenantEvent>> {
+        let (tenant, kind, conv_id) = (
+            tenant.to_owned(),
+            kind.to_owned(),
+            conversation_id.map(str::to_owned),
+        );
         self.write(move |c, outbox| {
             let now = now_ms();
             let mut data = data;
             if let Some(id) = &conv_id {
-                let Some((mut conv, seq, created)) = load_conversation(c, &tenant, id)? else { return Ok(None) };
+                let Some((mut conv, seq, created)) = load_conversation(c, &tenant, id)? else {
+                    return Ok(None);
+                };
                 if kind == "conversation:qualified" {
                     conv.qualified = true;
                     conv.updated_at = format_ms(now);
@@ -610,7 +752,8 @@ impl Store for SqliteStore {
                     return append_event_tx(c, outbox, &tenant, &kind, json, now).map(Some);
                 }
                 if let Value::Object(map) = &mut data {
-                    map.entry("conversationId").or_insert_with(|| Value::String(id.clone()));
+                    map.entry("conversationId")
+                        .or_insert_with(|| Value::String(id.clone()));
                 }
             }
             append_event_tx(c, outbox, &tenant, &kind, to_json(&data), now).map(Some)
@@ -645,12 +788,14 @@ impl Store for SqliteStore {
     async fn last_offset(&self, tenant: &str) -> Result<u64> {
         let tenant = tenant.to_owned();
         self.read(move |c| {
-            Ok(c.prepare_cached("SELECT last_offset FROM tenant_logs WHERE tenant = ?1")
-                .map_err(db_err)?
-                .query_row(params![tenant], |r| r.get::<_, i64>(0))
-                .optional()
-                .map_err(db_err)?
-                .unwrap_or(0) as u64)
+            Ok(
+                c.prepare_cached("SELECT last_offset FROM tenant_logs WHERE tenant = ?1")
+                    .map_err(db_err)?
+                    .query_row(params![tenant], |r| r.get::<_, i64>(0))
+                    .optional()
+                    .map_err(db_err)?
+                    .unwrap_or(0) as u64,
+            )
         })
         .await
     }

@@ -1,6 +1,6 @@
 -- append_message: the whole commit of one message, in one round trip.
 -- KEYS: conv, msgs, idem, list:open, list:closed, meta, log
--- ARGV: conv_id, now, now_fmt, m1, m2, m3, client_message_id ('' = none), min_events, min_age,
+-- ARGV: conv_id, now, now_fmt, m1, m2, m3, idempotency key: author + clientMessageId ('' = none), min_events, min_age,
 --       conv_chan, tenant_chan
 -- Returns {'none'} | {'dup', first_message_json} | {'ok', seq, created_ms}.
 local id, now, now_fmt, cmid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[7]

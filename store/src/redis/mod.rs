@@ -587,7 +587,7 @@ impl Store for RedisStore {
             .arg(now)
             .arg(format_ms(now))
             .arg(&t[..])
-            .arg(new.client_message_id.as_deref().unwrap_or(""));
+            .arg(new.idempotency_key().unwrap_or_default());
         inv.arg(min_events)
             .arg(min_age)
             .arg(self.channels.conversation(&new.tenant, id))
@@ -620,6 +620,32 @@ impl Store for RedisStore {
                 }))
             }
             _ => Err(unexpected("append", &reply)),
+        }
+    }
+
+    async fn find_duplicate(
+        &self,
+        new: &NewMessage,
+    ) -> Result<Option<confab_protocol::model::Message>> {
+        let Some(key) = new.idempotency_key() else {
+            return Ok(None);
+        };
+        let idem = TenantKeys::new(&new.tenant).idempotency(&new.conversation_id);
+        let seq: Option<u64> = self
+            .conn
+            .query(redis::cmd("HGET").arg(idem).arg(key).to_owned())
+            .await?;
+        let Some(seq) = seq else { return Ok(None) };
+        let page = self
+            .messages(&new.tenant, &new.conversation_id, Cursor::After(seq - 1), 1)
+            .await?;
+        match page.messages.first() {
+            Some(m) if m.seq == seq => {
+                Ok(Some(serde_json::from_str(&m.json).map_err(|e| {
+                    StoreError::Internal(format!("corrupt message JSON: {e}"))
+                })?))
+            }
+            _ => Ok(None),
         }
     }
 
