@@ -40,6 +40,8 @@ use crate::{
 pub const MAX_BATCH: usize = 512;
 /// Writes waiting for the writer thread; senders wait (async) when it is full.
 const QUEUE_DEPTH: usize = 8192;
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 64;
 /// Idle read connections kept open.
 const READ_POOL: usize = 8;
 
@@ -146,6 +148,9 @@ impl SqliteStore {
 
     fn start(conn: Connection, readers: Readers, retention: Retention) -> Result<SqliteStore> {
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        // rusqlite keeps 16 by default; the writer uses more distinct statements than that,
+        // and a miss re-prepares (parses and plans) the statement on every message.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let sink: Arc<OnceLock<Arc<dyn EventSink>>> = Arc::new(OnceLock::new());
         let thread_sink = sink.clone();
@@ -250,6 +255,7 @@ fn open_reader(path: &Path) -> Result<Connection> {
     .map_err(db_err)?;
     conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -8000;")
         .map_err(db_err)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
 
@@ -258,16 +264,23 @@ fn in_savepoint<T>(
     outbox: &mut Vec<Published>,
     f: impl FnOnce(&Connection, &mut Vec<Published>) -> Result<T>,
 ) -> Result<T> {
-    conn.execute_batch("SAVEPOINT op").map_err(db_err)?;
+    // Cached statements: a savepoint per write is on the hot path of every message.
+    let exec = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut st| st.execute([]))
+            .map_err(db_err)
+    };
+    exec("SAVEPOINT op")?;
     let mut local = Vec::new();
     let result = f(conn, &mut local);
     match &result {
         Ok(_) => {
-            conn.execute_batch("RELEASE op").map_err(db_err)?;
+            exec("RELEASE op")?;
             outbox.append(&mut local);
         }
         Err(_) => {
-            let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+            let _ = exec("ROLLBACK TO op");
+            let _ = exec("RELEASE op");
         }
     }
     result
