@@ -125,11 +125,39 @@ pub async fn connect(local: Option<IpAddr>, remote: SocketAddr) -> std::io::Resu
         TcpSocket::new_v6()?
     };
     if let Some(ip) = local {
+        #[cfg(target_os = "linux")]
+        bind_address_no_port(&socket)?;
         socket.bind(SocketAddr::new(ip, 0))?;
     }
     let stream = socket.connect(remote).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// `IP_BIND_ADDRESS_NO_PORT`: bind only the address now and let `connect` pick the port
+/// for the whole 4-tuple. Without it, `bind(ip:0)` must find a port no socket on that
+/// address uses — TIME_WAIT leftovers of the previous run included — and gets slow (and
+/// then fails) as the ephemeral range fills.
+#[cfg(target_os = "linux")]
+fn bind_address_no_port(socket: &TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: the descriptor belongs to `socket`, which outlives the call; the option value
+    // points to a live c_int and the length is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]
