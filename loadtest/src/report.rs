@@ -212,23 +212,32 @@ pub fn rate(v: f64) -> String {
     format!("{v:.1}")
 }
 
-/// Memory and descriptors of a process, from `/proc/PID/status` and `/proc/PID/fd`.
+/// Memory, descriptors and CPU time of a process, from `/proc/PID/{status,fd,stat}`.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
 pub struct ProcStat {
     /// Resident set size, KiB (`VmRSS`).
     pub rss_kib: u64,
     /// Open file descriptors (0 when unreadable).
     pub fds: u64,
+    /// User + system CPU time so far, ms (clock-tick resolution, usually 10 ms).
+    #[serde(default)]
+    pub cpu_ms: u64,
 }
 
-/// Reads a process's RSS and open descriptors; `None` when the process is gone.
+/// Reads a process's RSS, open descriptors and CPU time; `None` when the process is gone.
 pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kib = parse_vm_rss(&status)?;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count() as u64)
         .unwrap_or(0);
-    Some(ProcStat { rss_kib, fds })
+    let cpu_ms = cpu_ms_of(&format!("/proc/{pid}/stat")).unwrap_or(0);
+    Some(ProcStat {
+        rss_kib,
+        fds,
+        cpu_ms,
+    })
 }
 
 /// [`proc_stat`] summed over several processes (the nodes of a cluster); `None` when
@@ -241,7 +250,163 @@ pub fn proc_stat_sum(pids: &[u32]) -> Option<ProcStat> {
     Some(ProcStat {
         rss_kib: stats.iter().map(|s| s.rss_kib).sum(),
         fds: stats.iter().map(|s| s.fds).sum(),
+        cpu_ms: stats.iter().map(|s| s.cpu_ms).sum(),
     })
+}
+
+/// User + system CPU ms from a `/proc/…/stat` file.
+fn cpu_ms_of(path: &str) -> Option<u64> {
+    parse_cpu_ms(&std::fs::read_to_string(path).ok()?)
+}
+
+fn parse_cpu_ms(stat: &str) -> Option<u64> {
+    // Fields after "pid (comm) ": state ppid pgrp session tty tpgid flags minflt cminflt
+    // majflt cmajflt utime stime … — comm may hold spaces, so split after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 1000 / clock_ticks_per_sec())
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if t > 0 {
+            return t as u64;
+        }
+    }
+    100
+}
+
+/// This process's own CPU time so far, ms.
+pub fn self_cpu_ms() -> u64 {
+    cpu_ms_of("/proc/self/stat").unwrap_or(0)
+}
+
+/// Measures CPU used over one phase of a run — by the server(s) given with
+/// `--server-pid` and by this tool — so runs on a shared machine can be compared by cost
+/// per unit of work, not only by latency.
+pub struct Meter {
+    /// The server processes.
+    pids: Vec<u32>,
+    /// When the phase started.
+    start: std::time::Instant,
+    /// Server figures at the start.
+    server: Option<ProcStat>,
+    /// This process's CPU at the start.
+    client_cpu_ms: u64,
+}
+
+impl Meter {
+    /// Starts measuring now.
+    pub fn start(pids: &[u32]) -> Self {
+        Self {
+            pids: pids.to_vec(),
+            start: std::time::Instant::now(),
+            server: proc_stat_sum(pids),
+            client_cpu_ms: self_cpu_ms(),
+        }
+    }
+
+    /// Ends the phase; `units` of work (deliveries, requests…) were done in it.
+    pub fn finish(&self, units: u64, unit: &str) -> Usage {
+        let wall_secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        let after = proc_stat_sum(&self.pids);
+        let server_cpu_secs = match (self.server, after) {
+            (Some(b), Some(a)) => Some(a.cpu_ms.saturating_sub(b.cpu_ms) as f64 / 1000.0),
+            _ => None,
+        };
+        let client_cpu_secs = self_cpu_ms().saturating_sub(self.client_cpu_ms) as f64 / 1000.0;
+        let per_unit = |secs: f64| (units > 0).then(|| secs * 1e6 / units as f64);
+        Usage {
+            wall_secs,
+            units,
+            unit: unit.to_string(),
+            server_cpu_secs,
+            server_core_pct: server_cpu_secs.map(|c| c * 100.0 / wall_secs),
+            server_cpu_us_per_unit: server_cpu_secs.and_then(per_unit),
+            client_cpu_secs,
+            client_core_pct: client_cpu_secs * 100.0 / wall_secs,
+            client_cpu_us_per_unit: per_unit(client_cpu_secs),
+            server_before: self.server,
+            server_after: after,
+            show_client: true,
+        }
+    }
+}
+
+/// CPU and memory over one phase (see [`Meter`]).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// Length of the phase, s.
+    pub wall_secs: f64,
+    /// Units of work done in it.
+    pub units: u64,
+    /// What a unit is ("delivery", "request"…).
+    pub unit: String,
+    /// Server CPU used, s (all `--server-pid` processes).
+    pub server_cpu_secs: Option<f64>,
+    /// Server CPU as a percentage of one core.
+    pub server_core_pct: Option<f64>,
+    /// Server CPU per unit, µs.
+    pub server_cpu_us_per_unit: Option<f64>,
+    /// This tool's CPU used, s (this process only).
+    pub client_cpu_secs: f64,
+    /// This tool's CPU as a percentage of one core: near 100% per core it has, the load
+    /// generator is the bottleneck.
+    pub client_core_pct: f64,
+    /// This tool's CPU per unit, µs.
+    pub client_cpu_us_per_unit: Option<f64>,
+    /// Server figures at the start of the phase.
+    pub server_before: Option<ProcStat>,
+    /// Server figures at the end of the phase.
+    pub server_after: Option<ProcStat>,
+    /// Whether the client figures mean anything (not when the load ran in child processes).
+    #[serde(skip)]
+    pub show_client: bool,
+}
+
+impl Usage {
+    /// Hides the client figures when `yes` (the load ran in other processes).
+    pub fn server_only(mut self, yes: bool) -> Self {
+        self.show_client = !yes;
+        self
+    }
+
+    /// Prints the CPU / memory table.
+    pub fn print(&self) {
+        println!();
+        let per = format!("CPU µs per {}", self.unit);
+        let mut t = Table::new(&["cpu", "seconds", "% of a core", per.as_str(), "RSS at end"]);
+        if let Some(secs) = self.server_cpu_secs {
+            t.row(vec![
+                "server".into(),
+                format!("{secs:.2}"),
+                format!("{:.0}%", self.server_core_pct.unwrap_or(0.0)),
+                self.server_cpu_us_per_unit
+                    .map(|u| format!("{u:.1}"))
+                    .unwrap_or_default(),
+                self.server_after
+                    .map(|s| mib(s.rss_kib))
+                    .unwrap_or_default(),
+            ]);
+        }
+        if self.show_client {
+            t.row(vec![
+                "client (this process)".into(),
+                format!("{:.2}", self.client_cpu_secs),
+                format!("{:.0}%", self.client_core_pct),
+                self.client_cpu_us_per_unit
+                    .map(|u| format!("{u:.1}"))
+                    .unwrap_or_default(),
+                mib(self_rss_kib()),
+            ]);
+        }
+        t.print();
+    }
 }
 
 /// This process's own RSS in KiB.
@@ -281,6 +446,8 @@ mod tests {
         assert_eq!(parse_vm_rss("Name:\tx\nVmRSS:\t   12345 kB\n"), Some(12345));
         assert!(self_rss_kib() > 0);
         assert!(proc_stat(std::process::id()).unwrap().fds > 0);
+        let stat = "42 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0";
+        assert_eq!(parse_cpu_ms(stat), Some(300 * 1000 / clock_ticks_per_sec()));
     }
 
     #[test]

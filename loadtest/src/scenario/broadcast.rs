@@ -56,13 +56,13 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
     let creds = args.common.creds();
     let run = new_run_id();
     let mut progress = Progress::new();
-    let server_before = args.common.server_stat();
 
     progress.note(format!("connecting {} agents", args.agents));
     let sockets = open_agents(target, &endpoints, &pool, &creds, args.agents).await?;
     let (stop_tx, stop) = Stop::new();
     let agents = Arc::new(RecvStats::default());
     let event_type = args.event_type.clone();
+    let meter = report::Meter::start(&args.common.server_pids);
     let t0 = Instant::now() + Duration::from_millis(200);
     let t0_us = now_us() + 200_000;
     let end = t0 + args.duration.0;
@@ -163,7 +163,6 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
     }
     let _ = stop_tx.send(true);
     progress.finish();
-    let server_after = args.common.server_stat();
 
     let mut accepted_sets = vec![];
     for t in publisher_tasks {
@@ -176,6 +175,7 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
     let sent = publishers.sent.load(Relaxed);
     let accepted = publishers.accepted.load(Relaxed);
     let deliveries = agents.deliveries.load(Relaxed);
+    let usage = meter.finish(deliveries, "delivery");
     let span = Duration::from_micros(agents.last_us.load(Relaxed).saturating_sub(t0_us));
     let publish_span = args.duration.0.max(Duration::from_micros(
         publishers.last_us.load(Relaxed).saturating_sub(t0_us),
@@ -205,7 +205,7 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
             "publishLag": lag,
             "errors": errors,
             "dropped": dropped,
-            "server": { "before": server_before, "after": server_after },
+            "usage": usage,
             "interrupted": interrupted,
         }
     });
@@ -246,6 +246,7 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
     }
     t.row(latency_row("client publish lag", &lag));
     t.print();
+    usage.print();
     let mut problems = errors;
     for (k, v) in dropped {
         *problems.entry(format!("agent {k}")).or_default() += v;

@@ -80,7 +80,6 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
     let creds = args.common.creds();
     let run = new_run_id();
     let mut progress = Progress::new();
-    let server_before = args.common.server_stat();
 
     // Set-up: agents first, so they see every message.
     progress.note(format!("connecting {} agents", args.agents));
@@ -139,6 +138,7 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
         })
         .collect();
     let period = Duration::from_secs_f64(args.visitors as f64 / args.rate);
+    let meter = report::Meter::start(&args.common.server_pids);
     let t0 = Instant::now() + Duration::from_millis(200);
     let end = t0 + args.duration.0;
     let t0_us = now_us() + 200_000;
@@ -217,7 +217,6 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
     }
     let _ = stop_tx.send(true);
     progress.finish();
-    let server_after = args.common.server_stat();
 
     let mut acked_sets = vec![];
     let mut echo_lost = 0;
@@ -234,6 +233,7 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
 
     let sent = visitors.sent.load(Relaxed);
     let acked = expected_acked(&visitors);
+    let usage = meter.finish(sent, "message");
     // Visitors that fell behind finish late: rates are over the real sending span.
     let send_secs = args.duration.0.max(Duration::from_micros(
         visitors.last_send_us.load(Relaxed).saturating_sub(t0_us),
@@ -275,7 +275,7 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
             },
             "ackLatency": ack_lat,
             "sendLag": lag,
-            "server": { "before": server_before, "after": server_after },
+            "usage": usage,
             "interrupted": interrupted,
         }
     });
@@ -332,6 +332,7 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
     }
     t.row(latency_row("client send lag", &lag));
     t.print();
+    usage.print();
     let mut problems = errors;
     for (k, v) in agent_dropped {
         *problems.entry(format!("agent {k}")).or_default() += v;

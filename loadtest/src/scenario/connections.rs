@@ -212,6 +212,9 @@ pub async fn run(args: ConnectionsArgs) -> Result<serde_json::Value> {
     drop(tx);
 
     let start = Instant::now();
+    let ramp_meter = report::Meter::start(&args.common.server_pids);
+    let mut ramp_usage = None;
+    let mut hold_meter = None;
     let mut progress = Progress::new();
     let mut latest = vec![Counts::default(); procs];
     let mut ramped = vec![false; procs];
@@ -230,6 +233,12 @@ pub async fn run(args: ConnectionsArgs) -> Result<serde_json::Value> {
         if ramp_time.is_none() && ramped.iter().all(|r| *r) {
             ramp_time = Some(start.elapsed());
             server_ramped = args.common.server_stat();
+            ramp_usage = Some(
+                ramp_meter
+                    .finish(total.opened, "connection opened")
+                    .server_only(procs > 1),
+            );
+            hold_meter = Some(report::Meter::start(&args.common.server_pids));
             progress.note(format!(
                 "ramp done in {:.1}s: {} open, {} failed; holding {:.0}s",
                 start.elapsed().as_secs_f64(),
@@ -269,6 +278,10 @@ pub async fn run(args: ConnectionsArgs) -> Result<serde_json::Value> {
     }
     let held_for = ramp_time.map(|rt| start.elapsed().saturating_sub(rt));
     let server_hold_end = args.common.server_stat();
+    let hold_usage = hold_meter.map(|m| {
+        m.finish(sum(&latest).open, "open connection")
+            .server_only(procs > 1)
+    });
 
     // Release every share and collect its final report.
     for h in handles {
@@ -337,6 +350,8 @@ pub async fn run(args: ConnectionsArgs) -> Result<serde_json::Value> {
                 "rssBytesPerConnection": server_per_conn,
             },
             "client": { "rssKib": client_rss, "rssBytesPerConnection": client_per_conn },
+            "rampUsage": ramp_usage,
+            "holdUsage": hold_usage,
             "failures": failures,
             "interrupted": interrupted,
         }
@@ -423,6 +438,14 @@ pub async fn run(args: ConnectionsArgs) -> Result<serde_json::Value> {
             .unwrap_or_default(),
     ]);
     t.print();
+    if let Some(u) = &ramp_usage {
+        print!("\nduring the ramp:");
+        u.print();
+    }
+    if let Some(u) = &hold_usage {
+        print!("\nwhile holding (idle sockets, pings):");
+        u.print();
+    }
     print_failures(&failures);
     Ok(doc)
 }

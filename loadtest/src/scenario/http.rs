@@ -51,7 +51,6 @@ pub async fn run(args: HttpArgs) -> Result<serde_json::Value> {
     let creds = args.common.creds();
     let run = new_run_id();
     let mut progress = Progress::new();
-    let server_before = args.common.server_stat();
 
     let sessions: Vec<Option<Session>> = if needs_session {
         progress.note(format!("creating {} sessions", args.concurrency));
@@ -145,6 +144,7 @@ pub async fn run(args: HttpArgs) -> Result<serde_json::Value> {
     for s in stats.values() {
         s.latency.reset();
     }
+    let meter = report::Meter::start(&args.common.server_pids);
     let start = Instant::now();
     let _ = start_tx.send(Some(start));
     progress.note(format!(
@@ -199,7 +199,7 @@ pub async fn run(args: HttpArgs) -> Result<serde_json::Value> {
         elapsed
     };
     progress.finish();
-    let server_after = args.common.server_stat();
+    let usage = meter.finish(total_ok(), "request");
 
     let mut rows = vec![];
     for (route, _) in &weights {
@@ -241,7 +241,7 @@ pub async fn run(args: HttpArgs) -> Result<serde_json::Value> {
             "elapsedSecs": elapsed.as_secs_f64(),
             "okPerSec": per_sec(total_ok(), elapsed),
             "routes": routes,
-            "server": { "before": server_before, "after": server_after },
+            "usage": usage,
             "interrupted": interrupted,
         }
     });
@@ -290,6 +290,7 @@ pub async fn run(args: HttpArgs) -> Result<serde_json::Value> {
         ]);
     }
     t.print();
+    usage.print();
     super::connections::print_failures(&all_errors);
     if interrupted {
         println!("\n(interrupted: figures cover a partial run)");
