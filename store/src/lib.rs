@@ -452,10 +452,19 @@ pub async fn open(url: &str, retention: Retention) -> Result<Backend> {
             limiter: Arc::new(ratelimit::MemoryRateLimiter::default()),
         });
     }
-    if let Some(path) = url.strip_prefix("sqlite:") {
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let (path, sync) = match rest.split_once('?') {
+            None => (rest, sqlite::Sync::Full),
+            Some((path, "synchronous=full")) => (path, sqlite::Sync::Full),
+            Some((path, "synchronous=normal")) => (path, sqlite::Sync::Normal),
+            Some((_, q)) => return Err(StoreError::Internal(format!(
+                "unknown sqlite option {q:?}: use synchronous=full (default) or synchronous=normal"
+            ))),
+        };
         let s = Arc::new(sqlite::SqliteStore::open_file(
             std::path::Path::new(path),
             retention,
+            sync,
         )?);
         return Ok(Backend {
             store: s.clone(),

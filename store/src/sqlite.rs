@@ -36,14 +36,26 @@ use crate::{
     StoreError, StoredMessage, VisitorRecord,
 };
 
+/// When a commit is durable (`sqlite:PATH?synchronous=…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// fsync at every commit (group commit shares it): an acknowledged message survives a
+    /// process crash *and* a power loss or kernel crash. The default.
+    Full,
+    /// fsync at checkpoints only: an acknowledged message survives a process crash (kill
+    /// -9: it is in the OS page cache) but the last commits may be lost on power loss.
+    Normal,
+}
+
 /// Most writes committed together.
 pub const MAX_BATCH: usize = 512;
 /// Writes waiting for the writer thread; senders wait (async) when it is full.
 const QUEUE_DEPTH: usize = 8192;
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 64;
-/// Idle read connections kept open.
-const READ_POOL: usize = 8;
+/// Read connections (and concurrent reads) of a file database. WAL readers do not
+/// block each other; more than a few per core only adds context switches.
+const READ_POOL: usize = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -83,6 +95,8 @@ enum Readers {
     Pool {
         path: PathBuf,
         idle: Mutex<Vec<Connection>>,
+        /// One per connection of the pool: bounds concurrent reads.
+        permits: Arc<tokio::sync::Semaphore>,
     },
     /// In-memory database: reads are queued to the writer thread.
     ViaWriter,
@@ -122,20 +136,25 @@ fn json_err(e: serde_json::Error) -> StoreError {
 
 impl SqliteStore {
     /// Opens (creating if needed) a database file and its directory.
-    pub fn open_file(path: &Path, retention: Retention) -> Result<SqliteStore> {
+    pub fn open_file(path: &Path, retention: Retention, sync: Sync) -> Result<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
         }
         let conn = Connection::open(path).map_err(db_err)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;
-             PRAGMA cache_size = -32000; PRAGMA temp_store = MEMORY;",
-        )
+        let synchronous = match sync {
+            Sync::Full => "FULL",
+            Sync::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000;
+             PRAGMA cache_size = -32000; PRAGMA temp_store = MEMORY;"
+        ))
         .map_err(db_err)?;
         let readers = Readers::Pool {
             path: path.to_owned(),
             idle: Mutex::new(Vec::new()),
+            permits: Arc::new(tokio::sync::Semaphore::new(READ_POOL)),
         };
         Self::start(conn, readers, retention)
     }
@@ -151,6 +170,7 @@ impl SqliteStore {
         // rusqlite keeps 16 by default; the writer uses more distinct statements than that,
         // and a miss re-prepares (parses and plans) the statement on every message.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        stable_plans(&conn)?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let sink: Arc<OnceLock<Arc<dyn EventSink>>> = Arc::new(OnceLock::new());
         let thread_sink = sink.clone();
@@ -200,10 +220,18 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         match &*self.readers {
-            Readers::Pool { .. } => {
+            Readers::Pool { permits, .. } => {
+                // At most READ_POOL reads at once, so each finds an open connection with
+                // its statements prepared (opening one per read costs more than the read).
+                let permit = permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| StoreError::Unavailable("closed".into()))?;
                 let readers = self.readers.clone();
                 tokio::task::spawn_blocking(move || {
-                    let Readers::Pool { path, idle } = &*readers else {
+                    let _permit = permit;
+                    let Readers::Pool { path, idle, .. } = &*readers else {
                         unreachable!()
                     };
                     let conn = match idle.lock().pop() {
@@ -247,6 +275,17 @@ impl Drop for SqliteStore {
     }
 }
 
+/// Plans that do not depend on bound values: otherwise a cached statement whose cursor
+/// value changed is re-prepared on every read (seen as `sqlite3Reprepare` in profiles).
+fn stable_plans(conn: &Connection) -> Result<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map(|_| ())
+    .map_err(db_err)
+}
+
 fn open_reader(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
@@ -256,6 +295,7 @@ fn open_reader(path: &Path) -> Result<Connection> {
     conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -8000;")
         .map_err(db_err)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    stable_plans(&conn)?;
     Ok(conn)
 }
 
@@ -634,7 +674,13 @@ impl Store for SqliteStore {
                 .query_map(params![id, tenant, a, b, fetch], |r| {
                     Ok(StoredMessage {
                         seq: r.get::<_, i64>(0)? as u64,
-                        json: r.get::<_, String>(1)?.into(),
+                        json: Arc::from(r.get_ref(1)?.as_str().map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                1,
+                                rusqlite::types::Type::Text,
+                                Box::new(e),
+                            )
+                        })?),
                     })
                 })
                 .map_err(db_err)?
