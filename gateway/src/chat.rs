@@ -203,22 +203,13 @@ impl AppState {
         new: NewMessage,
     ) -> Result<Appended, ApiError> {
         let tenant = &session.tenant;
-        let appended = self
-            .store
-            .append_message(new)
-            .await
-            .map_err(crate::error::store_error)?
-            .ok_or_else(not_found)?;
-        if !appended.duplicate {
-            self.metrics
-                .messages_stored
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if appended.first_in_conversation && tenant.cfg.auto_reply.is_some() {
-                // After the answer, not before: the visitor's ack must not wait on it.
-                let (state, tenant) = (self.clone(), tenant.clone());
-                let conv = session.claims.conversation_id.clone();
-                tokio::spawn(async move { state.auto_reply(&tenant, &conv).await });
-            }
+        let appended = self.append(new).await?;
+        if !appended.duplicate && appended.first_in_conversation && tenant.cfg.auto_reply.is_some()
+        {
+            // After the answer, not before: the visitor's ack must not wait on it.
+            let (state, tenant) = (self.clone(), tenant.clone());
+            let conv = session.claims.conversation_id.clone();
+            tokio::spawn(async move { state.auto_reply(&tenant, &conv).await });
         }
         Ok(appended)
     }
@@ -270,6 +261,11 @@ impl AppState {
             client_message_id,
             meta,
         };
+        self.append(new).await
+    }
+
+    /// Appends through the store (404 for a conversation not in the tenant) and counts it.
+    async fn append(&self, new: NewMessage) -> Result<Appended, ApiError> {
         let appended = self
             .store
             .append_message(new)

@@ -126,6 +126,18 @@ pub fn json_text(status: axum::http::StatusCode, body: String) -> Response {
         .into_response()
 }
 
+/// The answer to a send: 201 when stored, 200 for a duplicate `clientMessageId`.
+pub fn sent(a: &confab_store::Appended) -> Response {
+    let status = if a.duplicate {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::CREATED
+    };
+    let body = serde_json::json!({"success": true, "messageId": a.message.id,
+        "createdAt": a.message.created_at, "duplicate": a.duplicate});
+    json_text(status, body.to_string())
+}
+
 /// Reads the history cursor: `after`, or `afterCreatedAt` + `afterId`, or `since`
 /// (exactly one form). Returns the cursor and the id to echo as `nextCursor` when the page
 /// is empty.

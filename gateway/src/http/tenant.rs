@@ -14,7 +14,9 @@ use confab_store::{parse_seq, ConversationCursor};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{history_body, history_cursor, json_text, limit_and_wait, read_events, read_history};
+use super::{
+    history_body, history_cursor, json_text, limit_and_wait, read_events, read_history, sent,
+};
 use crate::auth::{authenticate_tenant, Actor, TenantAuth};
 use crate::error::{HandlerResult, JsonBody, Params};
 
@@ -199,13 +201,7 @@ pub async fn reply(
             meta,
         )
         .await?;
-    let status = if a.duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    let body = json!({"success": true, "messageId": a.message.id, "createdAt": a.message.created_at, "duplicate": a.duplicate});
-    Ok(json_text(status, body.to_string()))
+    Ok(sent(&a))
 }
 
 async fn set_status(

@@ -16,7 +16,9 @@ use confab_store::{NewConversation, ProfileUpdate};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{client_ip, history_body, history_cursor, json_text, limit_and_wait, read_history};
+use super::{
+    client_ip, history_body, history_cursor, json_text, limit_and_wait, read_history, sent,
+};
 use crate::auth::{bearer, verify_session, VisitorSession};
 use crate::chat::{check_utm, redact_email, redact_urls};
 use crate::config::PiiRetention;
@@ -519,13 +521,7 @@ pub async fn send(
             body.meta,
         )
         .await?;
-    let status = if a.duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    let body = json!({"success": true, "messageId": a.message.id, "createdAt": a.message.created_at, "duplicate": a.duplicate});
-    Ok(json_text(status, body.to_string()))
+    Ok(sent(&a))
 }
 
 #[derive(Deserialize)]

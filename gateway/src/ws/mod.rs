@@ -87,6 +87,19 @@ pub trait ChannelLogic: Send + 'static {
     ) -> impl std::future::Future<Output = ()> + Send;
 }
 
+/// The auth frame's `after`: absent or empty means none; anything but an id/offset is an
+/// error (the channel closes with 4400 rather than silently starting live).
+pub fn parse_after(after: Option<&str>) -> Result<Option<u64>, BadAfter> {
+    match after.filter(|a| !a.is_empty()) {
+        None => Ok(None),
+        Some(a) => confab_store::parse_seq(a).map(Some).ok_or(BadAfter),
+    }
+}
+
+/// An `after` that is not one of our ids/offsets.
+#[derive(Debug)]
+pub struct BadAfter;
+
 fn refuse(e: ApiError) -> Box<Response> {
     Box::new(error_response(&e))
 }

@@ -8,11 +8,11 @@ use axum::response::Response;
 use confab_protocol::frames::{self, ClientFrame};
 use confab_protocol::model::{Author, Status};
 use confab_protocol::ApiError;
-use confab_store::{parse_seq, Channel};
+use confab_store::Channel;
 use std::sync::Arc;
 
 use super::visitor::error_for;
-use super::{close, prepare, serve, Backlog, ChannelLogic, Conn};
+use super::{close, parse_after, prepare, serve, Backlog, ChannelLogic, Conn};
 use crate::auth::verify_agent;
 use crate::hub::Subscription;
 use crate::state::{AppState, Tenant};
@@ -157,16 +157,10 @@ async fn run(state: AppState, mut conn: Conn, headers: HeaderMap) {
             .close(close::FORBIDDEN, "origin not allowed for this tenant")
             .await;
     }
-    let after = match after.as_deref().filter(|a| !a.is_empty()) {
-        None => None,
-        Some(a) => match parse_seq(a) {
-            Some(n) => Some(n),
-            None => {
-                return conn
-                    .close(close::BAD_REQUEST, "after is not an event offset")
-                    .await
-            }
-        },
+    let Ok(after) = parse_after(after.as_deref()) else {
+        return conn
+            .close(close::BAD_REQUEST, "after is not an event offset")
+            .await;
     };
     let sub = state
         .hub

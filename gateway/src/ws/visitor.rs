@@ -11,7 +11,7 @@ use confab_protocol::frames::{self, ClientFrame};
 use confab_protocol::ApiError;
 use confab_store::{parse_seq, Channel, Cursor};
 
-use super::{close, prepare, serve, Backlog, ChannelLogic, Conn};
+use super::{close, parse_after, prepare, serve, Backlog, ChannelLogic, Conn};
 use crate::auth::{verify_session, VisitorSession};
 use crate::hub::Subscription;
 use crate::state::AppState;
@@ -136,16 +136,10 @@ async fn run(state: AppState, mut conn: Conn, headers: HeaderMap, ip: IpAddr) {
             .close(close::FORBIDDEN, "origin not allowed for this widget")
             .await;
     }
-    let after = match after.as_deref().filter(|a| !a.is_empty()) {
-        None => None,
-        Some(a) => match parse_seq(a) {
-            Some(n) => Some(n),
-            None => {
-                return conn
-                    .close(close::BAD_REQUEST, "after is not a message id")
-                    .await
-            }
-        },
+    let Ok(after) = parse_after(after.as_deref()) else {
+        return conn
+            .close(close::BAD_REQUEST, "after is not a message id")
+            .await;
     };
     let c = &session.claims;
     let channel = Channel::Conversation {
