@@ -43,7 +43,7 @@ pub const IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// Largest accepted frame / message.
 pub const MAX_FRAME: usize = 64 * 1024;
 /// tungstenite's read chunk (its default, 128 KiB, would dominate an idle socket's cost).
-pub const READ_BUFFER: usize = 4 * 1024;
+pub const READ_BUFFER: usize = 2 * 1024;
 /// Most bytes tungstenite may hold unsent before `send` waits (backpressure then comes
 /// from the hub queue, see `hub`).
 pub const MAX_WRITE_BUFFER: usize = 256 * 1024;
@@ -85,6 +85,14 @@ pub trait ChannelLogic: Send + 'static {
         frame: ClientFrame,
         sub: &Subscription,
     ) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// The request's `Origin` as an owned string (already checked to be text by [`prepare`]).
+pub fn origin_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// The auth frame's `after`: absent or empty means none; anything but an id/offset is an
@@ -249,6 +257,10 @@ fn classify(e: axum::Error) -> End {
     }
 }
 
+// The replay (`fill`) and frame handling (`on_frame`, the whole send path) are boxed where
+// they are awaited: an idle socket's task is sized by its largest await point, and these
+// two would make every idle socket pay for what only active ones use.
+
 /// Runs an authenticated, subscribed connection until it ends: replays after `last`,
 /// then serves live frames and client frames.
 pub async fn serve<L: ChannelLogic>(
@@ -261,7 +273,7 @@ pub async fn serve<L: ChannelLogic>(
 ) {
     let end = async {
         conn.send(ready.into()).await?;
-        fill(&state, &mut conn, &logic, &mut last).await?;
+        Box::pin(fill(&state, &mut conn, &logic, &mut last)).await?;
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         let kick = sub.kick_handle();
         loop {
@@ -273,14 +285,14 @@ pub async fn serve<L: ChannelLogic>(
                     let Some(out) = out else { return Err(End::Gone) };
                     match (out.class, out.seq) {
                         (Class::Resync, _) => {
-                            fill(&state, &mut conn, &logic, &mut last).await?;
+                            Box::pin(fill(&state, &mut conn, &logic, &mut last)).await?;
                         }
                         (_, Some(seq)) if seq <= last => {}
                         (_, Some(seq)) => {
                             // A hole before this frame is filled from the log first; if the log
                             // cannot be read now, the frame waits for the next attempt rather
                             // than opening a gap the client would never see filled.
-                            let whole = seq == last + 1 || fill(&state, &mut conn, &logic, &mut last).await?;
+                            let whole = seq == last + 1 || Box::pin(fill(&state, &mut conn, &logic, &mut last)).await?;
                             if whole && seq > last {
                                 send_or_stop(&state, &mut conn, &kick, out.text).await?;
                                 last = seq;
@@ -292,7 +304,7 @@ pub async fn serve<L: ChannelLogic>(
                 text = conn.next_text() => {
                     let text = text?;
                     match ClientFrame::parse(&text) {
-                        Ok(frame) => logic.on_frame(&state, frame, &sub).await,
+                        Ok(frame) => Box::pin(logic.on_frame(&state, frame, &sub)).await,
                         Err(msg) => sub.reply(frames::error("invalid_frame", &msg)),
                     }
                 }
