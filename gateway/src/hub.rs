@@ -74,7 +74,7 @@ impl Kick {
 
 struct Subscriber {
     id: u64,
-    tx: mpsc::Sender<Outbound>,
+    tx: mpsc::Sender<Arc<Outbound>>,
     /// `None` for lossy subscribers (long-poll waiters), which only need a wake-up.
     kick: Option<Arc<Kick>>,
 }
@@ -95,10 +95,10 @@ pub struct Hub {
 /// A subscriber's end. Dropping it unsubscribes.
 pub struct Subscription {
     /// Frames to deliver, in order.
-    pub rx: mpsc::Receiver<Outbound>,
+    pub rx: mpsc::Receiver<Arc<Outbound>>,
     /// The sender side, for the connection's own replies (acks, errors, pongs), so they are
     /// ordered with, and bounded like, everything else.
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: mpsc::Sender<Arc<Outbound>>,
     kick: Option<Arc<Kick>>,
     _guard: Guard,
 }
@@ -149,11 +149,11 @@ impl Subscription {
 
     /// Queues one of the connection's own frames; a full queue kicks, like a publication.
     pub fn reply(&self, text: impl Into<Utf8Bytes>) {
-        let out = Outbound {
+        let out = Arc::new(Outbound {
             text: text.into(),
             seq: None,
             class: Class::Durable,
-        };
+        });
         if self.tx.try_send(out).is_err() {
             if let Some(k) = &self.kick {
                 k.kick();
@@ -226,7 +226,9 @@ impl Hub {
         let Some(subs) = self.channels.get(channel) else {
             return;
         };
-        let out = encode();
+        // One allocation per publication; each subscriber's queue slot is a pointer to it
+        // (which also keeps an idle socket's first queue block small).
+        let out = Arc::new(encode());
         let mut delivered = 0;
         for s in subs.iter() {
             match s.tx.try_send(out.clone()) {

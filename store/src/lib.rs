@@ -457,9 +457,11 @@ pub async fn open(url: &str, retention: Retention) -> Result<Backend> {
             None => (rest, sqlite::Sync::Full),
             Some((path, "synchronous=full")) => (path, sqlite::Sync::Full),
             Some((path, "synchronous=normal")) => (path, sqlite::Sync::Normal),
-            Some((_, q)) => return Err(StoreError::Internal(format!(
+            Some((_, q)) => {
+                return Err(StoreError::Internal(format!(
                 "unknown sqlite option {q:?}: use synchronous=full (default) or synchronous=normal"
-            ))),
+            )))
+            }
         };
         let s = Arc::new(sqlite::SqliteStore::open_file(
             std::path::Path::new(path),

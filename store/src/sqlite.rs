@@ -148,7 +148,7 @@ impl SqliteStore {
         };
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000;
-             PRAGMA cache_size = -32000; PRAGMA temp_store = MEMORY;"
+             PRAGMA cache_size = -16000; PRAGMA temp_store = MEMORY;"
         ))
         .map_err(db_err)?;
         let readers = Readers::Pool {
@@ -292,7 +292,7 @@ fn open_reader(path: &Path) -> Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(db_err)?;
-    conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -8000;")
+    conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -4000;")
         .map_err(db_err)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     stable_plans(&conn)?;

@@ -294,11 +294,11 @@ pub async fn serve<L: ChannelLogic>(
                             // than opening a gap the client would never see filled.
                             let whole = seq == last + 1 || Box::pin(fill(&state, &mut conn, &logic, &mut last)).await?;
                             if whole && seq > last {
-                                send_or_stop(&state, &mut conn, &kick, out.text).await?;
+                                send_or_stop(&state, &mut conn, &kick, out.text.clone()).await?;
                                 last = seq;
                             }
                         }
-                        (_, None) => send_or_stop(&state, &mut conn, &kick, out.text).await?,
+                        (_, None) => send_or_stop(&state, &mut conn, &kick, out.text.clone()).await?,
                     }
                 }
                 text = conn.next_text() => {
