@@ -44,6 +44,11 @@ pub const IDLE_LIMIT: Duration = Duration::from_secs(60);
 pub const MAX_FRAME: usize = 64 * 1024;
 /// tungstenite's read chunk (its default, 128 KiB, would dominate an idle socket's cost).
 pub const READ_BUFFER: usize = 2 * 1024;
+/// Frames are coalesced up to this many bytes before a write (a burst to one socket costs
+/// one syscall, not one per frame); every batch ends with a flush, so nothing waits.
+pub const WRITE_BUFFER: usize = 8 * 1024;
+/// Most queued frames written in one batch.
+const WRITE_BATCH: usize = 64;
 /// Most bytes tungstenite may hold unsent before `send` waits (backpressure then comes
 /// from the hub queue, see `hub`).
 pub const MAX_WRITE_BUFFER: usize = 256 * 1024;
@@ -143,7 +148,7 @@ pub fn prepare(
     })?;
     let ws = ws
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME);
@@ -179,6 +184,19 @@ impl Conn {
             .send(Message::Text(text))
             .await
             .map_err(|_| End::Gone)
+    }
+
+    /// Queues a frame in tungstenite's write buffer (written once it exceeds
+    /// [`WRITE_BUFFER`], or at [`flush`](Self::flush)).
+    async fn feed(&mut self, text: Utf8Bytes) -> Result<(), End> {
+        self.sink
+            .feed(Message::Text(text))
+            .await
+            .map_err(|_| End::Gone)
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        self.sink.flush().await.map_err(|_| End::Gone)
     }
 
     pub async fn close(mut self, code: u16, reason: &'static str) {
@@ -276,30 +294,46 @@ pub async fn serve<L: ChannelLogic>(
         Box::pin(fill(&state, &mut conn, &logic, &mut last)).await?;
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         let kick = sub.kick_handle();
+        // Registered once per connection, not at every wake-up: the shutdown token's
+        // waiter list is shared by every socket of the node.
+        let shutdown = state.shutdown.cancelled();
+        let kicked = kick.wait();
+        tokio::pin!(shutdown, kicked);
         loop {
             tokio::select! {
                 biased;
-                _ = state.shutdown.cancelled() => return Err(End::Close(close::GOING_AWAY, "server shutting down")),
-                _ = kick.wait() => return Err(End::Close(close::TRY_AGAIN_LATER, "too slow: resume with after")),
+                _ = &mut shutdown => return Err(End::Close(close::GOING_AWAY, "server shutting down")),
+                _ = &mut kicked => return Err(End::Close(close::TRY_AGAIN_LATER, "too slow: resume with after")),
                 out = sub.rx.recv() => {
-                    let Some(out) = out else { return Err(End::Gone) };
-                    match (out.class, out.seq) {
-                        (Class::Resync, _) => {
-                            Box::pin(fill(&state, &mut conn, &logic, &mut last)).await?;
-                        }
-                        (_, Some(seq)) if seq <= last => {}
-                        (_, Some(seq)) => {
-                            // A hole before this frame is filled from the log first; if the log
-                            // cannot be read now, the frame waits for the next attempt rather
-                            // than opening a gap the client would never see filled.
-                            let whole = seq == last + 1 || Box::pin(fill(&state, &mut conn, &logic, &mut last)).await?;
-                            if whole && seq > last {
-                                send_or_stop(&state, &mut conn, &kick, out.text.clone()).await?;
-                                last = seq;
+                    let Some(mut out) = out else { return Err(End::Gone) };
+                    // Whatever is already queued goes out with this frame in one write.
+                    for n in 1.. {
+                        match (out.class, out.seq) {
+                            (Class::Resync, _) => {
+                                Box::pin(fill(&state, &mut conn, &logic, &mut last)).await?;
                             }
+                            (_, Some(seq)) if seq <= last => {}
+                            (_, Some(seq)) => {
+                                // A hole before this frame is filled from the log first; if the
+                                // log cannot be read now, the frame waits for the next attempt
+                                // rather than opening a gap the client would never see filled.
+                                let whole = seq == last + 1 || Box::pin(fill(&state, &mut conn, &logic, &mut last)).await?;
+                                if whole && seq > last {
+                                    unless_stopped(&state, &kick, conn.feed(out.text.clone())).await?;
+                                    last = seq;
+                                }
+                            }
+                            (_, None) => unless_stopped(&state, &kick, conn.feed(out.text.clone())).await?,
                         }
-                        (_, None) => send_or_stop(&state, &mut conn, &kick, out.text.clone()).await?,
+                        if n == WRITE_BATCH {
+                            break;
+                        }
+                        match sub.rx.try_recv() {
+                            Ok(next) => out = next,
+                            Err(_) => break,
+                        }
                     }
+                    unless_stopped(&state, &kick, conn.flush()).await?;
                 }
                 text = conn.next_text() => {
                     let text = text?;
@@ -325,16 +359,18 @@ pub async fn serve<L: ChannelLogic>(
     }
 }
 
-/// Sends a live frame, giving up if the hub kicks this consumer or the node shuts down
-/// while the socket is not draining.
-async fn send_or_stop(
+/// Runs a write, giving up if the hub kicks this consumer or the node shuts down while
+/// the socket is not draining.
+async fn unless_stopped(
     state: &AppState,
-    conn: &mut Conn,
     kick: &KickHandle,
-    text: Utf8Bytes,
+    write: impl std::future::Future<Output = Result<(), End>>,
 ) -> Result<(), End> {
+    // The write first: it almost always completes at once, and then the waiters are never
+    // registered.
     tokio::select! {
-        r = conn.send(text) => r,
+        biased;
+        r = write => r,
         _ = kick.wait() => Err(End::Close(close::TRY_AGAIN_LATER, "too slow: resume with after")),
         _ = state.shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "server shutting down")),
     }
@@ -353,10 +389,11 @@ async fn fill<L: ChannelLogic>(
             Ok(Some((items, more))) => {
                 for (seq, text) in items {
                     if seq > *last {
-                        conn.send(text).await?;
+                        conn.feed(text).await?;
                         *last = seq;
                     }
                 }
+                conn.flush().await?;
                 if !more {
                     return Ok(true);
                 }
