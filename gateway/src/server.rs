@@ -117,6 +117,13 @@ pub async fn run(
         let _ = stop_tx.send(());
     });
     tracing::info!("listening on http://{addr}");
+    // No Nagle: chat frames are small and latency-bound; coalescing is done by the
+    // WebSocket writer (one write per batch of queued frames), not by the kernel.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
