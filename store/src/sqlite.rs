@@ -72,7 +72,9 @@ CREATE TABLE IF NOT EXISTS messages (
     idempotency_key TEXT, json TEXT NOT NULL, PRIMARY KEY (conversation_id, seq)) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (conversation_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS messages_by_time ON messages (conversation_id, created_ms, seq);
+-- No index on created_ms: createdAt never decreases along a conversation, so time cursors
+-- scan the conversation's primary-key range, and every message saves a random page write.
+DROP INDEX IF EXISTS messages_by_time;
 CREATE TABLE IF NOT EXISTS tenant_logs (
     tenant TEXT PRIMARY KEY, last_offset INTEGER NOT NULL, pruned_through INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tenant_events (
@@ -148,7 +150,8 @@ impl SqliteStore {
         };
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000;
-             PRAGMA cache_size = -16000; PRAGMA temp_store = MEMORY;"
+             PRAGMA cache_size = -16000; PRAGMA temp_store = MEMORY;
+             PRAGMA wal_autocheckpoint = 8000;"
         ))
         .map_err(db_err)?;
         let readers = Readers::Pool {
