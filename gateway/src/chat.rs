@@ -147,20 +147,19 @@ impl AppState {
         }
         let meta = visitor_meta(tenant, meta)?;
         let new = visitor_message(session, body, client_message_id, meta);
-        let limited = match self
-            .rate_limit(
+        let ip = ip.to_string();
+        let limited = self
+            .rate_limit_all(
                 tenant,
-                Limit::MessagesPerSession,
-                &session.claims.visitor_id,
+                &[
+                    (
+                        Limit::MessagesPerSession,
+                        session.claims.visitor_id.as_str(),
+                    ),
+                    (Limit::MessagesPerIp, ip.as_str()),
+                ],
             )
-            .await
-        {
-            Ok(()) => {
-                self.rate_limit(tenant, Limit::MessagesPerIp, &ip.to_string())
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+            .await;
         if let Err(e) = limited {
             // A retry of a message already stored is acknowledged, not refused: a 429
             // would tell the client it was not stored.

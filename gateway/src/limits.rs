@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::http::HeaderMap;
 use confab_protocol::ApiError;
-use confab_store::ratelimit::Decision;
+use confab_store::ratelimit::{Decision, LimitSpec};
 use ipnet::IpNet;
 
 use crate::state::{AppState, Tenant};
@@ -82,16 +82,42 @@ impl AppState {
         limit: Limit,
         subject: &str,
     ) -> Result<(), ApiError> {
-        let (allowance, window, prefix) = limit.params(tenant);
-        let key = format!("{prefix}:{}:{subject}", tenant.cfg.id);
-        match self
-            .limiter
-            .check(&key, allowance, window, self.now_ms())
-            .await
-        {
+        self.rate_limit_all(tenant, &[(limit, subject)]).await
+    }
+
+    /// Several limits for one request, all or nothing (one round trip to a shared
+    /// limiter): refused if any is exhausted, and then none is charged.
+    pub async fn rate_limit_all(
+        &self,
+        tenant: &Tenant,
+        limits: &[(Limit, &str)],
+    ) -> Result<(), ApiError> {
+        let keys: Vec<(String, u32, u64, &'static str)> = limits
+            .iter()
+            .map(|(limit, subject)| {
+                let (allowance, window, prefix) = limit.params(tenant);
+                (
+                    format!("{prefix}:{}:{subject}", tenant.cfg.id),
+                    allowance,
+                    window,
+                    prefix,
+                )
+            })
+            .collect();
+        let specs: Vec<LimitSpec<'_>> = keys
+            .iter()
+            .map(|(key, limit, window_ms, _)| LimitSpec {
+                key,
+                limit: *limit,
+                window_ms: *window_ms,
+            })
+            .collect();
+        match self.limiter.check_all(&specs, self.now_ms()).await {
             Ok(Decision::Allowed) => Ok(()),
             Ok(Decision::Limited { retry_after_ms }) => {
-                self.metrics.rate_limited(prefix);
+                for (_, _, _, prefix) in &keys {
+                    self.metrics.rate_limited(prefix);
+                }
                 Err(ApiError::rate_limited(retry_after_ms.div_ceil(1000).max(1)))
             }
             Err(e) => Err(crate::error::store_error(e)),

@@ -30,8 +30,21 @@ pub trait RateLimiter: Send + Sync + 'static {
     /// `limit == 0` refuses everything.
     async fn check(&self, key: &str, limit: u32, window_ms: u64, now_ms: i64) -> Result<Decision>;
 
+    /// Several limits for one request, all or nothing: allowed only if every one allows
+    /// it (then each takes one unit); otherwise nothing is taken and the wait is the
+    /// longest. One round trip for shared backends.
+    async fn check_all(&self, limits: &[LimitSpec<'_>], now_ms: i64) -> Result<Decision>;
+
     /// Drops state that no longer matters. Called periodically.
     async fn sweep(&self, _now_ms: i64) {}
+}
+
+/// One limit of a [`RateLimiter::check_all`]: `limit` per `window_ms` on `key`.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitSpec<'a> {
+    pub key: &'a str,
+    pub limit: u32,
+    pub window_ms: u64,
 }
 
 /// One GCRA step in microseconds. Returns the new TAT to store, or the wait.
@@ -96,6 +109,30 @@ impl RateLimiter for MemoryRateLimiter {
         })
     }
 
+    async fn check_all(&self, limits: &[LimitSpec<'_>], now_ms: i64) -> Result<Decision> {
+        // Decide on every key first, then commit all or none. Entries are looked at one at
+        // a time (no two shard locks held), so two requests racing on the same keys may
+        // both pass the check: a node-local limiter accepts that one-request slack.
+        let mut tats = Vec::with_capacity(limits.len());
+        let mut wait = 0;
+        for l in limits {
+            let stored = self.tats.get(l.key).map(|t| *t).filter(|t| *t != i64::MIN);
+            match gcra(stored, l.limit, l.window_ms, now_ms) {
+                Ok(tat) => tats.push(tat),
+                Err(w) => wait = wait.max(w),
+            }
+        }
+        if wait > 0 {
+            return Ok(Decision::Limited {
+                retry_after_ms: wait,
+            });
+        }
+        for (l, tat) in limits.iter().zip(tats) {
+            self.tats.insert(l.key.to_owned(), tat);
+        }
+        Ok(Decision::Allowed)
+    }
+
     async fn sweep(&self, now_ms: i64) {
         let now_us = now_ms.saturating_mul(1000);
         self.tats.retain(|_, tat| *tat > now_us);
@@ -142,6 +179,28 @@ mod tests {
         assert_eq!(l.len(), 2);
         l.sweep(10_000).await;
         assert!(l.is_empty());
+    }
+
+    #[tokio::test]
+    async fn check_all_is_all_or_nothing() {
+        let l = MemoryRateLimiter::default();
+        let a = LimitSpec {
+            key: "a",
+            limit: 2,
+            window_ms: 60_000,
+        };
+        let b = LimitSpec {
+            key: "b",
+            limit: 1,
+            window_ms: 60_000,
+        };
+        assert_eq!(l.check_all(&[a, b], 0).await.unwrap(), Decision::Allowed);
+        // b is exhausted: refused, and a keeps its remaining unit.
+        assert!(matches!(
+            l.check_all(&[a, b], 0).await.unwrap(),
+            Decision::Limited { .. }
+        ));
+        assert_eq!(l.check("a", 2, 60_000, 0).await.unwrap(), Decision::Allowed);
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{keys, scripts, Conn};
-use crate::ratelimit::{Decision, RateLimiter};
+use crate::ratelimit::{Decision, LimitSpec, RateLimiter};
 use crate::Result;
 
 /// The Redis [`RateLimiter`].
@@ -32,11 +32,28 @@ impl RateLimiter for RedisRateLimiter {
                 retry_after_ms: window_ms.max(1000),
             });
         }
+        self.check_all(
+            &[LimitSpec {
+                key,
+                limit,
+                window_ms,
+            }],
+            now_ms,
+        )
+        .await
+    }
+
+    async fn check_all(&self, limits: &[LimitSpec<'_>], now_ms: i64) -> Result<Decision> {
+        if let Some(l) = limits.iter().find(|l| l.limit == 0) {
+            return Ok(Decision::Limited {
+                retry_after_ms: l.window_ms.max(1000),
+            });
+        }
         let mut inv = scripts::GCRA.prepare_invoke();
-        inv.key(keys::rate(key))
-            .arg(limit)
-            .arg(window_ms)
-            .arg(now_ms);
+        inv.arg(now_ms);
+        for l in limits {
+            inv.key(keys::rate(l.key)).arg(l.limit).arg(l.window_ms);
+        }
         let (allowed, wait): (i64, i64) = self.conn.eval(inv).await?;
         Ok(if allowed == 1 {
             Decision::Allowed
