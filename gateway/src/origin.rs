@@ -42,10 +42,13 @@ fn matches(pattern: &str, origin: &str) -> bool {
     let Some((o_scheme, o_host)) = origin.split_once("://") else {
         return false;
     };
+    // Compared as bytes: no slicing of client input at a position that might split a
+    // character.
+    let (host, suffix) = (o_host.as_bytes(), rest.as_bytes());
     scheme.eq_ignore_ascii_case(o_scheme)
-        && o_host.len() > rest.len() + 1
-        && o_host[o_host.len() - rest.len()..].eq_ignore_ascii_case(rest)
-        && o_host.as_bytes()[o_host.len() - rest.len() - 1] == b'.'
+        && host.len() > suffix.len() + 1
+        && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        && host[host.len() - suffix.len() - 1] == b'.'
 }
 
 /// One effective allowlist.
@@ -157,6 +160,8 @@ mod tests {
         assert!(!p.allows("https://brand.example"));
         assert!(!p.allows("https://evilbrand.example"));
         assert!(!p.allows("null"));
+        assert!(!p.allows("https://é.brand.examplé"));
+        assert!(!p.allows("https://ééééééééééééééé"));
         assert!(OriginPolicy::default().allows("https://anything.example"));
     }
 

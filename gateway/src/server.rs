@@ -28,6 +28,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("config: {0}")]
+    Config(String),
 }
 
 /// Knobs tests turn; the binary uses the defaults.
@@ -65,6 +67,7 @@ pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    config.check().map_err(StartError::Config)?;
     let backend = confab_store::open(&config.store, options.retention).await?;
     let secret = match &config.session_secret {
         Some(s) => s.as_bytes().to_vec(),
