@@ -92,6 +92,39 @@ pub trait ChannelLogic: Send + 'static {
     ) -> impl std::future::Future<Output = ()> + Send;
 }
 
+/// Upgrades a checked request: the socket is tracked for shutdown, counted in `gauge`, and
+/// handed to `run` with the request's `Origin` — only the Origin travels into the socket's
+/// task: header values are slices of hyper's read buffer, and keeping the map would keep
+/// that buffer (8-16 KiB) alive per socket.
+pub fn accept<F, Fut>(
+    state: AppState,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+    gauge: fn(&crate::metrics::Metrics) -> &std::sync::atomic::AtomicI64,
+    run: F,
+) -> Response
+where
+    F: FnOnce(AppState, Conn, Option<String>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (ws, permit) = match prepare(&state, &headers, ws) {
+        Ok(x) => x,
+        Err(resp) => return *resp,
+    };
+    let origin = origin_of(&headers);
+    drop(headers);
+    let tracker = state.sockets.clone();
+    ws.on_upgrade(move |socket| {
+        tracker.track_future(async move {
+            let _permit = permit;
+            use std::sync::atomic::Ordering::Relaxed;
+            gauge(&state.metrics).fetch_add(1, Relaxed);
+            run(state.clone(), Conn::new(socket), origin).await;
+            gauge(&state.metrics).fetch_sub(1, Relaxed);
+        })
+    })
+}
+
 /// The request's `Origin` as an owned string (already checked to be text by [`prepare`]).
 pub fn origin_of(headers: &HeaderMap) -> Option<String> {
     headers

@@ -12,7 +12,7 @@ use confab_store::Channel;
 use std::sync::Arc;
 
 use super::visitor::error_for;
-use super::{close, origin_of, parse_after, prepare, serve, Backlog, ChannelLogic, Conn};
+use super::{accept, close, parse_after, serve, Backlog, ChannelLogic, Conn};
 use crate::auth::verify_agent;
 use crate::hub::Subscription;
 use crate::state::{AppState, Tenant};
@@ -117,29 +117,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let (ws, permit) = match prepare(&state, &headers, ws) {
-        Ok(x) => x,
-        Err(resp) => return *resp,
-    };
-    // Only the Origin travels into the socket's task: header values are slices of hyper's
-    // read buffer, and keeping the map would keep that buffer (8-16 KiB) per socket.
-    let origin = origin_of(&headers);
-    drop(headers);
-    let tracker = state.sockets.clone();
-    ws.on_upgrade(move |socket| {
-        tracker.track_future(async move {
-            let _permit = permit;
-            state
-                .metrics
-                .agent_sockets
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            run(state.clone(), Conn::new(socket), origin).await;
-            state
-                .metrics
-                .agent_sockets
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        })
-    })
+    accept(state, headers, ws, |m| &m.agent_sockets, run)
 }
 
 async fn run(state: AppState, mut conn: Conn, origin: Option<String>) {

@@ -11,7 +11,7 @@ use confab_protocol::frames::{self, ClientFrame};
 use confab_protocol::ApiError;
 use confab_store::{parse_seq, Channel, Cursor};
 
-use super::{close, origin_of, parse_after, prepare, serve, Backlog, ChannelLogic, Conn};
+use super::{accept, close, parse_after, serve, Backlog, ChannelLogic, Conn};
 use crate::auth::{verify_session, VisitorSession};
 use crate::hub::Subscription;
 use crate::state::AppState;
@@ -95,30 +95,14 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let (ws, permit) = match prepare(&state, &headers, ws) {
-        Ok(x) => x,
-        Err(resp) => return *resp,
-    };
     let ip = crate::http::client_ip(&state, peer, &headers);
-    // Only the Origin travels into the socket's task: header values are slices of hyper's
-    // read buffer, and keeping the map would keep that buffer (8-16 KiB) per socket.
-    let origin = origin_of(&headers);
-    drop(headers);
-    let tracker = state.sockets.clone();
-    ws.on_upgrade(move |socket| {
-        tracker.track_future(async move {
-            let _permit = permit;
-            state
-                .metrics
-                .visitor_sockets
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            run(state.clone(), Conn::new(socket), origin, ip).await;
-            state
-                .metrics
-                .visitor_sockets
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        })
-    })
+    accept(
+        state,
+        headers,
+        ws,
+        |m| &m.visitor_sockets,
+        move |state, conn, origin| run(state, conn, origin, ip),
+    )
 }
 
 async fn run(state: AppState, mut conn: Conn, origin: Option<String>, ip: IpAddr) {
