@@ -221,40 +221,32 @@ pub fn history_body(page: &MessagePage, echo: Option<String>) -> String {
     s
 }
 
-/// A history read that, with `wait > 0` and nothing newer, holds the request until a
-/// message of the conversation is stored (the hub wakes it), the time is up, or the node
-/// shuts down. Subscribing before the second read closes the race with a concurrent send.
-pub async fn read_history(
+/// A read that, with `wait > 0` and nothing new, holds the request until something is
+/// published on `channel` (the hub wakes it), the time is up, or the node shuts down.
+/// Subscribing before the second read closes the race with a concurrent write.
+async fn long_poll<P, F, Fut>(
     state: &AppState,
-    tenant: &str,
-    conversation_id: &str,
-    cursor: Cursor,
-    limit: usize,
+    channel: confab_store::Channel,
     wait: u64,
-) -> Result<MessagePage, ApiError> {
-    let read = || async {
-        state
-            .store
-            .messages(tenant, conversation_id, cursor, limit)
-            .await
-            .map_err(crate::error::store_error)
-    };
-    let page = read().await?;
-    if !page.messages.is_empty() || wait == 0 {
+    is_empty: impl Fn(&P) -> bool,
+    read: F,
+) -> Result<P, ApiError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = confab_store::Result<P>>,
+{
+    let page = read().await.map_err(crate::error::store_error)?;
+    if !is_empty(&page) || wait == 0 {
         return Ok(page);
     }
-    let channel = confab_store::Channel::Conversation {
-        tenant: tenant.into(),
-        conversation_id: conversation_id.into(),
-    };
     let mut sub = state
         .hub
         .subscribe_live(&state.broker, channel, 1, true)
         .await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
     loop {
-        let page = read().await?;
-        if !page.messages.is_empty() {
+        let page = read().await.map_err(crate::error::store_error)?;
+        if !is_empty(&page) {
             return Ok(page);
         }
         tokio::select! {
@@ -265,7 +257,30 @@ pub async fn read_history(
     }
 }
 
-/// The tenant-event counterpart of [`read_history`].
+/// A page of a conversation's history, long-polled for up to `wait` seconds.
+pub async fn read_history(
+    state: &AppState,
+    tenant: &str,
+    conversation_id: &str,
+    cursor: Cursor,
+    limit: usize,
+    wait: u64,
+) -> Result<MessagePage, ApiError> {
+    let channel = confab_store::Channel::Conversation {
+        tenant: tenant.into(),
+        conversation_id: conversation_id.into(),
+    };
+    long_poll(
+        state,
+        channel,
+        wait,
+        |p: &MessagePage| p.messages.is_empty(),
+        || state.store.messages(tenant, conversation_id, cursor, limit),
+    )
+    .await
+}
+
+/// A page of a tenant's event log, long-polled for up to `wait` seconds.
 pub async fn read_events(
     state: &AppState,
     tenant: &str,
@@ -273,38 +288,15 @@ pub async fn read_events(
     limit: usize,
     wait: u64,
 ) -> Result<confab_store::EventsPage, ApiError> {
-    let read = || async {
-        state
-            .store
-            .events(tenant, after, limit)
-            .await
-            .map_err(crate::error::store_error)
+    let channel = confab_store::Channel::Tenant {
+        tenant: tenant.into(),
     };
-    let page = read().await?;
-    if !page.events.is_empty() || wait == 0 {
-        return Ok(page);
-    }
-    let mut sub = state
-        .hub
-        .subscribe_live(
-            &state.broker,
-            confab_store::Channel::Tenant {
-                tenant: tenant.into(),
-            },
-            1,
-            true,
-        )
-        .await;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
-    loop {
-        let page = read().await?;
-        if !page.events.is_empty() {
-            return Ok(page);
-        }
-        tokio::select! {
-            _ = sub.rx.recv() => {}
-            _ = tokio::time::sleep_until(deadline) => return Ok(page),
-            _ = state.shutdown.cancelled() => return Ok(page),
-        }
-    }
+    long_poll(
+        state,
+        channel,
+        wait,
+        |p: &confab_store::EventsPage| p.events.is_empty(),
+        || state.store.events(tenant, after, limit),
+    )
+    .await
 }
