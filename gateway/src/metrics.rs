@@ -15,7 +15,7 @@ pub struct Metrics {
     /// Limit name → requests refused.
     rate_limited: DashMap<&'static str, AtomicU64>,
     /// Telemetry type → events received.
-    widget_events: DashMap<String, AtomicU64>,
+    widget_events: DashMap<&'static str, AtomicU64>,
     pub messages_stored: AtomicU64,
     pub visitor_sockets: AtomicI64,
     pub agent_sockets: AtomicI64,
@@ -38,15 +38,8 @@ impl Metrics {
         bump(&self.rate_limited, limit);
     }
 
-    pub fn widget_event(&self, kind: &str) {
-        if let Some(c) = self.widget_events.get(kind) {
-            c.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        self.widget_events
-            .entry(kind.to_owned())
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
+    pub fn widget_event(&self, kind: &'static str) {
+        bump(&self.widget_events, kind);
     }
 
     /// The exposition text.

@@ -539,13 +539,13 @@ pub async fn events(
     JsonBody(body): JsonBody<EventBody>,
 ) -> HandlerResult<Response> {
     let session = session_of(&state, &headers, None)?;
-    if !TELEMETRY_TYPES.contains(&body.kind.as_str()) {
+    let Some(kind) = TELEMETRY_TYPES.iter().copied().find(|t| *t == body.kind) else {
         return Err(ApiError::invalid(
             "type",
             format!("type must be one of {}", TELEMETRY_TYPES.join(", ")),
         )
         .into());
-    }
+    };
     if !matches!(body.data, None | Some(Value::Object(_)) | Some(Value::Null)) {
         return Err(ApiError::invalid("data", "data must be an object").into());
     }
@@ -559,9 +559,9 @@ pub async fn events(
     let rate = session.tenant.cfg.telemetry_sample_rate;
     let sampled = rate >= 1.0 || rand::random::<f64>() < rate;
     if sampled {
-        state.metrics.widget_event(&body.kind);
+        state.metrics.widget_event(kind);
     }
-    if body.kind == "TYPING" {
+    if kind == "TYPING" {
         state.visitor_typing(&session).await;
     }
     Ok(json_text(
