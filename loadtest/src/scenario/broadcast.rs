@@ -247,21 +247,12 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
     t.row(latency_row("client publish lag", &lag));
     t.print();
     usage.print();
-    let mut problems = errors;
-    for (k, v) in dropped {
-        *problems.entry(format!("agent {k}")).or_default() += v;
-    }
-    let resumes = agents.resumes.load(Relaxed);
-    if resumes > 0 {
-        problems.insert(
-            "agent resumed with `after` (counted, not a failure)".into(),
-            resumes,
-        );
-    }
-    super::connections::print_failures(&problems);
-    if interrupted {
-        println!("\n(interrupted: figures cover a partial run)");
-    }
+    super::print_problems(
+        errors,
+        &[("agent", dropped)],
+        agents.resumes.load(Relaxed),
+        interrupted,
+    );
     Ok(doc)
 }
 

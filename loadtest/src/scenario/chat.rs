@@ -333,24 +333,12 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
     t.row(latency_row("client send lag", &lag));
     t.print();
     usage.print();
-    let mut problems = errors;
-    for (k, v) in agent_dropped {
-        *problems.entry(format!("agent {k}")).or_default() += v;
-    }
-    for (k, v) in visitor_dropped {
-        *problems.entry(format!("visitor {k}")).or_default() += v;
-    }
-    let resumes = agents.resumes.load(Relaxed);
-    if resumes > 0 {
-        problems.insert(
-            "agent resumed with `after` (counted, not a failure)".into(),
-            resumes,
-        );
-    }
-    super::connections::print_failures(&problems);
-    if interrupted {
-        println!("\n(interrupted: figures cover a partial run)");
-    }
+    super::print_problems(
+        errors,
+        &[("agent", agent_dropped), ("visitor", visitor_dropped)],
+        agents.resumes.load(Relaxed),
+        interrupted,
+    );
     Ok(doc)
 }
 

@@ -379,3 +379,29 @@ pub fn latency_row(name: &str, s: &crate::stats::LatencySummary) -> Vec<String> 
     row.extend(crate::report::latency_cells(s));
     row
 }
+
+/// The closing lines of a run with agents: problems (request errors, plus each group's
+/// dropped connections under its label), agent resumes, and whether the run was cut short.
+pub fn print_problems(
+    errors: std::collections::BTreeMap<String, u64>,
+    dropped: &[(&str, std::collections::BTreeMap<String, u64>)],
+    resumes: u64,
+    interrupted: bool,
+) {
+    let mut problems = errors;
+    for (who, map) in dropped {
+        for (k, v) in map {
+            *problems.entry(format!("{who} {k}")).or_default() += v;
+        }
+    }
+    if resumes > 0 {
+        problems.insert(
+            "agent resumed with `after` (counted, not a failure)".into(),
+            resumes,
+        );
+    }
+    connections::print_failures(&problems);
+    if interrupted {
+        println!("\n(interrupted: figures cover a partial run)");
+    }
+}
