@@ -98,10 +98,6 @@ impl Tenants {
     pub fn any_policy_allows(&self, origin: &str) -> bool {
         self.policies.iter().any(|p| p.allows(origin))
     }
-
-    pub fn all(&self) -> impl Iterator<Item = &Arc<Tenant>> {
-        self.by_id.values()
-    }
 }
 
 /// Everything a handler needs. Cheap to clone.
