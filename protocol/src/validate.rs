@@ -39,10 +39,16 @@ pub fn is_public_key(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// A message body: trimmed, 1..=`max` characters. Returns the trimmed text.
+/// Characters that render as nothing: a message of these (and whitespace) is empty.
+pub fn is_invisible(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}')
+}
+
+/// A message body: trimmed, 1..=`max` characters, not made only of whitespace and
+/// zero-width characters. Returns the trimmed text.
 pub fn message_body(field: &str, text: &str, max: usize) -> Result<String, ApiError> {
     let trimmed = text.trim();
-    if trimmed.is_empty() {
+    if trimmed.chars().all(is_invisible) {
         return Err(ApiError::invalid(field, "message must not be empty"));
     }
     if chars(trimmed) > max {
@@ -213,6 +219,11 @@ mod tests {
         assert!(message_body("message", &ten_k_emoji, MAX_MESSAGE_CHARS).is_ok());
         assert!(message_body("message", &format!("{ten_k_emoji}x"), MAX_MESSAGE_CHARS).is_err());
         assert!(message_body("message", "   \n", MAX_MESSAGE_CHARS).is_err());
+        // Zero-width characters render as nothing: such a message is empty too.
+        for blank in ["\u{200B}\u{200C}\u{200D}", " \u{2060} ", "\u{FEFF}\n\u{200B}"] {
+            assert!(message_body("message", blank, MAX_MESSAGE_CHARS).is_err(), "{blank:?}");
+        }
+        assert!(message_body("message", "\u{200B}hi", MAX_MESSAGE_CHARS).is_ok());
         assert_eq!(
             message_body("message", "  hi ", MAX_MESSAGE_CHARS).unwrap(),
             "hi"
