@@ -45,13 +45,7 @@ async fn acknowledged_messages_survive_kill_9() {
                     .send(&s, &format!("t{t}-m{i}"), Some(&format!("t{t}-m{i}")))
                     .await;
                 assert_eq!(r.status, 201, "{}", r.text);
-                acked.push(
-                    r.json["messageId"]
-                        .as_str()
-                        .unwrap()
-                        .parse::<u64>()
-                        .unwrap(),
-                );
+                acked.push(seq(r.json["messageId"].as_str().unwrap()));
             }
             acked
         }));
@@ -76,7 +70,7 @@ async fn acknowledged_messages_survive_kill_9() {
     let history = c.history(&s).await;
     let ids: Vec<u64> = history
         .iter()
-        .map(|m| m["id"].as_str().unwrap().parse().unwrap())
+        .map(|m| seq(m["id"].as_str().unwrap()))
         .collect();
     assert_eq!(
         ids,

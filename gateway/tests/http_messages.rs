@@ -101,7 +101,42 @@ async fn send_and_read_have_the_spec_shapes() {
     assert!(msgs[1].get("clientMessageId").is_none(), "{}", msgs[1]);
     assert_eq!(h.json["nextCursor"], msgs[1]["id"]);
     // Ids are ordered: the second comes after the first.
-    assert!(msgs[1]["id"].as_str().unwrap().parse::<u64>().unwrap() > id.parse::<u64>().unwrap());
+    assert!(seq(msgs[1]["id"].as_str().unwrap()) > seq(&id));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn message_ids_are_unique_across_conversations() {
+    let gw = Gateway::start(&quiet()).await;
+    let c = gw.client();
+    let a = c.session(PK).await;
+    let b = c.session(PK).await;
+    let ia = c.send(&a, "from a", None).await.json["messageId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ib = c.send(&b, "from b", None).await.json["messageId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Both are the first message of their conversation, and still differ.
+    assert_ne!(
+        ia, ib,
+        "a dashboard keys messages of every conversation by id"
+    );
+    assert_eq!((seq(&ia), seq(&ib)), (1, 1));
+    // An id is a cursor only in its own conversation.
+    let r = c
+        .get_auth(&format!("/v1/messages?after={ia}"), &b.token)
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(r.json["error"]["field"], "after");
+    let r = c
+        .get_auth(&format!("/v1/messages?after={ib}"), &b.token)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["messages"].as_array().unwrap().len(), 0);
+    assert_eq!(r.json["nextCursor"], ib.as_str());
     gw.shutdown().await;
 }
 

@@ -203,7 +203,7 @@ async fn killed_node_clients_resume_on_another() {
     let mut offsets = Vec::new();
     while ids.len() < 50 {
         let m = visitor.next_of(&["message:new"]).await;
-        ids.push(m["data"]["id"].as_str().unwrap().parse::<u64>().unwrap());
+        ids.push(seq(m["data"]["id"].as_str().unwrap()));
     }
     while offsets.len() < 50 {
         let e = agent.next_json().await;
@@ -231,7 +231,7 @@ async fn killed_node_clients_resume_on_another() {
     sender.await.unwrap();
     while ids.len() < 300 {
         let m = visitor.next_of(&["message:new"]).await;
-        ids.push(m["data"]["id"].as_str().unwrap().parse().unwrap());
+        ids.push(seq(m["data"]["id"].as_str().unwrap()));
     }
     assert_eq!(ids, (1..=300).collect::<Vec<u64>>());
     loop {

@@ -265,7 +265,7 @@ async fn close_codes() {
 async fn read_visitor_ids(ws: &mut Ws, until: usize, ids: &mut Vec<u64>) {
     while ids.len() < until {
         let m = ws.next_of(&["message:new"]).await;
-        ids.push(m["data"]["id"].as_str().unwrap().parse().unwrap());
+        ids.push(seq(m["data"]["id"].as_str().unwrap()));
     }
 }
 
@@ -420,7 +420,7 @@ async fn slow_consumer_is_closed_1013_and_resumes_without_loss() {
         loop {
             match healthy.next_json_within(Duration::from_secs(5)).await {
                 Some(m) if m["type"] == "message:new" => {
-                    ids.push(m["data"]["id"].as_str().unwrap().parse::<u64>().unwrap())
+                    ids.push(seq(m["data"]["id"].as_str().unwrap()))
                 }
                 Some(_) => {}
                 None => return ids,
@@ -455,7 +455,7 @@ async fn slow_consumer_is_closed_1013_and_resumes_without_loss() {
             Some(Ok(Message::Text(t))) => {
                 let v: Value = serde_json::from_str(&t).unwrap();
                 if v["type"] == "message:new" {
-                    ids.push(v["data"]["id"].as_str().unwrap().parse::<u64>().unwrap());
+                    ids.push(seq(v["data"]["id"].as_str().unwrap()));
                 }
             }
             Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
@@ -474,7 +474,7 @@ async fn slow_consumer_is_closed_1013_and_resumes_without_loss() {
     let (mut again, _) = Ws::open(gw.addr, VISITOR_WS, &s.token, Some(&after)).await;
     while (ids.len() as u64) < sent {
         let m = again.next_of(&["message:new"]).await;
-        ids.push(m["data"]["id"].as_str().unwrap().parse().unwrap());
+        ids.push(seq(m["data"]["id"].as_str().unwrap()));
     }
     assert_eq!(ids, (1..=sent).collect::<Vec<u64>>());
     let healthy_ids = reader.await.unwrap();

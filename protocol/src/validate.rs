@@ -220,8 +220,15 @@ mod tests {
         assert!(message_body("message", &format!("{ten_k_emoji}x"), MAX_MESSAGE_CHARS).is_err());
         assert!(message_body("message", "   \n", MAX_MESSAGE_CHARS).is_err());
         // Zero-width characters render as nothing: such a message is empty too.
-        for blank in ["\u{200B}\u{200C}\u{200D}", " \u{2060} ", "\u{FEFF}\n\u{200B}"] {
-            assert!(message_body("message", blank, MAX_MESSAGE_CHARS).is_err(), "{blank:?}");
+        for blank in [
+            "\u{200B}\u{200C}\u{200D}",
+            " \u{2060} ",
+            "\u{FEFF}\n\u{200B}",
+        ] {
+            assert!(
+                message_body("message", blank, MAX_MESSAGE_CHARS).is_err(),
+                "{blank:?}"
+            );
         }
         assert!(message_body("message", "\u{200B}hi", MAX_MESSAGE_CHARS).is_ok());
         assert_eq!(

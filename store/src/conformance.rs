@@ -206,7 +206,21 @@ async fn messages_are_ordered_and_idempotent(f: &Factory) {
         assert_eq!(a.first_in_conversation, i == 0);
         ids.push(a.message.id.clone());
     }
-    assert_eq!(ids, vec!["1", "2", "3", "4", "5"]);
+    let want: Vec<String> = (1..=5).map(|n| crate::message_id(&conv.id, n)).collect();
+    assert_eq!(ids, want);
+    assert!(
+        ids[0].starts_with("msg_") && !ids[0].contains('-'),
+        "ids carry their conversation: {}",
+        ids[0]
+    );
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(crate::parse_message_id(&conv.id, id), Some(n as u64 + 1));
+        assert_eq!(crate::seq_of_message_id(id), Some(n as u64 + 1));
+        assert_eq!(
+            crate::parse_message_id("00000000-0000-0000-0000-000000000000", id),
+            None
+        );
+    }
     let dup = b
         .store
         .append_message(visitor_msg(&t, &conv.id, "other text", Some("c2")))
@@ -214,7 +228,7 @@ async fn messages_are_ordered_and_idempotent(f: &Factory) {
         .unwrap()
         .unwrap();
     assert!(dup.duplicate);
-    assert_eq!(dup.message.id, "3");
+    assert_eq!(dup.message.id, crate::message_id(&conv.id, 3));
     assert_eq!(
         dup.message.body, "m2",
         "a duplicate returns the first message, whatever the new text"
@@ -228,14 +242,17 @@ async fn messages_are_ordered_and_idempotent(f: &Factory) {
     let mut last_created = 0;
     for (i, m) in page.messages.iter().enumerate() {
         let v: serde_json::Value = serde_json::from_str(&m.json).unwrap();
-        assert_eq!(v["id"], (i + 1).to_string());
+        assert_eq!(v["id"], crate::message_id(&conv.id, i as u64 + 1));
         assert_eq!(v["body"], format!("m{i}"));
         let created = parse_ms(v["createdAt"].as_str().unwrap()).unwrap();
         assert!(created >= last_created, "createdAt never decreases");
         last_created = created;
     }
     let conv = b.store.conversation(&t, &conv.id).await.unwrap().unwrap();
-    assert_eq!(conv.last_message.unwrap().id, "5");
+    assert_eq!(
+        conv.last_message.unwrap().id,
+        crate::message_id(&conv.id, 5)
+    );
     assert!(b
         .store
         .append_message(visitor_msg(&t, "no-such-conversation", "x", None))

@@ -45,7 +45,7 @@ pub fn new_conversation(
 /// The message `append_message` stores as number `seq`, created at `created_ms`.
 pub fn new_message(new: &NewMessage, seq: u64, created_ms: i64) -> Message {
     Message {
-        id: message_id(seq),
+        id: message_id(&new.conversation_id, seq),
         conversation_id: new.conversation_id.clone(),
         direction: new.direction,
         author: new.author.clone(),

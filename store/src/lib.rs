@@ -14,8 +14,11 @@
 //! - [`redis`] — the scale-out backend: shared store, pub/sub fan-out, gap filling.
 //! - [`conformance`] — the test suite every backend runs.
 //!
-//! Message ids and tenant offsets are positive integers in a per-conversation /
-//! per-tenant sequence, written on the wire as decimal strings ([`message_id`]).
+//! Messages are numbered by a per-conversation sequence and tenant events by a per-tenant
+//! offset, both positive integers. Offsets go on the wire as decimal strings
+//! ([`parse_offset`]); message ids also carry their conversation
+//! ([`message_id`]: `msg_<32 hex>_<seq>`), so that they are unique across the deployment
+//! while still ordered within a conversation and usable as cursors.
 
 use std::sync::Arc;
 
@@ -44,13 +47,50 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// The wire form of a message id / tenant offset.
-pub fn message_id(seq: u64) -> String {
-    seq.to_string()
+/// The prefix every message id of a conversation shares: `msg_` and the conversation id
+/// without its hyphens (a UUID's 32 hex digits).
+pub fn message_id_prefix(conversation_id: &str) -> String {
+    let mut p = String::with_capacity(4 + 32 + 1);
+    p.push_str("msg_");
+    p.extend(conversation_id.chars().filter(|c| *c != '-'));
+    p.push('_');
+    p
 }
 
-/// Parses a message id / offset given by a client; `None` when it is not one of ours.
-pub fn parse_seq(id: &str) -> Option<u64> {
+/// The wire form of the message `seq` of a conversation: `msg_<32 hex>_<seq>`. Unique
+/// across the deployment (a dashboard keys every message of every conversation by it);
+/// within a conversation the `seq` part orders them.
+pub fn message_id(conversation_id: &str, seq: u64) -> String {
+    let mut id = message_id_prefix(conversation_id);
+    id.push_str(&seq.to_string());
+    id
+}
+
+/// Parses a message id that a client gives as a cursor in `conversation_id`: `None` when
+/// it is not an id of that conversation. A bare decimal sequence number (the form ids had
+/// before they carried their conversation) is still accepted, so clients that stored one
+/// keep resuming.
+pub fn parse_message_id(conversation_id: &str, id: &str) -> Option<u64> {
+    if let Some(seq) = parse_offset(id) {
+        return Some(seq);
+    }
+    let rest = id.strip_prefix("msg_")?;
+    let (conv, seq) = rest.rsplit_once('_')?;
+    let mut expected = conversation_id.chars().filter(|c| *c != '-');
+    let same = conv.chars().all(|c| expected.next() == Some(c)) && expected.next().is_none();
+    if !same {
+        return None;
+    }
+    parse_offset(seq)
+}
+
+/// The sequence number of an id this store minted itself (no conversation check).
+pub fn seq_of_message_id(id: &str) -> Option<u64> {
+    parse_offset(id.rsplit_once('_').map_or(id, |(_, seq)| seq))
+}
+
+/// Parses a tenant event offset given by a client; `None` when it is not one of ours.
+pub fn parse_offset(id: &str) -> Option<u64> {
     if id.is_empty() || id.len() > 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

@@ -636,7 +636,7 @@ async fn calls_fail_fast_while_redis_is_down_and_recover() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(a.message.id, "1");
+    assert_eq!(a.message.id, confab_store::message_id(&conv.id, 1));
     wait_for("live events after the restart", Duration::from_secs(5), || {
         matches!(rx.try_recv(), Ok(Published::Event { ref event, .. }) if event.kind == "message:new")
     })

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use confab_protocol::{ApiError, ErrorCode};
-use confab_store::{parse_seq, Cursor, MessagePage};
+use confab_store::{message_id, parse_message_id, Cursor, MessagePage};
 
 use crate::error::{error_response, Params};
 use crate::state::AppState;
@@ -139,9 +139,13 @@ pub fn sent(a: &confab_store::Appended) -> Response {
 }
 
 /// Reads the history cursor: `after`, or `afterCreatedAt` + `afterId`, or `since`
-/// (exactly one form). Returns the cursor and the id to echo as `nextCursor` when the page
-/// is empty.
-pub fn history_cursor(p: &Params) -> Result<(Cursor, Option<String>), ApiError> {
+/// (exactly one form), in the conversation `conversation_id` (a message id of another
+/// conversation is not a cursor here). Returns the cursor and the id to echo as
+/// `nextCursor` when the page is empty.
+pub fn history_cursor(
+    p: &Params,
+    conversation_id: &str,
+) -> Result<(Cursor, Option<String>), ApiError> {
     let given = |k: &str| p.get(k).filter(|v| !v.is_empty());
     let forms = [
         given("after").is_some(),
@@ -155,8 +159,9 @@ pub fn history_cursor(p: &Params) -> Result<(Cursor, Option<String>), ApiError> 
         ));
     }
     if let Some(a) = given("after") {
-        let seq =
-            parse_seq(a).ok_or_else(|| ApiError::invalid("after", "after must be a message id"))?;
+        let seq = parse_message_id(conversation_id, a).ok_or_else(|| {
+            ApiError::invalid("after", "after must be a message id of this conversation")
+        })?;
         return Ok((Cursor::After(seq), Some(a.to_owned())));
     }
     if forms[1] {
@@ -171,8 +176,12 @@ pub fn history_cursor(p: &Params) -> Result<(Cursor, Option<String>), ApiError> 
                 "afterCreatedAt must be an RFC 3339 timestamp",
             )
         })?;
-        let id_seq = parse_seq(id)
-            .ok_or_else(|| ApiError::invalid("afterId", "afterId must be a message id"))?;
+        let id_seq = parse_message_id(conversation_id, id).ok_or_else(|| {
+            ApiError::invalid(
+                "afterId",
+                "afterId must be a message id of this conversation",
+            )
+        })?;
         return Ok((
             Cursor::AfterCreated {
                 created_ms,
@@ -197,7 +206,7 @@ pub fn limit_and_wait(p: &Params) -> Result<(usize, u64), ApiError> {
 }
 
 /// `{ "messages": [...], "hasMore": …, "nextCursor": … }`, concatenating the stored JSON.
-pub fn history_body(page: &MessagePage, echo: Option<String>) -> String {
+pub fn history_body(page: &MessagePage, conversation_id: &str, echo: Option<String>) -> String {
     let mut s = String::with_capacity(
         64 + page
             .messages
@@ -212,7 +221,11 @@ pub fn history_body(page: &MessagePage, echo: Option<String>) -> String {
         }
         s.push_str(&m.json);
     }
-    let next = page.messages.last().map(|m| m.seq.to_string()).or(echo);
+    let next = page
+        .messages
+        .last()
+        .map(|m| message_id(conversation_id, m.seq))
+        .or(echo);
     s.push_str(r#"],"hasMore":"#);
     s.push_str(if page.has_more { "true" } else { "false" });
     s.push_str(r#","nextCursor":"#);

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use confab_protocol::model::{Author, AuthorKind, Status};
 use confab_protocol::{validate, ApiError, ErrorCode};
-use confab_store::{parse_seq, ConversationCursor};
+use confab_store::{parse_offset, ConversationCursor};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -85,7 +85,7 @@ pub async fn history(
     params: Params,
 ) -> HandlerResult<Response> {
     let auth = auth(&state, &headers)?;
-    let (cursor, echo) = history_cursor(&params)?;
+    let (cursor, echo) = history_cursor(&params, &id)?;
     let (limit, wait) = limit_and_wait(&params)?;
     state
         .store
@@ -93,7 +93,7 @@ pub async fn history(
         .await?
         .ok_or_else(not_found)?;
     let page = read_history(&state, &auth.tenant.cfg.id, &id, cursor, limit, wait).await?;
-    Ok(json_text(StatusCode::OK, history_body(&page, echo)))
+    Ok(json_text(StatusCode::OK, history_body(&page, &id, echo)))
 }
 
 #[derive(Deserialize)]
@@ -248,7 +248,7 @@ pub async fn events(
     let after = match params.get("after").filter(|a| !a.is_empty()) {
         None => None,
         Some(a) => Some(
-            parse_seq(a)
+            parse_offset(a)
                 .ok_or_else(|| ApiError::invalid("after", "after must be an event offset"))?,
         ),
     };

@@ -464,7 +464,7 @@ pub async fn history(
     params: Params,
 ) -> HandlerResult<Response> {
     let session = session_of(&state, &headers, Some(&params))?;
-    let (cursor, echo) = history_cursor(&params)?;
+    let (cursor, echo) = history_cursor(&params, &session.claims.conversation_id)?;
     let (limit, wait) = limit_and_wait(&params)?;
     state
         .rate_limit(
@@ -482,7 +482,10 @@ pub async fn history(
         wait,
     )
     .await?;
-    Ok(json_text(StatusCode::OK, history_body(&page, echo)))
+    Ok(json_text(
+        StatusCode::OK,
+        history_body(&page, &session.claims.conversation_id, echo),
+    ))
 }
 
 #[derive(Deserialize)]

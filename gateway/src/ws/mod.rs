@@ -133,12 +133,17 @@ pub fn origin_of(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The auth frame's `after`: absent or empty means none; anything but an id/offset is an
-/// error (the channel closes with 4400 rather than silently starting live).
-pub fn parse_after(after: Option<&str>) -> Result<Option<u64>, BadAfter> {
+/// The auth frame's `after`, read by the channel's `parse` (a message id of the
+/// conversation, or a tenant event offset): absent or empty means none; anything else the
+/// channel does not recognise is an error (the channel closes with 4400 rather than
+/// silently starting live).
+pub fn parse_after(
+    after: Option<&str>,
+    parse: impl Fn(&str) -> Option<u64>,
+) -> Result<Option<u64>, BadAfter> {
     match after.filter(|a| !a.is_empty()) {
         None => Ok(None),
-        Some(a) => confab_store::parse_seq(a).map(Some).ok_or(BadAfter),
+        Some(a) => parse(a).map(Some).ok_or(BadAfter),
     }
 }
 

@@ -139,7 +139,7 @@ async fn run(state: AppState, mut conn: Conn, origin: Option<String>) {
             .close(close::FORBIDDEN, "origin not allowed for this tenant")
             .await;
     }
-    let Ok(after) = parse_after(after.as_deref()) else {
+    let Ok(after) = parse_after(after.as_deref(), confab_store::parse_offset) else {
         return conn
             .close(close::BAD_REQUEST, "after is not an event offset")
             .await;

@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use confab_protocol::frames::{self, ClientFrame};
 use confab_protocol::ApiError;
-use confab_store::{parse_seq, Channel, Cursor};
+use confab_store::{seq_of_message_id, Channel, Cursor};
 
 use super::{accept, close, parse_after, serve, Backlog, ChannelLogic, Conn};
 use crate::auth::{verify_session, VisitorSession};
@@ -127,7 +127,10 @@ async fn run(state: AppState, mut conn: Conn, origin: Option<String>, ip: IpAddr
             .close(close::FORBIDDEN, "origin not allowed for this widget")
             .await;
     }
-    let Ok(after) = parse_after(after.as_deref()) else {
+    let conversation_id = session.claims.conversation_id.clone();
+    let Ok(after) = parse_after(after.as_deref(), |a| {
+        confab_store::parse_message_id(&conversation_id, a)
+    }) else {
         return conn
             .close(close::BAD_REQUEST, "after is not a message id")
             .await;
@@ -149,7 +152,7 @@ async fn run(state: AppState, mut conn: Conn, origin: Option<String>, ip: IpAddr
     {
         Ok(Some(conv)) => conv
             .last_message
-            .and_then(|m| parse_seq(&m.id))
+            .and_then(|m| seq_of_message_id(&m.id))
             .unwrap_or(0),
         Ok(None) => {
             return conn

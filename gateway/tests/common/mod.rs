@@ -32,6 +32,12 @@ pub const SERVER_KEY: &str = "test-server-key";
 pub const AGENT_SECRET2: &str = "other-agent-secret";
 pub const SERVER_KEY2: &str = "other-server-key";
 
+/// The sequence number of a message id (`msg_<conversation>_<seq>`): its order within
+/// the conversation.
+pub fn seq(id: &str) -> u64 {
+    confab_store::seq_of_message_id(id).unwrap_or_else(|| panic!("not a message id: {id:?}"))
+}
+
 /// Two tenants, generous limits, bot timing off unless a test turns it on.
 pub fn config_toml(extra_tenant_settings: &str) -> String {
     format!(

@@ -38,11 +38,12 @@ fn template_err(what: &str) -> StoreError {
     ))
 }
 
-/// A message's JSON as `[p0, p1, p2]`: `p0 + ID + p1 + CREATED_AT + p2`.
+/// A message's JSON as `[p0, p1, p2]`: `p0 + SEQ + p1 + CREATED_AT + p2` (the id's
+/// conversation prefix is part of `p0`).
 pub(crate) fn message_template(new: &NewMessage) -> crate::Result<[String; 3]> {
     let (id, created) = (placeholder("id"), placeholder("created"));
     let mut m = new_message(new, 0, 0);
-    m.id = id.clone();
+    m.id = format!("{}{id}", crate::message_id_prefix(&new.conversation_id));
     m.created_at = created.clone();
     let s = to_json(&m);
     // `id` is the first field: nothing the user wrote precedes it.
