@@ -112,26 +112,51 @@ pub fn redact_email(email: &str) -> String {
     }
 }
 
-/// A visitor's message as the store takes it.
-fn visitor_message(
-    session: &VisitorSession,
+/// A visitor message that passed the tenant's rules (length, emptiness, idempotency key,
+/// `meta` and the PII policy): the first step of every visitor message, whatever carries
+/// it (`POST /v1/messages`, the WebSocket, or a session's first message).
+pub struct VisitorDraft {
     body: String,
     client_message_id: Option<String>,
     meta: Option<Value>,
-) -> NewMessage {
-    NewMessage {
-        tenant: session.tenant.cfg.id.clone(),
-        conversation_id: session.claims.conversation_id.clone(),
-        direction: Direction::Inbound,
-        author: session.author(),
-        body,
-        client_message_id,
-        meta,
+}
+
+impl VisitorDraft {
+    /// Checks a visitor message; `field` names the body's field in errors.
+    pub fn check(
+        tenant: &Tenant,
+        field: &str,
+        message: &str,
+        client_message_id: Option<String>,
+        meta: Option<Value>,
+    ) -> Result<VisitorDraft, ApiError> {
+        let body = validate::message_body(field, message, tenant.cfg.max_message_length)?;
+        if let Some(id) = &client_message_id {
+            validate::client_message_id(id)?;
+        }
+        Ok(VisitorDraft {
+            body,
+            client_message_id,
+            meta: visitor_meta(tenant, meta)?,
+        })
+    }
+
+    /// The message as the store takes it, in the session's conversation.
+    fn into_new(self, session: &VisitorSession) -> NewMessage {
+        NewMessage {
+            tenant: session.tenant.cfg.id.clone(),
+            conversation_id: session.claims.conversation_id.clone(),
+            direction: Direction::Inbound,
+            author: session.author(),
+            body: self.body,
+            client_message_id: self.client_message_id,
+            meta: self.meta,
+        }
     }
 }
 
 impl AppState {
-    /// A visitor sends a message (HTTP or WebSocket).
+    /// A visitor sends a message (HTTP or WebSocket): check, admit, store.
     pub async fn send_visitor_message(
         &self,
         session: &VisitorSession,
@@ -140,60 +165,93 @@ impl AppState {
         client_message_id: Option<String>,
         meta: Option<Value>,
     ) -> Result<Appended, ApiError> {
-        let tenant = &session.tenant;
-        let body = validate::message_body("message", message, tenant.cfg.max_message_length)?;
-        if let Some(id) = &client_message_id {
-            validate::client_message_id(id)?;
-        }
-        let meta = visitor_meta(tenant, meta)?;
-        let new = visitor_message(session, body, client_message_id, meta);
-        let ip = ip.to_string();
-        let limited = self
-            .rate_limit_all(
-                tenant,
-                &[
-                    (
-                        Limit::MessagesPerSession,
-                        session.claims.visitor_id.as_str(),
-                    ),
-                    (Limit::MessagesPerIp, ip.as_str()),
-                ],
+        let draft =
+            VisitorDraft::check(&session.tenant, "message", message, client_message_id, meta)?;
+        self.admit_and_store(session, ip, draft).await
+    }
+
+    /// Charges a checked visitor message against the message limits and stores it. Every
+    /// visitor message ends here, a session's first message included.
+    pub async fn admit_and_store(
+        &self,
+        session: &VisitorSession,
+        ip: IpAddr,
+        draft: VisitorDraft,
+    ) -> Result<Appended, ApiError> {
+        let new = draft.into_new(session);
+        if let Some(duplicate) = self
+            .admit_visitor_message(
+                &session.tenant,
+                Some(&session.claims.visitor_id),
+                ip,
+                Some(&new),
             )
-            .await;
-        if let Err(e) = limited {
-            // A retry of a message already stored is acknowledged, not refused: a 429
-            // would tell the client it was not stored.
-            if let Some(message) = self
-                .store
-                .find_duplicate(&new)
-                .await
-                .map_err(crate::error::store_error)?
-            {
-                return Ok(Appended {
-                    message,
-                    duplicate: true,
-                    first_in_conversation: false,
-                });
-            }
-            return Err(e);
+            .await?
+        {
+            return Ok(duplicate);
         }
         self.store_visitor_message(session, new).await
     }
 
-    /// Stores an already validated and rate-limited visitor message, then the auto-reply
-    /// if it was the conversation's first.
-    pub async fn append_visitor_message(
+    /// Takes one visitor message from the limits, all or nothing: per client IP, and per
+    /// session when the visitor is known (`None` only before a new visitor exists — its
+    /// per-session allowance is then necessarily whole). When refused, a retry of a
+    /// message already stored (`retry`) is answered with that message instead: a 429
+    /// would tell the client it was not stored.
+    pub async fn admit_visitor_message(
+        &self,
+        tenant: &Tenant,
+        visitor_id: Option<&str>,
+        ip: IpAddr,
+        retry: Option<&NewMessage>,
+    ) -> Result<Option<Appended>, ApiError> {
+        let ip = ip.to_string();
+        let mut limits = vec![(Limit::MessagesPerIp, ip.as_str())];
+        if let Some(v) = visitor_id {
+            limits.push((Limit::MessagesPerSession, v));
+        }
+        let Err(refused) = self.rate_limit_all(tenant, &limits).await else {
+            return Ok(None);
+        };
+        if let Some(new) = retry.filter(|n| n.client_message_id.is_some()) {
+            if let Some(message) = self
+                .store
+                .find_duplicate(new)
+                .await
+                .map_err(crate::error::store_error)?
+            {
+                return Ok(Some(Appended {
+                    message,
+                    duplicate: true,
+                    first_in_conversation: false,
+                }));
+            }
+        }
+        Err(refused)
+    }
+
+    /// Stores a session's first message, admitted (by [`admit_visitor_message`]) before
+    /// its session existed. A new visitor's per-session allowance is charged now — it was
+    /// unknown then, and cannot be exhausted yet — so the first minute of a session counts
+    /// the same messages whichever way they came.
+    ///
+    /// [`admit_visitor_message`]: AppState::admit_visitor_message
+    pub async fn store_admitted(
         &self,
         session: &VisitorSession,
-        body: String,
-        client_message_id: Option<String>,
-        meta: Option<Value>,
+        draft: VisitorDraft,
+        new_visitor: bool,
     ) -> Result<Appended, ApiError> {
-        self.store_visitor_message(
-            session,
-            visitor_message(session, body, client_message_id, meta),
-        )
-        .await
+        if new_visitor {
+            self.rate_limit(
+                &session.tenant,
+                Limit::MessagesPerSession,
+                &session.claims.visitor_id,
+            )
+            .await?;
+        }
+        self.store_visitor_message(session, draft.into_new(session))
+            .await
     }
 
     async fn store_visitor_message(

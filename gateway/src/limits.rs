@@ -114,8 +114,12 @@ impl AppState {
             .collect();
         match self.limiter.check_all(&specs, self.now_ms()).await {
             Ok(Decision::Allowed) => Ok(()),
-            Ok(Decision::Limited { retry_after_ms }) => {
-                for (_, _, _, prefix) in &keys {
+            Ok(Decision::Limited {
+                retry_after_ms,
+                refused,
+            }) => {
+                // Counted under the limit that refused, not under every limit checked.
+                if let Some((_, _, _, prefix)) = keys.get(refused) {
                     self.metrics.rate_limited(prefix);
                 }
                 Err(ApiError::rate_limited(retry_after_ms.div_ceil(1000).max(1)))

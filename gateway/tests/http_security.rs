@@ -538,6 +538,71 @@ async fn messages_per_minute_per_session() {
 }
 
 #[tokio::test]
+async fn a_sessions_first_message_takes_the_path_of_every_message() {
+    let gw = Gateway::start(&with_limit(&quiet(), "messages_per_minute_per_session", 2)).await;
+    let c = gw.client();
+    // The first message of a new session takes one of the session's two.
+    let r = c
+        .session_with(PK, json!({"message": "hello", "clientMessageId": "first"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let a = Session {
+        token: r.json["sessionToken"].as_str().unwrap().into(),
+        visitor_token: r.json["visitorToken"].as_str().unwrap().into(),
+        conversation_id: r.json["conversationId"].as_str().unwrap().into(),
+        visitor_id: r.json["visitorId"].as_str().unwrap().into(),
+    };
+    assert_eq!(c.send(&a, "two", None).await.status, 201);
+    assert_rate_limited(&c.send(&a, "three", None).await, 60);
+    // A resumed visitor at its limit cannot slip a message in through a new session.
+    let r = c
+        .session_with(
+            PK,
+            json!({"visitorToken": a.visitor_token, "message": "sneaky", "clientMessageId": "s"}),
+        )
+        .await;
+    assert_rate_limited(&r, 60);
+    let history = c.history(&a).await;
+    let mine: Vec<_> = history
+        .iter()
+        .filter(|m| m["author"]["kind"] == "visitor")
+        .collect();
+    assert_eq!(mine.len(), 2, "{history:?}");
+    assert_eq!(mine[0]["clientMessageId"], "first");
+    // Each refusal is counted under the limit that made it, not under every limit checked.
+    let metrics = c.get("/metrics", &[]).await.text;
+    assert!(
+        metrics.contains("confab_rate_limited_total{limit=\"msg-vis\"} 2"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("limit=\"msg-ip\""), "{metrics}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_resumed_sessions_first_message_is_idempotent() {
+    let gw = Gateway::start(&quiet()).await;
+    let c = gw.client();
+    let a = c.session(PK).await;
+    for _ in 0..2 {
+        let r = c
+            .session_with(
+                PK,
+                json!({"visitorToken": a.visitor_token, "message": "again?", "clientMessageId": "once"}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let history = c.history(&a).await;
+    let mine: Vec<_> = history
+        .iter()
+        .filter(|m| m["author"]["kind"] == "visitor")
+        .collect();
+    assert_eq!(mine.len(), 1, "{history:?}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_retried_message_is_acknowledged_even_at_the_limit() {
     let gw = Gateway::start(&with_limit(&quiet(), "messages_per_minute_per_session", 2)).await;
     let c = gw.client();

@@ -19,6 +19,10 @@ pub enum Decision {
     /// Refused; the earliest moment a retry can succeed, in ms from now.
     Limited {
         retry_after_ms: u64,
+        /// Which limit refused: its index in the `check_all` list (the one with the
+        /// longest wait when several did; 0 for `check`). Lets a caller count a refusal
+        /// under the limit that made it, not under every limit it checked.
+        refused: usize,
     },
 }
 
@@ -104,6 +108,7 @@ impl RateLimiter for MemoryRateLimiter {
                 }
                 Decision::Limited {
                     retry_after_ms: wait,
+                    refused: 0,
                 }
             }
         })
@@ -114,17 +119,19 @@ impl RateLimiter for MemoryRateLimiter {
         // a time (no two shard locks held), so two requests racing on the same keys may
         // both pass the check: a node-local limiter accepts that one-request slack.
         let mut tats = Vec::with_capacity(limits.len());
-        let mut wait = 0;
-        for l in limits {
+        let (mut wait, mut refused) = (0, 0);
+        for (i, l) in limits.iter().enumerate() {
             let stored = self.tats.get(l.key).map(|t| *t).filter(|t| *t != i64::MIN);
             match gcra(stored, l.limit, l.window_ms, now_ms) {
                 Ok(tat) => tats.push(tat),
-                Err(w) => wait = wait.max(w),
+                Err(w) if w > wait => (wait, refused) = (w, i),
+                Err(_) => {}
             }
         }
         if wait > 0 {
             return Ok(Decision::Limited {
                 retry_after_ms: wait,
+                refused,
             });
         }
         for (l, tat) in limits.iter().zip(tats) {
@@ -150,7 +157,8 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(l.check("k", 10, hour, 0).await.unwrap(), Decision::Allowed);
         }
-        let Decision::Limited { retry_after_ms } = l.check("k", 10, hour, 0).await.unwrap() else {
+        let Decision::Limited { retry_after_ms, .. } = l.check("k", 10, hour, 0).await.unwrap()
+        else {
             panic!()
         };
         assert_eq!(retry_after_ms, 360_000);
@@ -195,10 +203,10 @@ mod tests {
             window_ms: 60_000,
         };
         assert_eq!(l.check_all(&[a, b], 0).await.unwrap(), Decision::Allowed);
-        // b is exhausted: refused, and a keeps its remaining unit.
+        // b is exhausted: refused (and named), and a keeps its remaining unit.
         assert!(matches!(
             l.check_all(&[a, b], 0).await.unwrap(),
-            Decision::Limited { .. }
+            Decision::Limited { refused: 1, .. }
         ));
         assert_eq!(l.check("a", 2, 60_000, 0).await.unwrap(), Decision::Allowed);
     }

@@ -9,7 +9,7 @@ use confab_protocol::model::{Author, AuthorKind, Contact, Direction, Status};
 use confab_protocol::time::now_ms;
 use confab_store::conformance::{run_all, Factory};
 use confab_store::domain::to_json;
-use confab_store::ratelimit::{Decision, MemoryRateLimiter, RateLimiter};
+use confab_store::ratelimit::{Decision, LimitSpec, MemoryRateLimiter, RateLimiter};
 use confab_store::redis::testing::{RedisServer, TcpProxy};
 use confab_store::redis::RedisNode;
 use confab_store::{
@@ -217,7 +217,8 @@ async fn rate_limits_are_shared_across_nodes() {
         assert_eq!(
             node.check("ip:1.2.3.4", 10, hour, now).await.unwrap(),
             Decision::Limited {
-                retry_after_ms: 360_000
+                retry_after_ms: 360_000,
+                refused: 0
             }
         );
     }
@@ -244,6 +245,33 @@ async fn rate_limits_are_shared_across_nodes() {
         let got = nodes[step % 2].check(&key, limit, window, t).await.unwrap();
         assert_eq!(got, want, "step {step} at {t}");
     }
+
+    // Several limits at once: all or nothing, and the refusal names the limit that made it.
+    let (a, b) = (
+        LimitSpec {
+            key: "multi:a",
+            limit: 5,
+            window_ms: 60_000,
+        },
+        LimitSpec {
+            key: "multi:b",
+            limit: 1,
+            window_ms: 60_000,
+        },
+    );
+    let t = now_ms();
+    assert_eq!(
+        nodes[0].check_all(&[a, b], t).await.unwrap(),
+        Decision::Allowed
+    );
+    assert!(matches!(
+        nodes[1].check_all(&[a, b], t).await.unwrap(),
+        Decision::Limited { refused: 1, .. }
+    ));
+    assert!(matches!(
+        nodes[1].check_all(&[b, a], t).await.unwrap(),
+        Decision::Limited { refused: 0, .. }
+    ));
 
     // A key expires at its TAT: idle keys cost nothing.
     nodes[0].check("short", 2, 300, now_ms()).await.unwrap();

@@ -20,7 +20,7 @@ use super::{
     client_ip, history_body, history_cursor, json_text, limit_and_wait, read_history, sent,
 };
 use crate::auth::{bearer, verify_session, VisitorSession};
-use crate::chat::{check_utm, redact_email, redact_urls};
+use crate::chat::{check_utm, redact_email, redact_urls, VisitorDraft};
 use crate::config::PiiRetention;
 use crate::error::{HandlerResult, JsonBody, Params};
 use crate::limits::Limit;
@@ -182,6 +182,10 @@ pub struct SessionBody {
     bot_signals: Option<BotSignals>,
     #[serde(default)]
     message: Option<String>,
+    /// Idempotency key of `message` (as on `POST /v1/messages`): a resumed visitor's retry
+    /// of the same session request stores its first message once.
+    #[serde(default)]
+    client_message_id: Option<String>,
 }
 
 /// Checked and PII-filtered profile fields of a session request.
@@ -305,6 +309,13 @@ fn check_bot_signals(t: &Tenant, s: Option<&BotSignals>) -> Result<(), ApiError>
     Ok(())
 }
 
+fn invalid_challenge() -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidChallenge,
+        "init challenge missing, invalid, expired or already used",
+    )
+}
+
 /// `POST /v1/sessions`: start or resume.
 pub async fn sessions(
     State(state): State<AppState>,
@@ -314,43 +325,36 @@ pub async fn sessions(
 ) -> HandlerResult<Response> {
     let tenant = tenant_by_key(&state, body.public_key.as_deref(), "publicKey")?;
     tenant.policy.check(&headers)?;
-    let ip = client_ip(&state, peer, &headers).to_string();
+    let peer_ip = client_ip(&state, peer, &headers);
+    let ip = peer_ip.to_string();
     state.rate_limit(&tenant, Limit::SessionsPerIp, &ip).await?;
     let profile = check_profile(&tenant, &mut body)?;
-    let first_message = match &body.message {
-        Some(m) => Some(validate::message_body(
+    // The first message takes the path of every visitor message: checked here, admitted
+    // against the message limits before anything is claimed or created, stored last.
+    let first_message = match body.message.take() {
+        Some(m) => Some(VisitorDraft::check(
+            &tenant,
             "message",
-            m,
-            tenant.cfg.max_message_length,
+            &m,
+            body.client_message_id.take(),
+            None,
         )?),
         None => None,
     };
     check_bot_signals(&tenant, body.bot_signals.as_ref())?;
     let now = state.now_ms();
-    if tenant.cfg.require_init_challenge {
-        let invalid = || {
-            ApiError::new(
-                ErrorCode::InvalidChallenge,
-                "init challenge missing, invalid, expired or already used",
-            )
-        };
-        let tok = body.init_challenge.as_deref().ok_or_else(invalid)?;
-        let claims = token::verify_challenge(&state.keys, tok, &tenant.cfg.id, now)
-            .map_err(|_| invalid())?;
-        if first_message.is_some() {
-            state.rate_limit(&tenant, Limit::MessagesPerIp, &ip).await?;
-        }
-        // Claimed last: a request refused for any other reason leaves the challenge usable.
-        if !state
-            .store
-            .claim_nonce(&claims.nonce, claims.expires_ms)
-            .await?
-        {
-            return Err(invalid().into());
-        }
-    } else if first_message.is_some() {
-        state.rate_limit(&tenant, Limit::MessagesPerIp, &ip).await?;
-    }
+    let challenge = if tenant.cfg.require_init_challenge {
+        let tok = body
+            .init_challenge
+            .as_deref()
+            .ok_or_else(invalid_challenge)?;
+        Some(
+            token::verify_challenge(&state.keys, tok, &tenant.cfg.id, now)
+                .map_err(|_| invalid_challenge())?,
+        )
+    } else {
+        None
+    };
 
     let known = match body
         .visitor_token
@@ -364,6 +368,24 @@ pub async fn sessions(
             .map(|v| (t.to_owned(), v)),
         None => None,
     };
+    if first_message.is_some() {
+        let visitor = known.as_ref().map(|(_, v)| v.visitor_id.as_str());
+        // A resumed visitor's retry of a message already stored is found after the
+        // session exists (below); here a refusal is final.
+        state
+            .admit_visitor_message(&tenant, visitor, peer_ip, None)
+            .await?;
+    }
+    // Claimed last: a request refused for any other reason leaves the challenge usable.
+    if let Some(claims) = &challenge {
+        if !state
+            .store
+            .claim_nonce(&claims.nonce, claims.expires_ms)
+            .await?
+        {
+            return Err(invalid_challenge().into());
+        }
+    }
     let (visitor_token, conversation, resumed) = match known {
         Some((tok, v)) => {
             let update = ProfileUpdate {
@@ -421,10 +443,8 @@ pub async fn sessions(
         claims: claims.clone(),
     };
     let mut auto_reply = None;
-    if let Some(text) = first_message {
-        let appended = state
-            .append_visitor_message(&session, text, None, None)
-            .await?;
+    if let Some(draft) = first_message {
+        let appended = state.store_admitted(&session, draft, !resumed).await?;
         if appended.first_in_conversation {
             auto_reply = tenant.cfg.auto_reply.clone();
         }

@@ -30,6 +30,7 @@ impl RateLimiter for RedisRateLimiter {
         if limit == 0 {
             return Ok(Decision::Limited {
                 retry_after_ms: window_ms.max(1000),
+                refused: 0,
             });
         }
         self.check_all(
@@ -44,9 +45,10 @@ impl RateLimiter for RedisRateLimiter {
     }
 
     async fn check_all(&self, limits: &[LimitSpec<'_>], now_ms: i64) -> Result<Decision> {
-        if let Some(l) = limits.iter().find(|l| l.limit == 0) {
+        if let Some((i, l)) = limits.iter().enumerate().find(|(_, l)| l.limit == 0) {
             return Ok(Decision::Limited {
                 retry_after_ms: l.window_ms.max(1000),
+                refused: i,
             });
         }
         let mut inv = scripts::GCRA.prepare_invoke();
@@ -54,12 +56,14 @@ impl RateLimiter for RedisRateLimiter {
         for l in limits {
             inv.key(keys::rate(l.key)).arg(l.limit).arg(l.window_ms);
         }
-        let (allowed, wait): (i64, i64) = self.conn.eval(inv).await?;
+        let (allowed, wait, refused): (i64, i64, i64) = self.conn.eval(inv).await?;
         Ok(if allowed == 1 {
             Decision::Allowed
         } else {
             Decision::Limited {
                 retry_after_ms: wait.max(0) as u64,
+                // Lua counts from 1.
+                refused: (refused.max(1) - 1) as usize,
             }
         })
     }
