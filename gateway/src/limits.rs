@@ -85,6 +85,34 @@ impl AppState {
         self.rate_limit_all(tenant, &[(limit, subject)]).await
     }
 
+    /// A request that named an unknown public key (key enumeration) takes one unit of the
+    /// client IP's `GET /v1/config` allowance — in a bucket of its own, as no tenant owns
+    /// it, sized by the most generous `config_per_minute_per_ip` of the deployment.
+    pub async fn rate_limit_unknown_key(&self, ip: &str) -> Result<(), ApiError> {
+        let allowance = self
+            .config
+            .tenants
+            .iter()
+            .map(|t| t.rate_limits.config_per_minute_per_ip)
+            .max()
+            .unwrap_or(crate::config::RateLimits::default().config_per_minute_per_ip);
+        // `?` is no tenant id character: this bucket is no tenant's.
+        let key = format!("cfg-ip:?:{ip}");
+        let spec = LimitSpec {
+            key: &key,
+            limit: allowance,
+            window_ms: 60_000,
+        };
+        match self.limiter.check_all(&[spec], self.now_ms()).await {
+            Ok(Decision::Allowed) => Ok(()),
+            Ok(Decision::Limited { retry_after_ms, .. }) => {
+                self.metrics.rate_limited("cfg-ip");
+                Err(ApiError::rate_limited(retry_after_ms.div_ceil(1000).max(1)))
+            }
+            Err(e) => Err(crate::error::store_error(e)),
+        }
+    }
+
     /// Several limits for one request, all or nothing (one round trip to a shared
     /// limiter): refused if any is exhausted, and then none is charged.
     pub async fn rate_limit_all(

@@ -637,6 +637,33 @@ async fn config_per_minute_per_ip() {
 }
 
 #[tokio::test]
+async fn unknown_public_keys_are_rate_limited_per_ip() {
+    // Acme at 3 per minute, Globex at the default 60: the unknown-key bucket is sized by
+    // the largest.
+    let (gw, clock) = start_clocked(&with_limit(&quiet(), "config_per_minute_per_ip", 3)).await;
+    let c = gw.client();
+    let unknown = |n: u32| format!("/v1/config?pk=pk_live_{n:032x}");
+    for n in 0..60 {
+        assert_error(&c.get(&unknown(n), &[]).await, 404, "unknown_public_key");
+    }
+    let wait = assert_rate_limited(&c.get(&unknown(60), &[]).await, 60);
+    // Guessing through the session route draws on the same bucket.
+    let r = c
+        .post(
+            "/v1/sessions",
+            &[],
+            &json!({"publicKey": format!("pk_live_{:032x}", 61)}),
+        )
+        .await;
+    assert_rate_limited(&r, 60);
+    // Known keys keep their own allowance.
+    assert_eq!(c.get(&format!("/v1/config?pk={PK}"), &[]).await.status, 200);
+    clock.advance(wait as i64 * 1000);
+    assert_error(&c.get(&unknown(62), &[]).await, 404, "unknown_public_key");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn polls_per_minute_per_session() {
     let (gw, clock) = start_clocked(&with_limit(&quiet(), "polls_per_minute_per_session", 2)).await;
     let c = gw.client();

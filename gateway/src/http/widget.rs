@@ -31,7 +31,14 @@ const CONFIG_CACHE_MS: i64 = 60_000;
 /// Telemetry types a widget may send.
 pub const TELEMETRY_TYPES: [&str; 5] = ["OPEN", "CLOSE", "TYPING", "ERROR", "MESSAGE"];
 
-fn tenant_by_key(state: &AppState, pk: Option<&str>, field: &str) -> Result<Arc<Tenant>, ApiError> {
+/// The tenant of a public key. An unknown (well-formed) key costs the client IP a unit of
+/// its config allowance: guessing keys is rate limited like fetching configs.
+async fn tenant_by_key(
+    state: &AppState,
+    pk: Option<&str>,
+    field: &str,
+    ip: &str,
+) -> Result<Arc<Tenant>, ApiError> {
     let pk = pk
         .filter(|k| !k.is_empty())
         .ok_or_else(|| ApiError::invalid(field, format!("{field} is required")))?;
@@ -41,11 +48,16 @@ fn tenant_by_key(state: &AppState, pk: Option<&str>, field: &str) -> Result<Arc<
             "public key must match ^pk_live_[a-f0-9]{32}$",
         ));
     }
-    state
-        .tenants
-        .by_public_key(pk)
-        .cloned()
-        .ok_or_else(|| ApiError::new(ErrorCode::UnknownPublicKey, "no widget has this public key"))
+    match state.tenants.by_public_key(pk) {
+        Some(t) => Ok(t.clone()),
+        None => {
+            state.rate_limit_unknown_key(ip).await?;
+            Err(ApiError::new(
+                ErrorCode::UnknownPublicKey,
+                "no widget has this public key",
+            ))
+        }
+    }
 }
 
 /// Intents and quick questions as served (a quick question's `intentName` is null unless
@@ -105,15 +117,16 @@ pub async fn config(
     headers: HeaderMap,
     params: Params,
 ) -> HandlerResult<Response> {
-    let tenant = tenant_by_key(&state, params.get("pk").or(params.get("publicKey")), "pk")?;
+    let ip = client_ip(&state, peer, &headers).to_string();
+    let tenant = tenant_by_key(
+        &state,
+        params.get("pk").or(params.get("publicKey")),
+        "pk",
+        &ip,
+    )
+    .await?;
     tenant.policy.check(&headers)?;
-    state
-        .rate_limit(
-            &tenant,
-            Limit::ConfigPerIp,
-            &client_ip(&state, peer, &headers).to_string(),
-        )
-        .await?;
+    state.rate_limit(&tenant, Limit::ConfigPerIp, &ip).await?;
     let now = state.now_ms();
     let cached = state
         .config_cache
@@ -323,10 +336,10 @@ pub async fn sessions(
     headers: HeaderMap,
     JsonBody(mut body): JsonBody<SessionBody>,
 ) -> HandlerResult<Response> {
-    let tenant = tenant_by_key(&state, body.public_key.as_deref(), "publicKey")?;
-    tenant.policy.check(&headers)?;
     let peer_ip = client_ip(&state, peer, &headers);
     let ip = peer_ip.to_string();
+    let tenant = tenant_by_key(&state, body.public_key.as_deref(), "publicKey", &ip).await?;
+    tenant.policy.check(&headers)?;
     state.rate_limit(&tenant, Limit::SessionsPerIp, &ip).await?;
     let profile = check_profile(&tenant, &mut body)?;
     // The first message takes the path of every visitor message: checked here, admitted
