@@ -415,3 +415,52 @@ async fn redis_restart_loses_no_acknowledged_message() {
     }
     assert_eq!(seen, history);
 }
+
+/// After a Redis outage a node fills the gap at once, not when the next live message
+/// happens to arrive: an agent on B receives what A stored right after Redis came back,
+/// though nothing is sent after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gap_after_a_redis_outage_is_filled_without_further_traffic() {
+    let Some(mut redis) = AofRedis::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = node_config(dir.path(), &redis.url(), "");
+    let (a, b) = (Process::spawn(&cfg, &[]), Process::spawn(&cfg, &[]));
+    let (ca, cb) = (a.client(), b.client());
+    let s = ca.session(PK).await;
+    let (mut agent, _) = Ws::open(b.addr, "/v1/tenant/ws", &acme_agent("ann"), None).await;
+    assert_eq!(ca.send(&s, "before", Some("b0")).await.status, 201);
+    let m = agent.next_of(&["message:new"]).await;
+    assert_eq!(m["data"]["body"], "before");
+
+    redis.kill();
+    wait_readyz(&cb, 503).await;
+    // Long enough for the reconnect back-offs to grow apart.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.spawn().await;
+    // As soon as A can store again, a short burst, then silence.
+    let mut sent = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while sent.len() < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A never stored again"
+        );
+        let body = format!("after {}", sent.len());
+        let r = ca.send(&s, &body, Some(&body)).await;
+        if r.status == 201 {
+            sent.push(body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < sent.len() {
+        let m = agent.next_of(&["message:new"]).await;
+        let body = m["data"]["body"].as_str().unwrap().to_owned();
+        if body.starts_with("after ") && !seen.contains(&body) {
+            seen.push(body);
+        }
+    }
+    assert_eq!(seen, sent);
+}

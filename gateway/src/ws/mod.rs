@@ -329,7 +329,8 @@ pub async fn serve<L: ChannelLogic>(
 ) {
     let end = async {
         conn.send(ready.into()).await?;
-        Box::pin(fill(&state, &mut conn, &logic, &mut last)).await?;
+        let mut refill = Refill::default();
+        refill.after(Box::pin(fill(&state, &mut conn, &logic, &mut last, false)).await?);
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         let kick = sub.kick_handle();
         // Registered once per connection, not at every wake-up: the shutdown token's
@@ -348,14 +349,14 @@ pub async fn serve<L: ChannelLogic>(
                     for n in 1.. {
                         match (out.class, out.seq) {
                             (Class::Resync, _) => {
-                                Box::pin(fill(&state, &mut conn, &logic, &mut last)).await?;
+                                refill.after(Box::pin(fill(&state, &mut conn, &logic, &mut last, refill.pending())).await?);
                             }
                             (_, Some(seq)) if seq <= last => {}
                             (_, Some(seq)) => {
                                 // A hole before this frame is filled from the log first; if the
                                 // log cannot be read now, the frame waits for the next attempt
                                 // rather than opening a gap the client would never see filled.
-                                let whole = seq == last + 1 || Box::pin(fill(&state, &mut conn, &logic, &mut last)).await?;
+                                let whole = seq == last + 1 || refill.after(Box::pin(fill(&state, &mut conn, &logic, &mut last, refill.pending())).await?);
                                 if whole && seq > last {
                                     unless_stopped(&state, &kick, conn.feed(out.text.clone())).await?;
                                     last = seq;
@@ -380,6 +381,9 @@ pub async fn serve<L: ChannelLogic>(
                         Err(msg) => sub.reply(frames::error("invalid_frame", &msg)),
                     }
                 }
+                _ = refill.due(), if refill.pending() => {
+                    refill.after(Box::pin(fill(&state, &mut conn, &logic, &mut last, true)).await?);
+                }
                 _ = ping.tick() => {
                     if conn.last_heard.elapsed() > IDLE_LIMIT {
                         return Err(End::Close(close::NORMAL, "no traffic for 60 s"));
@@ -394,6 +398,45 @@ pub async fn serve<L: ChannelLogic>(
     .await;
     if let Err(End::Close(code, reason)) = end {
         conn.close(code, reason).await;
+    }
+}
+
+/// A log read that failed is retried on a timer (from 200 ms, doubling up to 5 s) until it
+/// succeeds: after a store outage nothing else may ever arrive to trigger it (a broker's
+/// `Resync` can come while the store itself is still reconnecting), and the client would
+/// never see what was stored after the outage.
+#[derive(Default)]
+struct Refill {
+    /// When to read the log again; `None` while the connection has everything.
+    at: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Refill {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(5);
+
+    /// Records a fill's outcome (`true`: the log was read to its end); returns it.
+    fn after(&mut self, whole: bool) -> bool {
+        if whole {
+            self.at = None;
+            self.backoff = Duration::ZERO;
+        } else {
+            self.backoff = (self.backoff * 2).clamp(Self::FIRST, Self::MAX);
+            self.at = Some(Instant::now() + self.backoff);
+        }
+        whole
+    }
+
+    fn pending(&self) -> bool {
+        self.at.is_some()
+    }
+
+    async fn due(&self) {
+        match self.at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -415,12 +458,14 @@ async fn unless_stopped(
 }
 
 /// Sends everything in the log after `last`, advancing it. `Ok(false)` when the log could
-/// not be read to its end.
+/// not be read to its end; the client is told so unless `quiet` (a retry of a failure it
+/// was already told about).
 async fn fill<L: ChannelLogic>(
     state: &AppState,
     conn: &mut Conn,
     logic: &L,
     last: &mut u64,
+    quiet: bool,
 ) -> Result<bool, End> {
     loop {
         match logic.backlog(state, *last).await {
@@ -448,10 +493,12 @@ async fn fill<L: ChannelLogic>(
                 return Ok(true);
             }
             Err(e) => {
-                // The store is down: say so and keep the socket; the next Resync or live
-                // frame retries the fill.
-                conn.send(frames::error(e.code.as_str(), &e.message).into())
-                    .await?;
+                // The store is down: say so and keep the socket; the fill is retried (see
+                // `Refill`).
+                if !quiet {
+                    conn.send(frames::error(e.code.as_str(), &e.message).into())
+                        .await?;
+                }
                 return Ok(false);
             }
         }
