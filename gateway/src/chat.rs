@@ -323,10 +323,12 @@ impl AppState {
 
     /// Appends through the store (404 for a conversation not in the tenant) and counts it.
     async fn append(&self, new: NewMessage) -> Result<Appended, ApiError> {
-        let appended = self
-            .store
-            .append_message(new)
-            .await
+        let started = std::time::Instant::now();
+        let appended = self.store.append_message(new).await;
+        self.metrics
+            .store_append
+            .observe_duration(started.elapsed());
+        let appended = appended
             .map_err(crate::error::store_error)?
             .ok_or_else(not_found)?;
         if !appended.duplicate {

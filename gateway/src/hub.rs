@@ -25,6 +25,8 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use tokio::sync::{mpsc, Notify};
 
+use crate::histogram::Histogram;
+
 /// What a subscriber's queue carries.
 #[derive(Debug, Clone)]
 pub struct Outbound {
@@ -80,7 +82,6 @@ struct Subscriber {
 }
 
 /// The registry. Shared as `Arc<Hub>`.
-#[derive(Default)]
 pub struct Hub {
     channels: DashMap<Channel, Vec<Subscriber>>,
     next_id: AtomicU64,
@@ -90,6 +91,22 @@ pub struct Hub {
     pub kicks: AtomicU64,
     /// Typing frames dropped on full queues.
     pub dropped_ephemeral: AtomicU64,
+    /// Frames already queued for a subscriber when one more is added (for `/metrics`:
+    /// how close consumers run to their bound).
+    pub queue_depth: Histogram,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            channels: DashMap::new(),
+            next_id: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            kicks: AtomicU64::new(0),
+            dropped_ephemeral: AtomicU64::new(0),
+            queue_depth: Histogram::depth(),
+        }
+    }
 }
 
 /// A subscriber's end. Dropping it unsubscribes.
@@ -232,7 +249,11 @@ impl Hub {
         let mut delivered = 0;
         for s in subs.iter() {
             match s.tx.try_send(out.clone()) {
-                Ok(()) => delivered += 1,
+                Ok(()) => {
+                    delivered += 1;
+                    let queued = s.tx.max_capacity() - s.tx.capacity();
+                    self.queue_depth.observe(queued.saturating_sub(1) as u64);
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     if out.class == Class::Ephemeral {
                         self.dropped_ephemeral.fetch_add(1, Ordering::Relaxed);

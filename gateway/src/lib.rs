@@ -16,7 +16,8 @@
 //! - [`limits`] — rate limits and the client-IP rule.
 //! - [`availability`] — business hours in the tenant's time zone.
 //! - [`error`] — the error body, status mapping and request extractors.
-//! - [`metrics`] — counters for `/metrics`.
+//! - [`metrics`] — counters and histograms for `/metrics`.
+//! - [`histogram`] — the fixed-bucket histogram they use.
 //!
 //! Layers read in one direction: `http`/`ws` → `chat` → `confab_store` (and the hub,
 //! which the store feeds after each commit).
@@ -26,6 +27,7 @@ pub mod availability;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod histogram;
 pub mod http;
 pub mod hub;
 pub mod limits;

@@ -1,14 +1,16 @@
-//! Counters for `GET /metrics`, in the Prometheus text format. Hand-rolled: a handful of
-//! atomics and labelled maps do not justify a metrics framework.
+//! Counters and histograms for `GET /metrics`, in the Prometheus text format, each with
+//! its `# HELP` and `# TYPE`. Hand-rolled: a handful of atomics, labelled maps and
+//! fixed-bucket histograms ([`Histogram`]) do not justify a metrics framework.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use dashmap::DashMap;
 
+use crate::histogram::Histogram;
 use crate::hub::Hub;
 
-#[derive(Default)]
 pub struct Metrics {
     /// (route, status) → requests answered.
     http: DashMap<(&'static str, u16), AtomicU64>,
@@ -16,9 +18,33 @@ pub struct Metrics {
     rate_limited: DashMap<&'static str, AtomicU64>,
     /// Telemetry type → events received.
     widget_events: DashMap<&'static str, AtomicU64>,
+    /// Route → request latency (first byte in to response head out; long-polls included).
+    http_latency: DashMap<&'static str, Histogram>,
+    /// How long the store took to durably append a message (the wait behind every ack).
+    pub store_append: Histogram,
     pub messages_stored: AtomicU64,
     pub visitor_sockets: AtomicI64,
     pub agent_sockets: AtomicI64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            http: DashMap::new(),
+            rate_limited: DashMap::new(),
+            widget_events: DashMap::new(),
+            http_latency: DashMap::new(),
+            store_append: Histogram::latency(),
+            messages_stored: AtomicU64::new(0),
+            visitor_sockets: AtomicI64::new(0),
+            agent_sockets: AtomicI64::new(0),
+        }
+    }
+}
+
+/// `# HELP` and `# TYPE` of one metric.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 fn bump<K: std::hash::Hash + Eq>(map: &DashMap<K, AtomicU64>, key: K) {
@@ -30,8 +56,17 @@ fn bump<K: std::hash::Hash + Eq>(map: &DashMap<K, AtomicU64>, key: K) {
 }
 
 impl Metrics {
-    pub fn http(&self, route: &'static str, status: u16) {
+    /// One answered request: its status and how long it took.
+    pub fn http(&self, route: &'static str, status: u16, took: Duration) {
         bump(&self.http, (route, status));
+        match self.http_latency.get(route) {
+            Some(h) => h.observe_duration(took),
+            None => self
+                .http_latency
+                .entry(route)
+                .or_insert_with(Histogram::latency)
+                .observe_duration(took),
+        }
     }
 
     pub fn rate_limited(&self, limit: &'static str) {
@@ -45,7 +80,12 @@ impl Metrics {
     /// The exposition text.
     pub fn render(&self, hub: &Hub) -> String {
         let mut out = String::with_capacity(2048);
-        let _ = writeln!(out, "# TYPE confab_http_requests_total counter");
+        header(
+            &mut out,
+            "confab_http_requests_total",
+            "counter",
+            "HTTP requests answered, by route and status.",
+        );
         for e in self.http.iter() {
             let ((route, status), n) = (e.key(), e.value().load(Ordering::Relaxed));
             let _ = writeln!(
@@ -53,7 +93,41 @@ impl Metrics {
                 "confab_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
             );
         }
-        let _ = writeln!(out, "# TYPE confab_rate_limited_total counter");
+        header(
+            &mut out,
+            "confab_http_request_duration_seconds",
+            "histogram",
+            "HTTP request latency by route (long-polls hold requests up to 30 s).",
+        );
+        for e in self.http_latency.iter() {
+            e.value().render(
+                &mut out,
+                "confab_http_request_duration_seconds",
+                &format!("route=\"{}\"", e.key()),
+            );
+        }
+        header(
+            &mut out,
+            "confab_store_append_duration_seconds",
+            "histogram",
+            "Time to durably store a message (every acknowledgement waits for it).",
+        );
+        self.store_append
+            .render(&mut out, "confab_store_append_duration_seconds", "");
+        header(
+            &mut out,
+            "confab_hub_queue_depth_frames",
+            "histogram",
+            "Frames already waiting in a socket's queue when the hub adds one.",
+        );
+        hub.queue_depth
+            .render(&mut out, "confab_hub_queue_depth_frames", "");
+        header(
+            &mut out,
+            "confab_rate_limited_total",
+            "counter",
+            "Requests refused by a rate limit, by the limit that refused.",
+        );
         for e in self.rate_limited.iter() {
             let _ = writeln!(
                 out,
@@ -62,7 +136,12 @@ impl Metrics {
                 e.value().load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(out, "# TYPE confab_widget_events_total counter");
+        header(
+            &mut out,
+            "confab_widget_events_total",
+            "counter",
+            "Widget telemetry events counted (after sampling), by type.",
+        );
         for e in self.widget_events.iter() {
             let _ = writeln!(
                 out,
@@ -75,37 +154,49 @@ impl Metrics {
             (
                 "confab_messages_stored_total",
                 "counter",
+                "Messages stored by this node (duplicates excluded).",
                 self.messages_stored.load(Ordering::Relaxed) as i64,
             ),
             (
                 "confab_visitor_sockets",
                 "gauge",
+                "Open visitor WebSocket connections.",
                 self.visitor_sockets.load(Ordering::Relaxed),
             ),
             (
                 "confab_agent_sockets",
                 "gauge",
+                "Open tenant (agent) WebSocket connections.",
                 self.agent_sockets.load(Ordering::Relaxed),
             ),
             (
                 "confab_hub_deliveries_total",
                 "counter",
+                "Frames handed to socket queues.",
                 hub.deliveries.load(Ordering::Relaxed) as i64,
             ),
             (
                 "confab_hub_kicks_total",
                 "counter",
+                "Sockets closed (1013) for not keeping up.",
                 hub.kicks.load(Ordering::Relaxed) as i64,
             ),
             (
                 "confab_hub_dropped_typing_total",
                 "counter",
+                "Ephemeral frames (typing) dropped on full queues.",
                 hub.dropped_ephemeral.load(Ordering::Relaxed) as i64,
             ),
-            ("confab_hub_channels", "gauge", hub.channel_count() as i64),
+            (
+                "confab_hub_channels",
+                "gauge",
+                "Channels with subscribers on this node.",
+                hub.channel_count() as i64,
+            ),
         ];
-        for (name, kind, v) in gauges {
-            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {v}");
+        for (name, kind, help, v) in gauges {
+            header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {v}");
         }
         out
     }

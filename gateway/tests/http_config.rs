@@ -268,6 +268,36 @@ async fn health_readiness_and_metrics() {
         "{}",
         m.text
     );
+    // Every metric says what it is; latency and queue depth are histograms.
+    let types: Vec<&str> = m
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    for name in &types {
+        assert!(
+            m.text.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}"
+        );
+    }
+    for h in [
+        "confab_http_request_duration_seconds",
+        "confab_store_append_duration_seconds",
+        "confab_hub_queue_depth_frames",
+    ] {
+        assert!(
+            m.text.contains(&format!("# TYPE {h} histogram")),
+            "{h}: {}",
+            m.text
+        );
+    }
+    assert!(
+        m.text
+            .contains(r#"confab_http_request_duration_seconds_count{route="/v1/config"} 1"#),
+        "{}",
+        m.text
+    );
     // Every non-comment line is `name{labels} value` or `name value`.
     for line in m
         .text

@@ -103,8 +103,11 @@ async fn count(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .get::<MatchedPath>()
         .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
         .unwrap_or("other");
+    let started = std::time::Instant::now();
     let resp = next.run(req).await;
-    state.metrics.http(route, resp.status().as_u16());
+    state
+        .metrics
+        .http(route, resp.status().as_u16(), started.elapsed());
     resp
 }
 
