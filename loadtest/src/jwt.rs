@@ -1,27 +1,7 @@
-//! HS256 JSON Web Tokens for agents, signed by hand (hmac + sha2 + base64url) so the load
-//! tool needs no JWT library. Agents authenticate on `GET /v1/tenant/ws` with these.
+//! HS256 JSON Web Tokens for agents, signed through `confab_protocol::token` (the
+//! workspace's one signer). Agents authenticate on `GET /v1/tenant/ws` with these.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
-/// `{"alg":"HS256","typ":"JWT"}`, the only header the gateway accepts.
-const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
-
-/// Signs `payload_json` (already-serialised claims) with `secret`: `header.payload.sig`.
-pub fn sign_hs256(secret: &[u8], payload_json: &str) -> String {
-    let mut token = String::with_capacity(64 + payload_json.len() * 2);
-    token.push_str(&URL_SAFE_NO_PAD.encode(HEADER));
-    token.push('.');
-    token.push_str(&URL_SAFE_NO_PAD.encode(payload_json));
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(token.as_bytes());
-    let sig = mac.finalize().into_bytes();
-    token.push('.');
-    token.push_str(&URL_SAFE_NO_PAD.encode(sig));
-    token
-}
+use confab_protocol::token::{sign_hs256, HS256_HEADER};
 
 /// An agent token with the claims the gateway requires (`sub`, `tenant`, `exp`) and `name`.
 pub fn agent_token(
@@ -37,18 +17,21 @@ pub fn agent_token(
         "exp": exp_unix,
         "name": name,
     });
-    sign_hs256(secret.as_bytes(), &claims.to_string())
+    sign_hs256(secret.as_bytes(), HS256_HEADER, &claims.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
 
     #[test]
     fn matches_the_rfc_style_reference_token() {
         // The well-known example from jwt.io, whose header is byte-for-byte ours.
         let token = sign_hs256(
             b"your-256-bit-secret",
+            HS256_HEADER,
             r#"{"sub":"1234567890","name":"John Doe","iat":1516239022}"#,
         );
         assert_eq!(

@@ -13,7 +13,7 @@
 //!   bound to a chosen local IP so ephemeral ports never run out.
 //! - [`http`] — a minimal keep-alive HTTP/1.1 client (one hyper connection per worker).
 //! - [`ws`] — WebSocket connects with small buffers, so one process holds ~19,000 sockets.
-//! - [`jwt`] — HS256 agent tokens, signed by hand with hmac + sha2.
+//! - [`jwt`] — HS256 agent tokens, signed through `confab_protocol`.
 //! - [`api`] — the Confab calls the scenarios make: config, sessions, sends, polls, tenant
 //!   events, and the authenticated WebSocket channels.
 //! - [`baseline_proto`] and [`baseline`] — the baseline server's tiny protocol (shared by

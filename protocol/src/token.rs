@@ -246,15 +246,28 @@ struct LooseClaims {
     name: Option<serde_json::Value>,
 }
 
+/// The JWT header of every token Confab signs, and the only one it accepts.
+pub const HS256_HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+/// Signs a JWS in compact form — `b64(header).b64(payload).b64(HMAC-SHA256)` — over
+/// already-serialised JSON. The one HS256 signer of the workspace: agent tokens here, the
+/// load tool's tokens, and tests' deliberately odd headers.
+pub fn sign_hs256(secret: &[u8], header_json: &str, payload_json: &str) -> String {
+    let mut token = String::with_capacity(64 + (header_json.len() + payload_json.len()) * 4 / 3);
+    token.push_str(&URL_SAFE_NO_PAD.encode(header_json));
+    token.push('.');
+    token.push_str(&URL_SAFE_NO_PAD.encode(payload_json));
+    let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+    m.update(token.as_bytes());
+    token.push('.');
+    token.push_str(&URL_SAFE_NO_PAD.encode(m.finalize().into_bytes()));
+    token
+}
+
 /// Signs an agent JWT (what a tenant's backend does; also used by the demo and tests).
 pub fn sign_agent_jwt(secret: &[u8], claims: &AgentClaims) -> String {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
-    let signing_input = format!("{header}.{payload}");
-    let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
-    m.update(signing_input.as_bytes());
-    let sig = URL_SAFE_NO_PAD.encode(m.finalize().into_bytes());
-    format!("{signing_input}.{sig}")
+    let payload = serde_json::to_string(claims).unwrap_or_default();
+    sign_hs256(secret, HS256_HEADER, &payload)
 }
 
 /// Reads the `tenant` claim *without* verifying anything, to pick the key to verify with.

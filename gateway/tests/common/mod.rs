@@ -718,39 +718,17 @@ pub fn b64url(data: &[u8]) -> String {
     out
 }
 
-/// HMAC-SHA256 (RFC 2104) from `sha2`, to sign forged JWTs.
-pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
-    use sha2::{Digest, Sha256};
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let pad = |x: u8| k.iter().map(|b| b ^ x).collect::<Vec<u8>>();
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(msg)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .to_vec()
-}
-
 /// A JWT with any header and claims, HMAC-SHA256-signed with `secret` (or with an empty
 /// signature when `secret` is `None`).
 pub fn forge_jwt(header: &Value, claims: &Value, secret: Option<&[u8]>) -> String {
-    let input = format!(
-        "{}.{}",
-        b64url(header.to_string().as_bytes()),
-        b64url(claims.to_string().as_bytes())
-    );
-    let sig = secret
-        .map(|s| b64url(&hmac_sha256(s, input.as_bytes())))
-        .unwrap_or_default();
-    format!("{input}.{sig}")
+    match secret {
+        Some(s) => confab_protocol::token::sign_hs256(s, &header.to_string(), &claims.to_string()),
+        None => format!(
+            "{}.{}.",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        ),
+    }
 }
 
 /// `("authorization", "Bearer …")` value.
