@@ -12,7 +12,7 @@
 //! - [`sqlite`] — the embedded backend (file or in-memory): WAL, one writer thread with
 //!   group commit, reads off the async runtime. It is its own broker (one node).
 //! - [`redis`] — the scale-out backend: shared store, pub/sub fan-out, gap filling.
-//! - [`conformance`] — the test suite every backend runs.
+//! - `conformance` — the test suite every backend runs (feature `testkit`, for tests only).
 //!
 //! Messages are numbered by a per-conversation sequence and tenant events by a per-tenant
 //! offset, both positive integers. Offsets go on the wire as decimal strings
@@ -28,6 +28,7 @@ use confab_protocol::model::{
 };
 use serde_json::{Map, Value};
 
+#[cfg(feature = "testkit")]
 pub mod conformance;
 pub mod domain;
 pub mod ratelimit;
@@ -294,7 +295,7 @@ impl Default for Retention {
 
 /// The durable state of Confab.
 ///
-/// Promises every backend keeps (checked by [`conformance`]):
+/// Promises every backend keeps (checked by the `conformance` suite):
 /// - **Durability**: a call that returns `Ok` has committed: the data survives a crash of
 ///   the process (SQLite: WAL with `synchronous=FULL`; Redis: as durable as its AOF setting).
 ///   `Err(Unavailable)` means nothing was stored.

@@ -163,6 +163,7 @@ mod limiter;
 pub mod pubsub;
 mod scripts;
 #[doc(hidden)]
+#[cfg(feature = "testkit")]
 pub mod testing;
 
 use codec::{
