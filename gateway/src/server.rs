@@ -68,7 +68,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     config.check().map_err(StartError::Config)?;
-    let backend = confab_store::open(&config.store, options.retention).await?;
+    let backend =
+        confab_store::open_with_clock(&config.store, options.retention, options.clock.clone())
+            .await?;
     let secret = match &config.session_secret {
         Some(s) => s.as_bytes().to_vec(),
         None => {

@@ -21,23 +21,8 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::origin::OriginPolicy;
 
-/// The time source (epoch ms). Injectable so tests can move through DST changes.
-#[derive(Clone)]
-pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
-
-impl Clock {
-    pub fn system() -> Clock {
-        Clock(Arc::new(confab_protocol::time::now_ms))
-    }
-
-    pub fn from_fn(f: impl Fn() -> i64 + Send + Sync + 'static) -> Clock {
-        Clock(Arc::new(f))
-    }
-
-    pub fn now_ms(&self) -> i64 {
-        (self.0)()
-    }
-}
+/// The node's one time source, shared with its store (see [`confab_store::Clock`]).
+pub use confab_store::Clock;
 
 /// A tenant, compiled.
 pub struct Tenant {

@@ -35,6 +35,34 @@ pub mod ratelimit;
 pub mod redis;
 pub mod sqlite;
 
+/// The time source of a node (epoch ms). The gateway and its store share one, so message
+/// timestamps, TTLs, token expiry and rate limits all read the same time — and tests can
+/// move it (e.g. through a DST change or past a window).
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    /// The system's wall clock.
+    pub fn system() -> Clock {
+        Clock(Arc::new(confab_protocol::time::now_ms))
+    }
+
+    /// Any time source (tests).
+    pub fn from_fn(f: impl Fn() -> i64 + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(f))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
 /// Store errors, by who is at fault.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
@@ -483,10 +511,16 @@ pub struct Backend {
     pub limiter: Arc<dyn ratelimit::RateLimiter>,
 }
 
-/// Opens a backend from its URL: `memory`, `sqlite:PATH`, or `redis://…`.
+/// Opens a backend from its URL (`memory`, `sqlite:PATH`, or `redis://…`) on the system
+/// clock.
 pub async fn open(url: &str, retention: Retention) -> Result<Backend> {
+    open_with_clock(url, retention, Clock::system()).await
+}
+
+/// Opens a backend from its URL, stamping time with the node's `clock`.
+pub async fn open_with_clock(url: &str, retention: Retention, clock: Clock) -> Result<Backend> {
     if url == "memory" {
-        let s = Arc::new(sqlite::SqliteStore::open_memory(retention)?);
+        let s = Arc::new(sqlite::SqliteStore::open_memory(retention, clock)?);
         return Ok(Backend {
             store: s.clone(),
             broker: s,
@@ -508,6 +542,7 @@ pub async fn open(url: &str, retention: Retention) -> Result<Backend> {
             std::path::Path::new(path),
             retention,
             sync,
+            clock,
         )?);
         return Ok(Backend {
             store: s.clone(),
@@ -516,7 +551,7 @@ pub async fn open(url: &str, retention: Retention) -> Result<Backend> {
         });
     }
     if url.starts_with("redis://") || url.starts_with("rediss://") {
-        return redis::open(url, retention).await;
+        return redis::open(url, retention, clock).await;
     }
     Err(StoreError::Internal(format!(
         "unknown store URL {url:?}: use memory, sqlite:PATH or redis://HOST:PORT/DB"

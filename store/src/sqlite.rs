@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use confab_protocol::model::{Conversation, Message, Status, TenantEvent};
-use confab_protocol::time::{format_ms, now_ms};
+use confab_protocol::time::format_ms;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
@@ -31,9 +31,9 @@ use crate::domain::{
     new_conversation, new_conversation_id, new_message, new_visitor_id, record_message, to_json,
 };
 use crate::{
-    Appended, Broker, Channel, ConversationCursor, ConversationPage, Cursor, EventSink, EventsPage,
-    MessagePage, NewConversation, NewMessage, ProfileUpdate, Published, Result, Retention, Store,
-    StoreError, StoredMessage, VisitorRecord,
+    Appended, Broker, Channel, Clock, ConversationCursor, ConversationPage, Cursor, EventSink,
+    EventsPage, MessagePage, NewConversation, NewMessage, ProfileUpdate, Published, Result,
+    Retention, Store, StoreError, StoredMessage, VisitorRecord,
 };
 
 /// When a commit is durable (`sqlite:PATH?synchronous=…`).
@@ -113,6 +113,9 @@ pub struct SqliteStore {
     /// Where committed events go; set once by the gateway's hub.
     sink: Arc<OnceLock<Arc<dyn EventSink>>>,
     retention: Retention,
+    /// The node's clock: stamps `createdAt`/`updatedAt` (the gateway's and the store's
+    /// time are one).
+    clock: Clock,
     /// Joined on drop so that queued writes are committed before the process exits.
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -138,7 +141,12 @@ fn json_err(e: serde_json::Error) -> StoreError {
 
 impl SqliteStore {
     /// Opens (creating if needed) a database file and its directory.
-    pub fn open_file(path: &Path, retention: Retention, sync: Sync) -> Result<SqliteStore> {
+    pub fn open_file(
+        path: &Path,
+        retention: Retention,
+        sync: Sync,
+        clock: Clock,
+    ) -> Result<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
@@ -159,16 +167,21 @@ impl SqliteStore {
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(tokio::sync::Semaphore::new(READ_POOL)),
         };
-        Self::start(conn, readers, retention)
+        Self::start(conn, readers, retention, clock)
     }
 
     /// A private in-memory database (tests, `--store memory`): nothing survives the process.
-    pub fn open_memory(retention: Retention) -> Result<SqliteStore> {
+    pub fn open_memory(retention: Retention, clock: Clock) -> Result<SqliteStore> {
         let conn = Connection::open_in_memory().map_err(db_err)?;
-        Self::start(conn, Readers::ViaWriter, retention)
+        Self::start(conn, Readers::ViaWriter, retention, clock)
     }
 
-    fn start(conn: Connection, readers: Readers, retention: Retention) -> Result<SqliteStore> {
+    fn start(
+        conn: Connection,
+        readers: Readers,
+        retention: Retention,
+        clock: Clock,
+    ) -> Result<SqliteStore> {
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         // rusqlite keeps 16 by default; the writer uses more distinct statements than that,
         // and a miss re-prepares (parses and plans) the statement on every message.
@@ -186,6 +199,7 @@ impl SqliteStore {
             readers: Arc::new(readers),
             sink,
             retention,
+            clock,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -545,8 +559,9 @@ impl Store for SqliteStore {
     }
 
     async fn start_conversation(&self, new: NewConversation) -> Result<Conversation> {
+        let clock = self.clock.clone();
         self.write(move |c, outbox| {
-            let now = now_ms();
+            let now = clock.now_ms();
             let conv = new_conversation(&new, new_conversation_id(), new_visitor_id(), now);
             c.prepare_cached(
                 "INSERT INTO visitors (tenant, token_hash, visitor_id, conversation_id) VALUES (?1, ?2, ?3, ?4)
@@ -569,12 +584,13 @@ impl Store for SqliteStore {
         update: ProfileUpdate,
     ) -> Result<Option<Conversation>> {
         let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
+        let clock = self.clock.clone();
         self.write(move |c, outbox| {
             let Some((mut conv, seq, created)) = load_conversation(c, &tenant, &id)? else {
                 return Ok(None);
             };
             if update.apply(&mut conv) {
-                let now = now_ms();
+                let now = clock.now_ms();
                 conv.updated_at = format_ms(now);
                 conversation_updated(c, outbox, &conv, seq, created, now)?;
             }
@@ -584,6 +600,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_message(&self, new: NewMessage) -> Result<Option<Appended>> {
+        let clock = self.clock.clone();
         self.write(move |c, outbox| {
             let Some((mut conv, last_seq, last_created)) = load_conversation(c, &new.tenant, &new.conversation_id)? else {
                 return Ok(None);
@@ -601,7 +618,7 @@ impl Store for SqliteStore {
                     return Ok(Some(Appended { message, duplicate: true, first_in_conversation: false }));
                 }
             }
-            let now = now_ms();
+            let now = clock.now_ms();
             let seq = last_seq + 1;
             let created = now.max(last_created);
             let message = new_message(&new, seq, created);
@@ -768,12 +785,13 @@ impl Store for SqliteStore {
         status: Status,
     ) -> Result<Option<Conversation>> {
         let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
+        let clock = self.clock.clone();
         self.write(move |c, outbox| {
             let Some((mut conv, seq, created)) = load_conversation(c, &tenant, &id)? else {
                 return Ok(None);
             };
             if conv.status != status {
-                let now = now_ms();
+                let now = clock.now_ms();
                 conv.status = status;
                 conv.updated_at = format_ms(now);
                 conversation_updated(c, outbox, &conv, seq, created, now)?;
@@ -795,8 +813,9 @@ impl Store for SqliteStore {
             kind.to_owned(),
             conversation_id.map(str::to_owned),
         );
+        let clock = self.clock.clone();
         self.write(move |c, outbox| {
-            let now = now_ms();
+            let now = clock.now_ms();
             let mut data = data;
             if let Some(id) = &conv_id {
                 let Some((mut conv, seq, created)) = load_conversation(c, &tenant, id)? else {

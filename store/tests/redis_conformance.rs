@@ -13,8 +13,8 @@ use confab_store::ratelimit::{Decision, LimitSpec, MemoryRateLimiter, RateLimite
 use confab_store::redis::testing::{RedisServer, TcpProxy};
 use confab_store::redis::RedisNode;
 use confab_store::{
-    Channel, Cursor, EventSink, NewConversation, NewMessage, ProfileUpdate, Published, Retention,
-    StoreError,
+    Channel, Clock, Cursor, EventSink, NewConversation, NewMessage, ProfileUpdate, Published,
+    Retention, StoreError,
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -389,7 +389,7 @@ async fn pubsub_kill_mid_stream_resyncs_without_loss() {
         return;
     };
     let redis = Arc::new(redis);
-    let reader = RedisNode::connect(&redis.url(), Retention::default())
+    let reader = RedisNode::connect(&redis.url(), Retention::default(), Clock::system())
         .await
         .unwrap();
     let writer = confab_store::open(&redis.url(), Retention::default())
@@ -470,7 +470,7 @@ async fn canary_detects_a_silent_connection() {
         return;
     };
     let proxy = TcpProxy::start(redis.addr()).await.unwrap();
-    let reader = RedisNode::connect(&proxy.url(), Retention::default())
+    let reader = RedisNode::connect(&proxy.url(), Retention::default(), Clock::system())
         .await
         .unwrap();
     let writer = confab_store::open(&redis.url(), Retention::default())
@@ -575,7 +575,7 @@ async fn calls_fail_fast_while_redis_is_down_and_recover() {
     else {
         return;
     };
-    let node = RedisNode::connect(&redis.url(), Retention::default())
+    let node = RedisNode::connect(&redis.url(), Retention::default(), Clock::system())
         .await
         .unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();

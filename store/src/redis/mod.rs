@@ -75,7 +75,7 @@
 //! every channel in seq/offset order, and a stored event is always published (same script)
 //! while a published one is always stored.
 //!
-//! **Clocks.** Timestamps come from the calling node's clock (as with SQLite), passed into
+//! **Clocks.** Timestamps come from the node's [`Clock`](crate::Clock) (as with SQLite), passed into
 //! the scripts with their formatted form; the script takes `max(now, last createdAt)`, so
 //! `createdAt` never decreases along a conversation even when nodes' clocks disagree (keep
 //! them NTP-synced: the conversation list and retention use them too). The rate limiter
@@ -143,7 +143,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use confab_protocol::model::{Conversation, Status, TenantEvent};
-use confab_protocol::time::{format_ms, now_ms};
+use confab_protocol::time::format_ms;
 use dashmap::DashMap;
 use parking_lot::RwLock;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -152,8 +152,8 @@ use serde_json::Value as Json;
 
 use crate::domain::{new_conversation, new_conversation_id, new_message, new_visitor_id, to_json};
 use crate::{
-    Appended, Backend, ConversationCursor, ConversationPage, Cursor, EventsPage, MessagePage,
-    NewConversation, NewMessage, ProfileUpdate, Result, Retention, Store, StoreError,
+    Appended, Backend, Clock, ConversationCursor, ConversationPage, Cursor, EventsPage,
+    MessagePage, NewConversation, NewMessage, ProfileUpdate, Result, Retention, Store, StoreError,
     StoredMessage, VisitorRecord,
 };
 
@@ -186,8 +186,8 @@ const TRIM_BUDGET: usize = 1000;
 /// Opens the Redis backend: the store, the broker and the rate limiter of one node.
 /// Fails with `Unavailable` when Redis does not answer a `PING` in time (after that,
 /// outages are survived: calls fail fast and everything reconnects by itself).
-pub async fn open(url: &str, retention: Retention) -> Result<Backend> {
-    let node = RedisNode::connect(url, retention).await?;
+pub async fn open(url: &str, retention: Retention, clock: Clock) -> Result<Backend> {
+    let node = RedisNode::connect(url, retention, clock).await?;
     Ok(Backend {
         store: node.store,
         broker: node.broker,
@@ -204,7 +204,7 @@ pub struct RedisNode {
 
 impl RedisNode {
     /// Connects to `url` (`redis://[user:pass@]host:port[/db]`).
-    pub async fn connect(url: &str, retention: Retention) -> Result<RedisNode> {
+    pub async fn connect(url: &str, retention: Retention, clock: Clock) -> Result<RedisNode> {
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Internal(format!("bad Redis URL {url:?}: {e}")))?;
         let db = client.get_connection_info().redis_settings().db();
@@ -215,6 +215,7 @@ impl RedisNode {
             conn: conn.clone(),
             channels: channels.clone(),
             retention,
+            clock,
             registered: DashMap::new(),
         });
         let broker = Arc::new(RedisBroker::start(client, conn.clone(), channels));
@@ -407,6 +408,9 @@ pub struct RedisStore {
     conn: Arc<Conn>,
     channels: Channels,
     retention: Retention,
+    /// The node's clock: stamps `createdAt`/`updatedAt` and computes TTLs (one time for
+    /// the gateway and its store).
+    clock: Clock,
     /// Tenants this process already added to `confab:tenants` (one `SADD` per tenant).
     registered: DashMap<String, ()>,
 }
@@ -459,7 +463,7 @@ impl Store for RedisStore {
     }
 
     async fn claim_nonce(&self, nonce: &str, expires_ms: i64) -> Result<bool> {
-        let ttl = (expires_ms - now_ms()).max(1);
+        let ttl = (expires_ms - self.clock.now_ms()).max(1);
         let reply: Value = self
             .conn
             .query(
@@ -491,7 +495,7 @@ impl Store for RedisStore {
     }
 
     async fn start_conversation(&self, new: NewConversation) -> Result<Conversation> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let conv = new_conversation(&new, new_conversation_id(), new_visitor_id(), now);
         let t = conversation_template(&conv)?;
         self.register(&new.tenant).await?;
@@ -531,7 +535,7 @@ impl Store for RedisStore {
             if !update.clone().apply(&mut conv) {
                 return Ok(Some(conv));
             }
-            let now = now_ms();
+            let now = self.clock.now_ms();
             conv.updated_at = format_ms(now);
             let t = conversation_template(&conv)?;
             let mut inv = scripts::PROFILE.prepare_invoke();
@@ -575,7 +579,7 @@ impl Store for RedisStore {
         let k = TenantKeys::new(&new.tenant);
         let id = &new.conversation_id;
         let (min_events, min_age) = self.retention_args();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut inv = scripts::APPEND.prepare_invoke();
         inv.key(k.conversation(id))
             .key(k.messages(id))
@@ -796,7 +800,7 @@ impl Store for RedisStore {
     ) -> Result<Option<Conversation>> {
         let k = TenantKeys::new(tenant);
         let (min_events, min_age) = self.retention_args();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut inv = scripts::STATUS.prepare_invoke();
         inv.key(k.conversation(conversation_id))
             .key(k.list("open"))
@@ -836,7 +840,7 @@ impl Store for RedisStore {
         let k = TenantKeys::new(tenant);
         let (min_events, min_age) = self.retention_args();
         self.register(tenant).await?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         if let (Some(id), "conversation:qualified") = (conversation_id, kind) {
             let mut inv = scripts::QUALIFY.prepare_invoke();
             inv.key(k.conversation(id))
