@@ -259,6 +259,11 @@ async fn an_optional_first_message_is_stored() {
     // A first message that breaks the rules refuses the whole session.
     let r = c.session_with(PK, json!({"message": "   "})).await;
     assert_invalid(&r, "message");
+    // Zero-width characters render as nothing: such a message is empty too.
+    let r = c
+        .session_with(PK, json!({"message": "\u{200B}\u{200D} \u{FEFF}\u{2060}"}))
+        .await;
+    assert_invalid(&r, "message");
     let r = c
         .session_with(PK, json!({"message": "é".repeat(10_001)}))
         .await;

@@ -180,6 +180,13 @@ async fn typing_close_reopen_and_ping() {
         (Some("validation_failed"), Some("empty"))
     );
     assert_eq!(c.history(&s).await.len(), before);
+    // So does a message of zero-width characters, on HTTP too.
+    let r = c
+        .send(&s, "\u{200B}\u{200C}\u{200D}\u{2060}\u{FEFF}", None)
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(r.json["error"]["field"], "message");
+    assert_eq!(c.history(&s).await.len(), before);
     gw.shutdown().await;
 }
 
