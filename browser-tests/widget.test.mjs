@@ -165,9 +165,18 @@ let gw, browser, hostServer, HOST; // HOST: a second loopback origin serving hos
 const hostPages = new Map();
 const pageErrors = [];
 
+// Every page reports Content-Security-Policy violations (a blocked script, style, socket or
+// handler) as a console error that `watch` collects. Init scripts run outside the page's CSP.
+function reportCspViolations() {
+  document.addEventListener('securitypolicyviolation', (e) => {
+    (window.__cspViolations = window.__cspViolations || []).push(`${e.violatedDirective} ${e.blockedURI}`);
+    console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || 'inline'} (${e.sourceFile}:${e.lineNumber})`);
+  });
+}
 async function newPage(opts = {}) {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: 'en-US', ...opts });
   ctx.setDefaultTimeout(WAIT);
+  await ctx.addInitScript(reportCspViolations);
   const page = await ctx.newPage();
   watch(page);
   return page;
@@ -275,6 +284,33 @@ test('gateway serves the widget, the demo page and the console', { timeout: 30_0
   const con = await fetch(`${gw.url}/console`, { signal: AbortSignal.timeout(WAIT) });
   assert.equal(con.status, 200, 'GET /console');
   assert.match(con.headers.get('content-type') || '', /text\/html/);
+});
+
+test('the pages\' Content-Security-Policy blocks nothing they use', { timeout: 60_000 }, async () => {
+  const jwtCsp = agentJwt(AGENT_SECRET, 'demo', 'agent-csp', 'CSP Agent');
+  const agentPage = await newPage();
+  const res = await agentPage.goto(`${gw.url}/console#token=${jwtCsp}`);
+  const csp = res.headers()['content-security-policy'] || '';
+  assert.match(csp, /script-src 'self'/, 'the console has a CSP');
+  assert.match(csp, /frame-ancestors 'none'/);
+  await agentPage.locator('#conn', { hasText: 'live' }).waitFor(); // fetch and WebSocket allowed
+  const page = await newPage();
+  const demo = await page.goto(`${gw.url}/demo`);
+  assert.match(demo.headers()['content-security-policy'] || '', /script-src 'self'/, 'the demo page has a CSP');
+  await page.locator('#open-chat').click(); // the page's own script drives the widget
+  const w = widget(page);
+  await w.panel.waitFor({ state: 'visible' });
+  await sendFromWidget(page, 'Hello under a strict CSP');
+  await convItem(agentPage, 'Hello under a strict CSP').click();
+  await consoleReply(agentPage, 'Answered under a strict CSP');
+  await w.fromAgent('Answered under a strict CSP').waitFor();
+  // The widget styles its shadow root: the launcher is a styled pill, not a bare button.
+  assert.equal(await w.launcher.evaluate((e) => getComputedStyle(e).position), 'fixed');
+  for (const p of [agentPage, page]) {
+    assert.deepEqual(await p.evaluate(() => window.__cspViolations || []), [], `no CSP violation on ${p.url()}`);
+  }
+  await agentPage.context().close();
+  await page.context().close();
 });
 
 let visitor;      // the demo visitor page, reused by the reload scenario

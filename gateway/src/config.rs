@@ -18,6 +18,9 @@ use crate::availability::Schedule;
 /// The demo tenant's public key (the SPEC's example key).
 pub const DEMO_PUBLIC_KEY: &str = "pk_live_0123456789abcdef0123456789abcdef";
 
+/// Longest session or challenge lifetime (10 years), in seconds.
+pub const MAX_TTL_SECS: u64 = 10 * 366 * 24 * 3600;
+
 /// The whole configuration, as read from the file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -379,8 +382,17 @@ impl Config {
         if self.tenants.is_empty() {
             return Err("no tenants configured: add at least one [[tenants]] table".into());
         }
-        if self.session_ttl_secs == 0 || self.challenge_ttl_secs == 0 {
-            return Err("session_ttl_secs and challenge_ttl_secs must be positive".into());
+        // Bounded, so expiries computed in epoch milliseconds cannot overflow.
+        if !(1..=MAX_TTL_SECS).contains(&self.session_ttl_secs)
+            || !(1..=MAX_TTL_SECS).contains(&self.challenge_ttl_secs)
+        {
+            return Err(format!(
+                "session_ttl_secs and challenge_ttl_secs must be 1..={MAX_TTL_SECS} (10 years)"
+            ));
+        }
+        // A tokio semaphore holds the slots; it panics beyond MAX_PERMITS.
+        if !(1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&self.max_connections) {
+            return Err("max_connections must be positive (and below 2^61)".into());
         }
         for cidr in &self.trusted_proxies {
             crate::limits::parse_cidr(cidr)

@@ -21,7 +21,14 @@ pub fn parse_ms(text: &str) -> Option<i64> {
     if text.len() > 64 {
         return None;
     }
-    text.parse::<Timestamp>().ok().map(|t| t.as_millisecond())
+    // Floor, not `as_millisecond` (which rounds towards zero): cutting the digits of
+    // `1969-12-31T23:59:59.9995Z` must give …59.999, not the later 00:00:00.000.
+    let ms = text
+        .parse::<Timestamp>()
+        .ok()?
+        .as_nanosecond()
+        .div_euclid(1_000_000);
+    i64::try_from(ms).ok()
 }
 
 #[cfg(test)]
@@ -43,5 +50,8 @@ mod tests {
             parse_ms("2026-11-22T10:00:00Z")
         );
         assert_eq!(parse_ms("yesterday"), None);
+        // Sub-millisecond digits are cut, also before 1970 (found by a property test).
+        assert_eq!(parse_ms("1969-12-31T23:59:59.9991Z"), Some(-1));
+        assert_eq!(parse_ms("1970-01-01T00:00:00.0009Z"), Some(0));
     }
 }

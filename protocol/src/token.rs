@@ -327,15 +327,24 @@ pub fn verify_agent_jwt(
     let exp = loose
         .exp
         .as_ref()
-        .and_then(|v| v.as_f64())
+        .filter(|v| v.is_number())
         .ok_or(TokenError::MissingClaim("exp"))?;
-    if (exp * 1000.0) as i64 <= now_ms {
+    // An integer stays exact (an f64 drops digits past 2^53); a fraction (NumericDate
+    // allows one) or an integer beyond i64 goes through f64, whose casts saturate.
+    let (exp, exp_ms) = match exp.as_i64() {
+        Some(secs) => (secs, secs.saturating_mul(1000)),
+        None => {
+            let secs = exp.as_f64().unwrap_or(f64::MAX);
+            (secs as i64, (secs * 1000.0) as i64)
+        }
+    };
+    if exp_ms <= now_ms {
         return Err(TokenError::Expired);
     }
     Ok(AgentClaims {
         sub: sub.to_owned(),
         tenant: tenant.to_owned(),
-        exp: exp as i64,
+        exp,
         name: loose.name.and_then(|v| v.as_str().map(str::to_owned)),
     })
 }
@@ -450,6 +459,19 @@ mod tests {
             verify_agent_jwt(&format!("{h}.{no_exp}.{sig}"), b"k", 0),
             Err(TokenError::MissingClaim("exp"))
         );
+    }
+
+    #[test]
+    fn jwt_exp_stays_exact() {
+        // Past 2^53 an f64 drops digits (found by a property test).
+        let claims = AgentClaims {
+            sub: "a".into(),
+            tenant: "t".into(),
+            exp: 17_002_751_011_703_349,
+            name: None,
+        };
+        let tok = sign_agent_jwt(b"k", &claims);
+        assert_eq!(verify_agent_jwt(&tok, b"k", 0).unwrap().exp, claims.exp);
     }
 
     #[test]

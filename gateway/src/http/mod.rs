@@ -4,6 +4,8 @@
 //! - [`widget`] — the visitor-facing API: config, sessions, messages, telemetry.
 //! - [`tenant`] — the agent-dashboard / tenant-backend API.
 //! - [`ops`] — health, readiness, metrics, and the static pages (widget, demo, console).
+//!
+//! Every response carries `X-Content-Type-Options: nosniff` (the `nosniff` layer).
 
 use std::net::SocketAddr;
 
@@ -45,7 +47,9 @@ const ROUTES: &[&str] = &[
     "/metrics",
     "/widget.js",
     "/demo",
+    "/demo.js",
     "/console",
+    "/console.js",
 ];
 
 /// The whole application.
@@ -74,7 +78,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/widget.js", get(ops::widget_js))
         .route("/demo", get(ops::demo))
+        .route("/demo.js", get(ops::demo_js))
         .route("/console", get(ops::console))
+        .route("/console.js", get(ops::console_js))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -83,7 +89,21 @@ pub fn router(state: AppState) -> Router {
             crate::origin::cors,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), count))
+        .layer(middleware::from_fn(nosniff))
         .with_state(state)
+}
+
+/// `X-Content-Type-Options: nosniff` on every response the router gives — answers, errors,
+/// 404s, preflights, pages, metrics — so no browser ever reads a JSON body or an error as
+/// a script or a page. The outermost layer, so short-circuiting layers inside it (CORS
+/// preflights, body limits) are covered too.
+async fn nosniff(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
 }
 
 async fn not_found() -> Response {

@@ -1,0 +1,464 @@
+// The agent console's script (GET /console.js), kept out of console.html so the page's
+// Content-Security-Policy can forbid inline scripts.
+(function () {
+  'use strict';
+  var TK = 'confab.console.token', OK = 'confab.console.offset', UK = 'confab.console.unread';
+  var $ = function (id) { return document.getElementById(id); };
+  var token = null, ws = null, wsReady = false, tries = 0, wsTimer = 0, pingT = 0, pongT = 0;
+  var polling = false, pollAbort = null, pollErrs = 0, quietPoll = false;
+  var offset = null;                 // last tenant event offset seen (resume point)
+  var seenOff = new Set(), offQ = []; // dedupe events by offset (bounded)
+  var convs = new Map();             // id -> Conversation
+  var unread = {};                   // id -> count
+  var chats = new Map();             // id -> { ids:Set, loaded, loading, buffer:[] }
+  var pending = {};                  // clientMessageId -> {c, conv, text, el, state, timer}
+  var typingUntil = {};              // conversationId -> ms timestamp
+  var me = null;                     // this agent's id (JWT sub, then ready.agent.id)
+  var cur = null, filter = 'open', nextCursor = null, lastTypingSent = 0, typingTimer = 0;
+
+  function ss(k, v) { try { if (v === undefined) return sessionStorage.getItem(k); if (v === null) sessionStorage.removeItem(k); else sessionStorage.setItem(k, v); } catch (e) {} return null; }
+  function uuid() {
+    if (crypto.randomUUID) try { return crypto.randomUUID(); } catch (e) {}
+    var b = crypto.getRandomValues(new Uint8Array(16)), x = '';
+    b[6] = b[6] & 15 | 64; b[8] = b[8] & 63 | 128;
+    for (var i = 0; i < 16; i++) x += (b[i] + 256).toString(16).slice(1);
+    return x.slice(0, 8) + '-' + x.slice(8, 12) + '-' + x.slice(12, 16) + '-' + x.slice(16, 20) + '-' + x.slice(20);
+  }
+  function el(tag, cls, text) { var e = document.createElement(tag); if (cls) e.className = cls; if (text != null) e.textContent = text; return e; }
+  function jitter(ms) { return ms / 2 + Math.random() * ms / 2; }
+  function fmt(ts, full) {
+    var d = new Date(ts);
+    if (isNaN(d)) return '';
+    return full || new Date().toDateString() !== d.toDateString() ? d.toLocaleString([], { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' })
+      : d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  }
+  function jwtClaims(t) {
+    try { return JSON.parse(atob(t.split('.')[1].replace(/-/g, '+').replace(/_/g, '/'))); } catch (e) { return null; }
+  }
+
+  // ---- HTTP
+  function api(method, path, body, signal) {
+    var h = { Authorization: 'Bearer ' + token };
+    if (body) h['Content-Type'] = 'application/json';
+    return fetch(path, { method: method, headers: h, body: body ? JSON.stringify(body) : undefined, signal: signal, cache: 'no-store' })
+      .then(function (r) {
+        return r.text().then(function (t) {
+          var j = null; try { j = t ? JSON.parse(t) : null; } catch (e) {}
+          if (!r.ok) {
+            var er = (j && j.error) || {}, e = new Error(er.message || 'HTTP ' + r.status);
+            e.status = r.status; e.code = er.code; e.retryAfter = +r.headers.get('Retry-After') || 0;
+            if (r.status === 401) signOut('Token rejected (' + (er.code || 401) + '). Paste a valid agent token.');
+            throw e;
+          }
+          return j || {};
+        });
+      });
+  }
+
+  // ---- sign-in
+  function signIn(t) {
+    t = (t || '').trim();
+    if (!/^[\w-]+\.[\w-]+\.[\w-]*$/.test(t)) { $('loginErr').textContent = 'That does not look like a JWT.'; return; }
+    if (t !== ss(TK)) { ss(OK, null); ss(UK, null); } // another agent/tenant: do not resume its offsets
+    token = t; ss(TK, t);
+    var c = jwtClaims(t) || {};
+    $('agent').textContent = c.name || c.sub || '';
+    me = c.sub || null;
+    $('tenant').textContent = c.tenant || '';
+    $('login').hidden = true; $('app').hidden = false; $('logout').hidden = false;
+    offset = ss(OK);
+    try { unread = JSON.parse(ss(UK)) || {}; } catch (e) { unread = {}; }
+    loadList(); // current state; the WS then resumes from the stored offset (events after it are new to us)
+    connect();
+  }
+  function signOut(msg) {
+    token = null; ss(TK, null); ss(OK, null); ss(UK, null);
+    stopPolling(); clearTimeout(wsTimer);
+    if (ws) { var s = ws; ws = null; s.onclose = null; s.close(); }
+    wsReady = false; setConn('down', 'signed out');
+    $('app').hidden = true; $('logout').hidden = true; $('login').hidden = false;
+    $('loginErr').textContent = msg || '';
+  }
+  $('login').onsubmit = function (e) { e.preventDefault(); signIn($('tok').value); };
+  $('logout').onclick = function () { signOut(''); };
+
+  function setConn(cls, text) { var c = $('conn'); c.className = cls; c.textContent = text; }
+
+  // ---- conversation list (HTTP), merged with live events
+  // Conversations over HTTP (most recently updated first, paged with nextCursor); merged
+  // with live events by updatedAt, so the order of the two never matters.
+  function loadList(cursor, resync) {
+    var q = '/v1/tenant/conversations?limit=50' + (cursor ? '&cursor=' + encodeURIComponent(cursor) : '');
+    return api('GET', q).then(function (r) {
+      (r.conversations || []).forEach(upsert);
+      nextCursor = r.nextCursor || null;
+      $('more').hidden = !nextCursor;
+      renderList();
+      if (resync && cur) { chats.delete(cur); openConv(cur); } // events were lost: refetch the open conversation
+    }).catch(function (e) { if (e.status !== 401) setConn('down', 'load failed'); });
+  }
+  $('more').onclick = function () { if (nextCursor) loadList(nextCursor); };
+
+  function upsert(c) {
+    if (!c || !c.id) return;
+    var old = convs.get(c.id);
+    if (old && old.updatedAt > c.updatedAt) { // keep the newer state, but take flags that only move forward
+      if (c.qualified) old.qualified = true;
+      return;
+    }
+    if (old && old.lastMessage && (!c.lastMessage || old.lastMessage.createdAt > c.lastMessage.createdAt)) c.lastMessage = old.lastMessage;
+    convs.set(c.id, c);
+    if (c.id === cur) renderHead();
+  }
+  function prefix(m) {
+    var a = m.author || {};
+    if (a.kind === 'visitor') return '';
+    return a.kind === 'agent' && a.id === me ? 'You: ' : (a.name || a.kind || '') + ': ';
+  }
+  function label(c) {
+    return (c.contact && (c.contact.name || c.contact.email)) || c.customerId || ('Visitor ' + String(c.visitorId || c.id).slice(-6));
+  }
+  function renderList() {
+    var ul = $('convs'), list = Array.from(convs.values()).filter(function (c) { return filter === 'all' || c.status === filter; });
+    list.sort(function (a, b) { return a.updatedAt < b.updatedAt ? 1 : a.updatedAt > b.updatedAt ? -1 : 0; });
+    ul.textContent = '';
+    var total = 0;
+    Object.keys(unread).forEach(function (k) { total += unread[k] || 0; });
+    document.title = (total ? '(' + total + ') ' : '') + 'Confab console';
+    if (!list.length) { ul.appendChild(el('li', 'muted', 'No ' + (filter === 'all' ? '' : filter + ' ') + 'conversations.')).style.padding = '12px 14px'; return; }
+    list.forEach(function (c) {
+      var li = el('li'), b = el('button'), r1 = el('div', 'row'), r2 = el('div', 'snip');
+      b.type = 'button'; b.setAttribute('data-conv-id', c.id);
+      if (c.id === cur) b.setAttribute('aria-current', 'true');
+      r1.appendChild(el('span', 'who', label(c)));
+      if (c.qualified) r1.appendChild(el('span', 'tag q', 'qualified'));
+      if (c.status === 'closed') r1.appendChild(el('span', 'tag', 'closed'));
+      if (unread[c.id]) { var u = el('span', 'unread', String(unread[c.id])); u.setAttribute('aria-label', unread[c.id] + ' unread'); r1.appendChild(u); }
+      r1.appendChild(el('span', 'when', fmt(c.updatedAt)));
+      if (typingUntil[c.id] > Date.now()) r2.appendChild(el('span', 'styping', 'typing…'));
+      else r2.textContent = c.lastMessage ? prefix(c.lastMessage) + c.lastMessage.body : 'No messages yet';
+      b.appendChild(r1); b.appendChild(r2);
+      b.onclick = function () { openConv(c.id); };
+      li.appendChild(b); ul.appendChild(li);
+    });
+  }
+  Array.prototype.forEach.call(document.querySelectorAll('.filters button'), function (b) {
+    b.onclick = function () {
+      filter = b.getAttribute('data-f');
+      Array.prototype.forEach.call(document.querySelectorAll('.filters button'), function (x) { x.setAttribute('aria-pressed', String(x === b)); });
+      renderList();
+    };
+  });
+
+  // ---- one conversation
+  function openConv(id) {
+    cur = id;
+    $('empty').hidden = true; $('conv').hidden = false;
+    $('msgs').textContent = ''; $('typing').textContent = '';
+    unread[id] = 0; saveUnread();
+    renderHead(); renderList();
+    var ch = chats.get(id);
+    if (!ch) { ch = { ids: new Set(), list: [], loaded: false, buffer: [] }; chats.set(id, ch); }
+    ch.list.forEach(function (m) { drawMsg(m); });
+    Object.keys(pending).forEach(function (k) { var p = pending[k]; if (p.conv === id) $('msgs').appendChild(p.el); });
+    scroll();
+    if (!ch.loaded && !ch.loading) loadHistory(id, ch);
+    $('replyText').focus();
+  }
+  function loadHistory(id, ch) {
+    ch.loading = true;
+    var after = ch.list.length ? ch.list[ch.list.length - 1].id : null;
+    function page() {
+      return api('GET', '/v1/tenant/conversations/' + encodeURIComponent(id) + '/messages?limit=200' + (after ? '&after=' + encodeURIComponent(after) : ''))
+        .then(function (r) {
+          var ms = r.messages || [];
+          ms.forEach(function (m) { addMsg(m, true); });
+          if (ms.length) after = ms[ms.length - 1].id;
+          if (r.hasMore && ms.length) return page();
+        });
+    }
+    page().then(function () {
+      ch.loaded = true; ch.loading = false;
+      var buf = ch.buffer; ch.buffer = [];
+      buf.forEach(function (m) { addMsg(m, true); }); // live ones that raced the history load
+    }, function () { ch.loading = false; });
+  }
+  function addMsg(m, fromHistory) {
+    var ch = chats.get(m.conversationId);
+    if (!ch) return;
+    if (!fromHistory && !ch.loaded) { if (ch.loading) ch.buffer.push(m); return; } // history will include it
+    if (ch.ids.has(m.id)) return;
+    ch.ids.add(m.id); ch.list.push(m);
+    if (m.conversationId === cur) {
+      var p = m.clientMessageId && pending[m.clientMessageId];
+      if (p) dropPending(p);
+      drawMsg(m); scroll();
+    }
+  }
+  function drawMsg(m) {
+    var k = (m.author && m.author.kind) || 'system';
+    var d = el('div', 'msg ' + (k === 'visitor' ? 'in' : k === 'system' ? 'system' : k === 'bot' ? 'out bot' : 'out'));
+    d.setAttribute('data-id', m.id);
+    var c = convs.get(m.conversationId);
+    if (k !== 'system') d.appendChild(el('div', 'a', (m.author && m.author.name) || (k === 'visitor' && c ? label(c) : k === 'bot' ? 'Bot' : 'Agent')));
+    d.appendChild(el('div', 'b', m.body));
+    if (k !== 'system') d.appendChild(el('div', 'm', fmt(m.createdAt) + (m.meta && m.meta.mode ? ' · ' + m.meta.mode : '')));
+    var msgs = $('msgs');
+    msgs.insertBefore(d, msgs.querySelector('.pending'));
+  }
+  function scroll() { var m = $('msgs'); m.scrollTop = m.scrollHeight; }
+  function renderHead() {
+    var c = convs.get(cur);
+    if (!c) return;
+    $('ctitle').textContent = label(c);
+    $('cstatus').textContent = c.status; $('cstatus').className = 'tag ' + c.status;
+    $('closeBtn').hidden = c.status !== 'open';
+    $('hint').textContent = c.status === 'closed' ? 'This conversation is closed. Replying reopens it.' : '';
+    var dl = $('ctx'); dl.textContent = '';
+    function row(k, v) { if (v == null || v === '') return; dl.appendChild(el('dt', null, k)); dl.appendChild(el('dd', null, String(v))); }
+    var vc = c.visitorContext || {}, ct = c.contact || {};
+    row('Visitor', c.visitorId); row('Status', c.status); row('Qualified', c.qualified ? 'yes' : 'no');
+    row('Name', ct.name); row('Email', ct.email); row('Customer', c.customerId); row('Locale', c.locale);
+    row('Page', vc.pageUrl); row('Title', vc.pageTitle); row('Referrer', vc.referrer);
+    if (vc.utm) Object.keys(vc.utm).forEach(function (k) { row('utm_' + k, vc.utm[k]); });
+    Object.keys(c.variables || {}).forEach(function (k) { var v = c.variables[k]; row(k, typeof v === 'object' ? JSON.stringify(v) : v); });
+    row('Started', fmt(c.createdAt, true)); row('Updated', fmt(c.updatedAt, true));
+    dl.setAttribute('data-conv-id', c.id);
+  }
+
+  // ---- replies: one clientMessageId per reply, reused by retries (idempotent)
+  function sendReply() {
+    var t = $('replyText').value.trim();
+    if (!t || !cur) return;
+    $('replyText').value = '';
+    var p = { c: uuid(), conv: cur, text: t };
+    p.el = el('div', 'msg out pending');
+    p.el.setAttribute('data-client-id', p.c);
+    p.el.appendChild(el('div', 'b', t));
+    pending[p.c] = p;
+    $('msgs').appendChild(p.el); scroll();
+    deliver(p);
+  }
+  function setState(p, s, err) {
+    p.state = s; p.el.classList.toggle('failed', s === 'failed');
+    var o = p.el.querySelector('.m, .retry'); if (o) o.remove();
+    if (s === 'failed') {
+      var b = el('button', 'retry', (err ? err + ' — ' : 'Not sent — ') + 'Retry'); b.type = 'button';
+      b.onclick = function () { deliver(p); };
+      p.el.appendChild(b);
+    } else p.el.appendChild(el('div', 'm', s === 'sent' ? 'Sent' : 'Sending…'));
+  }
+  function deliver(p) {
+    setState(p, 'sending');
+    if (wsReady) {
+      p.ws = true;
+      ws.send(JSON.stringify({ type: 'reply', conversationId: p.conv, message: p.text, clientMessageId: p.c }));
+      clearTimeout(p.timer);
+      p.timer = setTimeout(function () { httpReply(p); }, 8000);
+    } else httpReply(p);
+  }
+  function httpReply(p) {
+    clearTimeout(p.timer); p.ws = false;
+    if (!pending[p.c]) return;
+    api('POST', '/v1/tenant/conversations/' + encodeURIComponent(p.conv) + '/messages', { message: p.text, clientMessageId: p.c })
+      .then(function (r) { acked(p, r.messageId); }, function (e) { failed(p, e.message); });
+  }
+  function acked(p, id) {
+    if (!p || !pending[p.c]) return;
+    clearTimeout(p.timer); p.ws = false; p.id = id;
+    var ch = chats.get(p.conv);
+    if (ch && ch.ids.has(id)) dropPending(p); else setState(p, 'sent');
+  }
+  function failed(p, msg) { if (!pending[p.c]) return; clearTimeout(p.timer); p.ws = false; setState(p, 'failed', msg); }
+  function dropPending(p) { clearTimeout(p.timer); delete pending[p.c]; p.el.remove(); }
+
+  $('reply').onsubmit = function (e) { e.preventDefault(); sendReply(); };
+  $('replyText').addEventListener('keydown', function (e) {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); sendReply(); }
+  });
+  $('replyText').addEventListener('input', function () {
+    var now = Date.now();
+    if (!cur || !wsReady || !this.value.trim() || now - lastTypingSent < 2000) return;
+    lastTypingSent = now;
+    ws.send(JSON.stringify({ type: 'typing', conversationId: cur }));
+  });
+  $('closeBtn').onclick = function () {
+    var id = cur, b = this;
+    b.disabled = true;
+    api('POST', '/v1/tenant/conversations/' + encodeURIComponent(id) + '/close')
+      .then(function (c) { upsert(c); renderList(); renderHead(); })
+      .catch(function (e) { alert('Could not close: ' + e.message); })
+      .then(function () { b.disabled = false; });
+  };
+
+  // ---- tenant events (WS frames and HTTP polling share this path)
+  function saveUnread() { ss(UK, JSON.stringify(unread)); renderList(); }
+  // quiet: replayed while bootstrapping the polling cursor; state only, no unread counts.
+  function onEvent(ev, quiet) {
+    if (ev.offset != null) {
+      var o = String(ev.offset);
+      if (seenOff.has(o)) return;
+      seenOff.add(o); offQ.push(o);
+      if (offQ.length > 5000) seenOff.delete(offQ.shift());
+      offset = o; ss(OK, o);
+    }
+    var d = ev.data, t = ev.type;
+    if (t === 'conversation:new' || t === 'conversation:updated' || t === 'conversation:qualified') {
+      upsert(d); renderList();
+    } else if (t === 'message:new') {
+      var c = convs.get(d.conversationId);
+      if (!c) fetchConv(d.conversationId);
+      else {
+        if (!c.lastMessage || c.lastMessage.createdAt <= d.createdAt) c.lastMessage = d;
+        if (c.updatedAt < d.createdAt) c.updatedAt = d.createdAt;
+        if (d.author && (d.author.kind === 'visitor' || d.author.kind === 'agent')) c.status = 'open'; // both reopen
+      }
+      if (d.author && d.author.kind === 'visitor') {
+        typingUntil[d.conversationId] = 0;
+        if (d.conversationId === cur) $('typing').textContent = '';
+        if (!quiet && (d.conversationId !== cur || document.hidden)) unread[d.conversationId] = (unread[d.conversationId] || 0) + 1;
+      }
+      addMsg(d, false);
+      saveUnread();
+      if (d.conversationId === cur) renderHead();
+    } else if (t === 'typing') {
+      if (!d || !d.author || d.author.kind !== 'visitor') return;
+      var until = Date.now() + 4000;
+      typingUntil[d.conversationId] = until;
+      if (d.conversationId === cur) $('typing').textContent = 'Visitor is typing…';
+      renderList();
+      clearTimeout(typingTimer);
+      typingTimer = setTimeout(function () {
+        if (cur && typingUntil[cur] <= Date.now()) $('typing').textContent = '';
+        renderList();
+      }, 4100);
+    } else if (t && t.indexOf('conversation:') !== 0) {
+      showCustom(ev);
+    }
+  }
+  function fetchConv(id) {
+    api('GET', '/v1/tenant/conversations/' + encodeURIComponent(id)).then(function (c) { upsert(c); renderList(); }).catch(function () {});
+  }
+  function showCustom(ev) {
+    var li = el('li'), hd = el('div', 'row');
+    li.setAttribute('data-offset', ev.offset || '');
+    hd.appendChild(el('span', 'ty', ev.type));
+    hd.appendChild(el('span', 'when', fmt(ev.createdAt || new Date().toISOString())));
+    li.appendChild(hd);
+    var cid = ev.conversationId || (ev.data && ev.data.conversationId);
+    if (cid) { var a = el('button', null, 'conversation ' + String(cid).slice(0, 8)); a.type = 'button'; a.style.fontSize = '11px'; a.onclick = function () { openConv(cid); }; li.appendChild(a); }
+    li.appendChild(el('pre', null, JSON.stringify(ev.data, null, 1)));
+    var ul = $('events');
+    ul.insertBefore(li, ul.firstChild);
+    while (ul.children.length > 100) ul.removeChild(ul.lastChild);
+  }
+  function onReady(f, gaveAfter) {
+    if (f.agent) { $('agent').textContent = f.agent.name || f.agent.id; me = f.agent.id; }
+    if (f.tenantId) $('tenant').textContent = f.tenantId;
+    if (f.recovered === false) reloadAll();
+    else if (!gaveAfter) loadList(); // live-only subscription: pick up what changed before it started
+  }
+  function reloadAll() {
+    chats.forEach(function (ch, id) { if (id !== cur) chats.delete(id); });
+    loadList(null, true);
+  }
+
+  // ---- transport: WebSocket, with long-polling of /v1/tenant/events as the fallback
+  function connect() {
+    clearTimeout(wsTimer);
+    if (ws || !token) return;
+    var s, ready = false, gaveAfter = !!offset;
+    try { s = new WebSocket(location.origin.replace(/^http/, 'ws') + '/v1/tenant/ws'); } catch (e) { startPolling(); return retry(); }
+    ws = s;
+    setConn(polling ? 'poll' : 'down', polling ? 'polling' : 'connecting…');
+    var guard = setTimeout(function () { if (!ready) kill(s); }, 10000);
+    s.onopen = function () {
+      var a = { type: 'auth', token: token };
+      if (offset) a.after = offset;
+      s.send(JSON.stringify(a));
+    };
+    s.onmessage = function (e) {
+      var f; try { f = JSON.parse(e.data); } catch (x) { return; }
+      clearTimeout(pongT);
+      if (f.type === 'ready') {
+        ready = true; clearTimeout(guard); wsReady = true; tries = 0;
+        stopPolling(); setConn('live', 'live'); startPing(); onReady(f, gaveAfter);
+      } else if (f.type === 'ack') {
+        acked(pending[f.clientMessageId], f.messageId);
+      } else if (f.type === 'error') {
+        for (var k in pending) if (pending[k].ws) { failed(pending[k], f.message || f.code); break; }
+      } else if (f.type !== 'pong') onEvent(f);
+    };
+    s.onclose = function (e) {
+      clearTimeout(guard);
+      if (ws !== s) return;
+      lost();
+      if (e.code === 4401) { signOut('The server rejected the token (expired or invalid).'); return; }
+      if (!ready) startPolling();
+      retry();
+    };
+  }
+  function kill(s) {
+    if (ws !== s) return;
+    lost(); s.onclose = s.onmessage = null;
+    try { s.close(); } catch (e) {}
+    startPolling(); retry();
+  }
+  function lost() {
+    ws = null; wsReady = false; clearInterval(pingT); clearTimeout(pongT);
+    setConn(polling ? 'poll' : 'down', polling ? 'polling' : 'reconnecting…');
+    for (var k in pending) if (pending[k].ws) httpReply(pending[k]);
+  }
+  function retry() { clearTimeout(wsTimer); if (token) wsTimer = setTimeout(connect, jitter(Math.min(30000, 1000 * Math.pow(2, tries++)))); }
+  function startPing() {
+    clearInterval(pingT);
+    pingT = setInterval(function () {
+      if (!wsReady) return;
+      var s = ws;
+      s.send('{"type":"ping"}');
+      clearTimeout(pongT);
+      pongT = setTimeout(function () { kill(s); }, 10000);
+    }, 20000);
+  }
+  function startPolling() {
+    if (polling || !token) return;
+    polling = true; pollErrs = 0; setConn('poll', 'polling');
+    poll();
+  }
+  function stopPolling() { polling = false; if (pollAbort) pollAbort.abort(); pollAbort = null; }
+  function poll() {
+    if (!polling) return;
+    var ac = new AbortController(), t0 = Date.now();
+    pollAbort = ac;
+    // Without a cursor the stream starts at the oldest retained event: skim it quietly
+    // (no waiting, no unread counts) until caught up, the list already came over HTTP.
+    if (!offset) quietPoll = true;
+    api('GET', '/v1/tenant/events?limit=200&wait=' + (quietPoll ? 0 : 25) + (offset ? '&after=' + encodeURIComponent(offset) : ''), null, ac.signal)
+      .then(function (r) {
+        if (!polling || pollAbort !== ac) return;
+        pollErrs = 0; setConn('poll', 'polling');
+        if (r.recovered === false) reloadAll();
+        var evs = r.events || [], q = quietPoll;
+        evs.forEach(function (ev) { onEvent(ev, q); });
+        if (r.nextCursor) { offset = String(r.nextCursor); ss(OK, offset); }
+        var more = r.hasMore != null ? r.hasMore : evs.length >= 200;
+        if (!more) quietPoll = false;
+        setTimeout(poll, more ? 0 : Math.max(0, 1000 - (Date.now() - t0)));
+      }, function (e) {
+        if (!polling || pollAbort !== ac || e.status === 401) return;
+        pollErrs++; setConn('down', 'offline');
+        setTimeout(poll, e.retryAfter ? e.retryAfter * 1000 : jitter(Math.min(30000, 1000 * Math.pow(2, pollErrs))));
+      });
+  }
+  document.addEventListener('visibilitychange', function () {
+    if (document.hidden) return;
+    if (!wsReady && token) { tries = 0; connect(); }
+    if (cur) { unread[cur] = 0; saveUnread(); }
+  });
+
+  // ---- start: token from #token=… (then removed from the address bar) or sessionStorage
+  var m = /(?:^|[#&])token=([^&]+)/.exec(location.hash);
+  if (m) { history.replaceState(null, '', location.pathname + location.search); signIn(decodeURIComponent(m[1])); }
+  else if (ss(TK)) signIn(ss(TK));
+  else $('login').hidden = false;
+})();
