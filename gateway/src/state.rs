@@ -2,6 +2,7 @@
 //! backend, the hub, the clock, and the shutdown signal.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::availability::Schedule;
 use crate::config::{Config, TenantConfig};
 use crate::hub::Hub;
+use crate::limits::KeyedCap;
 use crate::metrics::Metrics;
 use crate::origin::OriginPolicy;
 
@@ -117,6 +119,11 @@ pub struct Inner {
     pub connections: Arc<Semaphore>,
     /// WebSocket tasks, awaited (with a deadline) at shutdown.
     pub sockets: TaskTracker,
+    /// Open connections per client IP (`max_connections_per_ip`), taken at accept.
+    pub per_ip: KeyedCap<IpAddr>,
+    /// Open visitor sockets per (tenant, visitor id) (`max_sockets_per_visitor`), taken
+    /// after auth.
+    pub per_visitor: KeyedCap<(String, String)>,
 }
 
 impl AppState {
@@ -138,6 +145,8 @@ impl AppState {
         AppState(Arc::new(Inner {
             tenants: Tenants::new(&config),
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            per_ip: KeyedCap::new(config.max_connections_per_ip),
+            per_visitor: KeyedCap::new(config.max_sockets_per_visitor),
             config,
             keys,
             store,
