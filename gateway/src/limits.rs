@@ -168,8 +168,8 @@ impl AppState {
 /// so the map is as large as what is open, never as what was ever seen.
 pub struct KeyedCap<K: Hash + Eq> {
     limit: usize,
-    /// Key → holders. One short lock per open and close: a `Mutex` is cheaper than a
-    /// sharded map at these rates (opens are bounded by the accept loop).
+    /// Key → holders. One short critical section per open and per close, no `.await`
+    /// inside: a plain `Mutex` suffices at connection rates.
     counts: Arc<Mutex<HashMap<K, usize>>>,
 }
 

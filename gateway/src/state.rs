@@ -87,6 +87,19 @@ impl Tenants {
     }
 }
 
+/// A visitor as a fixed-size key: 128 bits of SHA-256 over (tenant, visitor id), where a
+/// collision is as unlikely as guessing a visitor token.
+pub fn visitor_key(tenant: &str, visitor_id: &str) -> [u8; 16] {
+    let d = Sha256::new()
+        .chain_update(tenant.as_bytes())
+        .chain_update([0])
+        .chain_update(visitor_id.as_bytes())
+        .finalize();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&d[..16]);
+    key
+}
+
 /// Everything a handler needs. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -121,9 +134,9 @@ pub struct Inner {
     pub sockets: TaskTracker,
     /// Open connections per client IP (`max_connections_per_ip`), taken at accept.
     pub per_ip: KeyedCap<IpAddr>,
-    /// Open visitor sockets per (tenant, visitor id) (`max_sockets_per_visitor`), taken
-    /// after auth.
-    pub per_visitor: KeyedCap<(String, String)>,
+    /// Open visitor sockets per visitor (`max_sockets_per_visitor`), taken after auth; keyed
+    /// by [`visitor_key`] so that a held place costs no heap strings.
+    pub per_visitor: KeyedCap<[u8; 16]>,
 }
 
 impl AppState {

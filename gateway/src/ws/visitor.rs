@@ -131,7 +131,7 @@ async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade, ip: IpAddr) {
     let c = &session.claims;
     let Some(_place) = state
         .per_visitor
-        .try_acquire((c.tenant.clone(), c.visitor_id.clone()))
+        .try_acquire(crate::state::visitor_key(&c.tenant, &c.visitor_id))
     else {
         return conn
             .close(close::TOO_MANY, "too many sockets for this visitor")
