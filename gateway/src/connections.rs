@@ -19,9 +19,11 @@
 //!   head or idle timers. hyper's own `header_read_timeout` is not used: it starts when
 //!   hyper waits for the next request, so it would also cut idle keep-alive connections at
 //!   the head timeout.
-//! - **Shutdown**: stop accepting; a connection with no request in flight closes at once,
-//!   one with a request in flight finishes it and then closes; whatever still runs when
-//!   the caller's deadline passes is dropped (`hard`).
+//! - **Shutdown**: stop accepting; hyper's graceful shutdown closes an idle connection at
+//!   once and one with a request in flight once its response is written (not merely handed
+//!   over: the connection is never dropped with a response half-sent); one in the middle
+//!   of a head has its head timeout; whatever still runs when the caller's deadline passes
+//!   is dropped (`hard`).
 //!
 //! Connections are served by hyper's HTTP/1 connection directly rather than hyper-util's
 //! auto builder: the gateway speaks HTTP/1.1 only (the WebSocket upgrade included), and
@@ -252,10 +254,6 @@ async fn serve_connection(
             if let Err(e) = r {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
-            return Poll::Ready(End::Served);
-        }
-        if draining && shared.busy.load(Relaxed) == 0 {
-            // Nothing in flight: whatever the client sends next is not yet ours to answer.
             return Poll::Ready(End::Served);
         }
         if let Some(deadline) = shared.deadline(&timeouts) {

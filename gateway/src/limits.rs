@@ -186,6 +186,7 @@ fn lock<K>(counts: &Mutex<HashMap<K, usize>>) -> MutexGuard<'_, HashMap<K, usize
 }
 
 impl<K: Hash + Eq + Clone> KeyedCap<K> {
+    /// A cap of `limit` holders per key.
     pub fn new(limit: usize) -> KeyedCap<K> {
         KeyedCap {
             limit,
