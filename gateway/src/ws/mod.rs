@@ -133,9 +133,11 @@ impl Upgrade {
 }
 
 /// Upgrades a checked request: the socket is tracked for shutdown, counted in `gauge`, and
-/// handed to `run` with what the request said ([`Upgrade`]).
-pub fn accept<F, Fut>(
+/// handed to `run` with what the request said ([`Upgrade`]). `ip` is the client's (for
+/// the unknown-`pk` limit).
+pub async fn accept<F, Fut>(
     state: AppState,
+    ip: std::net::IpAddr,
     headers: HeaderMap,
     params: Params,
     ws: WebSocketUpgrade,
@@ -146,7 +148,11 @@ where
     F: FnOnce(AppState, Conn, Upgrade) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (ws, permit, tenant) = match prepare(&state, &headers, params.get("pk"), ws) {
+    let tenant = match pk_tenant(&state, params.get("pk"), ip).await {
+        Ok(t) => t,
+        Err(e) => return error_response(&e),
+    };
+    let (ws, permit, tenant) = match prepare(&state, &headers, tenant, ws) {
         Ok(x) => x,
         Err(resp) => return *resp,
     };
@@ -198,8 +204,13 @@ fn refuse(e: ApiError) -> Box<Response> {
 }
 
 /// The tenant a `?pk=` names: absent or empty is none; malformed 422, unknown 404 (as on
-/// `GET /v1/config`).
-fn pk_tenant(state: &AppState, pk: Option<&str>) -> Result<Option<Arc<Tenant>>, ApiError> {
+/// `GET /v1/config`, and likewise charged to the client IP's allowance for unknown keys,
+/// so that upgrades are no way around the enumeration limit).
+async fn pk_tenant(
+    state: &AppState,
+    pk: Option<&str>,
+    ip: std::net::IpAddr,
+) -> Result<Option<Arc<Tenant>>, ApiError> {
     let Some(pk) = pk.filter(|k| !k.is_empty()) else {
         return Ok(None);
     };
@@ -211,20 +222,23 @@ fn pk_tenant(state: &AppState, pk: Option<&str>) -> Result<Option<Arc<Tenant>>, 
     }
     match state.tenants.by_public_key(pk) {
         Some(t) => Ok(Some(t.clone())),
-        None => Err(ApiError::new(
-            ErrorCode::UnknownPublicKey,
-            "no widget has this public key",
-        )),
+        None => {
+            state.rate_limit_unknown_key(&ip.to_string()).await?;
+            Err(ApiError::new(
+                ErrorCode::UnknownPublicKey,
+                "no widget has this public key",
+            ))
+        }
     }
 }
 
-/// Checks what can be checked before upgrading and configures the socket; returns the
-/// `pk` tenant, if one was named.
+/// Checks what can be checked before upgrading and configures the socket; passes on the
+/// `pk` tenant, if one was named (its allowlist then decides the origin).
 #[allow(clippy::type_complexity)]
 pub fn prepare(
     state: &AppState,
     headers: &HeaderMap,
-    pk: Option<&str>,
+    tenant: Option<Arc<Tenant>>,
     ws: WebSocketUpgrade,
 ) -> Result<
     (
@@ -234,7 +248,6 @@ pub fn prepare(
     ),
     Box<Response>,
 > {
-    let tenant = pk_tenant(state, pk).map_err(refuse)?;
     if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
         let allowed = origin.to_str().is_ok_and(|o| match &tenant {
             Some(t) => t.policy.allows(o),

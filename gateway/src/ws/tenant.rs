@@ -2,13 +2,14 @@
 //! dashboards. Authenticated by an agent JWT; `after` is a tenant event offset.
 
 use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use confab_protocol::frames::{self, ClientFrame};
 use confab_protocol::model::{Author, Status};
 use confab_protocol::ApiError;
 use confab_store::Channel;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::visitor::error_for;
@@ -115,11 +116,13 @@ impl ChannelLogic for Agent {
 /// `GET /v1/tenant/ws`.
 pub async fn upgrade(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     params: Params,
     ws: WebSocketUpgrade,
 ) -> Response {
-    accept(state, headers, params, ws, |m| &m.agent_sockets, run)
+    let ip = crate::http::client_ip(&state, peer, &headers);
+    accept(state, ip, headers, params, ws, |m| &m.agent_sockets, run).await
 }
 
 async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade) {

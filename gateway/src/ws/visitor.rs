@@ -102,12 +102,14 @@ pub async fn upgrade(
     let ip = crate::http::client_ip(&state, peer, &headers);
     accept(
         state,
+        ip,
         headers,
         params,
         ws,
         |m| &m.visitor_sockets,
         move |state, conn, upgrade| run(state, conn, upgrade, ip),
     )
+    .await
 }
 
 async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade, ip: IpAddr) {
