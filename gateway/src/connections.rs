@@ -236,7 +236,10 @@ async fn serve_connection(
     let mut conn = std::pin::pin!(conn);
     let shutdown = state.shutdown.cancelled();
     let hard = hard.cancelled();
-    let mut armed = shared.deadline(&timeouts).unwrap_or_else(Instant::now);
+    let mut armed = shared
+        .activity
+        .deadline(&timeouts)
+        .unwrap_or_else(Instant::now);
     let timer = tokio::time::sleep_until(armed);
     tokio::pin!(shutdown, hard, timer);
     let mut draining = false;
@@ -256,7 +259,7 @@ async fn serve_connection(
             }
             return Poll::Ready(End::Served);
         }
-        if let Some(deadline) = shared.deadline(&timeouts) {
+        if let Some(deadline) = shared.activity.deadline(&timeouts) {
             if deadline != armed {
                 armed = deadline;
                 timer.as_mut().reset(deadline);
@@ -274,11 +277,6 @@ async fn serve_connection(
     }
 }
 
-/// Milliseconds since `born`, the unit of [`Shared`]'s timestamps.
-fn millis_since(born: Instant) -> u64 {
-    born.elapsed().as_millis() as u64
-}
-
 /// What the connection's task, its IO and its service share (one allocation per
 /// connection, kept by an upgraded WebSocket for its IO and its per-IP place).
 struct Shared {
@@ -286,16 +284,8 @@ struct Shared {
     state: AppState,
     /// This connection's place under `max_connections_per_ip` (`None` for a trusted proxy).
     _ip: Option<CapGuard<std::net::IpAddr>>,
-    /// When the connection was accepted; the origin of `since`.
-    born: Instant,
-    /// Requests whose head was parsed and whose response is not completely written.
-    busy: AtomicU32,
-    /// Milliseconds after `born` at which the current wait began: the accept, the end of
-    /// the last response, or the first byte of a new request head.
-    since: AtomicU64,
-    /// Whether the current wait is for the rest of a head (bytes of it arrived, or the
-    /// connection is new) rather than for a new request.
-    in_head: AtomicBool,
+    /// Where the connection stands, for its timers.
+    activity: Activity,
     /// Set by a request body whose stall timer fired; the response becomes a 408.
     body_stalled: AtomicBool,
 }
@@ -306,13 +296,43 @@ impl Shared {
         Shared {
             state,
             _ip: guard,
+            activity: Activity::new(),
+            body_stalled: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Where a connection stands between requests: waiting for a head (since accept, or since
+/// the first byte of the next request), idle between requests, or busy with one. Updated
+/// by the IO (bytes read) and the service (head parsed, response done); read by the
+/// connection's task to arm its one timer. Atomics only because the three live in
+/// different objects: all of them run in the connection's task.
+struct Activity {
+    /// When the connection was accepted; the origin of `since`.
+    born: Instant,
+    /// Requests whose head was parsed and whose response is not completely handed over.
+    busy: AtomicU32,
+    /// Milliseconds after `born` at which the current wait began: the accept, the end of
+    /// the last response, or the first byte of a new request head.
+    since: AtomicU64,
+    /// Whether the current wait is for the rest of a head (bytes of it arrived, or the
+    /// connection is new) rather than for a new request.
+    in_head: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
             born: Instant::now(),
             busy: AtomicU32::new(0),
             since: AtomicU64::new(0),
             // A new connection owes its first head from the moment it is accepted.
             in_head: AtomicBool::new(true),
-            body_stalled: AtomicBool::new(false),
         }
+    }
+
+    fn now(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
     }
 
     /// When the connection is to be closed if nothing changes; `None` while a request is
@@ -322,19 +342,17 @@ impl Shared {
             return None;
         }
         let since = self.born + Duration::from_millis(self.since.load(Relaxed));
-        Some(
-            since
-                + if self.in_head.load(Relaxed) {
-                    t.head
-                } else {
-                    t.keep_alive
-                },
-        )
+        let limit = if self.in_head.load(Relaxed) {
+            t.head
+        } else {
+            t.keep_alive
+        };
+        Some(since + limit)
     }
 
     fn on_bytes_read(&self) {
         if self.busy.load(Relaxed) == 0 && !self.in_head.load(Relaxed) {
-            self.since.store(millis_since(self.born), Relaxed);
+            self.since.store(self.now(), Relaxed);
             self.in_head.store(true, Relaxed);
         }
     }
@@ -346,7 +364,7 @@ impl Shared {
 
     fn on_response_done(&self) {
         if self.busy.fetch_sub(1, Relaxed) == 1 {
-            self.since.store(millis_since(self.born), Relaxed);
+            self.since.store(self.now(), Relaxed);
             self.in_head.store(false, Relaxed);
         }
     }
@@ -373,7 +391,7 @@ impl AsyncRead for Tracked {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.tcp).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.shared.on_bytes_read();
+            self.shared.activity.on_bytes_read();
         }
         r
     }
@@ -424,7 +442,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        self.shared.on_request();
+        self.shared.activity.on_request();
         let shared = self.shared.clone();
         let stall = self.body_stall;
         let mut req = req.map(|body| {
@@ -525,7 +543,7 @@ struct Finished {
 
 impl Drop for Finished {
     fn drop(&mut self) {
-        self.shared.on_response_done();
+        self.shared.activity.on_response_done();
     }
 }
 
@@ -546,5 +564,60 @@ impl HttpBody for Finished {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Timeouts = Timeouts {
+        head: Duration::from_secs(10),
+        body_stall: Duration::from_secs(30),
+        keep_alive: Duration::from_secs(75),
+    };
+
+    /// Which timer runs, and since when (tokio's paused clock would need tokio's
+    /// `test-util` for the whole build; the phases are what matters here).
+    fn phase(a: &Activity) -> Option<(Duration, Duration)> {
+        let d = a.deadline(&T)?;
+        let since = Duration::from_millis(a.since.load(Relaxed));
+        Some((since, d - a.born - since))
+    }
+
+    #[test]
+    fn the_timer_follows_the_connection() {
+        let a = Activity::new();
+        // New: the first head is owed within `head` of the accept, however it trickles in.
+        assert_eq!(phase(&a), Some((Duration::ZERO, T.head)));
+        std::thread::sleep(Duration::from_millis(5));
+        a.on_bytes_read();
+        assert_eq!(phase(&a), Some((Duration::ZERO, T.head)));
+        // Busy: no timer at all (a long-poll, a slow upload).
+        a.on_request();
+        assert_eq!(phase(&a), None);
+        a.on_bytes_read();
+        assert_eq!(phase(&a), None);
+        // Done: idle, on the keep-alive timer from then.
+        a.on_response_done();
+        let (idle_from, limit) = phase(&a).unwrap();
+        assert!(idle_from >= Duration::from_millis(5));
+        assert_eq!(limit, T.keep_alive);
+        // The next request's first byte: on the head timer from then, not reset by more.
+        std::thread::sleep(Duration::from_millis(5));
+        a.on_bytes_read();
+        let (head_from, limit) = phase(&a).unwrap();
+        assert!(head_from >= idle_from + Duration::from_millis(5));
+        assert_eq!(limit, T.head);
+        std::thread::sleep(Duration::from_millis(5));
+        a.on_bytes_read();
+        assert_eq!(phase(&a), Some((head_from, T.head)));
+        // Pipelined requests: idle only once the last response is done.
+        a.on_request();
+        a.on_request();
+        a.on_response_done();
+        assert_eq!(phase(&a), None);
+        a.on_response_done();
+        assert_eq!(phase(&a).unwrap().1, T.keep_alive);
     }
 }
