@@ -174,9 +174,10 @@ async fn idle_keep_alive_connections_are_closed_but_requests_in_flight_are_not()
     // Idle for longer than the head timeout but within keep-alive: still usable.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(c.get("/healthz").await.status, 200);
+    // Closed by the keep-alive timer (1 s from the server's side), not the head timer.
     let t = c.closed(Duration::from_secs(5)).await;
     assert!(
-        t >= Duration::from_millis(900),
+        t >= Duration::from_millis(600),
         "closed before keep-alive: {t:?}"
     );
 
@@ -244,12 +245,13 @@ async fn a_stalled_body_gets_408_and_the_connection_closes() {
     ))
     .await;
     let started = Instant::now();
-    for piece in body.as_bytes().chunks(body.len() / 4 + 1) {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    for piece in body.as_bytes().chunks(body.len() / 5 + 1) {
+        tokio::time::sleep(Duration::from_millis(150)).await;
         c.stream.write_all(piece).await.unwrap();
     }
     let r = c.response(Duration::from_secs(5)).await.expect("answered");
-    assert!(started.elapsed() >= Duration::from_millis(900));
+    // Longer than the stall limit in all, never that long between two pieces.
+    assert!(started.elapsed() >= Duration::from_millis(600));
     assert_eq!(r.status, 201, "{r:?}");
 }
 
@@ -488,7 +490,8 @@ async fn a_visitor_socket_closes_4401_when_its_session_expires() {
     let (mut ws, _) = Ws::open(gw.addr, VISITOR_WS, &s.token, None).await;
     let started = Instant::now();
     assert_eq!(ws.closed(Duration::from_secs(6)).await, Closed::Code(4401));
-    assert!(started.elapsed() < Duration::from_millis(2500));
+    // At expiry, not at the next ping (25 s).
+    assert!(started.elapsed() < Duration::from_secs(5));
     gw.shutdown().await;
 
     // The node's clock: a message sent after expiry is refused (4401), never stored.
