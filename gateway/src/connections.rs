@@ -26,9 +26,12 @@
 //!   is dropped (`hard`).
 //!
 //! Connections are served by hyper's HTTP/1 connection directly rather than hyper-util's
-//! auto builder: the gateway speaks HTTP/1.1 only (the WebSocket upgrade included), and
-//! skipping the HTTP/2 preface sniffing saves a buffer and an IO layer per connection —
-//! which matters for the ~9 KiB an idle WebSocket may cost (see `ws`).
+//! auto builder (which `axum::serve` used): the gateway speaks HTTP/1.1 only (the
+//! WebSocket upgrade included), and skipping the HTTP/2 preface sniffing spares a read
+//! ahead and an IO wrapper that an upgraded socket would keep for its whole life. What a
+//! socket keeps instead is one `Shared` (about 100 bytes: its per-IP place and timer
+//! state); measured on debug builds with 3,000 idle visitor sockets, 10.5 KiB per socket
+//! against 10.4 KiB with `axum::serve` (the ~9 KiB budget of `ws` is a release figure).
 
 use std::convert::Infallible;
 use std::future::Future;
