@@ -436,7 +436,8 @@
     clearTimeout(wsTimer);
     if (ws || !hasSession() || !W.WebSocket) { if (!W.WebSocket) startPolling(); return; }
     var s, ready = false, after = null;
-    try { s = new WebSocket(API.replace(/^http/, 'ws') + '/v1/visitor/ws'); } catch (e) { startPolling(); return retryLater(); }
+    // pk: this widget's allowlist decides the upgrade, not any tenant's of the deployment.
+    try { s = new WebSocket(API.replace(/^http/, 'ws') + '/v1/visitor/ws?pk=' + enc(PK)); } catch (e) { startPolling(); return retryLater(); }
     ws = s;
     var guard = setTimeout(function () { if (!ready) kill(s); }, 10000);
     s.onopen = function () {

@@ -50,6 +50,15 @@ pub struct Config {
     /// limit here is 20,000).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most open connections (HTTP and WebSocket together) from one client IP, so that one
+    /// client cannot take every file descriptor of the node. A peer in `trusted_proxies` is
+    /// not capped: it carries many clients.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Most visitor sockets one visitor may hold on this node (tabs), so that one session
+    /// token cannot take the node's WebSocket slots. Counted per node.
+    #[serde(default = "default_max_sockets_per_visitor")]
+    pub max_sockets_per_visitor: usize,
     /// Seconds a shutting-down node waits for in-flight work before exiting anyway.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
@@ -234,6 +243,12 @@ fn default_challenge_ttl() -> u64 {
 fn default_max_connections() -> usize {
     19_000
 }
+fn default_max_connections_per_ip() -> usize {
+    512
+}
+fn default_max_sockets_per_visitor() -> usize {
+    10
+}
 fn default_shutdown_grace() -> u64 {
     10
 }
@@ -393,6 +408,15 @@ impl Config {
         // A tokio semaphore holds the slots; it panics beyond MAX_PERMITS.
         if !(1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&self.max_connections) {
             return Err("max_connections must be positive (and below 2^61)".into());
+        }
+        if self.max_connections == 0
+            || self.max_connections_per_ip == 0
+            || self.max_sockets_per_visitor == 0
+        {
+            return Err(
+                "max_connections, max_connections_per_ip and max_sockets_per_visitor must be positive"
+                    .into(),
+            );
         }
         for cidr in &self.trusted_proxies {
             crate::limits::parse_cidr(cidr)

@@ -6,6 +6,7 @@
 //! ## Layout
 //!
 //! - [`config`] — the TOML file, flags and environment, checked at start-up.
+//! - [`connections`] — the accept loop: per-IP cap, head/body/idle timeouts, drain.
 //! - [`state`] — shared node state: compiled tenants, keys, backend, hub, clock.
 //! - [`http`] — the HTTP routes (`router` is the whole application).
 //! - [`ws`] — the visitor and tenant WebSocket channels.
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod availability;
 pub mod chat;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod histogram;
 pub mod http;

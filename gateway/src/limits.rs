@@ -6,8 +6,14 @@
 //! Counting is delegated to the backend's [`RateLimiter`](confab_store::ratelimit::RateLimiter):
 //! in-process for the embedded store, shared through Redis in Redis mode, so that limits
 //! hold across nodes. One bucket per key whatever the transport (HTTP or WebSocket).
+//!
+//! Also the caps on what is held open at once ([`KeyedCap`]): connections per client IP and
+//! visitor sockets per visitor. These count what this node holds, so they are node-local.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::http::HeaderMap;
 use confab_protocol::ApiError;
@@ -157,10 +163,88 @@ impl AppState {
     }
 }
 
+/// At most `limit` holders per key at once (connections per IP, sockets per visitor). A
+/// holder is a [`CapGuard`]; dropping it frees its place. Keys with no holder are removed,
+/// so the map is as large as what is open, never as what was ever seen.
+pub struct KeyedCap<K: Hash + Eq> {
+    limit: usize,
+    /// Key → holders. One short critical section per open and per close, no `.await`
+    /// inside: a plain `Mutex` suffices at connection rates.
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+}
+
+/// One place under a [`KeyedCap`], given back on drop.
+pub struct CapGuard<K: Hash + Eq> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
+}
+
+/// The map, even if a holder panicked while holding the lock: every update leaves the
+/// counts consistent, so a poisoned lock carries no half-done change.
+fn lock<K>(counts: &Mutex<HashMap<K, usize>>) -> MutexGuard<'_, HashMap<K, usize>> {
+    counts.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<K: Hash + Eq + Clone> KeyedCap<K> {
+    /// A cap of `limit` holders per key.
+    pub fn new(limit: usize) -> KeyedCap<K> {
+        KeyedCap {
+            limit,
+            counts: Arc::default(),
+        }
+    }
+
+    /// A place for `key`, or `None` when it already holds `limit`.
+    pub fn try_acquire(&self, key: K) -> Option<CapGuard<K>> {
+        let mut counts = lock(&self.counts);
+        let n = counts.entry(key.clone()).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        drop(counts);
+        Some(CapGuard {
+            counts: self.counts.clone(),
+            key,
+        })
+    }
+
+    /// How many places `key` holds now.
+    pub fn held(&self, key: &K) -> usize {
+        lock(&self.counts).get(key).copied().unwrap_or(0)
+    }
+}
+
+impl<K: Hash + Eq> Drop for CapGuard<K> {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.counts);
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn a_cap_frees_places_on_drop_and_forgets_empty_keys() {
+        let cap = KeyedCap::new(2);
+        let a1 = cap.try_acquire("a").unwrap();
+        let a2 = cap.try_acquire("a").unwrap();
+        assert!(cap.try_acquire("a").is_none());
+        let b = cap.try_acquire("b").unwrap();
+        drop(a1);
+        let a3 = cap.try_acquire("a").unwrap();
+        assert_eq!(cap.held(&"a"), 2);
+        drop((a2, a3, b));
+        assert!(lock(&cap.counts).is_empty());
+    }
 
     fn xff(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -25,6 +25,14 @@ pub struct Metrics {
     pub messages_stored: AtomicU64,
     pub visitor_sockets: AtomicI64,
     pub agent_sockets: AtomicI64,
+    /// TCP connections open now (HTTP and upgraded WebSockets).
+    pub connections_open: AtomicI64,
+    /// Connections refused at accept because their IP was at `max_connections_per_ip`.
+    pub connections_refused: AtomicU64,
+    /// Connections closed for a slow head, a stalled body or keep-alive idleness.
+    pub connection_timeouts: AtomicU64,
+    /// Failed `accept` calls (e.g. out of file descriptors).
+    pub accept_errors: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -38,6 +46,10 @@ impl Default for Metrics {
             messages_stored: AtomicU64::new(0),
             visitor_sockets: AtomicI64::new(0),
             agent_sockets: AtomicI64::new(0),
+            connections_open: AtomicI64::new(0),
+            connections_refused: AtomicU64::new(0),
+            connection_timeouts: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
         }
     }
 }
@@ -168,6 +180,30 @@ impl Metrics {
                 "gauge",
                 "Open tenant (agent) WebSocket connections.",
                 self.agent_sockets.load(Ordering::Relaxed),
+            ),
+            (
+                "confab_connections_open",
+                "gauge",
+                "TCP connections open (HTTP and upgraded WebSockets).",
+                self.connections_open.load(Ordering::Relaxed),
+            ),
+            (
+                "confab_connections_refused_total",
+                "counter",
+                "Connections refused because their IP was at max_connections_per_ip.",
+                self.connections_refused.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "confab_connection_timeouts_total",
+                "counter",
+                "Connections closed for a slow head, a stalled body (408) or keep-alive idleness.",
+                self.connection_timeouts.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "confab_accept_errors_total",
+                "counter",
+                "Failed accepts (e.g. out of file descriptors), each retried after a back-off.",
+                self.accept_errors.load(Ordering::Relaxed) as i64,
             ),
             (
                 "confab_hub_deliveries_total",

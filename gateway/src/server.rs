@@ -1,6 +1,9 @@
 //! The one way in: [`run`] serves a bound listener with a configuration until `shutdown`
 //! resolves. The binary and the tests both call it.
 //!
+//! Connections are accepted and policed by [`crate::connections`] (per-IP cap, head, body
+//! and keep-alive timeouts).
+//!
 //! Shutdown: stop accepting, cancel the node's token (long-polls answer, every socket
 //! closes with 1001), let in-flight requests and acks finish within
 //! `shutdown_grace_secs`, then drop the backend — for SQLite that joins the writer thread
@@ -16,8 +19,10 @@ use confab_store::{Retention, StoreError};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::connections::Timeouts;
 use crate::hub::Hub;
 use crate::state::{AppState, Clock};
 
@@ -39,6 +44,14 @@ pub struct Options {
     pub retention: Retention,
     /// How often housekeeping runs (expired nonces, event retention, rate-limit keys).
     pub maintenance_every: Duration,
+    /// A connection that has not sent a complete request head within this is closed
+    /// (SPEC: 10 s).
+    pub head_timeout: Duration,
+    /// A request body from which nothing arrives for this gets 408 and the connection is
+    /// closed (SPEC: 30 s).
+    pub body_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed (SPEC: 75 s).
+    pub keep_alive_timeout: Duration,
 }
 
 impl Default for Options {
@@ -47,6 +60,9 @@ impl Default for Options {
             clock: Clock::system(),
             retention: Retention::default(),
             maintenance_every: Duration::from_secs(60),
+            head_timeout: Timeouts::default().head,
+            body_timeout: Timeouts::default().body_stall,
+            keep_alive_timeout: Timeouts::default().keep_alive,
         }
     }
 }
@@ -114,33 +130,26 @@ pub async fn run(
     let app = crate::http::router(state.clone());
     let token = state.shutdown.clone();
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down");
         token.cancel();
-        let _ = stop_tx.send(());
     });
     tracing::info!("listening on http://{addr}");
-    // No Nagle: chat frames are small and latency-bound; coalescing is done by the
-    // WebSocket writer (one write per batch of queued frames), not by the kernel.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stop_rx.await;
-    });
+    let timeouts = Timeouts {
+        head: options.head_timeout,
+        body_stall: options.body_timeout,
+        keep_alive: options.keep_alive_timeout,
+    };
+    // Cancelled when the grace is over: connections still open then are dropped.
+    let hard = CancellationToken::new();
+    let server = crate::connections::serve(listener, app, state.clone(), timeouts, hard.clone());
     let cancelled = state.shutdown.clone();
     tokio::select! {
-        r = server => r?,
+        _ = server => {}
         _ = async { cancelled.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!("in-flight requests did not finish within {grace:?}; exiting anyway");
+            hard.cancel();
         }
     }
     state.sockets.close();

@@ -2,6 +2,7 @@
 //! backend, the hub, the clock, and the shutdown signal.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::availability::Schedule;
 use crate::config::{Config, TenantConfig};
 use crate::hub::Hub;
+use crate::limits::KeyedCap;
 use crate::metrics::Metrics;
 use crate::origin::OriginPolicy;
 
@@ -85,6 +87,19 @@ impl Tenants {
     }
 }
 
+/// A visitor as a fixed-size key: 128 bits of SHA-256 over (tenant, visitor id), where a
+/// collision is as unlikely as guessing a visitor token.
+pub fn visitor_key(tenant: &str, visitor_id: &str) -> [u8; 16] {
+    let d = Sha256::new()
+        .chain_update(tenant.as_bytes())
+        .chain_update([0])
+        .chain_update(visitor_id.as_bytes())
+        .finalize();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&d[..16]);
+    key
+}
+
 /// Everything a handler needs. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -117,6 +132,11 @@ pub struct Inner {
     pub connections: Arc<Semaphore>,
     /// WebSocket tasks, awaited (with a deadline) at shutdown.
     pub sockets: TaskTracker,
+    /// Open connections per client IP (`max_connections_per_ip`), taken at accept.
+    pub per_ip: KeyedCap<IpAddr>,
+    /// Open visitor sockets per visitor (`max_sockets_per_visitor`), taken after auth; keyed
+    /// by [`visitor_key`] so that a held place costs no heap strings.
+    pub per_visitor: KeyedCap<[u8; 16]>,
 }
 
 impl AppState {
@@ -138,6 +158,8 @@ impl AppState {
         AppState(Arc::new(Inner {
             tenants: Tenants::new(&config),
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            per_ip: KeyedCap::new(config.max_connections_per_ip),
+            per_visitor: KeyedCap::new(config.max_sockets_per_visitor),
             config,
             keys,
             store,

@@ -39,6 +39,10 @@ pub enum ErrorCode {
     StoreUnavailable,
     /// 503: the gateway is shutting down or at its connection limit.
     Unavailable,
+    /// 503: this client IP already holds `max_connections_per_ip` open connections.
+    TooManyConnections,
+    /// 408: the request body stalled (nothing arrived for 30 s); the connection is closed.
+    RequestTimeout,
     /// 500: a bug or an unexpected store error.
     Internal,
     /// WebSocket only: an unparseable or unknown frame.
@@ -65,6 +69,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::InvalidFrame => "invalid_frame",
         }
@@ -83,11 +89,14 @@ impl ErrorCode {
                 404
             }
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::ValidationFailed => 422,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
-            ErrorCode::StoreUnavailable | ErrorCode::Unavailable => 503,
+            ErrorCode::StoreUnavailable
+            | ErrorCode::Unavailable
+            | ErrorCode::TooManyConnections => 503,
         }
     }
 }

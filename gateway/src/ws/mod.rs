@@ -2,20 +2,26 @@
 //! log, client frames); this module drives a connection from upgrade to close:
 //!
 //! 1. Before the upgrade: `Origin` (HTTP 403 — CORS does not protect upgrades), a
-//!    connection slot (HTTP 503 at `max_connections`).
-//! 2. The auth frame within [`AUTH_TIMEOUT`] (else 4408); a bad credential closes 4401,
-//!    an origin the tenant does not allow 4403, a malformed `after` 4400.
+//!    connection slot (HTTP 503 at `max_connections`). With `?pk=PUBLIC_KEY` that tenant's
+//!    allowlist decides; without it, an origin no tenant allows is refused (one permissive
+//!    tenant must not open the upgrade to every origin for the others: see [`Upgrade`]).
+//! 2. The auth frame within [`AUTH_TIMEOUT`] (else 4408); a bad credential, or one of
+//!    another tenant than `pk`, closes 4401, an origin the tenant does not allow 4403, a
+//!    malformed `after` 4400.
 //! 3. Subscribe to the channel *first*, then read the log after `after` and send it, then
 //!    the live queue — dropping whatever the replay already covered (`seq <= last`) and
 //!    filling any hole (`seq > last + 1`, or a broker `Resync`) from the log. This is
 //!    what makes resume lossless and duplicate-free at the seam.
 //! 4. Until the end: frames in, queue out, pings every [`PING_EVERY`], close after
 //!    [`IDLE_LIMIT`] of silence, 1013 when the hub kicks a consumer that cannot keep up,
-//!    1001 at shutdown, 1009 for frames over 64 KiB, 1003 for binary frames.
+//!    1001 at shutdown, 1009 for frames over 64 KiB, 1003 for binary frames, 4401 when
+//!    the credential expires (by the node's clock, checked before every client frame too,
+//!    so nothing is accepted on an expired credential).
 //!
 //! Buffers are small on purpose (an idle socket should cost a few KiB): tungstenite reads
 //! in [`READ_BUFFER`] chunks and writes through without an accumulation buffer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -27,9 +33,9 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{timeout, Instant};
 
-use crate::error::error_response;
+use crate::error::{error_response, Params};
 use crate::hub::{Class, KickHandle, Subscription};
-use crate::state::AppState;
+use crate::state::{AppState, Tenant};
 
 pub mod tenant;
 pub mod visitor;
@@ -67,6 +73,7 @@ pub mod close {
     pub const UNAUTHORIZED: u16 = 4401;
     pub const FORBIDDEN: u16 = 4403;
     pub const AUTH_TIMEOUT: u16 = 4408;
+    pub const TOO_MANY: u16 = 4429;
 }
 
 /// A page of a channel's log: (seq, encoded frame) in order, and whether more follows;
@@ -92,34 +99,75 @@ pub trait ChannelLogic: Send + 'static {
     ) -> impl std::future::Future<Output = ()> + Send;
 }
 
+/// What the upgrade request said that still matters after auth. Only this travels into
+/// the socket's task: header values are slices of hyper's read buffer, and keeping the map
+/// would keep that buffer (8-16 KiB) alive per socket.
+pub struct Upgrade {
+    /// The request's `Origin`, checked against the token's tenant after auth.
+    pub origin: Option<String>,
+    /// The tenant named by `?pk=`, whose allowlist already admitted the origin; a token
+    /// of another tenant is refused.
+    pub tenant: Option<Arc<Tenant>>,
+}
+
+impl Upgrade {
+    /// Checks the authenticated tenant against the upgrade: the `pk` tenant (4401 for a
+    /// token of another tenant) and the origin (4403).
+    pub fn admits(&self, tenant: &Tenant) -> Result<(), (u16, &'static str)> {
+        if self
+            .tenant
+            .as_ref()
+            .is_some_and(|t| t.cfg.id != tenant.cfg.id)
+        {
+            return Err((close::UNAUTHORIZED, "token of another tenant than pk"));
+        }
+        if self
+            .origin
+            .as_deref()
+            .is_some_and(|o| !tenant.policy.allows(o))
+        {
+            return Err((close::FORBIDDEN, "origin not allowed for this tenant"));
+        }
+        Ok(())
+    }
+}
+
 /// Upgrades a checked request: the socket is tracked for shutdown, counted in `gauge`, and
-/// handed to `run` with the request's `Origin` — only the Origin travels into the socket's
-/// task: header values are slices of hyper's read buffer, and keeping the map would keep
-/// that buffer (8-16 KiB) alive per socket.
-pub fn accept<F, Fut>(
+/// handed to `run` with what the request said ([`Upgrade`]). `ip` is the client's (for
+/// the unknown-`pk` limit).
+pub async fn accept<F, Fut>(
     state: AppState,
+    ip: std::net::IpAddr,
     headers: HeaderMap,
+    params: Params,
     ws: WebSocketUpgrade,
     gauge: fn(&crate::metrics::Metrics) -> &std::sync::atomic::AtomicI64,
     run: F,
 ) -> Response
 where
-    F: FnOnce(AppState, Conn, Option<String>) -> Fut + Send + 'static,
+    F: FnOnce(AppState, Conn, Upgrade) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (ws, permit) = match prepare(&state, &headers, ws) {
+    let tenant = match pk_tenant(&state, params.get("pk"), ip).await {
+        Ok(t) => t,
+        Err(e) => return error_response(&e),
+    };
+    let (ws, permit, tenant) = match prepare(&state, &headers, tenant, ws) {
         Ok(x) => x,
         Err(resp) => return *resp,
     };
-    let origin = origin_of(&headers);
-    drop(headers);
+    let upgrade = Upgrade {
+        origin: origin_of(&headers),
+        tenant,
+    };
+    drop((headers, params));
     let tracker = state.sockets.clone();
     ws.on_upgrade(move |socket| {
         tracker.track_future(async move {
             let _permit = permit;
             use std::sync::atomic::Ordering::Relaxed;
             gauge(&state.metrics).fetch_add(1, Relaxed);
-            run(state.clone(), Conn::new(socket), origin).await;
+            run(state.clone(), Conn::new(socket), upgrade).await;
             gauge(&state.metrics).fetch_sub(1, Relaxed);
         })
     })
@@ -155,17 +203,57 @@ fn refuse(e: ApiError) -> Box<Response> {
     Box::new(error_response(&e))
 }
 
-/// Checks what can be checked before upgrading and configures the socket.
+/// The tenant a `?pk=` names: absent or empty is none; malformed 422, unknown 404 (as on
+/// `GET /v1/config`, and likewise charged to the client IP's allowance for unknown keys,
+/// so that upgrades are no way around the enumeration limit).
+async fn pk_tenant(
+    state: &AppState,
+    pk: Option<&str>,
+    ip: std::net::IpAddr,
+) -> Result<Option<Arc<Tenant>>, ApiError> {
+    let Some(pk) = pk.filter(|k| !k.is_empty()) else {
+        return Ok(None);
+    };
+    if !confab_protocol::validate::is_public_key(pk) {
+        return Err(ApiError::invalid(
+            "pk",
+            "public key must match ^pk_live_[a-f0-9]{32}$",
+        ));
+    }
+    match state.tenants.by_public_key(pk) {
+        Some(t) => Ok(Some(t.clone())),
+        None => {
+            state.rate_limit_unknown_key(&ip.to_string()).await?;
+            Err(ApiError::new(
+                ErrorCode::UnknownPublicKey,
+                "no widget has this public key",
+            ))
+        }
+    }
+}
+
+/// Checks what can be checked before upgrading and configures the socket; passes on the
+/// `pk` tenant, if one was named (its allowlist then decides the origin).
+#[allow(clippy::type_complexity)]
 pub fn prepare(
     state: &AppState,
     headers: &HeaderMap,
+    tenant: Option<Arc<Tenant>>,
     ws: WebSocketUpgrade,
-) -> Result<(WebSocketUpgrade, tokio::sync::OwnedSemaphorePermit), Box<Response>> {
+) -> Result<
+    (
+        WebSocketUpgrade,
+        tokio::sync::OwnedSemaphorePermit,
+        Option<Arc<Tenant>>,
+    ),
+    Box<Response>,
+> {
     if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
-        if !origin
-            .to_str()
-            .is_ok_and(|o| state.tenants.any_policy_allows(o))
-        {
+        let allowed = origin.to_str().is_ok_and(|o| match &tenant {
+            Some(t) => t.policy.allows(o),
+            None => state.tenants.any_policy_allows(o),
+        });
+        if !allowed {
             return Err(refuse(ApiError::new(
                 ErrorCode::OriginNotAllowed,
                 "origin not allowed",
@@ -190,7 +278,7 @@ pub fn prepare(
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME);
-    Ok((ws, permit))
+    Ok((ws, permit, tenant))
 }
 
 /// The socket halves plus liveness bookkeeping.
@@ -317,8 +405,24 @@ fn classify(e: axum::Error) -> End {
 // they are awaited: an idle socket's task is sized by its largest await point, and these
 // two would make every idle socket pay for what only active ones use.
 
+/// The close for a credential that expired while its socket was open.
+const EXPIRED: End = End::Close(
+    close::UNAUTHORIZED,
+    "credential expired: renew it and resume with after",
+);
+
+/// When the socket's timer should next fire: the next ping, or the credential's expiry if
+/// sooner. The expiry is read from the node's clock (injectable) and re-checked when the
+/// timer fires, so a clock that differs from the monotonic one only delays the check.
+fn next_wake(state: &AppState, next_ping: Instant, expires_ms: i64) -> Instant {
+    let left = expires_ms.saturating_sub(state.now_ms()).max(0) as u64;
+    let now = Instant::now();
+    next_ping.min(now + Duration::from_millis(left).min(PING_EVERY))
+}
+
 /// Runs an authenticated, subscribed connection until it ends: replays after `last`,
-/// then serves live frames and client frames.
+/// then serves live frames and client frames. `expires_ms` is when the credential expires
+/// (epoch ms, node clock): the socket closes with 4401 then.
 pub async fn serve<L: ChannelLogic>(
     state: AppState,
     mut conn: Conn,
@@ -326,23 +430,40 @@ pub async fn serve<L: ChannelLogic>(
     mut logic: L,
     mut last: u64,
     ready: String,
+    expires_ms: i64,
 ) {
     let end = async {
         conn.send(ready.into()).await?;
         let mut refill = Refill::default();
         refill.after(Box::pin(fill(&state, &mut conn, &logic, &mut last, false)).await?);
-        let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+        // One timer for pings and the credential's expiry (an idle socket pays for one).
+        let mut next_ping = Instant::now() + PING_EVERY;
+        let timer = tokio::time::sleep_until(next_wake(&state, next_ping, expires_ms));
         let kick = sub.kick_handle();
         // Registered once per connection, not at every wake-up: the shutdown token's
         // waiter list is shared by every socket of the node.
         let shutdown = state.shutdown.cancelled();
         let kicked = kick.wait();
-        tokio::pin!(shutdown, kicked);
+        tokio::pin!(shutdown, kicked, timer);
         loop {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => return Err(End::Close(close::GOING_AWAY, "server shutting down")),
                 _ = &mut kicked => return Err(End::Close(close::TRY_AGAIN_LATER, "too slow: resume with after")),
+                // Before the queue: nothing more goes out on an expired credential.
+                _ = &mut timer => {
+                    if state.now_ms() >= expires_ms {
+                        return Err(EXPIRED);
+                    }
+                    if Instant::now() >= next_ping {
+                        if conn.last_heard.elapsed() > IDLE_LIMIT {
+                            return Err(End::Close(close::NORMAL, "no traffic for 60 s"));
+                        }
+                        conn.sink.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)?;
+                        next_ping = Instant::now() + PING_EVERY;
+                    }
+                    timer.as_mut().reset(next_wake(&state, next_ping, expires_ms));
+                }
                 out = sub.rx.recv() => {
                     let Some(mut out) = out else { return Err(End::Gone) };
                     // Whatever is already queued goes out with this frame in one write.
@@ -376,6 +497,11 @@ pub async fn serve<L: ChannelLogic>(
                 }
                 text = conn.next_text() => {
                     let text = text?;
+                    // The timer may not have fired yet (or the node's clock moved): a
+                    // frame on an expired credential is never acted on.
+                    if state.now_ms() >= expires_ms {
+                        return Err(EXPIRED);
+                    }
                     match ClientFrame::parse(&text) {
                         Ok(frame) => Box::pin(logic.on_frame(&state, frame, &sub)).await,
                         Err(msg) => sub.reply(frames::error("invalid_frame", &msg)),
@@ -383,12 +509,6 @@ pub async fn serve<L: ChannelLogic>(
                 }
                 _ = refill.due(), if refill.pending() => {
                     refill.after(Box::pin(fill(&state, &mut conn, &logic, &mut last, true)).await?);
-                }
-                _ = ping.tick() => {
-                    if conn.last_heard.elapsed() > IDLE_LIMIT {
-                        return Err(End::Close(close::NORMAL, "no traffic for 60 s"));
-                    }
-                    conn.sink.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)?;
                 }
             }
         }

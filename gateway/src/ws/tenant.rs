@@ -2,18 +2,20 @@
 //! dashboards. Authenticated by an agent JWT; `after` is a tenant event offset.
 
 use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use confab_protocol::frames::{self, ClientFrame};
 use confab_protocol::model::{Author, Status};
 use confab_protocol::ApiError;
 use confab_store::Channel;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::visitor::error_for;
-use super::{accept, close, parse_after, serve, Backlog, ChannelLogic, Conn};
+use super::{accept, close, parse_after, serve, Backlog, ChannelLogic, Conn, Upgrade};
 use crate::auth::verify_agent;
+use crate::error::Params;
 use crate::hub::Subscription;
 use crate::state::{AppState, Tenant};
 
@@ -114,13 +116,16 @@ impl ChannelLogic for Agent {
 /// `GET /v1/tenant/ws`.
 pub async fn upgrade(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    params: Params,
     ws: WebSocketUpgrade,
 ) -> Response {
-    accept(state, headers, ws, |m| &m.agent_sockets, run)
+    let ip = crate::http::client_ip(&state, peer, &headers);
+    accept(state, ip, headers, params, ws, |m| &m.agent_sockets, run).await
 }
 
-async fn run(state: AppState, mut conn: Conn, origin: Option<String>) {
+async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade) {
     let (token, after) = match conn.authenticate().await {
         Ok(x) => x,
         Err((0, _)) => return,
@@ -134,11 +139,10 @@ async fn run(state: AppState, mut conn: Conn, origin: Option<String>) {
                 .await
         }
     };
-    if origin.as_deref().is_some_and(|o| !tenant.policy.allows(o)) {
-        return conn
-            .close(close::FORBIDDEN, "origin not allowed for this tenant")
-            .await;
+    if let Err((code, why)) = upgrade.admits(&tenant) {
+        return conn.close(code, why).await;
     }
+    drop(upgrade);
     let Ok(after) = parse_after(after.as_deref(), confab_store::parse_offset) else {
         return conn
             .close(close::BAD_REQUEST, "after is not an event offset")
@@ -189,12 +193,23 @@ async fn run(state: AppState, mut conn: Conn, origin: Option<String>) {
         claims.name.as_deref(),
         recovered,
     );
+    // JWT `exp` is in seconds.
+    let expires_ms = claims.exp.saturating_mul(1000);
     let author = Author {
         kind: confab_protocol::model::AuthorKind::Agent,
         id: claims.sub,
         name: claims.name,
     };
-    serve(state, conn, sub, Agent { tenant, author }, last, ready).await;
+    serve(
+        state,
+        conn,
+        sub,
+        Agent { tenant, author },
+        last,
+        ready,
+        expires_ms,
+    )
+    .await;
 }
 
 /// For a non-recovered resume: the offset just before the oldest retained event, so the

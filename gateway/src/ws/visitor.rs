@@ -1,5 +1,7 @@
 //! The visitor channel (`GET /v1/visitor/ws`): one conversation, live. Authenticated by a
-//! session token; `after` is a message id.
+//! session token; `after` is a message id. One visitor holds at most
+//! `max_sockets_per_visitor` of these on a node (tabs; the next closes with 4429), so that
+//! one session token cannot take the node's `max_connections` slots; counted per node.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -11,8 +13,9 @@ use confab_protocol::frames::{self, ClientFrame};
 use confab_protocol::ApiError;
 use confab_store::{seq_of_message_id, Channel, Cursor};
 
-use super::{accept, close, parse_after, serve, Backlog, ChannelLogic, Conn};
+use super::{accept, close, parse_after, serve, Backlog, ChannelLogic, Conn, Upgrade};
 use crate::auth::{verify_session, VisitorSession};
+use crate::error::Params;
 use crate::hub::Subscription;
 use crate::state::AppState;
 
@@ -93,19 +96,23 @@ pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    params: Params,
     ws: WebSocketUpgrade,
 ) -> Response {
     let ip = crate::http::client_ip(&state, peer, &headers);
     accept(
         state,
+        ip,
         headers,
+        params,
         ws,
         |m| &m.visitor_sockets,
-        move |state, conn, origin| run(state, conn, origin, ip),
+        move |state, conn, upgrade| run(state, conn, upgrade, ip),
     )
+    .await
 }
 
-async fn run(state: AppState, mut conn: Conn, origin: Option<String>, ip: IpAddr) {
+async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade, ip: IpAddr) {
     let (token, after) = match conn.authenticate().await {
         Ok(x) => x,
         Err((0, _)) => return,
@@ -119,14 +126,19 @@ async fn run(state: AppState, mut conn: Conn, origin: Option<String>, ip: IpAddr
                 .await
         }
     };
-    if origin
-        .as_deref()
-        .is_some_and(|o| !session.tenant.policy.allows(o))
-    {
-        return conn
-            .close(close::FORBIDDEN, "origin not allowed for this widget")
-            .await;
+    if let Err((code, why)) = upgrade.admits(&session.tenant) {
+        return conn.close(code, why).await;
     }
+    drop(upgrade);
+    let c = &session.claims;
+    let Some(_place) = state
+        .per_visitor
+        .try_acquire(crate::state::visitor_key(&c.tenant, &c.visitor_id))
+    else {
+        return conn
+            .close(close::TOO_MANY, "too many sockets for this visitor")
+            .await;
+    };
     let conversation_id = session.claims.conversation_id.clone();
     let Ok(after) = parse_after(after.as_deref(), |a| {
         confab_store::parse_message_id(&conversation_id, a)
@@ -168,5 +180,15 @@ async fn run(state: AppState, mut conn: Conn, origin: Option<String>, ip: IpAddr
     // Without `after` the client starts live; an `after` beyond the log replays nothing.
     let last = after.map_or(latest, |a| a.min(latest));
     let ready = frames::ready_visitor(&c.conversation_id, &c.visitor_id);
-    serve(state, conn, sub, Visitor { session, ip }, last, ready).await;
+    let expires_ms = c.expires_ms;
+    serve(
+        state,
+        conn,
+        sub,
+        Visitor { session, ip },
+        last,
+        ready,
+        expires_ms,
+    )
+    .await;
 }
