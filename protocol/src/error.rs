@@ -2,10 +2,12 @@
 //! `{ "error": { "code": "snake_case_code", "message": "…", "field": "optional.path" } }`.
 //! Each code maps to exactly one HTTP status, here and nowhere else.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Every error code Confab answers with. The string form is the wire `code`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// 400: the body is not JSON.
     InvalidJson,
@@ -135,26 +137,36 @@ impl ApiError {
 
     /// The SPEC's error body.
     pub fn body(&self) -> String {
-        #[derive(Serialize)]
-        struct Inner<'a> {
-            code: &'a str,
-            message: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            field: Option<&'a str>,
-        }
-        #[derive(Serialize)]
-        struct Outer<'a> {
-            error: Inner<'a>,
-        }
-        serde_json::to_string(&Outer {
-            error: Inner {
-                code: self.code.as_str(),
-                message: &self.message,
-                field: self.field.as_deref(),
+        serde_json::to_string(&ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message.clone(),
+                field: self.field.clone(),
             },
         })
         .unwrap_or_default()
     }
+}
+
+/// The body of every 4xx/5xx answer: `{ "error": { "code", "message", "field"? } }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, for programs (`code`), people (`message`) and forms (`field`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorDetail {
+    /// Stable, machine-readable; one HTTP status per code.
+    pub code: ErrorCode,
+    /// Human-readable; may change between versions.
+    pub message: String,
+    /// The offending input's path (`contact.email`, `variables.cart`, `limit`): present on
+    /// every 422 `validation_failed`, absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -179,5 +191,35 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&ApiError::new(ErrorCode::Internal, "x").body()).unwrap();
         assert!(v["error"].get("field").is_none());
+    }
+
+    #[test]
+    fn serde_names_are_the_wire_codes() {
+        use ErrorCode::*;
+        for c in [
+            InvalidJson,
+            ValidationFailed,
+            PayloadTooLarge,
+            InvalidSession,
+            InvalidCredentials,
+            Forbidden,
+            InvalidChallenge,
+            BotSuspected,
+            OriginNotAllowed,
+            UnknownPublicKey,
+            ConversationNotFound,
+            NotFound,
+            MethodNotAllowed,
+            RateLimited,
+            StoreUnavailable,
+            Unavailable,
+            Internal,
+            InvalidFrame,
+        ] {
+            assert_eq!(
+                serde_json::to_value(c).unwrap(),
+                serde_json::Value::from(c.as_str())
+            );
+        }
     }
 }
