@@ -182,3 +182,19 @@ async fn any_valid_timestamp_is_a_cursor() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(!r.json["messages"].as_array().unwrap().is_empty());
 }
+
+/// Found by fuzzing against the description: a plain GET of a WebSocket route got axum's
+/// text/plain 400. Every 4xx is the JSON error body.
+#[tokio::test]
+async fn channel_routes_asked_without_an_upgrade_answer_the_error_body() {
+    let gw = Gateway::start(&config_toml("")).await;
+    let c = gw.client();
+    for path in ["/v1/visitor/ws", "/v1/tenant/ws"] {
+        let r = c.get(path, &[]).await;
+        assert_error(&r, 400, "bad_request");
+        let r = c
+            .get(path, &[("connection", "upgrade"), ("upgrade", "websocket")])
+            .await;
+        assert_error(&r, 400, "bad_request");
+    }
+}

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 pub enum ErrorCode {
     /// 400: the body is not JSON.
     InvalidJson,
+    /// 400 (or another 4xx without a code of its own): a request HTTP itself refuses, e.g. a
+    /// WebSocket route asked without an upgrade.
+    BadRequest,
     /// 422: a field breaks a rule (`field` says which).
     ValidationFailed,
     /// 413: body over 64 KiB.
@@ -52,6 +55,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::BadRequest => "bad_request",
             ErrorCode::ValidationFailed => "validation_failed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::InvalidSession => "invalid_session",
@@ -75,7 +79,7 @@ impl ErrorCode {
     /// The HTTP status that goes with the code.
     pub fn status(self) -> u16 {
         match self {
-            ErrorCode::InvalidJson | ErrorCode::InvalidFrame => 400,
+            ErrorCode::InvalidJson | ErrorCode::BadRequest | ErrorCode::InvalidFrame => 400,
             ErrorCode::InvalidSession | ErrorCode::InvalidCredentials => 401,
             ErrorCode::Forbidden
             | ErrorCode::InvalidChallenge
@@ -198,6 +202,7 @@ mod tests {
         use ErrorCode::*;
         for c in [
             InvalidJson,
+            BadRequest,
             ValidationFailed,
             PayloadTooLarge,
             InvalidSession,

@@ -13,12 +13,27 @@ use crate::config::DEMO_PUBLIC_KEY;
 use crate::error::error_response;
 use crate::state::AppState;
 
+/// `{"status": "ok"}` or `{"status": "ready"}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // describes the literal bodies below
+pub struct Health {
+    #[schema(example = "ok")]
+    status: String,
+}
+
 /// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations",
+    responses((status = 200, description = "The process is up.", body = Health)))]
 pub async fn healthz() -> Response {
     json_text(StatusCode::OK, r#"{"status":"ok"}"#.into())
 }
 
 /// `GET /readyz`: the store answers (and, in Redis mode, the subscription is alive).
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready to serve.", body = Health),
+        (status = 503, description = "`store_unavailable` or `unavailable` (shutting down).", body = confab_protocol::ErrorBody),
+    ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
         return error_response(&ApiError::new(ErrorCode::Unavailable, "shutting down"));
@@ -43,6 +58,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format.", body = String,
+        content_type = "text/plain; version=0.0.4")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let ct = HeaderValue::from_static("text/plain; version=0.0.4");
     (
@@ -77,6 +95,9 @@ fn asset(content_type: &'static str, body: String) -> Response {
 }
 
 /// `GET /widget.js`: the embeddable widget.
+#[utoipa::path(get, path = "/widget.js", operation_id = "widgetScript", tag = "operations",
+    responses((status = 200, description = "The widget script.", body = String,
+        content_type = "application/javascript; charset=utf-8")))]
 pub async fn widget_js() -> Response {
     asset(
         "application/javascript; charset=utf-8",
@@ -86,6 +107,9 @@ pub async fn widget_js() -> Response {
 
 /// `GET /demo`: a host page with the widget of the first configured tenant (the demo
 /// tenant when running without a config file).
+#[utoipa::path(get, path = "/demo", operation_id = "demoPage", tag = "operations",
+    responses((status = 200, description = "An HTML host page with the widget.", body = String,
+        content_type = "text/html; charset=utf-8")))]
 pub async fn demo(State(state): State<AppState>) -> Response {
     let pk = state
         .config
@@ -100,6 +124,9 @@ pub async fn demo(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /console`: the agent console.
+#[utoipa::path(get, path = "/console", operation_id = "consolePage", tag = "operations",
+    responses((status = 200, description = "The agent console (HTML).", body = String,
+        content_type = "text/html; charset=utf-8")))]
 pub async fn console() -> Response {
     asset("text/html; charset=utf-8", CONSOLE_HTML.to_owned())
 }
