@@ -142,32 +142,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             (None, p) => p.to_owned(),
         };
         let message = msg.split(" at line").next().unwrap_or(&msg);
-        ApiError::invalid(field, without_type_names(message))
+        ApiError::invalid(field, confab_protocol::without_type_names(message))
     })
-}
-
-/// Rewrites "struct SendBody" / "enum AuthorKind" (serde's wording for what a visitor
-/// expected) into words a client understands: Rust type names are not part of the API.
-fn without_type_names(message: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    let mut words = message.split(' ').peekable();
-    while let Some(w) = words.next() {
-        let named = words
-            .peek()
-            .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_uppercase()));
-        match w {
-            "struct" | "tuple" if named => {
-                words.next();
-                out.push("an object");
-            }
-            "enum" | "variant" if named => {
-                words.next();
-                out.push("one of the allowed values");
-            }
-            _ => out.push(w),
-        }
-    }
-    out.join(" ")
 }
 
 /// A parsed JSON value handed to serde strictly: a struct only from a JSON object (serde
@@ -433,18 +409,5 @@ mod tests {
         assert!(!e.message.contains("Contact"), "{}", e.message);
         let ok = parse_json::<Body>(br#"{"message":"x","contact":{"email":null},"extra":[1]}"#);
         assert!(ok.is_ok());
-    }
-
-    #[test]
-    fn type_names_are_rewritten() {
-        assert_eq!(
-            without_type_names("invalid type: string \"x\", expected struct SendBody"),
-            "invalid type: string \"x\", expected an object"
-        );
-        assert_eq!(
-            without_type_names("expected enum AuthorKind"),
-            "expected one of the allowed values"
-        );
-        assert_eq!(without_type_names("a struct of b"), "a struct of b");
     }
 }

@@ -152,6 +152,43 @@ impl ApiError {
     }
 }
 
+/// Rewrites serde's "expected struct SendBody" / "expected internally tagged enum
+/// ClientFrame" into words a client understands: Rust type names are not part of the API.
+pub fn without_type_names(message: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let mut words = message.split(' ').peekable();
+    while let Some(w) = words.next() {
+        // "internally tagged enum X", "adjacently tagged enum X", "unit struct X", …
+        if matches!(
+            w,
+            "internally" | "adjacently" | "unit" | "newtype" | "tuple"
+        ) && words
+            .peek()
+            .is_some_and(|n| matches!(*n, "tagged" | "struct" | "variant"))
+        {
+            continue;
+        }
+        if w == "tagged" && words.peek().is_some_and(|n| *n == "enum") {
+            continue;
+        }
+        let named = words
+            .peek()
+            .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_uppercase()));
+        match w {
+            "struct" if named => {
+                words.next();
+                out.push("an object");
+            }
+            "enum" | "variant" if named => {
+                words.next();
+                out.push("one of the allowed values");
+            }
+            _ => out.push(w),
+        }
+    }
+    out.join(" ")
+}
+
 /// The body of every 4xx/5xx answer: `{ "error": { "code", "message", "field"? } }`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -195,6 +232,25 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&ApiError::new(ErrorCode::Internal, "x").body()).unwrap();
         assert!(v["error"].get("field").is_none());
+    }
+
+    #[test]
+    fn type_names_are_rewritten() {
+        assert_eq!(
+            without_type_names("invalid type: string \"x\", expected struct SendBody"),
+            "invalid type: string \"x\", expected an object"
+        );
+        assert_eq!(
+            without_type_names(
+                "invalid type: sequence, expected internally tagged enum ClientFrame"
+            ),
+            "invalid type: sequence, expected one of the allowed values"
+        );
+        assert_eq!(
+            without_type_names("expected enum AuthorKind"),
+            "expected one of the allowed values"
+        );
+        assert_eq!(without_type_names("a struct of b"), "a struct of b");
     }
 
     #[test]

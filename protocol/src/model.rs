@@ -45,6 +45,7 @@ pub struct Message {
     pub direction: Direction,
     pub author: Author,
     pub body: String,
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_message_id: Option<String>,
@@ -89,7 +90,9 @@ pub struct Conversation {
     pub tenant_id: String,
     pub visitor_id: String,
     pub status: Status,
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_at: String,
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub updated_at: String,
     pub customer_id: Option<String>,
     pub locale: Option<String>,

@@ -182,6 +182,7 @@ pub struct Sent {
     pub success: bool,
     /// The stored message's id (the first one's, for a duplicate).
     pub message_id: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// True when this `clientMessageId` was already stored: nothing new was stored.
     pub duplicate: bool,

@@ -129,6 +129,7 @@ pub struct WidgetLimits {
 #[serde(rename_all = "camelCase")]
 pub struct InitChallenge {
     pub token: String,
+    #[schema(format = DateTime)]
     pub expires_at: String,
 }
 
@@ -388,6 +389,7 @@ pub struct SessionStarted {
     pub visitor_id: String,
     #[schema(format = "uuid")]
     pub conversation_id: String,
+    #[schema(format = DateTime)]
     pub expires_at: String,
     /// True when `visitorToken` resumed a known visitor.
     pub resumed: bool,
