@@ -81,13 +81,37 @@ async fn every_route_is_described() {
                     Some(r) => &doc["components"]["responses"][r.rsplit('/').next().unwrap()],
                     None => resp,
                 };
+                let expected = if status == "422" {
+                    "#/components/schemas/ValidationErrorBody"
+                } else {
+                    "#/components/schemas/ErrorBody"
+                };
                 assert_eq!(
-                    resp["content"]["application/json"]["schema"]["$ref"],
-                    "#/components/schemas/ErrorBody",
+                    resp["content"]["application/json"]["schema"]["$ref"], expected,
                     "{method} {path} {status}"
                 );
             }
         }
+    }
+    // Every reference resolves.
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r);
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(!all.is_empty());
+    for r in all {
+        let pointer = r.strip_prefix('#').expect("a local reference");
+        assert!(doc.pointer(pointer).is_some(), "dangling {r}");
     }
     let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
     for s in ["visitorSession", "agentJwt", "serverKey"] {

@@ -22,7 +22,7 @@ use confab_protocol::model::{
 };
 use confab_protocol::{ErrorBody, ErrorCode};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi, ToResponse};
+use utoipa::{IntoParams, Modify, OpenApi, ToResponse, ToSchema};
 
 use super::json_text;
 
@@ -65,7 +65,8 @@ docs/websocket.md, the rules and limits in docs/http-api.md.",
     components(
         schemas(
             ErrorBody, ErrorCode, Message, Author, AuthorKind, Direction, Conversation,
-            Contact, Status, Intent, IntentIcon, QuickQuestion,
+            Contact, Status, Intent, IntentIcon, QuickQuestion, ValidationErrorBody,
+            ValidationErrorDetail,
         ),
         responses(
             InvalidJson, PayloadTooLarge, ValidationFailed, RateLimited, StoreUnavailable,
@@ -175,7 +176,28 @@ pub struct PayloadTooLarge(ErrorBody);
 /// (`contact.email`, `variables.cart`, `limit`).
 #[derive(ToResponse)]
 #[allow(dead_code)]
-pub struct ValidationFailed(ErrorBody);
+pub struct ValidationFailed(ValidationErrorBody);
+
+/// The error body of a 422, which always names the offending `field`. (The same
+/// `ErrorBody` on the wire; this narrower description lets the fuzzer hold every 422 to it.)
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ValidationErrorBody {
+    error: ValidationErrorDetail,
+}
+
+/// What broke which rule.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ValidationErrorDetail {
+    #[schema(pattern = "^validation_failed$", example = "validation_failed")]
+    code: String,
+    /// Human-readable; may change between versions.
+    message: String,
+    /// The path of the body field or the name of the query parameter that breaks a rule.
+    #[schema(example = "contact.email")]
+    field: String,
+}
 
 /// `rate_limited`: over one of the tenant's rate limits; retry after `Retry-After` seconds.
 #[derive(ToResponse)]
