@@ -139,3 +139,24 @@ async fn every_route_is_described() {
         assert!(ops.iter().any(|o| o["operationId"] == target), "{target}");
     }
 }
+
+/// The pages spliced from stored JSON read back as the types that describe them.
+#[tokio::test]
+async fn spliced_pages_are_their_described_types() {
+    use confab_gateway::http::tenant::EventsPage;
+    use confab_gateway::http::MessagesPage;
+    let gw = Gateway::start(&config_toml("")).await;
+    let c = gw.client();
+    let s = c.session(PK).await;
+    assert_eq!(c.send(&s, "hello", Some("c-1")).await.status, 201);
+    let r = c.get_auth("/v1/messages", &s.token).await;
+    let page: MessagesPage = serde_json::from_value(r.json).unwrap();
+    assert!(!page.messages.is_empty());
+    assert_eq!(
+        page.next_cursor.as_ref(),
+        page.messages.last().map(|m| &m.id)
+    );
+    let r = c.tenant_events(SERVER_KEY, None).await;
+    let page: EventsPage = serde_json::from_value(r.json).unwrap();
+    assert!(page.events.iter().any(|e| e.kind == "message:new"));
+}

@@ -222,7 +222,11 @@ fn tenant_config(t: &Tenant, now_ms: i64) -> TenantConfig {
 /// The tenant part of the config response encoded, without its closing brace: each
 /// response appends its own challenge (what `WidgetConfig`'s `flatten` would write).
 fn tenant_config_prefix(t: &Tenant, now_ms: i64) -> String {
-    let body = serde_json::to_string(&tenant_config(t, now_ms)).unwrap_or_else(|_| "{}".into());
+    prefix_of(&tenant_config(t, now_ms))
+}
+
+fn prefix_of(c: &TenantConfig) -> String {
+    let body = serde_json::to_string(c).unwrap_or_else(|_| "{}".into());
     body[..body.len() - 1].to_owned()
 }
 
@@ -961,4 +965,54 @@ pub async fn events(
         StatusCode::ACCEPTED,
         serde_json::to_string(&body).unwrap_or_default(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The spliced config body is what `WidgetConfig` (the documented type) encodes to.
+    #[test]
+    fn config_body_is_a_widget_config() {
+        let tenant = || TenantConfig {
+            tenant: TenantName {
+                id: "demo".into(),
+                name: "Demo \"Inc\"".into(),
+            },
+            branding: Branding {
+                primary_color: "#10A37F".into(),
+                position: "bottom-right".into(),
+                label: "Chat".into(),
+                logo: None,
+            },
+            greeting: "Hi".into(),
+            is_available: true,
+            availability_mode: AvailabilityMode::BusinessHours,
+            intents: vec![],
+            quick_questions: vec![],
+            telemetry: Telemetry {
+                event_types: TELEMETRY_TYPES,
+                sample_rate: 0.5,
+            },
+            limits: WidgetLimits {
+                max_message_length: 10_000,
+            },
+            require_init_challenge: true,
+            min_elapsed_ms: 800,
+        };
+        let challenge = || InitChallenge {
+            token: "c1.abc".into(),
+            expires_at: "2026-11-22T10:00:00.123Z".into(),
+        };
+        let spliced: Value =
+            serde_json::from_str(&config_body(&prefix_of(&tenant()), &challenge())).unwrap();
+        let typed = serde_json::to_value(WidgetConfig {
+            tenant: tenant(),
+            init_challenge: challenge(),
+        })
+        .unwrap();
+        assert_eq!(spliced, typed);
+        assert_eq!(spliced["availabilityMode"], "business_hours");
+        assert_eq!(spliced["initChallenge"]["token"], "c1.abc");
+    }
 }
