@@ -11,7 +11,7 @@ use std::path::Path;
 
 use confab_protocol::model::{Intent, QuickQuestion};
 use confab_protocol::validate::{is_public_key, MAX_MESSAGE_CHARS};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::availability::Schedule;
 
@@ -184,7 +184,7 @@ impl Default for AvailabilityConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AvailabilityMode {
     #[default]

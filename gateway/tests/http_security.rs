@@ -95,9 +95,19 @@ async fn malformed_and_oversized_bodies() {
             );
             assert_error(&r, 400, "invalid_json");
         }
-        // Valid JSON of the wrong shape is a 422.
+        // JSON that is not an object is not a body (serde would read `[1, 2]` as a struct).
         let r = c
             .request("POST", path, &headers, Some(b"[1, 2]".to_vec()))
+            .await;
+        assert_error(&r, 400, "invalid_json");
+        // An object of the wrong shape is a 422.
+        let r = c
+            .request(
+                "POST",
+                path,
+                &headers,
+                Some(br#"{"publicKey":1,"message":1,"type":1}"#.to_vec()),
+            )
             .await;
         assert_error(&r, 422, "validation_failed");
         // 64 KiB is the largest accepted body: one more byte is 413.

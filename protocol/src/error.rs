@@ -2,13 +2,18 @@
 //! `{ "error": { "code": "snake_case_code", "message": "…", "field": "optional.path" } }`.
 //! Each code maps to exactly one HTTP status, here and nowhere else.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Every error code Confab answers with. The string form is the wire `code`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// 400: the body is not JSON.
     InvalidJson,
+    /// 400 (or another 4xx without a code of its own): a request HTTP itself refuses, e.g. a
+    /// WebSocket route asked without an upgrade.
+    BadRequest,
     /// 422: a field breaks a rule (`field` says which).
     ValidationFailed,
     /// 413: body over 64 KiB.
@@ -54,6 +59,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::BadRequest => "bad_request",
             ErrorCode::ValidationFailed => "validation_failed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::InvalidSession => "invalid_session",
@@ -79,7 +85,7 @@ impl ErrorCode {
     /// The HTTP status that goes with the code.
     pub fn status(self) -> u16 {
         match self {
-            ErrorCode::InvalidJson | ErrorCode::InvalidFrame => 400,
+            ErrorCode::InvalidJson | ErrorCode::BadRequest | ErrorCode::InvalidFrame => 400,
             ErrorCode::InvalidSession | ErrorCode::InvalidCredentials => 401,
             ErrorCode::Forbidden
             | ErrorCode::InvalidChallenge
@@ -144,26 +150,73 @@ impl ApiError {
 
     /// The SPEC's error body.
     pub fn body(&self) -> String {
-        #[derive(Serialize)]
-        struct Inner<'a> {
-            code: &'a str,
-            message: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            field: Option<&'a str>,
-        }
-        #[derive(Serialize)]
-        struct Outer<'a> {
-            error: Inner<'a>,
-        }
-        serde_json::to_string(&Outer {
-            error: Inner {
-                code: self.code.as_str(),
-                message: &self.message,
-                field: self.field.as_deref(),
+        serde_json::to_string(&ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message.clone(),
+                field: self.field.clone(),
             },
         })
         .unwrap_or_default()
     }
+}
+
+/// Rewrites serde's "expected struct SendBody" / "expected internally tagged enum
+/// ClientFrame" into words a client understands: Rust type names are not part of the API.
+pub fn without_type_names(message: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let mut words = message.split(' ').peekable();
+    while let Some(w) = words.next() {
+        // "internally tagged enum X", "adjacently tagged enum X", "unit struct X", …
+        if matches!(
+            w,
+            "internally" | "adjacently" | "unit" | "newtype" | "tuple"
+        ) && words
+            .peek()
+            .is_some_and(|n| matches!(*n, "tagged" | "struct" | "variant"))
+        {
+            continue;
+        }
+        if w == "tagged" && words.peek().is_some_and(|n| *n == "enum") {
+            continue;
+        }
+        let named = words
+            .peek()
+            .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_uppercase()));
+        match w {
+            "struct" if named => {
+                words.next();
+                out.push("an object");
+            }
+            "enum" | "variant" if named => {
+                words.next();
+                out.push("one of the allowed values");
+            }
+            _ => out.push(w),
+        }
+    }
+    out.join(" ")
+}
+
+/// The body of every 4xx/5xx answer: `{ "error": { "code", "message", "field"? } }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, for programs (`code`), people (`message`) and forms (`field`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorDetail {
+    /// Stable, machine-readable; one HTTP status per code.
+    pub code: ErrorCode,
+    /// Human-readable; may change between versions.
+    pub message: String,
+    /// The offending input's path (`contact.email`, `variables.cart`, `limit`): present on
+    /// every 422 `validation_failed`, absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -188,5 +241,55 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&ApiError::new(ErrorCode::Internal, "x").body()).unwrap();
         assert!(v["error"].get("field").is_none());
+    }
+
+    #[test]
+    fn type_names_are_rewritten() {
+        assert_eq!(
+            without_type_names("invalid type: string \"x\", expected struct SendBody"),
+            "invalid type: string \"x\", expected an object"
+        );
+        assert_eq!(
+            without_type_names(
+                "invalid type: sequence, expected internally tagged enum ClientFrame"
+            ),
+            "invalid type: sequence, expected one of the allowed values"
+        );
+        assert_eq!(
+            without_type_names("expected enum AuthorKind"),
+            "expected one of the allowed values"
+        );
+        assert_eq!(without_type_names("a struct of b"), "a struct of b");
+    }
+
+    #[test]
+    fn serde_names_are_the_wire_codes() {
+        use ErrorCode::*;
+        for c in [
+            InvalidJson,
+            BadRequest,
+            ValidationFailed,
+            PayloadTooLarge,
+            InvalidSession,
+            InvalidCredentials,
+            Forbidden,
+            InvalidChallenge,
+            BotSuspected,
+            OriginNotAllowed,
+            UnknownPublicKey,
+            ConversationNotFound,
+            NotFound,
+            MethodNotAllowed,
+            RateLimited,
+            StoreUnavailable,
+            Unavailable,
+            Internal,
+            InvalidFrame,
+        ] {
+            assert_eq!(
+                serde_json::to_value(c).unwrap(),
+                serde_json::Value::from(c.as_str())
+            );
+        }
     }
 }

@@ -47,7 +47,14 @@ pub enum ClientFrame {
 impl ClientFrame {
     /// Parses a text frame; the error text is what `invalid_frame` reports.
     pub fn parse(text: &str) -> Result<ClientFrame, String> {
-        serde_json::from_str(text).map_err(|e| format!("unparseable or unknown frame: {e}"))
+        serde_json::from_str(text).map_err(|e| {
+            let e = e.to_string();
+            let e = e.split(" at line").next().unwrap_or(&e);
+            format!(
+                "unparseable or unknown frame: {}",
+                crate::error::without_type_names(e)
+            )
+        })
     }
 }
 
@@ -123,6 +130,22 @@ mod tests {
         );
         assert!(ClientFrame::parse(r#"{"type":"dance"}"#).is_err());
         assert!(ClientFrame::parse("nope").is_err());
+    }
+
+    #[test]
+    fn errors_do_not_name_rust_types() {
+        for text in [
+            r#"[1]"#,
+            r#""auth""#,
+            r#"{"type":"auth","token":["t"]}"#,
+            "1",
+        ] {
+            let e = ClientFrame::parse(text).unwrap_err();
+            assert!(
+                !e.contains("ClientFrame") && !e.contains("enum ") && !e.contains("struct "),
+                "{text}: {e}"
+            );
+        }
     }
 
     #[test]

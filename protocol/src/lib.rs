@@ -17,4 +17,4 @@ pub mod time;
 pub mod token;
 pub mod validate;
 
-pub use error::{ApiError, ErrorCode};
+pub use error::{without_type_names, ApiError, ErrorBody, ErrorCode};

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 /// Who wrote a message. `visitor` messages are inbound, everything else outbound.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AuthorKind {
     Visitor,
@@ -17,6 +18,7 @@ pub enum AuthorKind {
 
 /// `inbound` is visitor → tenant, `outbound` tenant → visitor.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Inbound,
@@ -25,6 +27,7 @@ pub enum Direction {
 
 /// The author of a message or of a typing indicator.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Author {
     pub kind: AuthorKind,
     pub id: String,
@@ -34,6 +37,7 @@ pub struct Author {
 /// A stored message. Immutable once stored; `id` is opaque to clients and totally
 /// ordered within its conversation.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     pub id: String,
@@ -41,6 +45,7 @@ pub struct Message {
     pub direction: Direction,
     pub author: Author,
     pub body: String,
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_message_id: Option<String>,
@@ -52,6 +57,7 @@ pub struct Message {
 
 /// `open` or `closed`; a closed conversation reopens when either side writes.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Open,
@@ -69,6 +75,7 @@ impl Status {
 
 /// Contact details a visitor gave (contact form, `POST /v1/sessions`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Contact {
     pub name: Option<String>,
     pub email: Option<String>,
@@ -76,13 +83,16 @@ pub struct Contact {
 
 /// One conversation per (tenant, visitor).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Conversation {
     pub id: String,
     pub tenant_id: String,
     pub visitor_id: String,
     pub status: Status,
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_at: String,
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub updated_at: String,
     pub customer_id: Option<String>,
     pub locale: Option<String>,
@@ -110,6 +120,7 @@ pub struct TenantEvent {
 /// An intent the widget may trigger (seed 004's shape, including its one snake_case
 /// field `required_entities`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Intent {
     pub name: String,
@@ -145,6 +156,7 @@ pub struct Intent {
 
 /// An intent's icon: `{ "kind": "emoji" | "url" | …, "value": "…" }`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IntentIcon {
     pub kind: String,
     pub value: String,
@@ -153,6 +165,7 @@ pub struct IntentIcon {
 /// A quick-question chip (seed 004). `intentName` is null in responses unless that
 /// intent is configured.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct QuickQuestion {
     pub question: String,

@@ -6,6 +6,8 @@
 //! - [`ops`] — health, readiness, metrics, and the static pages (widget, demo, console).
 //!
 //! Every response carries `X-Content-Type-Options: nosniff` (the `nosniff` layer).
+//! - [`openapi`] — `GET /openapi.json`, the description of all of the above, generated from
+//!   the handlers' annotations and the types they read and write.
 
 use std::net::SocketAddr;
 
@@ -15,12 +17,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use confab_protocol::model::Message;
 use confab_protocol::{ApiError, ErrorCode};
 use confab_store::{message_id, parse_message_id, Cursor, MessagePage};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::{error_response, Params};
 use crate::state::AppState;
 
+pub mod openapi;
 pub mod ops;
 pub mod tenant;
 pub mod widget;
@@ -50,6 +56,7 @@ const ROUTES: &[&str] = &[
     "/demo.js",
     "/console",
     "/console.js",
+    "/openapi.json",
 ];
 
 /// The whole application.
@@ -81,8 +88,10 @@ pub fn router(state: AppState) -> Router {
         .route("/demo.js", get(ops::demo_js))
         .route("/console", get(ops::console))
         .route("/console.js", get(ops::console_js))
+        .route("/openapi.json", get(openapi::serve))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -117,6 +126,43 @@ async fn method_not_allowed() -> Response {
     ))
 }
 
+/// Every 4xx/5xx carries the error body — also the few answers axum writes itself as plain
+/// text (a WebSocket route asked without an upgrade, a path that is not UTF-8). The status
+/// and the other headers stay; axum's short text becomes the `message`.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let code = match status.as_u16() {
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
+        413 => ErrorCode::PayloadTooLarge,
+        503 => ErrorCode::Unavailable,
+        s if s >= 500 => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    };
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 1024).await.unwrap_or_default();
+    let text = std::str::from_utf8(&text)
+        .ok()
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.contains(['<', '\n']))
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("request refused"));
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = ApiError::new(code, text).body();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
 async fn count(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
@@ -149,6 +195,19 @@ pub fn json_text(status: axum::http::StatusCode, body: String) -> Response {
         .into_response()
 }
 
+/// The answer to a send (visitor or tenant side).
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Sent {
+    pub success: bool,
+    /// The stored message's id (the first one's, for a duplicate).
+    pub message_id: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// True when this `clientMessageId` was already stored: nothing new was stored.
+    pub duplicate: bool,
+}
+
 /// The answer to a send: 201 when stored, 200 for a duplicate `clientMessageId`.
 pub fn sent(a: &confab_store::Appended) -> Response {
     let status = if a.duplicate {
@@ -156,9 +215,27 @@ pub fn sent(a: &confab_store::Appended) -> Response {
     } else {
         axum::http::StatusCode::CREATED
     };
-    let body = serde_json::json!({"success": true, "messageId": a.message.id,
-        "createdAt": a.message.created_at, "duplicate": a.duplicate});
-    json_text(status, body.to_string())
+    let body = Sent {
+        success: true,
+        message_id: a.message.id.clone(),
+        created_at: a.message.created_at.clone(),
+        duplicate: a.duplicate,
+    };
+    json_text(status, serde_json::to_string(&body).unwrap_or_default())
+}
+
+/// A page of a conversation's messages, as [`history_body`] writes it (the stored
+/// messages are spliced in already encoded, so this type describes rather than encodes).
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagesPage {
+    /// In conversation order (ascending ids).
+    pub messages: Vec<Message>,
+    /// More messages follow: ask again with `after=nextCursor`.
+    pub has_more: bool,
+    /// The id of the last message returned, or the `after` given when none was; null
+    /// without either.
+    pub next_cursor: Option<String>,
 }
 
 /// Reads the history cursor: `after`, or `afterCreatedAt` + `afterId`, or `since`

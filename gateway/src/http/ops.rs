@@ -22,12 +22,27 @@ use crate::config::DEMO_PUBLIC_KEY;
 use crate::error::error_response;
 use crate::state::AppState;
 
+/// `{"status": "ok"}` or `{"status": "ready"}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // describes the literal bodies below
+pub struct Health {
+    #[schema(example = "ok")]
+    status: String,
+}
+
 /// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations",
+    responses((status = 200, description = "The process is up.", body = Health)))]
 pub async fn healthz() -> Response {
     json_text(StatusCode::OK, r#"{"status":"ok"}"#.into())
 }
 
 /// `GET /readyz`: the store answers (and, in Redis mode, the subscription is alive).
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready to serve.", body = Health),
+        (status = 503, description = "`store_unavailable` or `unavailable` (shutting down).", body = confab_protocol::ErrorBody),
+    ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
         return error_response(&ApiError::new(ErrorCode::Unavailable, "shutting down"));
@@ -52,6 +67,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format.", body = String,
+        content_type = "text/plain; version=0.0.4")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let ct = HeaderValue::from_static("text/plain; version=0.0.4");
     (
@@ -107,6 +125,12 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
 /// marked `Cross-Origin-Resource-Policy: cross-origin` (a host page with
 /// `Cross-Origin-Embedder-Policy` could not load it otherwise); a revalidation with the
 /// current `ETag` gets an empty 304.
+#[utoipa::path(get, path = "/widget.js", operation_id = "widgetScript", tag = "operations",
+    responses(
+        (status = 200, description = "The widget script.", body = String,
+            content_type = "application/javascript; charset=utf-8"),
+        (status = 304, description = "Not modified (`If-None-Match` names the current `ETag`)."),
+    ))]
 pub async fn widget_js(headers: HeaderMap) -> Response {
     let etag = WIDGET_ETAG.clone();
     let common = [
@@ -131,11 +155,17 @@ pub async fn widget_js(headers: HeaderMap) -> Response {
 }
 
 /// `GET /demo.js`: the demo page's own script.
+#[utoipa::path(get, path = "/demo.js", operation_id = "demoScript", tag = "operations",
+    responses((status = 200, description = "The demo page's script.", body = String,
+        content_type = "application/javascript; charset=utf-8")))]
 pub async fn demo_js() -> Response {
     asset("application/javascript; charset=utf-8", DEMO_JS.to_owned())
 }
 
 /// `GET /console.js`: the agent console's script.
+#[utoipa::path(get, path = "/console.js", operation_id = "consoleScript", tag = "operations",
+    responses((status = 200, description = "The agent console's script.", body = String,
+        content_type = "application/javascript; charset=utf-8")))]
 pub async fn console_js() -> Response {
     asset(
         "application/javascript; charset=utf-8",
@@ -213,6 +243,9 @@ fn page(csp: HeaderValue, referrer: &'static str, html: String) -> Response {
 /// tenant when running without a config file). The widget styles its shadow root with a
 /// `<style>` element, and a tenant's logo may live anywhere, so this page allows inline
 /// styles and any image — as a real host page of the widget has to.
+#[utoipa::path(get, path = "/demo", operation_id = "demoPage", tag = "operations",
+    responses((status = 200, description = "An HTML host page with the widget.", body = String,
+        content_type = "text/html; charset=utf-8")))]
 pub async fn demo(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let pk = state
         .config
@@ -228,6 +261,9 @@ pub async fn demo(State(state): State<AppState>, headers: HeaderMap) -> Response
 }
 
 /// `GET /console`: the agent console. It holds an agent's token: no referrer leaves it.
+#[utoipa::path(get, path = "/console", operation_id = "consolePage", tag = "operations",
+    responses((status = 200, description = "The agent console (HTML).", body = String,
+        content_type = "text/html; charset=utf-8")))]
 pub async fn console(headers: HeaderMap) -> Response {
     let style = format!("'self' {}", *CONSOLE_STYLE);
     page(

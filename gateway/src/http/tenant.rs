@@ -8,17 +8,28 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use confab_protocol::model::{Author, AuthorKind, Status};
+use confab_protocol::model::{Author, AuthorKind, Conversation, Status};
 use confab_protocol::{validate, ApiError, ErrorCode};
 use confab_store::{parse_offset, ConversationCursor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
+#[allow(unused_imports)] // the `#[utoipa::path]` annotations name them
+use super::openapi::{
+    ConversationNotFound, ConversationsQuery, EventsQuery, HistoryQuery, InvalidCredentials,
+    InvalidJson, OriginNotAllowed, PayloadTooLarge, RateLimited, StoreUnavailable,
+    ValidationFailed,
+};
 use super::{
     history_body, history_cursor, json_text, limit_and_wait, read_events, read_history, sent,
 };
+#[allow(unused_imports)]
+use super::{MessagesPage, Sent};
 use crate::auth::{authenticate_tenant, Actor, TenantAuth};
 use crate::error::{HandlerResult, JsonBody, Params};
+#[allow(unused_imports)]
+use confab_protocol::ErrorBody;
 
 fn not_found() -> ApiError {
     ApiError::new(ErrorCode::ConversationNotFound, "no such conversation")
@@ -30,7 +41,33 @@ fn auth(state: &crate::state::AppState, headers: &HeaderMap) -> Result<TenantAut
     Ok(auth)
 }
 
-/// `GET /v1/tenant/conversations?status=&limit=&cursor=`.
+/// A page of the tenant's conversations.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationList {
+    /// Most recently updated first.
+    pub conversations: Vec<Conversation>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /v1/tenant/conversations?status=&limit=&cursor=`: the tenant's conversations, most
+/// recently updated first.
+#[utoipa::path(
+    get,
+    path = "/v1/tenant/conversations",
+    operation_id = "listConversations",
+    tag = "tenant",
+    params(ConversationsQuery),
+    security(("agentJwt" = []), ("serverKey" = [])),
+    responses(
+        (status = 200, description = "A page of conversations.", body = ConversationList),
+        (status = 401, response = InvalidCredentials),
+        (status = 403, response = OriginNotAllowed),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = StoreUnavailable),
+    ),
+)]
 pub async fn list(
     State(state): State<crate::state::AppState>,
     headers: HeaderMap,
@@ -55,11 +92,32 @@ pub async fn list(
         .store
         .conversations(&auth.tenant.cfg.id, status, cursor, limit)
         .await?;
-    let body = json!({"conversations": page.conversations, "nextCursor": page.next_cursor});
-    Ok(json_text(StatusCode::OK, body.to_string()))
+    let body = ConversationList {
+        conversations: page.conversations,
+        next_cursor: page.next_cursor,
+    };
+    Ok(json_text(
+        StatusCode::OK,
+        serde_json::to_string(&body).unwrap_or_default(),
+    ))
 }
 
 /// `GET /v1/tenant/conversations/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/tenant/conversations/{id}",
+    operation_id = "getConversation",
+    tag = "tenant",
+    params(("id" = String, Path, description = "The conversation's id (a UUID).")),
+    security(("agentJwt" = []), ("serverKey" = [])),
+    responses(
+        (status = 200, description = "The conversation.", body = Conversation),
+        (status = 401, response = InvalidCredentials),
+        (status = 403, response = OriginNotAllowed),
+        (status = 404, response = ConversationNotFound),
+        (status = 503, response = StoreUnavailable),
+    ),
+)]
 pub async fn get_one(
     State(state): State<crate::state::AppState>,
     headers: HeaderMap,
@@ -77,7 +135,24 @@ pub async fn get_one(
     ))
 }
 
-/// `GET /v1/tenant/conversations/{id}/messages?after=&limit=&wait=` (all cursor forms).
+/// `GET /v1/tenant/conversations/{id}/messages?after=&limit=&wait=` (all cursor forms of
+/// `GET /v1/messages`).
+#[utoipa::path(
+    get,
+    path = "/v1/tenant/conversations/{id}/messages",
+    operation_id = "listConversationMessages",
+    tag = "tenant",
+    params(("id" = String, Path, description = "The conversation's id (a UUID)."), HistoryQuery),
+    security(("agentJwt" = []), ("serverKey" = [])),
+    responses(
+        (status = 200, description = "A page of messages in conversation order.", body = MessagesPage),
+        (status = 401, response = InvalidCredentials),
+        (status = 403, response = OriginNotAllowed),
+        (status = 404, response = ConversationNotFound),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = StoreUnavailable),
+    ),
+)]
 pub async fn history(
     State(state): State<crate::state::AppState>,
     headers: HeaderMap,
@@ -96,26 +171,45 @@ pub async fn history(
     Ok(json_text(StatusCode::OK, history_body(&page, &id, echo)))
 }
 
-#[derive(Deserialize)]
+/// Who a message from the tenant's backend is from.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = AuthorInput)]
 pub struct AuthorIn {
+    /// `bot`, `system` or `agent` (never `visitor`).
     kind: AuthorKind,
+    /// At most 100 characters; defaults to the kind.
     #[serde(default)]
+    #[schema(max_length = 100)]
     id: Option<String>,
+    /// At most 200 characters.
     #[serde(default)]
+    #[schema(max_length = 200)]
     name: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/tenant/conversations/{id}/messages`: a reply.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplyBody {
+    /// 1–10,000 characters after trimming.
+    #[schema(
+        min_length = 1,
+        max_length = 10000,
+        example = "Hello Jane, let me check."
+    )]
     message: String,
+    /// Idempotency key, at most 64 characters.
     #[serde(default)]
+    #[schema(max_length = 64, example = "a-1")]
     client_message_id: Option<String>,
-    /// Server key only: who the message is from (`bot`, `system` or `agent`).
+    /// Server key only: who the message is from (`bot`, `system` or `agent`). Agents
+    /// always write as themselves (422 when an agent JWT sets it).
     #[serde(default)]
     author: Option<AuthorIn>,
-    /// Server key only: `{ "mode": "flow" | "ai" | "safe_fallback" }` for bot messages.
+    /// Server key only: `{ "mode": "flow" | "ai" | "safe_fallback" }` for bot messages,
+    /// at most 4096 bytes.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     meta: Option<Value>,
 }
 
@@ -182,7 +276,36 @@ fn reply_author(
     Ok((author, meta))
 }
 
-/// `POST /v1/tenant/conversations/{id}/messages`: 201 stored, 200 duplicate.
+/// `POST /v1/tenant/conversations/{id}/messages`: an agent (or the tenant's backend)
+/// replies; reopens a closed conversation. The answer comes once it is durably stored.
+#[utoipa::path(
+    post,
+    path = "/v1/tenant/conversations/{id}/messages",
+    operation_id = "replyToConversation",
+    tag = "tenant",
+    params(("id" = String, Path, description = "The conversation's id (a UUID).")),
+    request_body = ReplyBody,
+    security(("agentJwt" = []), ("serverKey" = [])),
+    responses(
+        (status = 201, description = "Stored.", body = Sent,
+            links(("listConversationMessagesAfter" = (
+                operation_id = "listConversationMessages",
+                parameters(
+                    ("path.id" = "$request.path.id"),
+                    ("query.after" = "$response.body#/messageId"),
+                ),
+                description = "What was written after this message.",
+            )))),
+        (status = 200, description = "A duplicate `clientMessageId`: nothing stored; the first message's id.", body = Sent),
+        (status = 400, response = InvalidJson),
+        (status = 401, response = InvalidCredentials),
+        (status = 403, response = OriginNotAllowed),
+        (status = 404, response = ConversationNotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = StoreUnavailable),
+    ),
+)]
 pub async fn reply(
     State(state): State<crate::state::AppState>,
     headers: HeaderMap,
@@ -221,6 +344,21 @@ async fn set_status(
 }
 
 /// `POST /v1/tenant/conversations/{id}/close` → the conversation.
+#[utoipa::path(
+    post,
+    path = "/v1/tenant/conversations/{id}/close",
+    operation_id = "closeConversation",
+    tag = "tenant",
+    params(("id" = String, Path, description = "The conversation's id (a UUID).")),
+    security(("agentJwt" = []), ("serverKey" = [])),
+    responses(
+        (status = 200, description = "Closed; emits `conversation:updated`.", body = Conversation),
+        (status = 401, response = InvalidCredentials),
+        (status = 403, response = OriginNotAllowed),
+        (status = 404, response = ConversationNotFound),
+        (status = 503, response = StoreUnavailable),
+    ),
+)]
 pub async fn close(
     State(state): State<crate::state::AppState>,
     headers: HeaderMap,
@@ -230,6 +368,21 @@ pub async fn close(
 }
 
 /// `POST /v1/tenant/conversations/{id}/reopen` → the conversation (replying reopens too).
+#[utoipa::path(
+    post,
+    path = "/v1/tenant/conversations/{id}/reopen",
+    operation_id = "reopenConversation",
+    tag = "tenant",
+    params(("id" = String, Path, description = "The conversation's id (a UUID).")),
+    security(("agentJwt" = []), ("serverKey" = [])),
+    responses(
+        (status = 200, description = "Open again; emits `conversation:updated`.", body = Conversation),
+        (status = 401, response = InvalidCredentials),
+        (status = 403, response = OriginNotAllowed),
+        (status = 404, response = ConversationNotFound),
+        (status = 503, response = StoreUnavailable),
+    ),
+)]
 pub async fn reopen(
     State(state): State<crate::state::AppState>,
     headers: HeaderMap,
@@ -238,7 +391,50 @@ pub async fn reopen(
     set_status(state, headers, id, Status::Open).await
 }
 
-/// `GET /v1/tenant/events?after=&limit=&wait=`: the tenant channel as a polling fallback.
+/// A page of the tenant's event log, as `GET /v1/tenant/events` writes it.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventsPage {
+    /// In offset order; the same frames the tenant channel sends.
+    pub events: Vec<EventFrame>,
+    /// The offset of the last event returned, or the `after` given; null without either.
+    pub next_cursor: Option<String>,
+    /// More events follow: ask again with `after=nextCursor`.
+    pub has_more: bool,
+    /// False when `after` is older than what is retained: reload state over HTTP.
+    pub recovered: bool,
+}
+
+/// A stored tenant event: `conversation:new`, `conversation:updated`,
+/// `conversation:qualified`, `message:new` (data: a Message) or a custom `a:b` type.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct EventFrame {
+    #[serde(rename = "type")]
+    #[schema(example = "message:new")]
+    pub kind: String,
+    /// Position in the tenant's log (opaque, ordered); resume with `after`.
+    pub offset: String,
+    /// A Conversation, a Message, or the custom event's data.
+    pub data: Value,
+}
+
+/// `GET /v1/tenant/events?after=&limit=&wait=`: the tenant channel as a polling fallback
+/// (same offsets, same retention).
+#[utoipa::path(
+    get,
+    path = "/v1/tenant/events",
+    operation_id = "listTenantEvents",
+    tag = "tenant",
+    params(EventsQuery),
+    security(("agentJwt" = []), ("serverKey" = [])),
+    responses(
+        (status = 200, description = "A page of events in offset order.", body = EventsPage),
+        (status = 401, response = InvalidCredentials),
+        (status = 403, response = OriginNotAllowed),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = StoreUnavailable),
+    ),
+)]
 pub async fn events(
     State(state): State<crate::state::AppState>,
     headers: HeaderMap,
@@ -254,6 +450,7 @@ pub async fn events(
     };
     let (limit, wait) = limit_and_wait(&params)?;
     let page = read_events(&state, &auth.tenant.cfg.id, after.unwrap_or(0), limit, wait).await?;
+    // Spliced from the stored, already encoded events; `EventsPage` describes it.
     let mut s = String::from(r#"{"events":["#);
     for (i, e) in page.events.iter().enumerate() {
         if i > 0 {
@@ -280,21 +477,58 @@ pub async fn events(
     Ok(json_text(StatusCode::OK, s))
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/tenant/events`: a custom event for the tenant's agents.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PublishBody {
+    /// `^[a-z][a-z0-9_]*:[a-z][a-z0-9_]*$`, not one Confab emits itself
+    /// (`conversation:new`, `conversation:updated`, `message:new`).
     #[serde(rename = "type")]
+    #[schema(
+        pattern = "^[a-z][a-z0-9_]*:[a-z][a-z0-9_]*$",
+        example = "campaign:progress"
+    )]
     kind: String,
+    /// Any JSON; `{}` when absent.
     #[serde(default)]
     data: Option<Value>,
+    /// Ties the event to a conversation of this tenant (404 when there is none).
     #[serde(default)]
     conversation_id: Option<String>,
+}
+
+/// The answer to `POST /v1/tenant/events` (202).
+#[derive(Serialize, ToSchema)]
+pub struct Published {
+    pub accepted: bool,
+    /// The event's offset in the tenant's log.
+    pub offset: String,
 }
 
 /// Event types only Confab itself emits.
 const RESERVED: [&str; 3] = ["conversation:new", "conversation:updated", "message:new"];
 
-/// `POST /v1/tenant/events` (server key only): a custom event to the tenant's agents.
+/// `POST /v1/tenant/events` (server key only): publishes a custom event to the tenant's
+/// agents (and its log). `conversation:qualified` with a `conversationId` also sets that
+/// conversation's `qualified` flag.
+#[utoipa::path(
+    post,
+    path = "/v1/tenant/events",
+    operation_id = "publishTenantEvent",
+    tag = "tenant",
+    request_body = PublishBody,
+    security(("serverKey" = [])),
+    responses(
+        (status = 202, description = "Stored and published.", body = Published),
+        (status = 400, response = InvalidJson),
+        (status = 401, response = InvalidCredentials),
+        (status = 403, description = "`forbidden` (an agent JWT: this route needs the server key) or `origin_not_allowed`.", body = ErrorBody),
+        (status = 404, response = ConversationNotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = StoreUnavailable),
+    ),
+)]
 pub async fn publish(
     State(state): State<crate::state::AppState>,
     headers: HeaderMap,
@@ -330,8 +564,12 @@ pub async fn publish(
         )
         .await?
         .ok_or_else(not_found)?;
+    let body = Published {
+        accepted: true,
+        offset: event.offset.to_string(),
+    };
     Ok(json_text(
         StatusCode::ACCEPTED,
-        json!({"accepted": true, "offset": event.offset.to_string()}).to_string(),
+        serde_json::to_string(&body).unwrap_or_default(),
     ))
 }

@@ -7,29 +7,131 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use confab_protocol::model::{Contact, QuickQuestion};
+use confab_protocol::model::{Contact, Intent, QuickQuestion};
 use confab_protocol::time::format_ms;
 use confab_protocol::token::{self, SessionClaims};
 use confab_protocol::validate;
 use confab_protocol::{ApiError, ErrorCode};
 use confab_store::{NewConversation, ProfileUpdate};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
+#[allow(unused_imports)] // the `#[utoipa::path]` annotations name them
+use super::openapi::{
+    ConfigQuery, HistoryQuery, InvalidJson, InvalidSession, OriginNotAllowed, PayloadTooLarge,
+    RateLimited, SessionTokenQuery, StoreUnavailable, ValidationFailed,
+};
 use super::{
     client_ip, history_body, history_cursor, json_text, limit_and_wait, read_history, sent,
 };
+#[allow(unused_imports)]
+use super::{MessagesPage, Sent};
 use crate::auth::{bearer, verify_session, VisitorSession};
 use crate::chat::{check_utm, redact_email, redact_urls, VisitorDraft};
-use crate::config::PiiRetention;
+use crate::config::{AvailabilityMode, PiiRetention};
 use crate::error::{HandlerResult, JsonBody, Params};
 use crate::limits::Limit;
 use crate::state::{AppState, Tenant};
+#[allow(unused_imports)]
+use confab_protocol::ErrorBody;
 
 /// The tenant part of `/v1/config` is recomputed at most this often.
 const CONFIG_CACHE_MS: i64 = 60_000;
 /// Telemetry types a widget may send.
 pub const TELEMETRY_TYPES: [&str; 5] = ["OPEN", "CLOSE", "TYPING", "ERROR", "MESSAGE"];
+
+/// A telemetry event type (the strings of [`TELEMETRY_TYPES`]).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TelemetryType {
+    Open,
+    Close,
+    Typing,
+    Error,
+    Message,
+}
+
+/// `GET /v1/config`: what the widget needs before the visitor types.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WidgetConfig {
+    #[serde(flatten)]
+    pub tenant: TenantConfig,
+    /// Fresh on every response; its `token` goes into `POST /v1/sessions`.
+    pub init_challenge: InitChallenge,
+}
+
+/// The tenant part of [`WidgetConfig`], computed at most once per 60 s per tenant.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantConfig {
+    pub tenant: TenantName,
+    pub branding: Branding,
+    pub greeting: String,
+    /// Whether the team answers now (the tenant's availability mode and hours).
+    pub is_available: bool,
+    pub availability_mode: AvailabilityMode,
+    pub intents: Vec<Intent>,
+    /// A quick question's `intentName` is null unless that intent is configured.
+    pub quick_questions: Vec<QuickQuestion>,
+    pub telemetry: Telemetry,
+    pub limits: WidgetLimits,
+    /// Whether `POST /v1/sessions` needs `initChallenge` (an addition to the SPEC).
+    pub require_init_challenge: bool,
+    /// The widget waits this long before starting a session; `botSignals.elapsedMs` below
+    /// it is a bot (an addition to the SPEC; 0: no check).
+    pub min_elapsed_ms: u64,
+}
+
+/// The tenant's id and display name.
+#[derive(Serialize, ToSchema)]
+pub struct TenantName {
+    pub id: String,
+    pub name: String,
+}
+
+/// How the widget looks.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Branding {
+    /// `#RRGGBB`.
+    #[schema(example = "#10A37F")]
+    pub primary_color: String,
+    /// `bottom-right` or `bottom-left`.
+    #[schema(example = "bottom-right")]
+    pub position: String,
+    pub label: String,
+    /// A logo URL, or null.
+    pub logo: Option<String>,
+}
+
+/// Widget telemetry settings (`POST /v1/events`).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Telemetry {
+    #[schema(value_type = Vec<TelemetryType>)]
+    pub event_types: [&'static str; 5],
+    /// Share of events counted, 0–1.
+    pub sample_rate: f64,
+}
+
+/// Limits the widget enforces before sending.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WidgetLimits {
+    /// In Unicode characters.
+    pub max_message_length: usize,
+}
+
+/// A signed, single-use init challenge.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InitChallenge {
+    pub token: String,
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+}
 
 /// The tenant of a public key. An unknown (well-formed) key costs the client IP a unit of
 /// its config allowance: guessing keys is rate limited like fetching configs.
@@ -62,8 +164,8 @@ async fn tenant_by_key(
 
 /// Intents and quick questions as served (a quick question's `intentName` is null unless
 /// that intent is configured).
-fn widget_lists(t: &Tenant) -> (Value, Value) {
-    let intents = serde_json::to_value(&t.cfg.intents).unwrap_or(Value::Array(vec![]));
+fn widget_lists(t: &Tenant) -> (Vec<Intent>, Vec<QuickQuestion>) {
+    let intents = t.cfg.intents.clone();
     let quick: Vec<QuickQuestion> = t
         .cfg
         .quick_questions
@@ -80,37 +182,84 @@ fn widget_lists(t: &Tenant) -> (Value, Value) {
             q
         })
         .collect();
-    (
-        intents,
-        serde_json::to_value(quick).unwrap_or(Value::Array(vec![])),
-    )
+    (intents, quick)
 }
 
-/// The tenant part of the config response, without its closing brace.
-fn tenant_config_prefix(t: &Tenant, now_ms: i64) -> String {
-    let (intents, quick) = widget_lists(t);
+/// The tenant part of the config response.
+fn tenant_config(t: &Tenant, now_ms: i64) -> TenantConfig {
+    let (intents, quick_questions) = widget_lists(t);
     let c = &t.cfg;
-    let body = json!({
-        "tenant": {"id": c.id, "name": c.name},
-        "branding": {"primaryColor": c.branding.primary_color, "position": c.branding.position,
-                     "label": c.branding.label, "logo": c.branding.logo},
-        "greeting": c.greeting,
-        "isAvailable": t.schedule.is_available(now_ms),
-        "availabilityMode": t.schedule.mode.as_str(),
-        "intents": intents,
-        "quickQuestions": quick,
-        "telemetry": {"eventTypes": TELEMETRY_TYPES, "sampleRate": c.telemetry_sample_rate},
-        "limits": {"maxMessageLength": c.max_message_length},
-        "requireInitChallenge": c.require_init_challenge,
-        // The widget waits this long before starting a session (not a secret: a bot can
-        // always wait; the point is to make every automated session cost that time).
-        "minElapsedMs": c.min_elapsed_ms,
-    })
-    .to_string();
+    TenantConfig {
+        tenant: TenantName {
+            id: c.id.clone(),
+            name: c.name.clone(),
+        },
+        branding: Branding {
+            primary_color: c.branding.primary_color.clone(),
+            position: c.branding.position.clone(),
+            label: c.branding.label.clone(),
+            logo: c.branding.logo.clone(),
+        },
+        greeting: c.greeting.clone(),
+        is_available: t.schedule.is_available(now_ms),
+        availability_mode: t.schedule.mode,
+        intents,
+        quick_questions,
+        telemetry: Telemetry {
+            event_types: TELEMETRY_TYPES,
+            sample_rate: c.telemetry_sample_rate,
+        },
+        limits: WidgetLimits {
+            max_message_length: c.max_message_length,
+        },
+        require_init_challenge: c.require_init_challenge,
+        // Not a secret: a bot can always wait; the point is to make every automated
+        // session cost that time.
+        min_elapsed_ms: c.min_elapsed_ms,
+    }
+}
+
+/// The tenant part of the config response encoded, without its closing brace: each
+/// response appends its own challenge (what `WidgetConfig`'s `flatten` would write).
+fn tenant_config_prefix(t: &Tenant, now_ms: i64) -> String {
+    prefix_of(&tenant_config(t, now_ms))
+}
+
+fn prefix_of(c: &TenantConfig) -> String {
+    let body = serde_json::to_string(c).unwrap_or_else(|_| "{}".into());
     body[..body.len() - 1].to_owned()
 }
 
-/// `GET /v1/config?pk=`.
+/// The whole config body from the cached prefix.
+fn config_body(prefix: &str, challenge: &InitChallenge) -> String {
+    let challenge = serde_json::to_string(challenge).unwrap_or_else(|_| "null".into());
+    format!(r#"{prefix},"initChallenge":{challenge}}}"#)
+}
+
+/// `GET /v1/config?pk=`: the widget's bootstrap — branding, availability, intents, and a
+/// fresh single-use init challenge.
+#[utoipa::path(
+    get,
+    path = "/v1/config",
+    operation_id = "getConfig",
+    tag = "widget",
+    params(ConfigQuery),
+    responses(
+        (status = 200, description = "The widget's configuration.", body = WidgetConfig,
+            links(("startSession" = (
+                operation_id = "startSession",
+                request_body = json!({
+                    "publicKey": "$request.query.pk",
+                    "initChallenge": "$response.body#/initChallenge/token",
+                }),
+                description = "Start a session with this answer's challenge.",
+            )))),
+        (status = 403, response = OriginNotAllowed),
+        (status = 404, description = "`unknown_public_key`: no widget has this key.", body = ErrorBody),
+        (status = 422, response = ValidationFailed),
+        (status = 429, response = RateLimited),
+    ),
+)]
 pub async fn config(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -149,56 +298,116 @@ pub async fn config(
         now,
         state.config.challenge_ttl_secs as i64 * 1000,
     );
-    let body = format!(
-        r#"{prefix},"initChallenge":{{"token":"{tok}","expiresAt":"{}"}}}}"#,
-        format_ms(claims.expires_ms)
-    );
-    Ok(json_text(StatusCode::OK, body))
+    let challenge = InitChallenge {
+        token: tok,
+        expires_at: format_ms(claims.expires_ms),
+    };
+    Ok(json_text(StatusCode::OK, config_body(&prefix, &challenge)))
 }
 
-#[derive(Deserialize)]
+/// Contact details (the widget's contact form).
+#[derive(Deserialize, ToSchema)]
+#[schema(as = ContactInput)]
 pub struct ContactIn {
+    /// At most 200 characters.
     #[serde(default)]
+    #[schema(max_length = 200)]
     name: Option<String>,
+    /// A valid e-mail address.
     #[serde(default)]
+    #[schema(example = "jane@example.com")]
     email: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// What the widget observed about the page, to tell people from bots.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BotSignals {
+    /// A hidden form field: anything but empty, `false` or null is a bot (403 `bot_suspected`).
     #[serde(default)]
     honeypot: Option<Value>,
+    /// How long the page was open before the session started; missing or below the
+    /// tenant's `minElapsedMs` is a bot (403 `bot_suspected`).
     #[serde(default)]
+    #[schema(example = 1500)]
     elapsed_ms: Option<f64>,
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/sessions`: start a conversation, or resume the visitor's.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionBody {
+    /// The tenant's widget key.
+    #[schema(value_type = String, required = true, pattern = r"^pk_live_[a-f0-9]{32}$",
+        example = "pk_live_0123456789abcdef0123456789abcdef")]
     public_key: Option<String>,
+    /// The `initChallenge.token` of a `GET /v1/config` answer; single use. Required unless
+    /// the tenant's `requireInitChallenge` is false.
     #[serde(default)]
     init_challenge: Option<String>,
+    /// The token this browser was given before: resumes that visitor and conversation.
+    /// Unknown tokens start a new visitor (no error).
     #[serde(default)]
     visitor_token: Option<String>,
+    /// The tenant's own id for this visitor.
     #[serde(default)]
+    #[schema(max_length = 100)]
     customer_id: Option<String>,
+    /// A BCP-47 language tag.
     #[serde(default)]
+    #[schema(max_length = 16, example = "en-US")]
     locale: Option<String>,
+    /// At most 50 keys matching `^[a-z][a-z0-9_]{0,63}$`, at most 4096 bytes encoded;
+    /// values are scalars, null, or arrays nested at most 4 deep (no objects).
     #[serde(default)]
     variables: Option<Map<String, Value>>,
     #[serde(default)]
     contact: Option<ContactIn>,
+    /// `pageUrl`, `referrer`, `pageTitle` (strings, at most 2048 characters) and `utm`
+    /// (`source`, `medium`, `campaign`, `term`, `content`); other keys are refused.
     #[serde(default)]
     visitor_context: Option<Map<String, Value>>,
     #[serde(default)]
     bot_signals: Option<BotSignals>,
+    /// An optional first message, 1–10,000 characters after trimming.
     #[serde(default)]
+    #[schema(max_length = 10000)]
     message: Option<String>,
     /// Idempotency key of `message` (as on `POST /v1/messages`): a resumed visitor's retry
     /// of the same session request stores its first message once.
     #[serde(default)]
+    #[schema(max_length = 64)]
     client_message_id: Option<String>,
+}
+
+/// The answer to `POST /v1/sessions` (201, also when resumed).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStarted {
+    /// The visitor's credential for the API and the visitor channel; expires at `expiresAt`.
+    pub session_token: String,
+    /// Keep it (localStorage) to resume this visitor later; never shown to agents.
+    #[schema(example = "vis_3q2-7wErYmTqhcP4A8sS0w")]
+    pub visitor_token: String,
+    /// What agents see of the visitor.
+    pub visitor_id: String,
+    #[schema(format = "uuid")]
+    pub conversation_id: String,
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+    /// True when `visitorToken` resumed a known visitor.
+    pub resumed: bool,
+    pub widget: WidgetLabel,
+    pub intents: Vec<Intent>,
+    pub quick_questions: Vec<QuickQuestion>,
+    /// The tenant's automatic reply, when the first `message` triggered it.
+    pub auto_reply: Option<String>,
+}
+
+/// The widget's launcher label.
+#[derive(Serialize, ToSchema)]
+pub struct WidgetLabel {
+    pub label: String,
 }
 
 /// Checked and PII-filtered profile fields of a session request.
@@ -329,7 +538,61 @@ fn invalid_challenge() -> ApiError {
     )
 }
 
-/// `POST /v1/sessions`: start or resume.
+/// `POST /v1/sessions`: start a conversation, or resume the one of a known `visitorToken`
+/// (both 201). Starting one emits `conversation:new` to the tenant's agents.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    operation_id = "startSession",
+    tag = "widget",
+    request_body = SessionBody,
+    responses(
+        (status = 201, description = "A session: started, or resumed (`resumed: true`).", body = SessionStarted,
+            links(
+                ("sendMessage" = (
+                    operation_id = "sendMessage",
+                    parameters(("query.sessionToken" = "$response.body#/sessionToken")),
+                    description = "The visitor writes in this conversation.",
+                )),
+                ("listMessages" = (
+                    operation_id = "listMessages",
+                    parameters(("query.sessionToken" = "$response.body#/sessionToken")),
+                    description = "The conversation's history.",
+                )),
+                ("getConversation" = (
+                    operation_id = "getConversation",
+                    parameters(("path.id" = "$response.body#/conversationId")),
+                    description = "The conversation, as the tenant sees it.",
+                )),
+                ("replyToConversation" = (
+                    operation_id = "replyToConversation",
+                    parameters(("path.id" = "$response.body#/conversationId")),
+                    description = "An agent answers.",
+                )),
+                ("listConversationMessages" = (
+                    operation_id = "listConversationMessages",
+                    parameters(("path.id" = "$response.body#/conversationId")),
+                    description = "The history, as the tenant sees it.",
+                )),
+                ("closeConversation" = (
+                    operation_id = "closeConversation",
+                    parameters(("path.id" = "$response.body#/conversationId")),
+                )),
+                ("reopenConversation" = (
+                    operation_id = "reopenConversation",
+                    parameters(("path.id" = "$response.body#/conversationId")),
+                )),
+            )),
+        (status = 400, response = InvalidJson),
+        (status = 403, description = "`invalid_challenge` (missing, malformed, expired, reused or another \
+tenant's), `bot_suspected` (honeypot filled, `elapsedMs` missing or too small) or `origin_not_allowed`.", body = ErrorBody),
+        (status = 404, description = "`unknown_public_key`: no widget has this key.", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = ValidationFailed),
+        (status = 429, response = RateLimited),
+        (status = 503, response = StoreUnavailable),
+    ),
+)]
 pub async fn sessions(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -462,20 +725,25 @@ pub async fn sessions(
             auto_reply = tenant.cfg.auto_reply.clone();
         }
     }
-    let (intents, quick) = widget_lists(&tenant);
-    let body = json!({
-        "sessionToken": token::sign_session(&state.keys, &claims),
-        "visitorToken": visitor_token,
-        "visitorId": conversation.visitor_id,
-        "conversationId": conversation.id,
-        "expiresAt": format_ms(claims.expires_ms),
-        "resumed": resumed,
-        "widget": {"label": tenant.cfg.branding.label},
-        "intents": intents,
-        "quickQuestions": quick,
-        "autoReply": auto_reply,
-    });
-    Ok(json_text(StatusCode::CREATED, body.to_string()))
+    let (intents, quick_questions) = widget_lists(&tenant);
+    let body = SessionStarted {
+        session_token: token::sign_session(&state.keys, &claims),
+        visitor_token,
+        visitor_id: conversation.visitor_id,
+        conversation_id: conversation.id,
+        expires_at: format_ms(claims.expires_ms),
+        resumed,
+        widget: WidgetLabel {
+            label: tenant.cfg.branding.label.clone(),
+        },
+        intents,
+        quick_questions,
+        auto_reply,
+    };
+    Ok(json_text(
+        StatusCode::CREATED,
+        serde_json::to_string(&body).unwrap_or_default(),
+    ))
 }
 
 /// The session of a visitor route: `Authorization: Bearer`, or `?sessionToken=`.
@@ -490,7 +758,24 @@ fn session_of(
     Ok(session)
 }
 
-/// `GET /v1/messages`: history and the polling fallback.
+/// `GET /v1/messages`: the conversation's history, oldest first (or after a cursor), and the
+/// polling fallback of the visitor channel (`wait`).
+#[utoipa::path(
+    get,
+    path = "/v1/messages",
+    operation_id = "listMessages",
+    tag = "widget",
+    params(HistoryQuery, SessionTokenQuery),
+    security(("visitorSession" = [])),
+    responses(
+        (status = 200, description = "A page of messages in conversation order.", body = MessagesPage),
+        (status = 401, response = InvalidSession),
+        (status = 403, response = OriginNotAllowed),
+        (status = 422, response = ValidationFailed),
+        (status = 429, response = RateLimited),
+        (status = 503, response = StoreUnavailable),
+    ),
+)]
 pub async fn history(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -521,20 +806,59 @@ pub async fn history(
     ))
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/messages`: a visitor's message.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SendBody {
+    /// 1–10,000 characters (the tenant's `maxMessageLength`) after trimming whitespace
+    /// and zero-width characters.
+    #[schema(
+        min_length = 1,
+        max_length = 10000,
+        example = "Hi! Where is my invoice?"
+    )]
     message: String,
+    /// Idempotency key, at most 64 characters: the same key again in this conversation
+    /// answers 200 with the first message's id and stores nothing.
     #[serde(default)]
+    #[schema(max_length = 64, example = "c-1")]
     client_message_id: Option<String>,
+    /// Page metadata: `pageUrl`, `referrer`, `locale`, `pageTitle`, `origin`, `utm`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     meta: Option<Value>,
-    /// Legacy clients (seed 000) put the token in the body.
+    /// Legacy clients (seed 000) put the session token in the body.
     #[serde(default)]
     session_token: Option<String>,
 }
 
-/// `POST /v1/messages`: a visitor sends. 201 when stored, 200 for a duplicate.
+/// `POST /v1/messages`: the visitor sends. The answer comes once the message is durably
+/// stored; it reopens a closed conversation.
+#[utoipa::path(
+    post,
+    path = "/v1/messages",
+    operation_id = "sendMessage",
+    tag = "widget",
+    params(SessionTokenQuery),
+    request_body = SendBody,
+    security(("visitorSession" = [])),
+    responses(
+        (status = 201, description = "Stored.", body = Sent,
+            links(("listMessagesAfter" = (
+                operation_id = "listMessages",
+                parameters(("query.after" = "$response.body#/messageId")),
+                description = "What was written after this message (same credential).",
+            )))),
+        (status = 200, description = "A duplicate `clientMessageId`: nothing stored; the first message's id.", body = Sent),
+        (status = 400, response = InvalidJson),
+        (status = 401, response = InvalidSession),
+        (status = 403, response = OriginNotAllowed),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = ValidationFailed),
+        (status = 429, response = RateLimited),
+        (status = 503, response = StoreUnavailable),
+    ),
+)]
 pub async fn send(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -560,15 +884,47 @@ pub async fn send(
     Ok(sent(&a))
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/events`: one widget telemetry event.
+#[derive(Deserialize, ToSchema)]
 pub struct EventBody {
     #[serde(rename = "type")]
+    #[schema(value_type = TelemetryType)]
     kind: String,
+    /// Free-form details.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     data: Option<Value>,
 }
 
-/// `POST /v1/events`: widget telemetry. `TYPING` is forwarded to the agents.
+/// The answer to `POST /v1/events` (202).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventAccepted {
+    pub accepted: bool,
+    /// Whether this event was counted (the tenant's sample rate).
+    pub sampled: bool,
+    pub sample_rate: f64,
+}
+
+/// `POST /v1/events`: widget telemetry, counted at the tenant's sample rate; `TYPING` is
+/// always forwarded to the agents as a `typing` event.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    operation_id = "sendTelemetry",
+    tag = "widget",
+    request_body = EventBody,
+    security(("visitorSession" = [])),
+    responses(
+        (status = 202, description = "Accepted.", body = EventAccepted),
+        (status = 400, response = InvalidJson),
+        (status = 401, response = InvalidSession),
+        (status = 403, response = OriginNotAllowed),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = ValidationFailed),
+        (status = 429, response = RateLimited),
+    ),
+)]
 pub async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -600,8 +956,63 @@ pub async fn events(
     if kind == "TYPING" {
         state.visitor_typing(&session).await;
     }
+    let body = EventAccepted {
+        accepted: true,
+        sampled,
+        sample_rate: rate,
+    };
     Ok(json_text(
         StatusCode::ACCEPTED,
-        json!({"accepted": true, "sampled": sampled, "sampleRate": rate}).to_string(),
+        serde_json::to_string(&body).unwrap_or_default(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The spliced config body is what `WidgetConfig` (the documented type) encodes to.
+    #[test]
+    fn config_body_is_a_widget_config() {
+        let tenant = || TenantConfig {
+            tenant: TenantName {
+                id: "demo".into(),
+                name: "Demo \"Inc\"".into(),
+            },
+            branding: Branding {
+                primary_color: "#10A37F".into(),
+                position: "bottom-right".into(),
+                label: "Chat".into(),
+                logo: None,
+            },
+            greeting: "Hi".into(),
+            is_available: true,
+            availability_mode: AvailabilityMode::BusinessHours,
+            intents: vec![],
+            quick_questions: vec![],
+            telemetry: Telemetry {
+                event_types: TELEMETRY_TYPES,
+                sample_rate: 0.5,
+            },
+            limits: WidgetLimits {
+                max_message_length: 10_000,
+            },
+            require_init_challenge: true,
+            min_elapsed_ms: 800,
+        };
+        let challenge = || InitChallenge {
+            token: "c1.abc".into(),
+            expires_at: "2026-11-22T10:00:00.123Z".into(),
+        };
+        let spliced: Value =
+            serde_json::from_str(&config_body(&prefix_of(&tenant()), &challenge())).unwrap();
+        let typed = serde_json::to_value(WidgetConfig {
+            tenant: tenant(),
+            init_challenge: challenge(),
+        })
+        .unwrap();
+        assert_eq!(spliced, typed);
+        assert_eq!(spliced["availabilityMode"], "business_hours");
+        assert_eq!(spliced["initChallenge"]["token"], "c1.abc");
+    }
 }
