@@ -52,6 +52,9 @@ pub enum ErrorCode {
     Internal,
     /// WebSocket only: an unparseable or unknown frame.
     InvalidFrame,
+    /// WebSocket only: the events after the client's `after` fell out of retention; what
+    /// is retained follows, but the client must reload its state over HTTP.
+    NotRecovered,
 }
 
 impl ErrorCode {
@@ -79,6 +82,7 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::InvalidFrame => "invalid_frame",
+            ErrorCode::NotRecovered => "not_recovered",
         }
     }
 
@@ -95,6 +99,8 @@ impl ErrorCode {
                 404
             }
             ErrorCode::MethodNotAllowed => 405,
+            // Never an HTTP answer; `Gone` is what it means.
+            ErrorCode::NotRecovered => 410,
             ErrorCode::RequestTimeout => 408,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::ValidationFailed => 422,

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::error::ErrorCode;
 use crate::model::{Author, Message};
 
 /// A frame a client may send on either channel. Which ones a channel accepts is the
@@ -104,8 +105,8 @@ pub fn ack(client_message_id: Option<&str>, message: &Message, duplicate: bool) 
 }
 
 /// `{"type":"error","code","message"}`.
-pub fn error(code: &str, message: &str) -> String {
-    json!({"type": "error", "code": code, "message": message}).to_string()
+pub fn error(code: ErrorCode, message: &str) -> String {
+    json!({"type": "error", "code": code.as_str(), "message": message}).to_string()
 }
 
 /// `{"type":"pong"}`.

@@ -28,7 +28,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::http::HeaderMap;
 use axum::response::Response;
 use confab_protocol::frames::{self, ClientFrame};
-use confab_protocol::{ApiError, ErrorCode};
+use confab_protocol::{ApiError, Disconnect, ErrorCode};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{timeout, Instant};
@@ -60,21 +60,6 @@ const WRITE_BATCH: usize = 64;
 pub const MAX_WRITE_BUFFER: usize = 256 * 1024;
 /// A kicked or closing connection gets this long to take its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
-
-/// Close codes (RFC 6455 and the SPEC's 44xx).
-pub mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const UNSUPPORTED_DATA: u16 = 1003;
-    pub const TOO_BIG: u16 = 1009;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    pub const BAD_REQUEST: u16 = 4400;
-    pub const UNAUTHORIZED: u16 = 4401;
-    pub const FORBIDDEN: u16 = 4403;
-    pub const AUTH_TIMEOUT: u16 = 4408;
-    pub const TOO_MANY: u16 = 4429;
-}
 
 /// A page of a channel's log: (seq, encoded frame) in order, and whether more follows;
 /// `None` when that part of the log is gone (retention).
@@ -113,20 +98,20 @@ pub struct Upgrade {
 impl Upgrade {
     /// Checks the authenticated tenant against the upgrade: the `pk` tenant (4401 for a
     /// token of another tenant) and the origin (4403).
-    pub fn admits(&self, tenant: &Tenant) -> Result<(), (u16, &'static str)> {
+    pub fn admits(&self, tenant: &Tenant) -> Result<(), Disconnect> {
         if self
             .tenant
             .as_ref()
             .is_some_and(|t| t.cfg.id != tenant.cfg.id)
         {
-            return Err((close::UNAUTHORIZED, "token of another tenant than pk"));
+            return Err(Disconnect::OtherTenant);
         }
         if self
             .origin
             .as_deref()
             .is_some_and(|o| !tenant.policy.allows(o))
         {
-            return Err((close::FORBIDDEN, "origin not allowed for this tenant"));
+            return Err(Disconnect::OriginNotAllowed);
         }
         Ok(())
     }
@@ -290,7 +275,7 @@ pub struct Conn {
 
 /// Why a connection loop ended, and how to say so.
 enum End {
-    Close(u16, &'static str),
+    Close(Disconnect),
     /// The peer is gone: nothing to send.
     Gone,
 }
@@ -325,10 +310,10 @@ impl Conn {
         self.sink.flush().await.map_err(|_| End::Gone)
     }
 
-    pub async fn close(mut self, code: u16, reason: &'static str) {
+    pub async fn close(mut self, why: Disconnect) {
         let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
+            code: why.code(),
+            reason: Utf8Bytes::from_static(why.reason()),
         };
         let _ = timeout(CLOSE_GRACE, async {
             let _ = self.sink.send(Message::Close(Some(frame))).await;
@@ -348,40 +333,40 @@ impl Conn {
             self.last_heard = Instant::now();
             match msg {
                 Message::Text(t) if t.len() > MAX_FRAME => {
-                    return Err(End::Close(close::TOO_BIG, "frame over 64 KiB"))
+                    return Err(End::Close(Disconnect::FrameTooBig))
                 }
                 Message::Text(t) => return Ok(t),
-                Message::Binary(_) => {
-                    return Err(End::Close(
-                        close::UNSUPPORTED_DATA,
-                        "binary frames are not supported",
-                    ))
-                }
+                Message::Binary(_) => return Err(End::Close(Disconnect::BinaryFrame)),
                 Message::Close(_) => return Err(End::Gone),
                 Message::Ping(_) | Message::Pong(_) => {}
             }
         }
     }
 
-    /// Waits for the auth frame: `(token, after)`.
-    pub async fn authenticate(&mut self) -> Result<(String, Option<String>), (u16, &'static str)> {
+    /// Waits for the auth frame: `(token, after)`. `Err(None)`: the peer is gone.
+    pub async fn authenticate(&mut self) -> Result<(String, Option<String>), Option<Disconnect>> {
         let deadline = Instant::now() + AUTH_TIMEOUT;
         loop {
             let text = match tokio::time::timeout_at(deadline, self.next_text()).await {
-                Err(_) => return Err((close::AUTH_TIMEOUT, "no auth frame within 5 s")),
-                Ok(Err(End::Close(code, why))) => return Err((code, why)),
-                Ok(Err(End::Gone)) => return Err((0, "")),
+                Err(_) => return Err(Some(Disconnect::AuthTimeout)),
+                Ok(Err(End::Close(why))) => return Err(Some(why)),
+                Ok(Err(End::Gone)) => return Err(None),
                 Ok(Ok(t)) => t,
             };
             match ClientFrame::parse(&text) {
                 Ok(ClientFrame::Auth { token, after }) => return Ok((token, after)),
                 Ok(_) => {
                     let _ = self
-                        .send(frames::error("invalid_frame", "the first frame must be auth").into())
+                        .send(
+                            frames::error(ErrorCode::InvalidFrame, "the first frame must be auth")
+                                .into(),
+                        )
                         .await;
                 }
                 Err(msg) => {
-                    let _ = self.send(frames::error("invalid_frame", &msg).into()).await;
+                    let _ = self
+                        .send(frames::error(ErrorCode::InvalidFrame, &msg).into())
+                        .await;
                 }
             }
         }
@@ -391,9 +376,9 @@ impl Conn {
 fn classify(e: axum::Error) -> End {
     match e.into_inner().downcast::<tungstenite::Error>() {
         Ok(boxed) => match *boxed {
-            tungstenite::Error::Capacity(_) => End::Close(close::TOO_BIG, "frame over 64 KiB"),
+            tungstenite::Error::Capacity(_) => End::Close(Disconnect::FrameTooBig),
             tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_) => {
-                End::Close(close::PROTOCOL_ERROR, "protocol error")
+                End::Close(Disconnect::ProtocolError)
             }
             _ => End::Gone,
         },
@@ -406,10 +391,7 @@ fn classify(e: axum::Error) -> End {
 // two would make every idle socket pay for what only active ones use.
 
 /// The close for a credential that expired while its socket was open.
-const EXPIRED: End = End::Close(
-    close::UNAUTHORIZED,
-    "credential expired: renew it and resume with after",
-);
+const EXPIRED: End = End::Close(Disconnect::TokenExpired);
 
 /// When the socket's timer should next fire: the next ping, or the credential's expiry if
 /// sooner. The expiry is read from the node's clock (injectable) and re-checked when the
@@ -448,8 +430,8 @@ pub async fn serve<L: ChannelLogic>(
         loop {
             tokio::select! {
                 biased;
-                _ = &mut shutdown => return Err(End::Close(close::GOING_AWAY, "server shutting down")),
-                _ = &mut kicked => return Err(End::Close(close::TRY_AGAIN_LATER, "too slow: resume with after")),
+                _ = &mut shutdown => return Err(End::Close(Disconnect::ShuttingDown)),
+                _ = &mut kicked => return Err(End::Close(Disconnect::TooSlow)),
                 // Before the queue: nothing more goes out on an expired credential.
                 _ = &mut timer => {
                     if state.now_ms() >= expires_ms {
@@ -457,7 +439,7 @@ pub async fn serve<L: ChannelLogic>(
                     }
                     if Instant::now() >= next_ping {
                         if conn.last_heard.elapsed() > IDLE_LIMIT {
-                            return Err(End::Close(close::NORMAL, "no traffic for 60 s"));
+                            return Err(End::Close(Disconnect::Idle));
                         }
                         conn.sink.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)?;
                         next_ping = Instant::now() + PING_EVERY;
@@ -504,7 +486,7 @@ pub async fn serve<L: ChannelLogic>(
                     }
                     match ClientFrame::parse(&text) {
                         Ok(frame) => Box::pin(logic.on_frame(&state, frame, &sub)).await,
-                        Err(msg) => sub.reply(frames::error("invalid_frame", &msg)),
+                        Err(msg) => sub.reply(frames::error(ErrorCode::InvalidFrame, &msg)),
                     }
                 }
                 _ = refill.due(), if refill.pending() => {
@@ -516,8 +498,8 @@ pub async fn serve<L: ChannelLogic>(
         Ok::<(), End>(())
     }
     .await;
-    if let Err(End::Close(code, reason)) = end {
-        conn.close(code, reason).await;
+    if let Err(End::Close(why)) = end {
+        conn.close(why).await;
     }
 }
 
@@ -572,8 +554,8 @@ async fn unless_stopped(
     tokio::select! {
         biased;
         r = write => r,
-        _ = kick.wait() => Err(End::Close(close::TRY_AGAIN_LATER, "too slow: resume with after")),
-        _ = state.shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "server shutting down")),
+        _ = kick.wait() => Err(End::Close(Disconnect::TooSlow)),
+        _ = state.shutdown.cancelled() => Err(End::Close(Disconnect::ShuttingDown)),
     }
 }
 
@@ -604,7 +586,7 @@ async fn fill<L: ChannelLogic>(
             Ok(None) => {
                 conn.send(
                     frames::error(
-                        "not_recovered",
+                        ErrorCode::NotRecovered,
                         "events were lost to retention: reload over HTTP",
                     )
                     .into(),
@@ -616,8 +598,7 @@ async fn fill<L: ChannelLogic>(
                 // The store is down: say so and keep the socket; the fill is retried (see
                 // `Refill`).
                 if !quiet {
-                    conn.send(frames::error(e.code.as_str(), &e.message).into())
-                        .await?;
+                    conn.send(frames::error(e.code, &e.message).into()).await?;
                 }
                 return Ok(false);
             }

@@ -7,13 +7,13 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use confab_protocol::frames::{self, ClientFrame};
 use confab_protocol::model::{Author, Status};
-use confab_protocol::ApiError;
+use confab_protocol::{ApiError, Disconnect, ErrorCode};
 use confab_store::Channel;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::visitor::error_for;
-use super::{accept, close, parse_after, serve, Backlog, ChannelLogic, Conn, Upgrade};
+use super::{accept, parse_after, serve, Backlog, ChannelLogic, Conn, Upgrade};
 use crate::auth::verify_agent;
 use crate::error::Params;
 use crate::hub::Subscription;
@@ -90,7 +90,7 @@ impl ChannelLogic for Agent {
             ClientFrame::Typing {
                 conversation_id: None,
             } => sub.reply(frames::error(
-                "invalid_frame",
+                ErrorCode::InvalidFrame,
                 "typing needs a conversationId on the tenant channel",
             )),
             ClientFrame::Close { conversation_id } => {
@@ -102,11 +102,12 @@ impl ChannelLogic for Agent {
                 }
             }
             ClientFrame::Ping => sub.reply(Utf8Bytes::from_static(frames::PONG)),
-            ClientFrame::Auth { .. } => {
-                sub.reply(frames::error("invalid_frame", "already authenticated"))
-            }
+            ClientFrame::Auth { .. } => sub.reply(frames::error(
+                ErrorCode::InvalidFrame,
+                "already authenticated",
+            )),
             ClientFrame::Message { .. } => sub.reply(frames::error(
-                "invalid_frame",
+                ErrorCode::InvalidFrame,
                 "not an agent frame (reply, typing, close, ping)",
             )),
         }
@@ -128,25 +129,19 @@ pub async fn upgrade(
 async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade) {
     let (token, after) = match conn.authenticate().await {
         Ok(x) => x,
-        Err((0, _)) => return,
-        Err((code, why)) => return conn.close(code, why).await,
+        Err(None) => return,
+        Err(Some(why)) => return conn.close(why).await,
     };
     let (tenant, claims) = match verify_agent(&state, &token) {
         Ok(x) => x,
-        Err(_) => {
-            return conn
-                .close(close::UNAUTHORIZED, "invalid or expired agent token")
-                .await
-        }
+        Err(_) => return conn.close(Disconnect::InvalidToken).await,
     };
-    if let Err((code, why)) = upgrade.admits(&tenant) {
-        return conn.close(code, why).await;
+    if let Err(why) = upgrade.admits(&tenant) {
+        return conn.close(why).await;
     }
     drop(upgrade);
     let Ok(after) = parse_after(after.as_deref(), confab_store::parse_offset) else {
-        return conn
-            .close(close::BAD_REQUEST, "after is not an event offset")
-            .await;
+        return conn.close(Disconnect::BadAfter).await;
     };
     let sub = state
         .hub
@@ -161,11 +156,7 @@ async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade) {
         .await;
     let latest = match state.store.last_offset(&tenant.cfg.id).await {
         Ok(n) => n,
-        Err(_) => {
-            return conn
-                .close(close::TRY_AGAIN_LATER, "store unavailable")
-                .await
-        }
+        Err(_) => return conn.close(Disconnect::StoreUnavailable).await,
     };
     let (last, recovered) = match after {
         None => (latest, true),
@@ -175,11 +166,7 @@ async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade) {
             Ok(page) if page.recovered => (a, true),
             // Lost to retention: replay what is retained, and say so.
             Ok(_) => (a, false),
-            Err(_) => {
-                return conn
-                    .close(close::TRY_AGAIN_LATER, "store unavailable")
-                    .await
-            }
+            Err(_) => return conn.close(Disconnect::StoreUnavailable).await,
         },
     };
     let last = if recovered || after.is_none_or(|a| a > latest) {

@@ -10,10 +10,10 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use confab_protocol::frames::{self, ClientFrame};
-use confab_protocol::ApiError;
+use confab_protocol::{ApiError, Disconnect, ErrorCode};
 use confab_store::{seq_of_message_id, Channel, Cursor};
 
-use super::{accept, close, parse_after, serve, Backlog, ChannelLogic, Conn, Upgrade};
+use super::{accept, parse_after, serve, Backlog, ChannelLogic, Conn, Upgrade};
 use crate::auth::{verify_session, VisitorSession};
 use crate::error::Params;
 use crate::hub::Subscription;
@@ -65,11 +65,12 @@ impl ChannelLogic for Visitor {
             }
             ClientFrame::Typing { .. } => state.visitor_typing(&self.session).await,
             ClientFrame::Ping => sub.reply(Utf8Bytes::from_static(frames::PONG)),
-            ClientFrame::Auth { .. } => {
-                sub.reply(frames::error("invalid_frame", "already authenticated"))
-            }
+            ClientFrame::Auth { .. } => sub.reply(frames::error(
+                ErrorCode::InvalidFrame,
+                "already authenticated",
+            )),
             ClientFrame::Reply { .. } | ClientFrame::Close { .. } => sub.reply(frames::error(
-                "invalid_frame",
+                ErrorCode::InvalidFrame,
                 "not a visitor frame (message, typing, ping)",
             )),
         }
@@ -115,19 +116,15 @@ pub async fn upgrade(
 async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade, ip: IpAddr) {
     let (token, after) = match conn.authenticate().await {
         Ok(x) => x,
-        Err((0, _)) => return,
-        Err((code, why)) => return conn.close(code, why).await,
+        Err(None) => return,
+        Err(Some(why)) => return conn.close(why).await,
     };
     let session = match verify_session(&state, Some(&token)) {
         Ok(s) => s,
-        Err(_) => {
-            return conn
-                .close(close::UNAUTHORIZED, "invalid or expired session token")
-                .await
-        }
+        Err(_) => return conn.close(Disconnect::InvalidToken).await,
     };
-    if let Err((code, why)) = upgrade.admits(&session.tenant) {
-        return conn.close(code, why).await;
+    if let Err(why) = upgrade.admits(&session.tenant) {
+        return conn.close(why).await;
     }
     drop(upgrade);
     let c = &session.claims;
@@ -135,17 +132,13 @@ async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade, ip: IpAddr) {
         .per_visitor
         .try_acquire(crate::state::visitor_key(&c.tenant, &c.visitor_id))
     else {
-        return conn
-            .close(close::TOO_MANY, "too many sockets for this visitor")
-            .await;
+        return conn.close(Disconnect::TooManySockets).await;
     };
     let conversation_id = session.claims.conversation_id.clone();
     let Ok(after) = parse_after(after.as_deref(), |a| {
         confab_store::parse_message_id(&conversation_id, a)
     }) else {
-        return conn
-            .close(close::BAD_REQUEST, "after is not a message id")
-            .await;
+        return conn.close(Disconnect::BadAfter).await;
     };
     let c = &session.claims;
     let channel = Channel::Conversation {
@@ -166,16 +159,8 @@ async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade, ip: IpAddr) {
             .last_message
             .and_then(|m| seq_of_message_id(&m.id))
             .unwrap_or(0),
-        Ok(None) => {
-            return conn
-                .close(close::UNAUTHORIZED, "no such conversation")
-                .await
-        }
-        Err(_) => {
-            return conn
-                .close(close::TRY_AGAIN_LATER, "store unavailable")
-                .await
-        }
+        Ok(None) => return conn.close(Disconnect::NoConversation).await,
+        Err(_) => return conn.close(Disconnect::StoreUnavailable).await,
     };
     // Without `after` the client starts live; an `after` beyond the log replays nothing.
     let last = after.map_or(latest, |a| a.min(latest));
