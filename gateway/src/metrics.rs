@@ -18,6 +18,9 @@ pub struct Metrics {
     rate_limited: DashMap<&'static str, AtomicU64>,
     /// Telemetry type → events received.
     widget_events: DashMap<&'static str, AtomicU64>,
+    /// Matched route paths as `'static` labels, interned once each: they come from the
+    /// router's table only, so this holds one entry per route.
+    route_labels: DashMap<Box<str>, &'static str>,
     /// Route → request latency (first byte in to response head out; long-polls included).
     http_latency: DashMap<&'static str, Histogram>,
     /// How long the store took to durably append a message (the wait behind every ack).
@@ -42,6 +45,7 @@ impl Default for Metrics {
             rate_limited: DashMap::new(),
             widget_events: DashMap::new(),
             http_latency: DashMap::new(),
+            route_labels: DashMap::new(),
             store_append: Histogram::latency(),
             messages_stored: AtomicU64::new(0),
             visitor_sockets: AtomicI64::new(0),
@@ -68,6 +72,17 @@ fn bump<K: std::hash::Hash + Eq>(map: &DashMap<K, AtomicU64>, key: K) {
 }
 
 impl Metrics {
+    /// The label of a matched route path (only ever called with the router's own paths).
+    pub fn route_label(&self, path: &str) -> &'static str {
+        if let Some(label) = self.route_labels.get(path) {
+            return *label;
+        }
+        *self
+            .route_labels
+            .entry(path.into())
+            .or_insert_with(|| Box::leak(path.into()))
+    }
+
     /// One answered request: its status and how long it took.
     pub fn http(&self, route: &'static str, status: u16, took: Duration) {
         bump(&self.http, (route, status));

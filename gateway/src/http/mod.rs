@@ -34,31 +34,6 @@ pub mod widget;
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// Route labels for metrics (a closed set, so labels stay bounded).
-const ROUTES: &[&str] = &[
-    "/v1/config",
-    "/v1/sessions",
-    "/v1/messages",
-    "/v1/events",
-    "/v1/visitor/ws",
-    "/v1/tenant/ws",
-    "/v1/tenant/conversations",
-    "/v1/tenant/conversations/{id}",
-    "/v1/tenant/conversations/{id}/messages",
-    "/v1/tenant/conversations/{id}/close",
-    "/v1/tenant/conversations/{id}/reopen",
-    "/v1/tenant/events",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/widget.js",
-    "/demo",
-    "/demo.js",
-    "/console",
-    "/console.js",
-    "/openapi.json",
-];
-
 /// The whole application.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -164,11 +139,12 @@ async fn json_errors(req: Request, next: Next) -> Response {
 }
 
 async fn count(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    // The route table's own paths (a closed set, so labels stay bounded); "other" for
+    // requests no route matched.
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
-        .unwrap_or("other");
+        .map_or("other", |m| state.metrics.route_label(m.as_str()));
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
     state
