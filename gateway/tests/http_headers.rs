@@ -50,6 +50,7 @@ async fn every_response_is_nosniff() {
         ("health", c.get("/healthz", &[]).await),
         ("ready", c.get("/readyz", &[]).await),
         ("metrics", c.get("/metrics", &[]).await),
+        ("openapi", c.get("/openapi.json", &[]).await),
         ("config", c.get(&format!("/v1/config?pk={PK}"), &[]).await),
         ("unknown key", c.get("/v1/config?pk=pk_nope", &[]).await),
         ("history", c.get_auth("/v1/messages", &s.token).await),
