@@ -35,7 +35,9 @@ use super::json_text;
 sessions, messages and telemetry (visitor routes), the agent dashboard and tenant backend \
 API (tenant routes), and operations. Every 4xx/5xx answer has the body \
 `{\"error\": {\"code\", \"message\", \"field\"?}}`. The WebSocket channels are described in \
-docs/websocket.md, the rules and limits in docs/http-api.md.",
+docs/websocket.md, the rules and limits in docs/http-api.md. Any request may also be \
+answered 503 `too_many_connections` (the client IP is at its connection cap) or, when its \
+body stalls for 30 s, 408 `request_timeout`.",
         license(name = "MIT", identifier = "MIT"),
     ),
     paths(
@@ -346,8 +348,11 @@ pub struct ChannelQuery {
         (status = 101, description = "Switched to the WebSocket protocol."),
         (status = 400, description = "`bad_request`: not a WebSocket upgrade request (no `Connection: upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Key` or version 13).", body = ErrorBody),
         (status = 403, response = OriginNotAllowed),
+        (status = 404, description = "`unknown_public_key`: no widget has the `?pk=` key.", body = ErrorBody),
         (status = 422, response = ValidationFailed),
-        (status = 503, description = "`unavailable`: the node is at its connection limit or shutting down.", body = ErrorBody),
+        (status = 429, response = RateLimited),
+        (status = 503, description = "`unavailable` (the node is at `max_connections` or shutting \
+down) or `too_many_connections` (the client IP is at `max_connections_per_ip`).", body = ErrorBody),
     ),
 )]
 #[allow(dead_code)]
@@ -366,8 +371,11 @@ fn visitor_ws() {}
         (status = 101, description = "Switched to the WebSocket protocol."),
         (status = 400, description = "`bad_request`: not a WebSocket upgrade request (no `Connection: upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Key` or version 13).", body = ErrorBody),
         (status = 403, response = OriginNotAllowed),
+        (status = 404, description = "`unknown_public_key`: no widget has the `?pk=` key.", body = ErrorBody),
         (status = 422, response = ValidationFailed),
-        (status = 503, description = "`unavailable`: the node is at its connection limit or shutting down.", body = ErrorBody),
+        (status = 429, response = RateLimited),
+        (status = 503, description = "`unavailable` (the node is at `max_connections` or shutting \
+down) or `too_many_connections` (the client IP is at `max_connections_per_ip`).", body = ErrorBody),
     ),
 )]
 #[allow(dead_code)]
