@@ -1,13 +1,13 @@
 //! HTTP routes. [`router`] is the whole application (HTTP and WebSocket upgrades) as an
 //! axum `Router`, so tests and the binary serve exactly the same thing.
 //!
-//! - [`widget`] — the visitor-facing API: config, sessions, messages, telemetry.
+//! - [`visitor`] — the visitor-facing API: config, sessions, messages, telemetry.
 //! - [`tenant`] — the agent-dashboard / tenant-backend API.
 //! - [`ops`] — health, readiness, metrics, and the static pages (widget, demo, console).
-//!
-//! Every response carries `X-Content-Type-Options: nosniff` (the `nosniff` layer).
 //! - [`openapi`] — `GET /openapi.json`, the description of all of the above, generated from
 //!   the handlers' annotations and the types they read and write.
+//!
+//! Every response carries `X-Content-Type-Options: nosniff` (the `nosniff` layer).
 
 use std::net::SocketAddr;
 
@@ -29,7 +29,7 @@ use crate::state::AppState;
 pub mod openapi;
 pub mod ops;
 pub mod tenant;
-pub mod widget;
+pub mod visitor;
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -37,10 +37,10 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// The whole application.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/config", get(widget::config))
-        .route("/v1/sessions", post(widget::sessions))
-        .route("/v1/messages", get(widget::history).post(widget::send))
-        .route("/v1/events", post(widget::events))
+        .route("/v1/config", get(visitor::config))
+        .route("/v1/sessions", post(visitor::sessions))
+        .route("/v1/messages", get(visitor::history).post(visitor::send))
+        .route("/v1/events", post(visitor::events))
         .route("/v1/visitor/ws", get(crate::ws::visitor::upgrade))
         .route("/v1/tenant/ws", get(crate::ws::tenant::upgrade))
         .route("/v1/tenant/conversations", get(tenant::list))
