@@ -266,10 +266,32 @@ pub fn prepare(
     Ok((ws, permit, tenant))
 }
 
+/// What a connection runs over: axum's `WebSocket` in production; any `Sink` + `Stream`
+/// of messages — channels, in the unit tests below — otherwise, so that the connection
+/// loop (auth timeout, pings, idle close, kicks, resume) is tested without a socket and
+/// with paused time.
+pub trait Socket:
+    futures_util::Sink<Message, Error = axum::Error>
+    + futures_util::Stream<Item = Result<Message, axum::Error>>
+    + Unpin
+    + Send
+    + 'static
+{
+}
+
+impl<T> Socket for T where
+    T: futures_util::Sink<Message, Error = axum::Error>
+        + futures_util::Stream<Item = Result<Message, axum::Error>>
+        + Unpin
+        + Send
+        + 'static
+{
+}
+
 /// The socket halves plus liveness bookkeeping.
-pub struct Conn {
-    sink: SplitSink<WebSocket, Message>,
-    stream: SplitStream<WebSocket>,
+pub struct Conn<S: Socket = WebSocket> {
+    sink: SplitSink<S, Message>,
+    stream: SplitStream<S>,
     last_heard: Instant,
 }
 
@@ -280,8 +302,8 @@ enum End {
     Gone,
 }
 
-impl Conn {
-    pub fn new(socket: WebSocket) -> Conn {
+impl<S: Socket> Conn<S> {
+    pub fn new(socket: S) -> Conn<S> {
         let (sink, stream) = socket.split();
         Conn {
             sink,
@@ -405,9 +427,9 @@ fn next_wake(state: &AppState, next_ping: Instant, expires_ms: i64) -> Instant {
 /// Runs an authenticated, subscribed connection until it ends: replays after `last`,
 /// then serves live frames and client frames. `expires_ms` is when the credential expires
 /// (epoch ms, node clock): the socket closes with 4401 then.
-pub async fn serve<L: ChannelLogic>(
+pub async fn serve<L: ChannelLogic, S: Socket>(
     state: AppState,
-    mut conn: Conn,
+    mut conn: Conn<S>,
     mut sub: Subscription,
     mut logic: L,
     mut last: u64,
@@ -562,9 +584,9 @@ async fn unless_stopped(
 /// Sends everything in the log after `last`, advancing it. `Ok(false)` when the log could
 /// not be read to its end; the client is told so unless `quiet` (a retry of a failure it
 /// was already told about).
-async fn fill<L: ChannelLogic>(
+async fn fill<L: ChannelLogic, S: Socket>(
     state: &AppState,
-    conn: &mut Conn,
+    conn: &mut Conn<S>,
     logic: &L,
     last: &mut u64,
     quiet: bool,
@@ -603,5 +625,379 @@ async fn fill<L: ChannelLogic>(
                 return Ok(false);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection loop driven through channels instead of a socket, with tokio's clock
+    //! paused: a test's 60 s of idleness take no real time.
+
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use confab_protocol::token::Keyring;
+    use confab_store::{Channel, EventSink, Published, Retention};
+    use tokio::sync::mpsc;
+    use tokio_util::sync::PollSender;
+
+    use super::*;
+    use crate::hub::Hub;
+    use crate::state::Clock;
+
+    /// A socket made of two channels: what the server sends arrives in `sent`, what the
+    /// test pushes into `incoming` is what the client "sent".
+    struct TestSocket {
+        out: PollSender<Message>,
+        incoming: mpsc::Receiver<Result<Message, axum::Error>>,
+    }
+
+    /// The client's end of a [`TestSocket`].
+    struct Client {
+        sent: mpsc::Receiver<Message>,
+        incoming: mpsc::Sender<Result<Message, axum::Error>>,
+    }
+
+    /// `outbound` bounds what the server can write before its sends wait (a slow client).
+    fn socket(outbound: usize) -> (TestSocket, Client) {
+        let (out_tx, out_rx) = mpsc::channel(outbound);
+        let (in_tx, in_rx) = mpsc::channel(16);
+        (
+            TestSocket {
+                out: PollSender::new(out_tx),
+                incoming: in_rx,
+            },
+            Client {
+                sent: out_rx,
+                incoming: in_tx,
+            },
+        )
+    }
+
+    fn gone<E>(_: E) -> axum::Error {
+        axum::Error::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+
+    impl futures_util::Stream for TestSocket {
+        type Item = Result<Message, axum::Error>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.incoming.poll_recv(cx)
+        }
+    }
+
+    impl futures_util::Sink<Message> for TestSocket {
+        type Error = axum::Error;
+        fn poll_ready(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            self.out.poll_reserve(cx).map_err(gone)
+        }
+        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            self.out.send_item(item).map_err(gone)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            self.out.close();
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Client {
+        async fn text(&mut self, t: &str) {
+            let _ = self.incoming.send(Ok(Message::Text(t.into()))).await;
+        }
+
+        /// The next frame the server sent (`None` once it is done sending).
+        async fn next(&mut self) -> Option<Message> {
+            self.sent.recv().await
+        }
+
+        /// The next text frame's JSON, skipping pings.
+        async fn json(&mut self) -> serde_json::Value {
+            loop {
+                match self.next().await.expect("a frame") {
+                    Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                    Message::Ping(_) => {}
+                    other => panic!("expected a text frame, got {other:?}"),
+                }
+            }
+        }
+
+        /// Reads to the close frame; its code.
+        async fn close_code(&mut self) -> u16 {
+            loop {
+                match self.next().await.expect("a close frame") {
+                    Message::Close(Some(f)) => return f.code,
+                    Message::Close(None) => panic!("close without a code"),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    async fn node() -> AppState {
+        node_with(Clock::system()).await
+    }
+
+    async fn node_with(clock: Clock) -> AppState {
+        let backend = confab_store::open("memory", Retention::default())
+            .await
+            .unwrap();
+        let hub = Arc::new(Hub::default());
+        backend.broker.set_sink(hub.clone());
+        AppState::new(
+            crate::Config::demo(),
+            Keyring::new(b"unit-test-secret", &[]),
+            backend.store,
+            backend.broker,
+            backend.limiter,
+            hub,
+            clock,
+        )
+    }
+
+    fn channel() -> Channel {
+        Channel::Conversation {
+            tenant: "demo".into(),
+            conversation_id: "c".into(),
+        }
+    }
+
+    fn frame(seq: u64) -> Utf8Bytes {
+        frames::visitor_message_new(&format!(r#"{{"n":{seq}}}"#)).into()
+    }
+
+    /// A channel whose log holds messages `1..=log` (paged two at a time).
+    struct Log {
+        log: u64,
+    }
+
+    impl ChannelLogic for Log {
+        async fn backlog(&self, _: &AppState, after: u64) -> Result<Backlog, ApiError> {
+            let items: Vec<_> = (after + 1..=self.log)
+                .take(2)
+                .map(|s| (s, frame(s)))
+                .collect();
+            let more = items.last().is_some_and(|(s, _)| *s < self.log);
+            Ok(Some((items, more)))
+        }
+
+        async fn on_frame(&mut self, _: &AppState, frame: ClientFrame, sub: &Subscription) {
+            if frame == ClientFrame::Ping {
+                sub.reply(Utf8Bytes::from_static(frames::PONG));
+            }
+        }
+    }
+
+    const NEVER: i64 = i64::MAX / 2;
+
+    #[tokio::test(start_paused = true)]
+    async fn no_auth_frame_closes_after_5_s() {
+        let (sock, mut client) = socket(8);
+        let mut conn = Conn::new(sock);
+        let started = Instant::now();
+        let r = conn.authenticate().await;
+        assert_eq!(r.unwrap_err(), Some(Disconnect::AuthTimeout));
+        assert_eq!(started.elapsed(), AUTH_TIMEOUT);
+        // Anything but auth first is answered, and the clock keeps running.
+        let (sock, mut c2) = socket(8);
+        let mut conn2 = Conn::new(sock);
+        c2.text(r#"{"type":"ping"}"#).await;
+        c2.text(r#"{"type":"auth","token":"t","after":"7"}"#).await;
+        assert_eq!(
+            conn2.authenticate().await.unwrap(),
+            ("t".to_owned(), Some("7".to_owned()))
+        );
+        assert_eq!(c2.json().await["code"], "invalid_frame");
+        drop(client.incoming);
+        assert!(client.sent.try_recv().is_err(), "nothing sent before auth");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_pinged_then_closed_after_60_s() {
+        let state = node().await;
+        let sub = state
+            .hub
+            .subscribe_live(&state.broker, channel(), 16, false)
+            .await;
+        let (sock, mut client) = socket(64);
+        let started = Instant::now();
+        let task = tokio::spawn(serve(
+            state.clone(),
+            Conn::new(sock),
+            sub,
+            Log { log: 0 },
+            0,
+            r#"{"type":"ready"}"#.into(),
+            NEVER,
+        ));
+        assert_eq!(client.json().await["type"], "ready");
+        let mut pings = 0;
+        let code = loop {
+            match client.next().await.expect("a frame") {
+                Message::Ping(_) => pings += 1,
+                Message::Close(Some(f)) => break f.code,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(code, Disconnect::Idle.code());
+        assert!(pings >= 2, "pinged every 25 s while silent ({pings})");
+        assert!(started.elapsed() >= IDLE_LIMIT);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_answers_stays_open() {
+        let state = node().await;
+        let sub = state
+            .hub
+            .subscribe_live(&state.broker, channel(), 16, false)
+            .await;
+        let (sock, mut client) = socket(64);
+        let task = tokio::spawn(serve(
+            state.clone(),
+            Conn::new(sock),
+            sub,
+            Log { log: 0 },
+            0,
+            r#"{"type":"ready"}"#.into(),
+            NEVER,
+        ));
+        client.json().await;
+        for _ in 0..6 {
+            // Answer each ping: two and a half minutes of virtual time, still open.
+            match client.next().await.expect("a frame") {
+                Message::Ping(p) => {
+                    let _ = client.incoming.send(Ok(Message::Pong(p))).await;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        client.text(r#"{"type":"ping"}"#).await;
+        assert_eq!(client.json().await["type"], "pong");
+        state.shutdown.cancel();
+        assert_eq!(client.close_code().await, Disconnect::ShuttingDown.code());
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resume_replays_the_log_then_live_without_gap_or_duplicate() {
+        let state = node().await;
+        let sub = state
+            .hub
+            .subscribe_live(&state.broker, channel(), 16, false)
+            .await;
+        // Published while the replay has not started: 4 and 5 are live, 3 is in both.
+        for seq in [3, 4, 5] {
+            state.hub.publish(Published::Message {
+                tenant: "demo".into(),
+                conversation_id: "c".into(),
+                seq,
+                json: format!(r#"{{"n":{seq}}}"#).into(),
+            });
+        }
+        let (sock, mut client) = socket(64);
+        let task = tokio::spawn(serve(
+            state.clone(),
+            Conn::new(sock),
+            sub,
+            Log { log: 3 },
+            1,
+            r#"{"type":"ready"}"#.into(),
+            NEVER,
+        ));
+        client.json().await;
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            seen.push(client.json().await["data"]["n"].as_u64().unwrap());
+        }
+        assert_eq!(seen, vec![2, 3, 4, 5]);
+        state.shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_consumer_that_cannot_keep_up_is_closed_with_1013() {
+        let state = node().await;
+        let sub = state
+            .hub
+            .subscribe_live(&state.broker, channel(), 4, false)
+            .await;
+        // The client reads nothing: the server's writes wait after one frame.
+        let (sock, mut client) = socket(1);
+        let task = tokio::spawn(serve(
+            state.clone(),
+            Conn::new(sock),
+            sub,
+            Log { log: 0 },
+            0,
+            r#"{"type":"ready"}"#.into(),
+            NEVER,
+        ));
+        for seq in 1..=64 {
+            state.hub.publish(Published::Message {
+                tenant: "demo".into(),
+                conversation_id: "c".into(),
+                seq,
+                json: format!(r#"{{"n":{seq}}}"#).into(),
+            });
+            tokio::task::yield_now().await;
+        }
+        assert!(state.hub.kicks.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+        // Now the client reads: what was written, then the 1013.
+        assert_eq!(client.close_code().await, Disconnect::TooSlow.code());
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_credential_closes_with_4401() {
+        // The node's clock, moved by hand: the expiry needs no real waiting either.
+        let now = Arc::new(std::sync::atomic::AtomicI64::new(1_800_000_000_000));
+        let clock_now = now.clone();
+        let state = node_with(Clock::from_fn(move || {
+            clock_now.load(std::sync::atomic::Ordering::Relaxed)
+        }))
+        .await;
+        let sub = state
+            .hub
+            .subscribe_live(&state.broker, channel(), 16, false)
+            .await;
+        let (sock, mut client) = socket(64);
+        let expires = state.now_ms() + 3_000;
+        let task = tokio::spawn(serve(
+            state.clone(),
+            Conn::new(sock),
+            sub,
+            Log { log: 0 },
+            0,
+            r#"{"type":"ready"}"#.into(),
+            expires,
+        ));
+        client.json().await;
+        let started = Instant::now();
+        // Time passes for both clocks; the socket closes when its credential expires.
+        let ticker = {
+            let now = now.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    now.fetch_add(100, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        };
+        assert_eq!(client.close_code().await, Disconnect::TokenExpired.code());
+        assert!(started.elapsed() >= Duration::from_secs(3));
+        assert!(
+            started.elapsed() < PING_EVERY,
+            "closed at expiry, not at a ping"
+        );
+        ticker.abort();
+        task.await.unwrap();
     }
 }
