@@ -29,33 +29,54 @@ fn not_found() -> ApiError {
     ApiError::new(ErrorCode::ConversationNotFound, "no such conversation")
 }
 
-/// Checks a visitor message's `meta` and applies the tenant's PII mode to it.
-pub fn visitor_meta(tenant: &Tenant, meta: Option<Value>) -> Result<Option<Value>, ApiError> {
-    let Some(meta) = meta else { return Ok(None) };
-    let Value::Object(map) = meta else {
-        return Err(ApiError::invalid("meta", "meta must be an object"));
+/// Checks page context — a message's `meta`, a session's `visitorContext` — named `field`:
+/// an object of the `allowed` keys, each a string of at most 2,048 characters (null drops
+/// it), except `utm` (see [`check_utm`]). One rule for both, so they cannot drift apart.
+pub fn check_page_context(
+    field: &str,
+    value: Value,
+    allowed: &[&str],
+) -> Result<Map<String, Value>, ApiError> {
+    let Value::Object(map) = value else {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} must be an object"),
+        ));
     };
     let mut out = Map::new();
     for (k, v) in map {
-        if !META_FIELDS.contains(&k.as_str()) {
+        if !allowed.contains(&k.as_str()) {
             return Err(ApiError::invalid(
-                format!("meta.{k}"),
-                format!("unknown field (allowed: {})", META_FIELDS.join(", ")),
+                format!("{field}.{k}"),
+                format!("unknown field (allowed: {})", allowed.join(", ")),
             ));
         }
         if k == "utm" {
-            out.insert(k, Value::Object(check_utm("meta.utm", &v)?));
+            let utm = check_utm(&format!("{field}.utm"), &v)?;
+            out.insert(k, Value::Object(utm));
             continue;
         }
         match v {
             Value::Null => {}
             Value::String(s) => {
-                validate::max_chars(&format!("meta.{k}"), &s, validate::MAX_CONTEXT_CHARS)?;
+                validate::max_chars(&format!("{field}.{k}"), &s, validate::MAX_CONTEXT_CHARS)?;
                 out.insert(k, Value::String(s));
             }
-            _ => return Err(ApiError::invalid(format!("meta.{k}"), "must be a string")),
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("{field}.{k}"),
+                    "must be a string",
+                ))
+            }
         }
     }
+    Ok(out)
+}
+
+/// Checks a visitor message's `meta` and applies the tenant's PII mode to it.
+pub fn visitor_meta(tenant: &Tenant, meta: Option<Value>) -> Result<Option<Value>, ApiError> {
+    let Some(meta) = meta else { return Ok(None) };
+    let out = check_page_context("meta", meta, &META_FIELDS)?;
     Ok(match tenant.cfg.pii_retention {
         PiiRetention::Minimal => None,
         PiiRetention::Redact => Some(Value::Object(redact_urls(out))),

@@ -11,6 +11,7 @@
 //! - [`http`] — the HTTP routes (`router` is the whole application).
 //! - [`ws`] — the visitor and tenant WebSocket channels.
 //! - [`hub`] — node-local connection registry and fan-out (encode once, bounded queues).
+//! - [`service`] — the service layer (so far: [`service::sessions`]).
 //! - [`chat`] — operations shared by HTTP and WebSocket (send, reply, close, typing).
 //! - [`auth`] — session tokens, agent JWTs, server keys.
 //! - [`origin`] — origin allowlists and CORS.
@@ -36,6 +37,7 @@ pub mod limits;
 pub mod metrics;
 pub mod origin;
 pub mod server;
+pub mod service;
 pub mod state;
 pub mod ws;
 

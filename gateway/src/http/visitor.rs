@@ -7,12 +7,11 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use confab_protocol::model::{Contact, Intent, QuickQuestion};
+use confab_protocol::model::{Intent, QuickQuestion};
 use confab_protocol::time::format_ms;
-use confab_protocol::token::{self, SessionClaims};
+use confab_protocol::token;
 use confab_protocol::validate;
 use confab_protocol::{ApiError, ErrorCode};
-use confab_store::{NewConversation, ProfileUpdate};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -28,10 +27,10 @@ use super::{
 #[allow(unused_imports)]
 use super::{MessagesPage, Sent};
 use crate::auth::{bearer, verify_session, VisitorSession};
-use crate::chat::{check_utm, redact_email, redact_urls, VisitorDraft};
-use crate::config::{AvailabilityMode, PiiRetention};
+use crate::config::AvailabilityMode;
 use crate::error::{HandlerResult, JsonBody, Params};
 use crate::limits::Limit;
+use crate::service::sessions::{self, StartSession};
 use crate::state::{AppState, Tenant};
 #[allow(unused_imports)]
 use confab_protocol::ErrorBody;
@@ -410,134 +409,6 @@ pub struct WidgetLabel {
     pub label: String,
 }
 
-/// Checked and PII-filtered profile fields of a session request.
-struct Profile {
-    customer_id: Option<String>,
-    locale: Option<String>,
-    contact: Option<Contact>,
-    variables: Option<Map<String, Value>>,
-    visitor_context: Option<Map<String, Value>>,
-}
-
-fn check_profile(t: &Tenant, b: &mut SessionBody) -> Result<Profile, ApiError> {
-    if let Some(c) = &b.customer_id {
-        validate::max_chars("customerId", c, validate::MAX_CUSTOMER_ID_CHARS)?;
-    }
-    if let Some(l) = &b.locale {
-        if !validate::is_locale(l) {
-            return Err(ApiError::invalid(
-                "locale",
-                "locale must be a BCP-47 tag of at most 16 characters",
-            ));
-        }
-    }
-    if let Some(v) = &b.variables {
-        validate::variables(v)?;
-    }
-    let mut contact = None;
-    if let Some(c) = b.contact.take() {
-        if let Some(n) = &c.name {
-            validate::max_chars("contact.name", n, validate::MAX_CONTACT_NAME_CHARS)?;
-        }
-        if let Some(e) = &c.email {
-            if !validate::is_email(e) {
-                return Err(ApiError::invalid(
-                    "contact.email",
-                    "not a valid e-mail address",
-                ));
-            }
-        }
-        contact = Some(Contact {
-            name: c.name.filter(|n| !n.trim().is_empty()),
-            email: c.email,
-        });
-    }
-    let mut context = None;
-    if let Some(ctx) = b.visitor_context.take() {
-        let mut out = Map::new();
-        for (k, v) in ctx {
-            match k.as_str() {
-                "utm" => {
-                    out.insert(k, Value::Object(check_utm("visitorContext.utm", &v)?));
-                }
-                "pageUrl" | "referrer" | "pageTitle" => match v {
-                    Value::Null => {}
-                    Value::String(s) => {
-                        validate::max_chars(
-                            &format!("visitorContext.{k}"),
-                            &s,
-                            validate::MAX_CONTEXT_CHARS,
-                        )?;
-                        out.insert(k, Value::String(s));
-                    }
-                    _ => {
-                        return Err(ApiError::invalid(
-                            format!("visitorContext.{k}"),
-                            "must be a string",
-                        ))
-                    }
-                },
-                _ => {
-                    return Err(ApiError::invalid(
-                        format!("visitorContext.{k}"),
-                        "unknown field (pageUrl, referrer, pageTitle, utm)",
-                    ))
-                }
-            }
-        }
-        context = Some(out);
-    }
-    match t.cfg.pii_retention {
-        PiiRetention::Full => {}
-        PiiRetention::Redact => {
-            if let Some(c) = &mut contact {
-                c.email = c.email.as_deref().map(redact_email);
-            }
-            context = context.map(redact_urls);
-        }
-        PiiRetention::Minimal => {
-            contact = None;
-            context = None;
-        }
-    }
-    Ok(Profile {
-        customer_id: b.customer_id.take(),
-        locale: b.locale.take(),
-        contact,
-        variables: b.variables.take(),
-        visitor_context: context,
-    })
-}
-
-fn check_bot_signals(t: &Tenant, s: Option<&BotSignals>) -> Result<(), ApiError> {
-    let bot = || ApiError::new(ErrorCode::BotSuspected, "automated traffic suspected");
-    let honeypot_filled = s
-        .and_then(|s| s.honeypot.as_ref())
-        .is_some_and(|h| match h {
-            Value::Null => false,
-            Value::String(v) => !v.is_empty(),
-            Value::Bool(b) => *b,
-            _ => true,
-        });
-    if honeypot_filled {
-        return Err(bot());
-    }
-    if t.cfg.min_elapsed_ms > 0 {
-        match s.and_then(|s| s.elapsed_ms) {
-            Some(ms) if ms.is_finite() && ms >= t.cfg.min_elapsed_ms as f64 => {}
-            _ => return Err(bot()),
-        }
-    }
-    Ok(())
-}
-
-fn invalid_challenge() -> ApiError {
-    ApiError::new(
-        ErrorCode::InvalidChallenge,
-        "init challenge missing, invalid, expired or already used",
-    )
-}
-
 /// `POST /v1/sessions`: start a conversation, or resume the one of a known `visitorToken`
 /// (both 201). Starting one emits `conversation:new` to the tenant's agents.
 #[utoipa::path(
@@ -597,148 +468,49 @@ pub async fn sessions(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    JsonBody(mut body): JsonBody<SessionBody>,
+    JsonBody(body): JsonBody<SessionBody>,
 ) -> HandlerResult<Response> {
-    let peer_ip = client_ip(&state, peer, &headers);
-    let ip = peer_ip.to_string();
-    let tenant = tenant_by_key(&state, body.public_key.as_deref(), "publicKey", &ip).await?;
+    let ip = client_ip(&state, peer, &headers);
+    let tenant = tenant_by_key(
+        &state,
+        body.public_key.as_deref(),
+        "publicKey",
+        &ip.to_string(),
+    )
+    .await?;
     tenant.policy.check(&headers)?;
-    state.rate_limit(&tenant, Limit::SessionsPerIp, &ip).await?;
-    let profile = check_profile(&tenant, &mut body)?;
-    // The first message takes the path of every visitor message: checked here, admitted
-    // against the message limits before anything is claimed or created, stored last.
-    let first_message = match body.message.take() {
-        Some(m) => Some(VisitorDraft::check(
-            &tenant,
-            "message",
-            &m,
-            body.client_message_id.take(),
-            None,
-        )?),
-        None => None,
+    let contact = body.contact.map(|c| (c.name, c.email));
+    let (honeypot, elapsed_ms) = body
+        .bot_signals
+        .map_or((None, None), |b| (b.honeypot, b.elapsed_ms));
+    let request = StartSession {
+        init_challenge: body.init_challenge,
+        visitor_token: body.visitor_token,
+        customer_id: body.customer_id,
+        locale: body.locale,
+        variables: body.variables,
+        contact,
+        visitor_context: body.visitor_context,
+        honeypot,
+        elapsed_ms,
+        message: body.message,
+        client_message_id: body.client_message_id,
     };
-    check_bot_signals(&tenant, body.bot_signals.as_ref())?;
-    let now = state.now_ms();
-    let challenge = if tenant.cfg.require_init_challenge {
-        let tok = body
-            .init_challenge
-            .as_deref()
-            .ok_or_else(invalid_challenge)?;
-        Some(
-            token::verify_challenge(&state.keys, tok, &tenant.cfg.id, now)
-                .map_err(|_| invalid_challenge())?,
-        )
-    } else {
-        None
-    };
-
-    let known = match body
-        .visitor_token
-        .as_deref()
-        .filter(|t| t.starts_with("vis_") && t.len() <= 128)
-    {
-        Some(t) => state
-            .store
-            .find_visitor(&tenant.cfg.id, &token::hash_visitor_token(t))
-            .await?
-            .map(|v| (t.to_owned(), v)),
-        None => None,
-    };
-    if first_message.is_some() {
-        let visitor = known.as_ref().map(|(_, v)| v.visitor_id.as_str());
-        // A resumed visitor's retry of a message already stored is found after the
-        // session exists (below); here a refusal is final.
-        state
-            .admit_visitor_message(&tenant, visitor, peer_ip, None)
-            .await?;
-    }
-    // Claimed last: a request refused for any other reason leaves the challenge usable.
-    if let Some(claims) = &challenge {
-        if !state
-            .store
-            .claim_nonce(&claims.nonce, claims.expires_ms)
-            .await?
-        {
-            return Err(invalid_challenge().into());
-        }
-    }
-    let (visitor_token, conversation, resumed) = match known {
-        Some((tok, v)) => {
-            let update = ProfileUpdate {
-                customer_id: profile.customer_id,
-                locale: profile.locale,
-                contact: profile.contact,
-                variables: profile.variables,
-                visitor_context: profile.visitor_context,
-            };
-            let conv = if update.is_empty() {
-                state
-                    .store
-                    .conversation(&tenant.cfg.id, &v.conversation_id)
-                    .await?
-            } else {
-                state
-                    .store
-                    .update_profile(&tenant.cfg.id, &v.conversation_id, update)
-                    .await?
-            };
-            match conv {
-                Some(c) => (tok, c, true),
-                None => {
-                    return Err(
-                        ApiError::new(ErrorCode::Internal, "visitor without conversation").into(),
-                    )
-                }
-            }
-        }
-        None => {
-            let tok = token::new_visitor_token();
-            let conv = state
-                .store
-                .start_conversation(NewConversation {
-                    tenant: tenant.cfg.id.clone(),
-                    token_hash: token::hash_visitor_token(&tok),
-                    customer_id: profile.customer_id,
-                    locale: profile.locale,
-                    contact: profile.contact.unwrap_or_default(),
-                    variables: profile.variables.unwrap_or_default(),
-                    visitor_context: profile.visitor_context.unwrap_or_default(),
-                })
-                .await?;
-            (tok, conv, false)
-        }
-    };
-    let claims = SessionClaims {
-        tenant: tenant.cfg.id.clone(),
-        visitor_id: conversation.visitor_id.clone(),
-        conversation_id: conversation.id.clone(),
-        expires_ms: now + state.config.session_ttl_secs as i64 * 1000,
-    };
-    let session = VisitorSession {
-        tenant: tenant.clone(),
-        claims: claims.clone(),
-    };
-    let mut auto_reply = None;
-    if let Some(draft) = first_message {
-        let appended = state.store_admitted(&session, draft, !resumed).await?;
-        if appended.first_in_conversation {
-            auto_reply = tenant.cfg.auto_reply.clone();
-        }
-    }
+    let started = sessions::start(&state, &tenant, ip, request).await?;
     let (intents, quick_questions) = widget_lists(&tenant);
     let body = SessionStarted {
-        session_token: token::sign_session(&state.keys, &claims),
-        visitor_token,
-        visitor_id: conversation.visitor_id,
-        conversation_id: conversation.id,
-        expires_at: format_ms(claims.expires_ms),
-        resumed,
+        session_token: started.session_token,
+        visitor_token: started.visitor_token,
+        visitor_id: started.conversation.visitor_id,
+        conversation_id: started.conversation.id,
+        expires_at: format_ms(started.expires_ms),
+        resumed: started.resumed,
         widget: WidgetLabel {
             label: tenant.cfg.branding.label.clone(),
         },
         intents,
         quick_questions,
-        auto_reply,
+        auto_reply: started.auto_reply,
     };
     Ok(json_text(
         StatusCode::CREATED,
