@@ -11,8 +11,7 @@
 //! - [`http`] — the HTTP routes (`router` is the whole application).
 //! - [`ws`] — the visitor and tenant WebSocket channels.
 //! - [`hub`] — node-local connection registry and fan-out (encode once, bounded queues).
-//! - [`service`] — the service layer (so far: [`service::sessions`]).
-//! - [`chat`] — operations shared by HTTP and WebSocket (send, reply, close, typing).
+//! - [`service`] — the service layer: sessions, visitor messages, agent actions.
 //! - [`auth`] — session tokens, agent JWTs, server keys.
 //! - [`origin`] — origin allowlists and CORS.
 //! - [`limits`] — rate limits and the client-IP rule.
@@ -21,12 +20,11 @@
 //! - [`metrics`] — counters and histograms for `/metrics`.
 //! - [`histogram`] — the fixed-bucket histogram they use.
 //!
-//! Layers read in one direction: `http`/`ws` → `chat` → `confab_store` (and the hub,
+//! Layers read in one direction: `http`/`ws` → `service` → `confab_store` (and the hub,
 //! which the store feeds after each commit).
 
 pub mod auth;
 pub mod availability;
-pub mod chat;
 pub mod config;
 pub mod connections;
 pub mod error;

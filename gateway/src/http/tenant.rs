@@ -5,6 +5,7 @@
 //! Every read and write is scoped to the credential's tenant: another tenant's
 //! conversation id is simply not found (404), never shown.
 
+use crate::service;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -314,16 +315,16 @@ pub async fn reply(
 ) -> HandlerResult<Response> {
     let auth = auth(&state, &headers)?;
     let (author, meta) = reply_author(&auth, &mut body)?;
-    let a = state
-        .send_tenant_message(
-            &auth.tenant,
-            author,
-            &id,
-            &body.message,
-            body.client_message_id,
-            meta,
-        )
-        .await?;
+    let a = service::agent::reply(
+        &state,
+        &auth.tenant,
+        author,
+        &id,
+        &body.message,
+        body.client_message_id,
+        meta,
+    )
+    .await?;
     Ok(sent(&a))
 }
 
@@ -334,9 +335,7 @@ async fn set_status(
     status: Status,
 ) -> HandlerResult<Response> {
     let auth = auth(&state, &headers)?;
-    let conv = state
-        .set_conversation_status(&auth.tenant, &id, status)
-        .await?;
+    let conv = service::agent::set_status(&state, &auth.tenant, &id, status).await?;
     Ok(json_text(
         StatusCode::OK,
         serde_json::to_string(&conv).unwrap_or_default(),

@@ -30,6 +30,7 @@ use crate::auth::{bearer, verify_session, VisitorSession};
 use crate::config::AvailabilityMode;
 use crate::error::{HandlerResult, JsonBody, Params};
 use crate::limits::Limit;
+use crate::service;
 use crate::service::sessions::{self, StartSession};
 use crate::state::{AppState, Tenant};
 #[allow(unused_imports)]
@@ -644,15 +645,15 @@ pub async fn send(
     let session = verify_session(&state, token)?;
     session.tenant.policy.check(&headers)?;
     let ip = client_ip(&state, peer, &headers);
-    let a = state
-        .send_visitor_message(
-            &session,
-            ip,
-            &body.message,
-            body.client_message_id,
-            body.meta,
-        )
-        .await?;
+    let a = service::visitor::send(
+        &state,
+        &session,
+        ip,
+        &body.message,
+        body.client_message_id,
+        body.meta,
+    )
+    .await?;
     Ok(sent(&a))
 }
 
@@ -726,7 +727,7 @@ pub async fn events(
         state.metrics.widget_event(kind);
     }
     if kind == "TYPING" {
-        state.visitor_typing(&session).await;
+        service::visitor::typing(&state, &session).await;
     }
     let body = EventAccepted {
         accepted: true,

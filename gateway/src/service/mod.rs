@@ -1,11 +1,58 @@
 //! The service layer: what the transports (`http`, `ws`) ask of the node once they have
-//! parsed and authenticated a request. Services enforce limits, idempotency and the PII
-//! policy and are the code that calls the `Store`.
+//! parsed and authenticated a request. HTTP routes and WebSocket frames call the same
+//! functions, so validation, idempotency, rate limits (one bucket per key, whatever the
+//! transport), the PII policy and auto-replies cannot drift apart.
 //!
 //! - [`sessions`] — starting and resuming visitor sessions.
+//! - [`visitor`] — visitor messages (one path for all of them), typing, page context, PII.
+//! - [`agent`] — replies, status changes and typing from the tenant side.
 //!
-//! Still outside it (moving here is the next step of the restructuring): the chat
-//! operations in `chat` (visitor sends, agent replies, status, typing) and the reads of
-//! `http::tenant`.
+//! Still outside it (the next step of the restructuring): the reads of `http::tenant` and
+//! `ws::tenant` (conversation lists, events), and the rate limits the transports charge
+//! for reads (`limits`).
 
+use confab_protocol::{ApiError, ErrorCode};
+use confab_store::{Appended, Channel, NewMessage, Published};
+
+use crate::state::AppState;
+
+pub mod agent;
 pub mod sessions;
+pub mod visitor;
+
+fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::ConversationNotFound, "no such conversation")
+}
+
+/// Appends through the store (404 for a conversation not in the tenant) and counts it.
+async fn append(state: &AppState, new: NewMessage) -> Result<Appended, ApiError> {
+    let started = std::time::Instant::now();
+    let appended = state.store.append_message(new).await;
+    state
+        .metrics
+        .store_append
+        .observe_duration(started.elapsed());
+    let appended = appended
+        .map_err(crate::error::store_error)?
+        .ok_or_else(not_found)?;
+    if !appended.duplicate {
+        state
+            .metrics
+            .messages_stored
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(appended)
+}
+
+async fn publish_typing(state: &AppState, channel: Channel, frame: String) {
+    if let Err(e) = state
+        .broker
+        .publish_ephemeral(Published::Typing {
+            channel,
+            frame: frame.into(),
+        })
+        .await
+    {
+        tracing::debug!(error = %e, "typing not published");
+    }
+}

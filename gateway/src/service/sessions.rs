@@ -17,8 +17,8 @@ use confab_protocol::{ApiError, ErrorCode};
 use confab_store::{NewConversation, ProfileUpdate};
 use serde_json::{Map, Value};
 
+use super::visitor::{self, check_page_context, redact_email, redact_urls, VisitorDraft};
 use crate::auth::VisitorSession;
-use crate::chat::{check_page_context, redact_email, redact_urls, VisitorDraft};
 use crate::config::PiiRetention;
 use crate::error::store_error;
 use crate::limits::Limit;
@@ -205,9 +205,7 @@ pub async fn start(
         let visitor = known.as_ref().map(|(_, v)| v.visitor_id.as_str());
         // A resumed visitor's retry of a message already stored is found after the
         // session exists (below); here a refusal is final.
-        state
-            .admit_visitor_message(tenant, visitor, ip, None)
-            .await?;
+        visitor::admit(state, tenant, visitor, ip, None).await?;
     }
     // Claimed last: a request refused for any other reason leaves the challenge usable.
     if let Some(claims) = &challenge {
@@ -280,7 +278,7 @@ pub async fn start(
     };
     let mut auto_reply = None;
     if let Some(draft) = first_message {
-        let appended = state.store_admitted(&session, draft, !resumed).await?;
+        let appended = visitor::store_admitted(state, &session, draft, !resumed).await?;
         if appended.first_in_conversation {
             auto_reply = tenant.cfg.auto_reply.clone();
         }

@@ -61,16 +61,16 @@ impl ChannelLogic for Agent {
                 client_message_id,
             } => {
                 let cmid = client_message_id.clone();
-                let result = state
-                    .send_tenant_message(
-                        &self.tenant,
-                        self.author.clone(),
-                        &conversation_id,
-                        &message,
-                        client_message_id,
-                        None,
-                    )
-                    .await;
+                let result = crate::service::agent::reply(
+                    state,
+                    &self.tenant,
+                    self.author.clone(),
+                    &conversation_id,
+                    &message,
+                    client_message_id,
+                    None,
+                )
+                .await;
                 match result {
                     Ok(a) => sub.reply(frames::ack(
                         a.message.client_message_id.as_deref().or(cmid.as_deref()),
@@ -83,7 +83,9 @@ impl ChannelLogic for Agent {
             ClientFrame::Typing {
                 conversation_id: Some(id),
             } => {
-                if let Err(e) = state.agent_typing(&self.tenant, &self.author, &id).await {
+                if let Err(e) =
+                    crate::service::agent::typing(state, &self.tenant, &self.author, &id).await
+                {
                     sub.reply(error_for(&e, None));
                 }
             }
@@ -94,9 +96,13 @@ impl ChannelLogic for Agent {
                 "typing needs a conversationId on the tenant channel",
             )),
             ClientFrame::Close { conversation_id } => {
-                if let Err(e) = state
-                    .set_conversation_status(&self.tenant, &conversation_id, Status::Closed)
-                    .await
+                if let Err(e) = crate::service::agent::set_status(
+                    state,
+                    &self.tenant,
+                    &conversation_id,
+                    Status::Closed,
+                )
+                .await
                 {
                     sub.reply(error_for(&e, None));
                 }

@@ -51,9 +51,15 @@ impl ChannelLogic for Visitor {
                 client_message_id,
             } => {
                 let cmid = client_message_id.clone();
-                match state
-                    .send_visitor_message(&self.session, self.ip, &message, client_message_id, None)
-                    .await
+                match crate::service::visitor::send(
+                    state,
+                    &self.session,
+                    self.ip,
+                    &message,
+                    client_message_id,
+                    None,
+                )
+                .await
                 {
                     Ok(a) => sub.reply(frames::ack(
                         a.message.client_message_id.as_deref().or(cmid.as_deref()),
@@ -63,7 +69,9 @@ impl ChannelLogic for Visitor {
                     Err(e) => sub.reply(error_for(&e, cmid.as_deref())),
                 }
             }
-            ClientFrame::Typing { .. } => state.visitor_typing(&self.session).await,
+            ClientFrame::Typing { .. } => {
+                crate::service::visitor::typing(state, &self.session).await
+            }
             ClientFrame::Ping => sub.reply(Utf8Bytes::from_static(frames::PONG)),
             ClientFrame::Auth { .. } => sub.reply(frames::error(
                 ErrorCode::InvalidFrame,

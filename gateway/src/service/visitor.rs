@@ -1,0 +1,320 @@
+//! What visitors do: send messages (HTTP, WebSocket, or a session's first message — one
+//! path: [`VisitorDraft::check`] → [`admit`] → store), and type. The page-context and PII
+//! rules every visitor input goes through live here too.
+
+use std::net::IpAddr;
+
+use confab_protocol::model::{Author, AuthorKind, Direction};
+use confab_protocol::validate;
+use confab_protocol::{frames, ApiError};
+use confab_store::{Appended, Channel, NewMessage};
+use serde_json::{json, Map, Value};
+
+use crate::auth::VisitorSession;
+use crate::config::PiiRetention;
+use crate::limits::Limit;
+use crate::state::{AppState, Tenant};
+
+/// Page metadata a visitor may attach to a message (seed 002).
+pub const META_FIELDS: [&str; 6] = [
+    "pageUrl",
+    "referrer",
+    "locale",
+    "pageTitle",
+    "origin",
+    "utm",
+];
+
+/// Checks page context — a message's `meta`, a session's `visitorContext` — named `field`:
+/// an object of the `allowed` keys, each a string of at most 2,048 characters (null drops
+/// it), except `utm` (see [`check_utm`]). One rule for both, so they cannot drift apart.
+pub fn check_page_context(
+    field: &str,
+    value: Value,
+    allowed: &[&str],
+) -> Result<Map<String, Value>, ApiError> {
+    let Value::Object(map) = value else {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} must be an object"),
+        ));
+    };
+    let mut out = Map::new();
+    for (k, v) in map {
+        if !allowed.contains(&k.as_str()) {
+            return Err(ApiError::invalid(
+                format!("{field}.{k}"),
+                format!("unknown field (allowed: {})", allowed.join(", ")),
+            ));
+        }
+        if k == "utm" {
+            let utm = check_utm(&format!("{field}.utm"), &v)?;
+            out.insert(k, Value::Object(utm));
+            continue;
+        }
+        match v {
+            Value::Null => {}
+            Value::String(s) => {
+                validate::max_chars(&format!("{field}.{k}"), &s, validate::MAX_CONTEXT_CHARS)?;
+                out.insert(k, Value::String(s));
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("{field}.{k}"),
+                    "must be a string",
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checks a visitor message's `meta` and applies the tenant's PII mode to it.
+pub fn visitor_meta(tenant: &Tenant, meta: Option<Value>) -> Result<Option<Value>, ApiError> {
+    let Some(meta) = meta else { return Ok(None) };
+    let out = check_page_context("meta", meta, &META_FIELDS)?;
+    Ok(match tenant.cfg.pii_retention {
+        PiiRetention::Minimal => None,
+        PiiRetention::Redact => Some(Value::Object(redact_urls(out))),
+        PiiRetention::Full => (!out.is_empty()).then_some(Value::Object(out)),
+    })
+}
+
+/// `utm`: an object of at most the five UTM strings.
+pub fn check_utm(field: &str, v: &Value) -> Result<Map<String, Value>, ApiError> {
+    const UTM: [&str; 5] = ["source", "medium", "campaign", "term", "content"];
+    let Value::Object(m) = v else {
+        return Err(ApiError::invalid(field, "must be an object"));
+    };
+    for (k, v) in m {
+        if !UTM.contains(&k.as_str()) {
+            return Err(ApiError::invalid(
+                format!("{field}.{k}"),
+                "unknown UTM field",
+            ));
+        }
+        match v {
+            Value::Null => {}
+            Value::String(s) => {
+                validate::max_chars(&format!("{field}.{k}"), s, validate::MAX_CONTEXT_CHARS)?
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("{field}.{k}"),
+                    "must be a string",
+                ))
+            }
+        }
+    }
+    Ok(m.clone())
+}
+
+/// Cuts query strings and fragments (where tokens and e-mails hide) from URL fields.
+pub fn redact_urls(mut m: Map<String, Value>) -> Map<String, Value> {
+    for k in ["pageUrl", "referrer", "origin"] {
+        if let Some(Value::String(s)) = m.get_mut(k) {
+            if let Some(i) = s.find(['?', '#']) {
+                s.truncate(i);
+            }
+        }
+    }
+    m
+}
+
+/// `jane.doe@example.com` → `j***@example.com`.
+pub fn redact_email(email: &str) -> String {
+    match email.split_once('@') {
+        Some((local, domain)) => format!("{}***@{domain}", local.chars().next().unwrap_or('*')),
+        None => "***".into(),
+    }
+}
+
+/// A visitor message that passed the tenant's rules (length, emptiness, idempotency key,
+/// `meta` and the PII policy): the first step of every visitor message, whatever carries
+/// it (`POST /v1/messages`, the WebSocket, or a session's first message).
+pub struct VisitorDraft {
+    body: String,
+    client_message_id: Option<String>,
+    meta: Option<Value>,
+}
+
+impl VisitorDraft {
+    /// Checks a visitor message; `field` names the body's field in errors.
+    pub fn check(
+        tenant: &Tenant,
+        field: &str,
+        message: &str,
+        client_message_id: Option<String>,
+        meta: Option<Value>,
+    ) -> Result<VisitorDraft, ApiError> {
+        let body = validate::message_body(field, message, tenant.cfg.max_message_length)?;
+        if let Some(id) = &client_message_id {
+            validate::client_message_id(id)?;
+        }
+        Ok(VisitorDraft {
+            body,
+            client_message_id,
+            meta: visitor_meta(tenant, meta)?,
+        })
+    }
+
+    /// The message as the store takes it, in the session's conversation.
+    fn into_new(self, session: &VisitorSession) -> NewMessage {
+        NewMessage {
+            tenant: session.tenant.cfg.id.clone(),
+            conversation_id: session.claims.conversation_id.clone(),
+            direction: Direction::Inbound,
+            author: session.author(),
+            body: self.body,
+            client_message_id: self.client_message_id,
+            meta: self.meta,
+        }
+    }
+}
+
+pub async fn send(
+    state: &AppState,
+    session: &VisitorSession,
+    ip: IpAddr,
+    message: &str,
+    client_message_id: Option<String>,
+    meta: Option<Value>,
+) -> Result<Appended, ApiError> {
+    let draft = VisitorDraft::check(&session.tenant, "message", message, client_message_id, meta)?;
+    admit_and_store(state, session, ip, draft).await
+}
+
+async fn admit_and_store(
+    state: &AppState,
+    session: &VisitorSession,
+    ip: IpAddr,
+    draft: VisitorDraft,
+) -> Result<Appended, ApiError> {
+    let new = draft.into_new(session);
+    if let Some(duplicate) = admit(
+        state,
+        &session.tenant,
+        Some(&session.claims.visitor_id),
+        ip,
+        Some(&new),
+    )
+    .await?
+    {
+        return Ok(duplicate);
+    }
+    store_visitor_message(state, session, new).await
+}
+
+pub async fn admit(
+    state: &AppState,
+    tenant: &Tenant,
+    visitor_id: Option<&str>,
+    ip: IpAddr,
+    retry: Option<&NewMessage>,
+) -> Result<Option<Appended>, ApiError> {
+    let ip = ip.to_string();
+    let mut limits = vec![(Limit::MessagesPerIp, ip.as_str())];
+    if let Some(v) = visitor_id {
+        limits.push((Limit::MessagesPerSession, v));
+    }
+    let Err(refused) = state.rate_limit_all(tenant, &limits).await else {
+        return Ok(None);
+    };
+    if let Some(new) = retry.filter(|n| n.client_message_id.is_some()) {
+        if let Some(message) = state
+            .store
+            .find_duplicate(new)
+            .await
+            .map_err(crate::error::store_error)?
+        {
+            return Ok(Some(Appended {
+                message,
+                duplicate: true,
+                first_in_conversation: false,
+            }));
+        }
+    }
+    Err(refused)
+}
+
+/// Stores a session's first message, admitted (by [`admit`]) before its session existed.
+/// A new visitor's per-session allowance is charged now — it was unknown then, and cannot
+/// be exhausted yet — so the first minute of a session counts the same messages whichever
+/// way they came.
+pub async fn store_admitted(
+    state: &AppState,
+    session: &VisitorSession,
+    draft: VisitorDraft,
+    new_visitor: bool,
+) -> Result<Appended, ApiError> {
+    if new_visitor {
+        state
+            .rate_limit(
+                &session.tenant,
+                Limit::MessagesPerSession,
+                &session.claims.visitor_id,
+            )
+            .await?;
+    }
+    store_visitor_message(state, session, draft.into_new(session)).await
+}
+
+async fn store_visitor_message(
+    state: &AppState,
+    session: &VisitorSession,
+    new: NewMessage,
+) -> Result<Appended, ApiError> {
+    let tenant = &session.tenant;
+    let appended = super::append(state, new).await?;
+    if !appended.duplicate && appended.first_in_conversation && tenant.cfg.auto_reply.is_some() {
+        // After the answer, not before: the visitor's ack must not wait on it.
+        let (state, tenant) = (state.clone(), tenant.clone());
+        let conv = session.claims.conversation_id.clone();
+        tokio::spawn(async move { auto_reply(&state, &tenant, &conv).await });
+    }
+    Ok(appended)
+}
+
+async fn auto_reply(state: &AppState, tenant: &Tenant, conversation_id: &str) {
+    let Some(text) = &tenant.cfg.auto_reply else {
+        return;
+    };
+    let new = NewMessage {
+        tenant: tenant.cfg.id.clone(),
+        conversation_id: conversation_id.to_owned(),
+        direction: Direction::Outbound,
+        author: Author {
+            kind: AuthorKind::Bot,
+            id: "auto_reply".into(),
+            name: Some(tenant.cfg.name.clone()),
+        },
+        body: text.clone(),
+        client_message_id: Some("auto_reply".into()),
+        meta: Some(json!({"mode": "flow"})),
+    };
+    if let Err(e) = state.store.append_message(new).await {
+        tracing::warn!(error = %e, conversation_id, "auto-reply not stored");
+    }
+}
+
+pub async fn typing(state: &AppState, session: &VisitorSession) {
+    let frame = frames::typing(&session.claims.conversation_id, &session.author());
+    let channel = Channel::Tenant {
+        tenant: session.tenant.cfg.id.as_str().into(),
+    };
+    super::publish_typing(state, channel, frame).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_email("jane.doe@example.com"), "j***@example.com");
+        let m = json!({"pageUrl": "https://s.example/p?email=a@b.c#x", "pageTitle": "T"});
+        let r = redact_urls(m.as_object().unwrap().clone());
+        assert_eq!(r["pageUrl"], "https://s.example/p");
+        assert_eq!(r["pageTitle"], "T");
+    }
+}
