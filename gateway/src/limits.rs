@@ -80,86 +80,84 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
         .unwrap_or(peer_ip)
 }
 
-impl AppState {
-    /// Takes one request from `limit`'s allowance for `subject` (an IP or a visitor id).
-    pub async fn rate_limit(
-        &self,
-        tenant: &Tenant,
-        limit: Limit,
-        subject: &str,
-    ) -> Result<(), ApiError> {
-        self.rate_limit_all(tenant, &[(limit, subject)]).await
-    }
+/// Takes one request from `limit`'s allowance for `subject` (an IP or a visitor id).
+pub async fn charge(
+    state: &AppState,
+    tenant: &Tenant,
+    limit: Limit,
+    subject: &str,
+) -> Result<(), ApiError> {
+    charge_all(state, tenant, &[(limit, subject)]).await
+}
 
-    /// A request that named an unknown public key (key enumeration) takes one unit of the
-    /// client IP's `GET /v1/config` allowance — in a bucket of its own, as no tenant owns
-    /// it, sized by the most generous `config_per_minute_per_ip` of the deployment.
-    pub async fn rate_limit_unknown_key(&self, ip: &str) -> Result<(), ApiError> {
-        let allowance = self
-            .config
-            .tenants
-            .iter()
-            .map(|t| t.rate_limits.config_per_minute_per_ip)
-            .max()
-            .unwrap_or(crate::config::RateLimits::default().config_per_minute_per_ip);
-        // `?` is no tenant id character: this bucket is no tenant's.
-        let key = format!("cfg-ip:?:{ip}");
-        let spec = LimitSpec {
-            key: &key,
-            limit: allowance,
-            window_ms: 60_000,
-        };
-        match self.limiter.check_all(&[spec], self.now_ms()).await {
-            Ok(Decision::Allowed) => Ok(()),
-            Ok(Decision::Limited { retry_after_ms, .. }) => {
-                self.metrics.rate_limited("cfg-ip");
-                Err(ApiError::rate_limited(retry_after_ms.div_ceil(1000).max(1)))
-            }
-            Err(e) => Err(crate::error::store_error(e)),
+/// A request that named an unknown public key (key enumeration) takes one unit of the
+/// client IP's `GET /v1/config` allowance — in a bucket of its own, as no tenant owns
+/// it, sized by the most generous `config_per_minute_per_ip` of the deployment.
+pub async fn charge_unknown_key(state: &AppState, ip: &str) -> Result<(), ApiError> {
+    let allowance = state
+        .config
+        .tenants
+        .iter()
+        .map(|t| t.rate_limits.config_per_minute_per_ip)
+        .max()
+        .unwrap_or(crate::config::RateLimits::default().config_per_minute_per_ip);
+    // `?` is no tenant id character: this bucket is no tenant's.
+    let key = format!("cfg-ip:?:{ip}");
+    let spec = LimitSpec {
+        key: &key,
+        limit: allowance,
+        window_ms: 60_000,
+    };
+    match state.limiter.check_all(&[spec], state.now_ms()).await {
+        Ok(Decision::Allowed) => Ok(()),
+        Ok(Decision::Limited { retry_after_ms, .. }) => {
+            state.metrics.rate_limited("cfg-ip");
+            Err(ApiError::rate_limited(retry_after_ms.div_ceil(1000).max(1)))
         }
+        Err(e) => Err(crate::error::store_error(e)),
     }
+}
 
-    /// Several limits for one request, all or nothing (one round trip to a shared
-    /// limiter): refused if any is exhausted, and then none is charged.
-    pub async fn rate_limit_all(
-        &self,
-        tenant: &Tenant,
-        limits: &[(Limit, &str)],
-    ) -> Result<(), ApiError> {
-        let keys: Vec<(String, u32, u64, &'static str)> = limits
-            .iter()
-            .map(|(limit, subject)| {
-                let (allowance, window, prefix) = limit.params(tenant);
-                (
-                    format!("{prefix}:{}:{subject}", tenant.cfg.id),
-                    allowance,
-                    window,
-                    prefix,
-                )
-            })
-            .collect();
-        let specs: Vec<LimitSpec<'_>> = keys
-            .iter()
-            .map(|(key, limit, window_ms, _)| LimitSpec {
-                key,
-                limit: *limit,
-                window_ms: *window_ms,
-            })
-            .collect();
-        match self.limiter.check_all(&specs, self.now_ms()).await {
-            Ok(Decision::Allowed) => Ok(()),
-            Ok(Decision::Limited {
-                retry_after_ms,
-                refused,
-            }) => {
-                // Counted under the limit that refused, not under every limit checked.
-                if let Some((_, _, _, prefix)) = keys.get(refused) {
-                    self.metrics.rate_limited(prefix);
-                }
-                Err(ApiError::rate_limited(retry_after_ms.div_ceil(1000).max(1)))
+/// Several limits for one request, all or nothing (one round trip to a shared
+/// limiter): refused if any is exhausted, and then none is charged.
+pub async fn charge_all(
+    state: &AppState,
+    tenant: &Tenant,
+    limits: &[(Limit, &str)],
+) -> Result<(), ApiError> {
+    let keys: Vec<(String, u32, u64, &'static str)> = limits
+        .iter()
+        .map(|(limit, subject)| {
+            let (allowance, window, prefix) = limit.params(tenant);
+            (
+                format!("{prefix}:{}:{subject}", tenant.cfg.id),
+                allowance,
+                window,
+                prefix,
+            )
+        })
+        .collect();
+    let specs: Vec<LimitSpec<'_>> = keys
+        .iter()
+        .map(|(key, limit, window_ms, _)| LimitSpec {
+            key,
+            limit: *limit,
+            window_ms: *window_ms,
+        })
+        .collect();
+    match state.limiter.check_all(&specs, state.now_ms()).await {
+        Ok(Decision::Allowed) => Ok(()),
+        Ok(Decision::Limited {
+            retry_after_ms,
+            refused,
+        }) => {
+            // Counted under the limit that refused, not under every limit checked.
+            if let Some((_, _, _, prefix)) = keys.get(refused) {
+                state.metrics.rate_limited(prefix);
             }
-            Err(e) => Err(crate::error::store_error(e)),
+            Err(ApiError::rate_limited(retry_after_ms.div_ceil(1000).max(1)))
         }
+        Err(e) => Err(crate::error::store_error(e)),
     }
 }
 

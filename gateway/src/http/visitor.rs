@@ -153,7 +153,7 @@ async fn tenant_by_key(
     match state.tenants.by_public_key(pk) {
         Some(t) => Ok(t.clone()),
         None => {
-            state.rate_limit_unknown_key(ip).await?;
+            crate::limits::charge_unknown_key(state, ip).await?;
             Err(ApiError::new(
                 ErrorCode::UnknownPublicKey,
                 "no widget has this public key",
@@ -275,7 +275,7 @@ pub async fn config(
     )
     .await?;
     tenant.policy.check(&headers)?;
-    state.rate_limit(&tenant, Limit::ConfigPerIp, &ip).await?;
+    crate::limits::charge(&state, &tenant, Limit::ConfigPerIp, &ip).await?;
     let now = state.now_ms();
     let cached = state
         .config_cache
@@ -557,13 +557,13 @@ pub async fn history(
     let session = session_of(&state, &headers, Some(&params))?;
     let (cursor, echo) = history_cursor(&params, &session.claims.conversation_id)?;
     let (limit, wait) = limit_and_wait(&params)?;
-    state
-        .rate_limit(
-            &session.tenant,
-            Limit::PollsPerSession,
-            &session.claims.visitor_id,
-        )
-        .await?;
+    crate::limits::charge(
+        &state,
+        &session.tenant,
+        Limit::PollsPerSession,
+        &session.claims.visitor_id,
+    )
+    .await?;
     let page = read_history(
         &state,
         &session.tenant.cfg.id,
@@ -714,13 +714,13 @@ pub async fn events(
     if !matches!(body.data, None | Some(Value::Object(_)) | Some(Value::Null)) {
         return Err(ApiError::invalid("data", "data must be an object").into());
     }
-    state
-        .rate_limit(
-            &session.tenant,
-            Limit::EventsPerSession,
-            &session.claims.visitor_id,
-        )
-        .await?;
+    crate::limits::charge(
+        &state,
+        &session.tenant,
+        Limit::EventsPerSession,
+        &session.claims.visitor_id,
+    )
+    .await?;
     let rate = session.tenant.cfg.telemetry_sample_rate;
     let sampled = rate >= 1.0 || rand::random::<f64>() < rate;
     if sampled {

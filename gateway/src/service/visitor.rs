@@ -217,7 +217,7 @@ pub async fn admit(
     if let Some(v) = visitor_id {
         limits.push((Limit::MessagesPerSession, v));
     }
-    let Err(refused) = state.rate_limit_all(tenant, &limits).await else {
+    let Err(refused) = crate::limits::charge_all(state, tenant, &limits).await else {
         return Ok(None);
     };
     if let Some(new) = retry.filter(|n| n.client_message_id.is_some()) {
@@ -248,13 +248,13 @@ pub async fn store_admitted(
     new_visitor: bool,
 ) -> Result<Appended, ApiError> {
     if new_visitor {
-        state
-            .rate_limit(
-                &session.tenant,
-                Limit::MessagesPerSession,
-                &session.claims.visitor_id,
-            )
-            .await?;
+        crate::limits::charge(
+            state,
+            &session.tenant,
+            Limit::MessagesPerSession,
+            &session.claims.visitor_id,
+        )
+        .await?;
     }
     store_visitor_message(state, session, draft.into_new(session)).await
 }
