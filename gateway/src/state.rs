@@ -175,6 +175,15 @@ impl AppState {
         }))
     }
 
+    /// The client's IP per the trusted-proxy rule (see [`crate::limits::client_ip`]).
+    pub fn client_ip(
+        &self,
+        peer: std::net::SocketAddr,
+        headers: &axum::http::HeaderMap,
+    ) -> std::net::IpAddr {
+        crate::limits::client_ip(peer, headers, &self.trusted_proxies)
+    }
+
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }

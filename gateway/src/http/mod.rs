@@ -9,10 +9,8 @@
 //!
 //! Every response carries `X-Content-Type-Options: nosniff` (the `nosniff` layer).
 
-use std::net::SocketAddr;
-
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -151,11 +149,6 @@ async fn count(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .metrics
         .http(route, resp.status().as_u16(), started.elapsed());
     resp
-}
-
-/// The client's IP per the trusted-proxy rule.
-pub fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> std::net::IpAddr {
-    crate::limits::client_ip(peer, headers, &state.trusted_proxies)
 }
 
 /// A JSON response from already-encoded text.

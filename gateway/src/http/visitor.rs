@@ -21,9 +21,7 @@ use super::openapi::{
     ConfigQuery, HistoryQuery, InvalidJson, InvalidSession, OriginNotAllowed, PayloadTooLarge,
     RateLimited, SessionTokenQuery, StoreUnavailable, ValidationFailed,
 };
-use super::{
-    client_ip, history_body, history_cursor, json_text, limit_and_wait, read_history, sent,
-};
+use super::{history_body, history_cursor, json_text, limit_and_wait, read_history, sent};
 #[allow(unused_imports)]
 use super::{MessagesPage, Sent};
 use crate::auth::{bearer, verify_session, VisitorSession};
@@ -266,7 +264,7 @@ pub async fn config(
     headers: HeaderMap,
     params: Params,
 ) -> HandlerResult<Response> {
-    let ip = client_ip(&state, peer, &headers).to_string();
+    let ip = state.client_ip(peer, &headers).to_string();
     let tenant = tenant_by_key(
         &state,
         params.get("pk").or(params.get("publicKey")),
@@ -471,7 +469,7 @@ pub async fn sessions(
     headers: HeaderMap,
     JsonBody(body): JsonBody<SessionBody>,
 ) -> HandlerResult<Response> {
-    let ip = client_ip(&state, peer, &headers);
+    let ip = state.client_ip(peer, &headers);
     let tenant = tenant_by_key(
         &state,
         body.public_key.as_deref(),
@@ -644,7 +642,7 @@ pub async fn send(
         .or(body.session_token.as_deref());
     let session = verify_session(&state, token)?;
     session.tenant.policy.check(&headers)?;
-    let ip = client_ip(&state, peer, &headers);
+    let ip = state.client_ip(peer, &headers);
     let a = service::visitor::send(
         &state,
         &session,

@@ -128,7 +128,7 @@ pub async fn upgrade(
     params: Params,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let ip = crate::http::client_ip(&state, peer, &headers);
+    let ip = state.client_ip(peer, &headers);
     accept(state, ip, headers, params, ws, |m| &m.agent_sockets, run).await
 }
 
