@@ -120,7 +120,8 @@ pub async fn run(
         backend.limiter,
         hub,
         options.clock,
-    );
+    )
+    .map_err(StartError::Config)?;
 
     let addr = listener.local_addr()?;
     if state.config.demo {

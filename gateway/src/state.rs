@@ -45,7 +45,10 @@ pub struct Tenants {
 }
 
 impl Tenants {
-    pub fn new(config: &Config) -> Tenants {
+    /// Compiles every tenant of `config` (its origin policy and schedule). `Config::check`
+    /// has already refused anything that would fail here; an error still surfaces as one,
+    /// never as a panic.
+    pub fn new(config: &Config) -> Result<Tenants, String> {
         let mut t = Tenants {
             by_id: HashMap::new(),
             by_public_key: HashMap::new(),
@@ -56,7 +59,7 @@ impl Tenants {
             let tenant = Arc::new(Tenant {
                 policy: OriginPolicy::for_tenant(&config.allowed_origins, &cfg.allowed_origins),
                 schedule: Schedule::parse(&cfg.availability)
-                    .expect("checked when the config was loaded"),
+                    .map_err(|e| format!("tenant {:?}: {e}", cfg.id))?,
                 cfg: cfg.clone(),
             });
             t.policies.push(tenant.policy.clone());
@@ -66,7 +69,7 @@ impl Tenants {
             t.by_server_key
                 .insert(Sha256::digest(cfg.server_key.as_bytes()).into(), tenant);
         }
-        t
+        Ok(t)
     }
 
     pub fn by_id(&self, id: &str) -> Option<&Arc<Tenant>> {
@@ -149,14 +152,17 @@ impl AppState {
         limiter: Arc<dyn RateLimiter>,
         hub: Arc<Hub>,
         clock: Clock,
-    ) -> AppState {
+    ) -> Result<AppState, String> {
         let trusted_proxies = config
             .trusted_proxies
             .iter()
-            .filter_map(|c| crate::limits::parse_cidr(c))
-            .collect();
-        AppState(Arc::new(Inner {
-            tenants: Tenants::new(&config),
+            .map(|c| {
+                crate::limits::parse_cidr(c)
+                    .ok_or_else(|| format!("trusted_proxies: {c:?} is not a CIDR or an address"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(AppState(Arc::new(Inner {
+            tenants: Tenants::new(&config)?,
             connections: Arc::new(Semaphore::new(config.max_connections)),
             per_ip: KeyedCap::new(config.max_connections_per_ip),
             per_visitor: KeyedCap::new(config.max_sockets_per_visitor),
@@ -172,7 +178,7 @@ impl AppState {
             metrics: Metrics::default(),
             shutdown: CancellationToken::new(),
             sockets: TaskTracker::new(),
-        }))
+        })))
     }
 
     /// The client's IP per the trusted-proxy rule (see [`crate::limits::client_ip`]).

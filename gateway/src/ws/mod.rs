@@ -760,6 +760,7 @@ mod tests {
             hub,
             clock,
         )
+        .unwrap()
     }
 
     fn channel() -> Channel {
