@@ -798,6 +798,44 @@ mod tests {
 
     const NEVER: i64 = i64::MAX / 2;
 
+    /// Message `seq` of the test conversation, as the store would publish it.
+    fn publish(state: &AppState, seq: u64) {
+        state.hub.publish(Published::Message {
+            tenant: "demo".into(),
+            conversation_id: "c".into(),
+            seq,
+            json: format!(r#"{{"n":{seq}}}"#).into(),
+        });
+    }
+
+    /// Serves a connection on `state` whose hub queue holds `queue` frames and whose
+    /// client takes `outbound` frames before the server's writes wait; `after` and `log`
+    /// set up the replay, `expires_ms` the credential.
+    async fn open(
+        state: &AppState,
+        queue: usize,
+        outbound: usize,
+        log: u64,
+        after: u64,
+        expires_ms: i64,
+    ) -> (tokio::task::JoinHandle<()>, Client) {
+        let sub = state
+            .hub
+            .subscribe_live(&state.broker, channel(), queue, false)
+            .await;
+        let (sock, client) = socket(outbound);
+        let task = tokio::spawn(serve(
+            state.clone(),
+            Conn::new(sock),
+            sub,
+            Log { log },
+            after,
+            r#"{"type":"ready"}"#.into(),
+            expires_ms,
+        ));
+        (task, client)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn no_auth_frame_closes_after_5_s() {
         let (sock, mut client) = socket(8);
@@ -823,21 +861,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_is_pinged_then_closed_after_60_s() {
         let state = node().await;
-        let sub = state
-            .hub
-            .subscribe_live(&state.broker, channel(), 16, false)
-            .await;
-        let (sock, mut client) = socket(64);
         let started = Instant::now();
-        let task = tokio::spawn(serve(
-            state.clone(),
-            Conn::new(sock),
-            sub,
-            Log { log: 0 },
-            0,
-            r#"{"type":"ready"}"#.into(),
-            NEVER,
-        ));
+        let (task, mut client) = open(&state, 16, 64, 0, 0, NEVER).await;
         assert_eq!(client.json().await["type"], "ready");
         let mut pings = 0;
         let code = loop {
@@ -856,20 +881,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_client_that_answers_stays_open() {
         let state = node().await;
-        let sub = state
-            .hub
-            .subscribe_live(&state.broker, channel(), 16, false)
-            .await;
-        let (sock, mut client) = socket(64);
-        let task = tokio::spawn(serve(
-            state.clone(),
-            Conn::new(sock),
-            sub,
-            Log { log: 0 },
-            0,
-            r#"{"type":"ready"}"#.into(),
-            NEVER,
-        ));
+        let (task, mut client) = open(&state, 16, 64, 0, 0, NEVER).await;
         client.json().await;
         for _ in 0..6 {
             // Answer each ping: two and a half minutes of virtual time, still open.
@@ -890,29 +902,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn resume_replays_the_log_then_live_without_gap_or_duplicate() {
         let state = node().await;
-        let sub = state
-            .hub
-            .subscribe_live(&state.broker, channel(), 16, false)
-            .await;
-        // Published while the replay has not started: 4 and 5 are live, 3 is in both.
+        let (task, mut client) = open(&state, 16, 64, 3, 1, NEVER).await;
+        // Published after the subscription, before the replay ran (the connection's task
+        // has not been polled yet): 4 and 5 are live only, 3 is in both.
         for seq in [3, 4, 5] {
-            state.hub.publish(Published::Message {
-                tenant: "demo".into(),
-                conversation_id: "c".into(),
-                seq,
-                json: format!(r#"{{"n":{seq}}}"#).into(),
-            });
+            publish(&state, seq);
         }
-        let (sock, mut client) = socket(64);
-        let task = tokio::spawn(serve(
-            state.clone(),
-            Conn::new(sock),
-            sub,
-            Log { log: 3 },
-            1,
-            r#"{"type":"ready"}"#.into(),
-            NEVER,
-        ));
         client.json().await;
         let mut seen = Vec::new();
         while seen.len() < 4 {
@@ -926,28 +921,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_consumer_that_cannot_keep_up_is_closed_with_1013() {
         let state = node().await;
-        let sub = state
-            .hub
-            .subscribe_live(&state.broker, channel(), 4, false)
-            .await;
         // The client reads nothing: the server's writes wait after one frame.
-        let (sock, mut client) = socket(1);
-        let task = tokio::spawn(serve(
-            state.clone(),
-            Conn::new(sock),
-            sub,
-            Log { log: 0 },
-            0,
-            r#"{"type":"ready"}"#.into(),
-            NEVER,
-        ));
+        let (task, mut client) = open(&state, 4, 1, 0, 0, NEVER).await;
         for seq in 1..=64 {
-            state.hub.publish(Published::Message {
-                tenant: "demo".into(),
-                conversation_id: "c".into(),
-                seq,
-                json: format!(r#"{{"n":{seq}}}"#).into(),
-            });
+            publish(&state, seq);
             tokio::task::yield_now().await;
         }
         assert!(state.hub.kicks.load(std::sync::atomic::Ordering::Relaxed) >= 1);
@@ -965,21 +942,8 @@ mod tests {
             clock_now.load(std::sync::atomic::Ordering::Relaxed)
         }))
         .await;
-        let sub = state
-            .hub
-            .subscribe_live(&state.broker, channel(), 16, false)
-            .await;
-        let (sock, mut client) = socket(64);
         let expires = state.now_ms() + 3_000;
-        let task = tokio::spawn(serve(
-            state.clone(),
-            Conn::new(sock),
-            sub,
-            Log { log: 0 },
-            0,
-            r#"{"type":"ready"}"#.into(),
-            expires,
-        ));
+        let (task, mut client) = open(&state, 16, 64, 0, 0, expires).await;
         client.json().await;
         let started = Instant::now();
         // Time passes for both clocks; the socket closes when its credential expires.
