@@ -22,19 +22,13 @@ use super::openapi::{
     InvalidJson, OriginNotAllowed, PayloadTooLarge, RateLimited, StoreUnavailable,
     ValidationFailed,
 };
-use super::{
-    history_body, history_cursor, json_text, limit_and_wait, read_events, read_history, sent,
-};
+use super::{history_body, history_cursor, json_text, limit_and_wait, sent};
 #[allow(unused_imports)]
 use super::{MessagesPage, Sent};
 use crate::auth::{authenticate_tenant, Actor, TenantAuth};
 use crate::error::{HandlerResult, JsonBody, Params};
 #[allow(unused_imports)]
 use confab_protocol::ErrorBody;
-
-fn not_found() -> ApiError {
-    ApiError::new(ErrorCode::ConversationNotFound, "no such conversation")
-}
 
 fn auth(state: &crate::state::AppState, headers: &HeaderMap) -> Result<TenantAuth, ApiError> {
     let auth = authenticate_tenant(state, headers)?;
@@ -89,10 +83,7 @@ pub async fn list(
                 .ok_or_else(|| ApiError::invalid("cursor", "not a cursor from this API"))?,
         ),
     };
-    let page = state
-        .store
-        .conversations(&auth.tenant.cfg.id, status, cursor, limit)
-        .await?;
+    let page = service::agent::conversations(&state, &auth.tenant, status, cursor, limit).await?;
     let body = ConversationList {
         conversations: page.conversations,
         next_cursor: page.next_cursor,
@@ -125,11 +116,7 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> HandlerResult<Response> {
     let auth = auth(&state, &headers)?;
-    let conv = state
-        .store
-        .conversation(&auth.tenant.cfg.id, &id)
-        .await?
-        .ok_or_else(not_found)?;
+    let conv = service::agent::conversation(&state, &auth.tenant, &id).await?;
     Ok(json_text(
         StatusCode::OK,
         serde_json::to_string(&conv).unwrap_or_default(),
@@ -163,12 +150,7 @@ pub async fn history(
     let auth = auth(&state, &headers)?;
     let (cursor, echo) = history_cursor(&params, &id)?;
     let (limit, wait) = limit_and_wait(&params)?;
-    state
-        .store
-        .conversation(&auth.tenant.cfg.id, &id)
-        .await?
-        .ok_or_else(not_found)?;
-    let page = read_history(&state, &auth.tenant.cfg.id, &id, cursor, limit, wait).await?;
+    let page = service::agent::history(&state, &auth.tenant, &id, cursor, limit, wait).await?;
     Ok(json_text(StatusCode::OK, history_body(&page, &id, echo)))
 }
 
@@ -448,7 +430,8 @@ pub async fn events(
         ),
     };
     let (limit, wait) = limit_and_wait(&params)?;
-    let page = read_events(&state, &auth.tenant.cfg.id, after.unwrap_or(0), limit, wait).await?;
+    let page =
+        service::events::page(&state, &auth.tenant.cfg.id, after.unwrap_or(0), limit, wait).await?;
     // Spliced from the stored, already encoded events; `EventsPage` describes it.
     let mut s = String::from(r#"{"events":["#);
     for (i, e) in page.events.iter().enumerate() {
@@ -553,16 +536,14 @@ pub async fn publish(
         )
         .into());
     }
-    let event = state
-        .store
-        .append_event(
-            &auth.tenant.cfg.id,
-            &body.kind,
-            body.data.unwrap_or_else(|| json!({})),
-            body.conversation_id.as_deref(),
-        )
-        .await?
-        .ok_or_else(not_found)?;
+    let event = service::events::publish(
+        &state,
+        &auth.tenant,
+        &body.kind,
+        body.data.unwrap_or_else(|| json!({})),
+        body.conversation_id.as_deref(),
+    )
+    .await?;
     let body = Published {
         accepted: true,
         offset: event.offset.to_string(),

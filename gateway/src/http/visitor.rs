@@ -21,7 +21,7 @@ use super::openapi::{
     ConfigQuery, HistoryQuery, InvalidJson, InvalidSession, OriginNotAllowed, PayloadTooLarge,
     RateLimited, SessionTokenQuery, StoreUnavailable, ValidationFailed,
 };
-use super::{history_body, history_cursor, json_text, limit_and_wait, read_history, sent};
+use super::{history_body, history_cursor, json_text, limit_and_wait, sent};
 #[allow(unused_imports)]
 use super::{MessagesPage, Sent};
 use crate::auth::{bearer, verify_session, VisitorSession};
@@ -562,7 +562,7 @@ pub async fn history(
         &session.claims.visitor_id,
     )
     .await?;
-    let page = read_history(
+    let page = service::visitor::history(
         &state,
         &session.tenant.cfg.id,
         &session.claims.conversation_id,

@@ -1,13 +1,16 @@
-//! What the tenant side does in a conversation — agents (JWT) and the tenant's backend
-//! (server key): reply, close or reopen, type.
+//! What the tenant side does with conversations — agents (JWT) and the tenant's backend
+//! (server key): list and read them, reply, close or reopen, type.
 
 use confab_protocol::model::{Author, Conversation, Direction, Status};
 use confab_protocol::validate;
 use confab_protocol::{frames, ApiError};
-use confab_store::{Appended, Channel, NewMessage};
+use confab_store::{
+    Appended, Channel, ConversationCursor, ConversationPage, Cursor, MessagePage, NewMessage,
+};
 use serde_json::Value;
 
 use super::not_found;
+use crate::error::store_error;
 use crate::state::{AppState, Tenant};
 
 pub async fn reply(
@@ -65,4 +68,46 @@ pub async fn typing(
     };
     super::publish_typing(state, channel, frame).await;
     Ok(())
+}
+
+/// The tenant's conversations, most recently updated first.
+pub async fn conversations(
+    state: &AppState,
+    tenant: &Tenant,
+    status: Option<Status>,
+    cursor: Option<ConversationCursor>,
+    limit: usize,
+) -> Result<ConversationPage, ApiError> {
+    state
+        .store
+        .conversations(&tenant.cfg.id, status, cursor, limit)
+        .await
+        .map_err(store_error)
+}
+
+/// One conversation of the tenant (404 for another tenant's: never its data).
+pub async fn conversation(
+    state: &AppState,
+    tenant: &Tenant,
+    conversation_id: &str,
+) -> Result<Conversation, ApiError> {
+    state
+        .store
+        .conversation(&tenant.cfg.id, conversation_id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(not_found)
+}
+
+/// A page of one of the tenant's conversations, long-polled for up to `wait` seconds.
+pub async fn history(
+    state: &AppState,
+    tenant: &Tenant,
+    conversation_id: &str,
+    cursor: Cursor,
+    limit: usize,
+    wait: u64,
+) -> Result<MessagePage, ApiError> {
+    conversation(state, tenant, conversation_id).await?;
+    super::visitor::history(state, &tenant.cfg.id, conversation_id, cursor, limit, wait).await
 }

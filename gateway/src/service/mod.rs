@@ -5,11 +5,11 @@
 //!
 //! - [`sessions`] — starting and resuming visitor sessions.
 //! - [`visitor`] — visitor messages (one path for all of them), typing, page context, PII.
-//! - [`agent`] — replies, status changes and typing from the tenant side.
+//! - [`agent`] — the tenant side: conversations (list, read), replies, status, typing.
+//! - [`events`] — the tenant event log: pages (long-polled), resume points, custom events.
 //!
-//! Still outside it (the next step of the restructuring): the reads of `http::tenant` and
-//! `ws::tenant` (conversation lists, events), and the rate limits the transports charge
-//! for reads (`limits`).
+//! Still outside it (the next step of the restructuring): the rate limits the transports
+//! charge for reads (`limits`).
 
 use confab_protocol::{ApiError, ErrorCode};
 use confab_store::{Appended, Channel, NewMessage, Published};
@@ -17,6 +17,7 @@ use confab_store::{Appended, Channel, NewMessage, Published};
 use crate::state::AppState;
 
 pub mod agent;
+pub mod events;
 pub mod sessions;
 pub mod visitor;
 
@@ -54,5 +55,41 @@ async fn publish_typing(state: &AppState, channel: Channel, frame: String) {
         .await
     {
         tracing::debug!(error = %e, "typing not published");
+    }
+}
+
+/// A read that, with `wait > 0` and nothing new, holds the request until something is
+/// published on `channel` (the hub wakes it), the time is up, or the node shuts down.
+/// Subscribing before the second read closes the race with a concurrent write.
+pub(crate) async fn long_poll<P, F, Fut>(
+    state: &AppState,
+    channel: confab_store::Channel,
+    wait: u64,
+    is_empty: impl Fn(&P) -> bool,
+    read: F,
+) -> Result<P, ApiError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = confab_store::Result<P>>,
+{
+    let page = read().await.map_err(crate::error::store_error)?;
+    if !is_empty(&page) || wait == 0 {
+        return Ok(page);
+    }
+    let mut sub = state
+        .hub
+        .subscribe_live(&state.broker, channel, 1, true)
+        .await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+    loop {
+        let page = read().await.map_err(crate::error::store_error)?;
+        if !is_empty(&page) {
+            return Ok(page);
+        }
+        tokio::select! {
+            _ = sub.rx.recv() => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(page),
+            _ = state.shutdown.cancelled() => return Ok(page),
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use confab_protocol::model::{Author, AuthorKind, Direction};
 use confab_protocol::validate;
 use confab_protocol::{frames, ApiError};
-use confab_store::{Appended, Channel, NewMessage};
+use confab_store::{Appended, Channel, Cursor, MessagePage, NewMessage};
 use serde_json::{json, Map, Value};
 
 use crate::auth::VisitorSession;
@@ -303,6 +303,45 @@ pub async fn typing(state: &AppState, session: &VisitorSession) {
         tenant: session.tenant.cfg.id.as_str().into(),
     };
     super::publish_typing(state, channel, frame).await;
+}
+
+/// A page of a conversation's history, long-polled for up to `wait` seconds.
+pub async fn history(
+    state: &AppState,
+    tenant: &str,
+    conversation_id: &str,
+    cursor: Cursor,
+    limit: usize,
+    wait: u64,
+) -> Result<MessagePage, ApiError> {
+    let channel = confab_store::Channel::Conversation {
+        tenant: tenant.into(),
+        conversation_id: conversation_id.into(),
+    };
+    super::long_poll(
+        state,
+        channel,
+        wait,
+        |p: &MessagePage| p.messages.is_empty(),
+        || state.store.messages(tenant, conversation_id, cursor, limit),
+    )
+    .await
+}
+
+/// Where the session's conversation stands: the sequence number of its last message (0
+/// when it has none), or `None` when the conversation does not exist.
+pub async fn last_seq(state: &AppState, session: &VisitorSession) -> Result<Option<u64>, ApiError> {
+    let c = &session.claims;
+    let conv = state
+        .store
+        .conversation(&c.tenant, &c.conversation_id)
+        .await
+        .map_err(crate::error::store_error)?;
+    Ok(conv.map(|conv| {
+        conv.last_message
+            .and_then(|m| confab_store::seq_of_message_id(&m.id))
+            .unwrap_or(0)
+    }))
 }
 
 #[cfg(test)]

@@ -32,11 +32,7 @@ struct Agent {
 
 impl ChannelLogic for Agent {
     async fn backlog(&self, state: &AppState, after: u64) -> Result<Backlog, ApiError> {
-        let page = state
-            .store
-            .events(&self.tenant.cfg.id, after, PAGE)
-            .await
-            .map_err(crate::error::store_error)?;
+        let page = crate::service::events::page(state, &self.tenant.cfg.id, after, PAGE, 0).await?;
         if !page.recovered {
             return Ok(None);
         }
@@ -160,26 +156,11 @@ async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade) {
             false,
         )
         .await;
-    let latest = match state.store.last_offset(&tenant.cfg.id).await {
-        Ok(n) => n,
-        Err(_) => return conn.close(Disconnect::StoreUnavailable).await,
-    };
-    let (last, recovered) = match after {
-        None => (latest, true),
-        // An offset this log never reached: the client's state is from elsewhere.
-        Some(a) if a > latest => (latest, false),
-        Some(a) => match state.store.events(&tenant.cfg.id, a, 1).await {
-            Ok(page) if page.recovered => (a, true),
-            // Lost to retention: replay what is retained, and say so.
-            Ok(_) => (a, false),
+    let (last, recovered) =
+        match crate::service::events::resume_point(&state, &tenant.cfg.id, after).await {
+            Ok(x) => x,
             Err(_) => return conn.close(Disconnect::StoreUnavailable).await,
-        },
-    };
-    let last = if recovered || after.is_none_or(|a| a > latest) {
-        last
-    } else {
-        retained_floor(&state, &tenant.cfg.id, last).await
-    };
+        };
     let ready = frames::ready_tenant(
         &tenant.cfg.id,
         &claims.sub,
@@ -203,13 +184,4 @@ async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade) {
         expires_ms,
     )
     .await;
-}
-
-/// For a non-recovered resume: the offset just before the oldest retained event, so the
-/// replay sends everything still retained.
-async fn retained_floor(state: &AppState, tenant: &str, fallback: u64) -> u64 {
-    match state.store.events(tenant, 0, 1).await {
-        Ok(p) => p.events.first().map(|e| e.offset - 1).unwrap_or(fallback),
-        Err(_) => fallback,
-    }
 }

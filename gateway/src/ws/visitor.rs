@@ -11,7 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use confab_protocol::frames::{self, ClientFrame};
 use confab_protocol::{ApiError, Disconnect, ErrorCode};
-use confab_store::{seq_of_message_id, Channel, Cursor};
+use confab_store::{Channel, Cursor};
 
 use super::{accept, parse_after, serve, Backlog, ChannelLogic, Conn, Upgrade};
 use crate::auth::{verify_session, VisitorSession};
@@ -31,11 +31,15 @@ struct Visitor {
 impl ChannelLogic for Visitor {
     async fn backlog(&self, state: &AppState, after: u64) -> Result<Backlog, ApiError> {
         let c = &self.session.claims;
-        let page = state
-            .store
-            .messages(&c.tenant, &c.conversation_id, Cursor::After(after), 200)
-            .await
-            .map_err(crate::error::store_error)?;
+        let page = crate::service::visitor::history(
+            state,
+            &c.tenant,
+            &c.conversation_id,
+            Cursor::After(after),
+            200,
+            0,
+        )
+        .await?;
         let items = page
             .messages
             .iter()
@@ -158,15 +162,8 @@ async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade, ip: IpAddr) {
         .subscribe_live(&state.broker, channel, VISITOR_QUEUE, false)
         .await;
     // Where the log stands now that we are subscribed: anything later arrives live.
-    let latest = match state
-        .store
-        .conversation(&c.tenant, &c.conversation_id)
-        .await
-    {
-        Ok(Some(conv)) => conv
-            .last_message
-            .and_then(|m| seq_of_message_id(&m.id))
-            .unwrap_or(0),
+    let latest = match crate::service::visitor::last_seq(&state, &session).await {
+        Ok(Some(seq)) => seq,
         Ok(None) => return conn.close(Disconnect::NoConversation).await,
         Err(_) => return conn.close(Disconnect::StoreUnavailable).await,
     };
