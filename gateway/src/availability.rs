@@ -8,8 +8,54 @@
 use jiff::civil::Weekday;
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
-use crate::config::{AvailabilityConfig, AvailabilityMode};
+/// `[tenants.availability]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AvailabilityConfig {
+    #[serde(default)]
+    pub mode: AvailabilityMode,
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Weekday (`mon` … `sun`) → `"HH:MM-HH:MM"` ranges in local time. A missing day is closed.
+    #[serde(default)]
+    pub hours: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for AvailabilityConfig {
+    fn default() -> Self {
+        AvailabilityConfig {
+            mode: AvailabilityMode::Always,
+            timezone: default_timezone(),
+            hours: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AvailabilityMode {
+    #[default]
+    Always,
+    BusinessHours,
+    Offline,
+}
+
+impl AvailabilityMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AvailabilityMode::Always => "always",
+            AvailabilityMode::BusinessHours => "business_hours",
+            AvailabilityMode::Offline => "offline",
+        }
+    }
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
 
 const DAYS: [(&str, Weekday); 7] = [
     ("mon", Weekday::Monday),

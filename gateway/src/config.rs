@@ -6,14 +6,16 @@
 //! `CONFAB_STORE`, `WEBCHAT_ALLOWED_ORIGINS`, `WEBCHAT_PII_RETENTION_MODE`), the file,
 //! built-in defaults. Without a file the gateway runs the built-in demo tenant.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
 use confab_protocol::model::{Intent, QuickQuestion};
 use confab_protocol::validate::{is_public_key, MAX_MESSAGE_CHARS};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::availability::Schedule;
+pub use crate::availability::{AvailabilityConfig, AvailabilityMode};
+pub use crate::limits::RateLimits;
 
 /// The demo tenant's public key (the SPEC's example key).
 pub const DEMO_PUBLIC_KEY: &str = "pk_live_0123456789abcdef0123456789abcdef";
@@ -161,73 +163,6 @@ impl Default for Branding {
     }
 }
 
-/// `[tenants.availability]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AvailabilityConfig {
-    #[serde(default)]
-    pub mode: AvailabilityMode,
-    #[serde(default = "default_timezone")]
-    pub timezone: String,
-    /// Weekday (`mon` … `sun`) → `"HH:MM-HH:MM"` ranges in local time. A missing day is closed.
-    #[serde(default)]
-    pub hours: BTreeMap<String, Vec<String>>,
-}
-
-impl Default for AvailabilityConfig {
-    fn default() -> Self {
-        AvailabilityConfig {
-            mode: AvailabilityMode::Always,
-            timezone: default_timezone(),
-            hours: BTreeMap::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AvailabilityMode {
-    #[default]
-    Always,
-    BusinessHours,
-    Offline,
-}
-
-impl AvailabilityMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AvailabilityMode::Always => "always",
-            AvailabilityMode::BusinessHours => "business_hours",
-            AvailabilityMode::Offline => "offline",
-        }
-    }
-}
-
-/// `[tenants.rate_limits]`: the SPEC's table, each configurable.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RateLimits {
-    pub sessions_per_hour_per_ip: u32,
-    pub messages_per_hour_per_ip: u32,
-    pub messages_per_minute_per_session: u32,
-    pub config_per_minute_per_ip: u32,
-    pub polls_per_minute_per_session: u32,
-    pub events_per_minute_per_session: u32,
-}
-
-impl Default for RateLimits {
-    fn default() -> Self {
-        RateLimits {
-            sessions_per_hour_per_ip: 10,
-            messages_per_hour_per_ip: 60,
-            messages_per_minute_per_session: 30,
-            config_per_minute_per_ip: 60,
-            polls_per_minute_per_session: 120,
-            events_per_minute_per_session: 120,
-        }
-    }
-}
-
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
@@ -275,9 +210,6 @@ fn default_position() -> String {
 }
 fn default_label() -> String {
     "Chat with us".into()
-}
-fn default_timezone() -> String {
-    "UTC".into()
 }
 
 /// Overrides from flags and the environment.

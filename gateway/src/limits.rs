@@ -3,9 +3,10 @@
 //! configured trusted proxy — the right-most `X-Forwarded-For` entry that is not itself
 //! a trusted proxy. A client-supplied header from anyone else is ignored.
 //!
-//! Counting is delegated to the backend's [`RateLimiter`](confab_store::ratelimit::RateLimiter):
-//! in-process for the embedded store, shared through Redis in Redis mode, so that limits
-//! hold across nodes. One bucket per key whatever the transport (HTTP or WebSocket).
+//! Pure rules only; charging a request against them is `service::limits` (counting is
+//! delegated to the backend's `RateLimiter`: in-process for the embedded store, shared
+//! through Redis in Redis mode, so that limits hold across nodes; one bucket per key
+//! whatever the transport).
 //!
 //! Also the caps on what is held open at once ([`KeyedCap`]): connections per client IP and
 //! visitor sockets per visitor. These count what this node holds, so they are node-local.
@@ -16,11 +17,33 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::http::HeaderMap;
-use confab_protocol::ApiError;
-use confab_store::ratelimit::{Decision, LimitSpec};
 use ipnet::IpNet;
+use serde::Deserialize;
 
-use crate::state::{AppState, Tenant};
+/// `[tenants.rate_limits]`: the SPEC's table, each configurable.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    pub sessions_per_hour_per_ip: u32,
+    pub messages_per_hour_per_ip: u32,
+    pub messages_per_minute_per_session: u32,
+    pub config_per_minute_per_ip: u32,
+    pub polls_per_minute_per_session: u32,
+    pub events_per_minute_per_session: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            sessions_per_hour_per_ip: 10,
+            messages_per_hour_per_ip: 60,
+            messages_per_minute_per_session: 30,
+            config_per_minute_per_ip: 60,
+            polls_per_minute_per_session: 120,
+            events_per_minute_per_session: 120,
+        }
+    }
+}
 
 /// Which limit of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +58,7 @@ pub enum Limit {
 
 impl Limit {
     /// (allowance, window in ms, key prefix) for a tenant.
-    fn params(self, t: &Tenant) -> (u32, u64, &'static str) {
-        let r = &t.cfg.rate_limits;
+    pub fn params(self, r: &RateLimits) -> (u32, u64, &'static str) {
         const HOUR: u64 = 3_600_000;
         const MINUTE: u64 = 60_000;
         match self {
@@ -78,87 +100,6 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
         .rev()
         .find(|ip| !trusted.iter().any(|n| n.contains(ip)))
         .unwrap_or(peer_ip)
-}
-
-/// Takes one request from `limit`'s allowance for `subject` (an IP or a visitor id).
-pub async fn charge(
-    state: &AppState,
-    tenant: &Tenant,
-    limit: Limit,
-    subject: &str,
-) -> Result<(), ApiError> {
-    charge_all(state, tenant, &[(limit, subject)]).await
-}
-
-/// A request that named an unknown public key (key enumeration) takes one unit of the
-/// client IP's `GET /v1/config` allowance — in a bucket of its own, as no tenant owns
-/// it, sized by the most generous `config_per_minute_per_ip` of the deployment.
-pub async fn charge_unknown_key(state: &AppState, ip: &str) -> Result<(), ApiError> {
-    let allowance = state
-        .config
-        .tenants
-        .iter()
-        .map(|t| t.rate_limits.config_per_minute_per_ip)
-        .max()
-        .unwrap_or(crate::config::RateLimits::default().config_per_minute_per_ip);
-    // `?` is no tenant id character: this bucket is no tenant's.
-    let key = format!("cfg-ip:?:{ip}");
-    let spec = LimitSpec {
-        key: &key,
-        limit: allowance,
-        window_ms: 60_000,
-    };
-    match state.limiter.check_all(&[spec], state.now_ms()).await {
-        Ok(Decision::Allowed) => Ok(()),
-        Ok(Decision::Limited { retry_after_ms, .. }) => {
-            state.metrics.rate_limited("cfg-ip");
-            Err(ApiError::rate_limited(retry_after_ms.div_ceil(1000).max(1)))
-        }
-        Err(e) => Err(crate::error::store_error(e)),
-    }
-}
-
-/// Several limits for one request, all or nothing (one round trip to a shared
-/// limiter): refused if any is exhausted, and then none is charged.
-pub async fn charge_all(
-    state: &AppState,
-    tenant: &Tenant,
-    limits: &[(Limit, &str)],
-) -> Result<(), ApiError> {
-    let keys: Vec<(String, u32, u64, &'static str)> = limits
-        .iter()
-        .map(|(limit, subject)| {
-            let (allowance, window, prefix) = limit.params(tenant);
-            (
-                format!("{prefix}:{}:{subject}", tenant.cfg.id),
-                allowance,
-                window,
-                prefix,
-            )
-        })
-        .collect();
-    let specs: Vec<LimitSpec<'_>> = keys
-        .iter()
-        .map(|(key, limit, window_ms, _)| LimitSpec {
-            key,
-            limit: *limit,
-            window_ms: *window_ms,
-        })
-        .collect();
-    match state.limiter.check_all(&specs, state.now_ms()).await {
-        Ok(Decision::Allowed) => Ok(()),
-        Ok(Decision::Limited {
-            retry_after_ms,
-            refused,
-        }) => {
-            // Counted under the limit that refused, not under every limit checked.
-            if let Some((_, _, _, prefix)) = keys.get(refused) {
-                state.metrics.rate_limited(prefix);
-            }
-            Err(ApiError::rate_limited(retry_after_ms.div_ceil(1000).max(1)))
-        }
-        Err(e) => Err(crate::error::store_error(e)),
-    }
 }
 
 /// At most `limit` holders per key at once (connections per IP, sockets per visitor). A

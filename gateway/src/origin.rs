@@ -1,22 +1,17 @@
-//! Origin allowlists and CORS.
+//! Origin allowlists (pure: CORS itself, which applies them, is `http::cors`).
 //!
 //! A list entry is an exact origin (`https://shop.example`, `http://localhost:3000`) or a
 //! subdomain wildcard (`https://*.shop.example`, which does not match the apex). An empty
 //! list allows any origin. A tenant's non-empty list replaces the global one.
 //!
-//! CORS is answered for every route by [`cors`]: the request's `Origin` is reflected when
+//! CORS is answered for every route by `http::cors`: the request's `Origin` is reflected when
 //! some policy in the deployment allows it, so browsers can read even a tenant-specific 403.
 //! The tenant-specific decision is made by the handler ([`OriginPolicy::check`]) once it
 //! knows the tenant. WebSocket upgrades are not covered by CORS at all: the channels call
 //! the same check before upgrading.
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap};
 use confab_protocol::{ApiError, ErrorCode};
-
-use crate::state::AppState;
 
 /// Checks that a list entry is well-formed.
 pub fn check_pattern(p: &str) -> Result<(), String> {
@@ -87,56 +82,6 @@ impl OriginPolicy {
                 )),
             },
         }
-    }
-}
-
-/// Answers preflights and adds `Access-Control-Allow-Origin` to every response whose
-/// `Origin` some policy of the deployment allows.
-pub async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let allowed = origin
-        .as_ref()
-        .and_then(|o| o.to_str().ok())
-        .is_some_and(|o| state.tenants.any_policy_allows(o));
-    if req.method() == Method::OPTIONS {
-        if origin.is_some() && !allowed {
-            return crate::error::error_response(&ApiError::new(
-                ErrorCode::OriginNotAllowed,
-                "origin not allowed",
-            ));
-        }
-        let mut resp = StatusCode::NO_CONTENT.into_response();
-        let h = resp.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, POST, OPTIONS"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("authorization, content-type"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("600"),
-        );
-        decorate(h, origin);
-        return resp;
-    }
-    let mut resp = next.run(req).await;
-    if allowed {
-        decorate(resp.headers_mut(), origin);
-    }
-    resp
-}
-
-fn decorate(h: &mut HeaderMap, origin: Option<HeaderValue>) {
-    if let Some(o) = origin {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
-        h.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("retry-after"),
-        );
-        h.append(header::VARY, HeaderValue::from_static("origin"));
     }
 }
 

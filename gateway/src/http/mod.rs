@@ -24,6 +24,7 @@ use utoipa::ToSchema;
 use crate::error::{error_response, Params};
 use crate::state::AppState;
 
+pub mod cors;
 pub mod openapi;
 pub mod ops;
 pub mod tenant;
@@ -66,10 +67,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::origin::cors,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), cors::cors))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .layer(middleware::from_fn(nosniff))
         .with_state(state)

@@ -151,7 +151,7 @@ async fn tenant_by_key(
     match state.tenants.by_public_key(pk) {
         Some(t) => Ok(t.clone()),
         None => {
-            crate::limits::charge_unknown_key(state, ip).await?;
+            crate::service::limits::charge_unknown_key(state, ip).await?;
             Err(ApiError::new(
                 ErrorCode::UnknownPublicKey,
                 "no widget has this public key",
@@ -273,7 +273,7 @@ pub async fn config(
     )
     .await?;
     tenant.policy.check(&headers)?;
-    crate::limits::charge(&state, &tenant, Limit::ConfigPerIp, &ip).await?;
+    crate::service::limits::charge(&state, &tenant, Limit::ConfigPerIp, &ip).await?;
     let now = state.now_ms();
     let cached = state
         .config_cache
@@ -555,7 +555,7 @@ pub async fn history(
     let session = session_of(&state, &headers, Some(&params))?;
     let (cursor, echo) = history_cursor(&params, &session.claims.conversation_id)?;
     let (limit, wait) = limit_and_wait(&params)?;
-    crate::limits::charge(
+    crate::service::limits::charge(
         &state,
         &session.tenant,
         Limit::PollsPerSession,
@@ -712,7 +712,7 @@ pub async fn events(
     if !matches!(body.data, None | Some(Value::Object(_)) | Some(Value::Null)) {
         return Err(ApiError::invalid("data", "data must be an object").into());
     }
-    crate::limits::charge(
+    crate::service::limits::charge(
         &state,
         &session.tenant,
         Limit::EventsPerSession,

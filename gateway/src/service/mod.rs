@@ -8,8 +8,7 @@
 //! - [`agent`] — the tenant side: conversations (list, read), replies, status, typing.
 //! - [`events`] — the tenant event log: pages (long-polled), resume points, custom events.
 //!
-//! Still outside it (the next step of the restructuring): the rate limits the transports
-//! charge for reads (`limits`).
+//! - [`limits`] — charging requests against the rate limits.
 
 use confab_protocol::{ApiError, ErrorCode};
 use confab_store::{Appended, Channel, NewMessage, Published};
@@ -18,6 +17,7 @@ use crate::state::AppState;
 
 pub mod agent;
 pub mod events;
+pub mod limits;
 pub mod sessions;
 pub mod visitor;
 

@@ -160,7 +160,7 @@ pub async fn start(
     ip: IpAddr,
     mut r: StartSession,
 ) -> Result<Started, ApiError> {
-    crate::limits::charge(state, tenant, Limit::SessionsPerIp, &ip.to_string()).await?;
+    crate::service::limits::charge(state, tenant, Limit::SessionsPerIp, &ip.to_string()).await?;
     let profile = check_profile(tenant, &mut r)?;
     // The first message takes the path of every visitor message: checked here, admitted
     // against the message limits before anything is claimed or created, stored last.

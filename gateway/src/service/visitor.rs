@@ -217,7 +217,7 @@ pub async fn admit(
     if let Some(v) = visitor_id {
         limits.push((Limit::MessagesPerSession, v));
     }
-    let Err(refused) = crate::limits::charge_all(state, tenant, &limits).await else {
+    let Err(refused) = crate::service::limits::charge_all(state, tenant, &limits).await else {
         return Ok(None);
     };
     if let Some(new) = retry.filter(|n| n.client_message_id.is_some()) {
@@ -248,7 +248,7 @@ pub async fn store_admitted(
     new_visitor: bool,
 ) -> Result<Appended, ApiError> {
     if new_visitor {
-        crate::limits::charge(
+        crate::service::limits::charge(
             state,
             &session.tenant,
             Limit::MessagesPerSession,

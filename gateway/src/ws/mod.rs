@@ -208,7 +208,7 @@ async fn pk_tenant(
     match state.tenants.by_public_key(pk) {
         Some(t) => Ok(Some(t.clone())),
         None => {
-            crate::limits::charge_unknown_key(state, &ip.to_string()).await?;
+            crate::service::limits::charge_unknown_key(state, &ip.to_string()).await?;
             Err(ApiError::new(
                 ErrorCode::UnknownPublicKey,
                 "no widget has this public key",

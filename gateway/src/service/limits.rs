@@ -1,0 +1,90 @@
+//! Charging requests against the rate limits of the SPEC's table (the rules are
+//! `crate::limits`): one bucket per key whatever the transport, counted by the backend's
+//! `RateLimiter` (in-process, or in Redis so limits hold across nodes).
+
+use confab_protocol::ApiError;
+use confab_store::ratelimit::{Decision, LimitSpec};
+
+use crate::limits::{Limit, RateLimits};
+use crate::state::{AppState, Tenant};
+
+/// Takes one request from `limit`'s allowance for `subject` (an IP or a visitor id).
+pub async fn charge(
+    state: &AppState,
+    tenant: &Tenant,
+    limit: Limit,
+    subject: &str,
+) -> Result<(), ApiError> {
+    charge_all(state, tenant, &[(limit, subject)]).await
+}
+
+/// A request that named an unknown public key (key enumeration) takes one unit of the
+/// client IP's `GET /v1/config` allowance — in a bucket of its own, as no tenant owns
+/// it, sized by the most generous `config_per_minute_per_ip` of the deployment.
+pub async fn charge_unknown_key(state: &AppState, ip: &str) -> Result<(), ApiError> {
+    let allowance = state
+        .config
+        .tenants
+        .iter()
+        .map(|t| t.rate_limits.config_per_minute_per_ip)
+        .max()
+        .unwrap_or(RateLimits::default().config_per_minute_per_ip);
+    // `?` is no tenant id character: this bucket is no tenant's.
+    let key = format!("cfg-ip:?:{ip}");
+    let spec = LimitSpec {
+        key: &key,
+        limit: allowance,
+        window_ms: 60_000,
+    };
+    match state.limiter.check_all(&[spec], state.now_ms()).await {
+        Ok(Decision::Allowed) => Ok(()),
+        Ok(Decision::Limited { retry_after_ms, .. }) => {
+            state.metrics.rate_limited("cfg-ip");
+            Err(ApiError::rate_limited(retry_after_ms.div_ceil(1000).max(1)))
+        }
+        Err(e) => Err(crate::error::store_error(e)),
+    }
+}
+
+/// Several limits for one request, all or nothing (one round trip to a shared
+/// limiter): refused if any is exhausted, and then none is charged.
+pub async fn charge_all(
+    state: &AppState,
+    tenant: &Tenant,
+    limits: &[(Limit, &str)],
+) -> Result<(), ApiError> {
+    let keys: Vec<(String, u32, u64, &'static str)> = limits
+        .iter()
+        .map(|(limit, subject)| {
+            let (allowance, window, prefix) = limit.params(&tenant.cfg.rate_limits);
+            (
+                format!("{prefix}:{}:{subject}", tenant.cfg.id),
+                allowance,
+                window,
+                prefix,
+            )
+        })
+        .collect();
+    let specs: Vec<LimitSpec<'_>> = keys
+        .iter()
+        .map(|(key, limit, window_ms, _)| LimitSpec {
+            key,
+            limit: *limit,
+            window_ms: *window_ms,
+        })
+        .collect();
+    match state.limiter.check_all(&specs, state.now_ms()).await {
+        Ok(Decision::Allowed) => Ok(()),
+        Ok(Decision::Limited {
+            retry_after_ms,
+            refused,
+        }) => {
+            // Counted under the limit that refused, not under every limit checked.
+            if let Some((_, _, _, prefix)) = keys.get(refused) {
+                state.metrics.rate_limited(prefix);
+            }
+            Err(ApiError::rate_limited(retry_after_ms.div_ceil(1000).max(1)))
+        }
+        Err(e) => Err(crate::error::store_error(e)),
+    }
+}
