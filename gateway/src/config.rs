@@ -13,9 +13,9 @@ use confab_protocol::model::{Intent, QuickQuestion};
 use confab_protocol::validate::{is_public_key, MAX_MESSAGE_CHARS};
 use serde::Deserialize;
 
-use crate::availability::Schedule;
-pub use crate::availability::{AvailabilityConfig, AvailabilityMode};
-pub use crate::limits::RateLimits;
+use crate::policy::availability::Schedule;
+pub use crate::policy::availability::{AvailabilityConfig, AvailabilityMode};
+pub use crate::policy::limits::RateLimits;
 
 /// The demo tenant's public key (the SPEC's example key).
 pub const DEMO_PUBLIC_KEY: &str = "pk_live_0123456789abcdef0123456789abcdef";
@@ -351,11 +351,11 @@ impl Config {
             );
         }
         for cidr in &self.trusted_proxies {
-            crate::limits::parse_cidr(cidr)
+            crate::policy::limits::parse_cidr(cidr)
                 .ok_or_else(|| format!("trusted_proxies: {cidr:?} is not a CIDR or IP"))?;
         }
         for o in &self.allowed_origins {
-            crate::origin::check_pattern(o).map_err(|e| format!("allowed_origins: {e}"))?;
+            crate::policy::origin::check_pattern(o).map_err(|e| format!("allowed_origins: {e}"))?;
         }
         let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
         for t in &self.tenants {
@@ -401,7 +401,7 @@ impl Config {
                 ));
             }
             for o in &t.allowed_origins {
-                crate::origin::check_pattern(o)
+                crate::policy::origin::check_pattern(o)
                     .map_err(|e| format!("{at}: allowed_origins: {e}"))?;
             }
             Schedule::parse(&t.availability).map_err(|e| format!("{at}: availability: {e}"))?;

@@ -60,7 +60,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::error::error_response;
-use crate::limits::CapGuard;
+use crate::policy::limits::CapGuard;
 use crate::state::AppState;
 
 /// How long a connection may take at each stage (the SPEC's values by default; tests

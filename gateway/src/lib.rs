@@ -13,27 +13,27 @@
 //! - [`hub`] — node-local connection registry and fan-out (encode once, bounded queues).
 //! - [`service`] — the service layer: sessions, visitor messages, agent actions.
 //! - [`auth`] — session tokens, agent JWTs, server keys.
-//! - [`origin`] — origin allowlists and CORS.
-//! - [`limits`] — rate limits and the client-IP rule.
-//! - [`availability`] — business hours in the tenant's time zone.
+//! - [`policy`] — pure rules: origin allowlists, business hours, the rate-limit table,
+//!   the client-IP rule, open-connection caps.
 //! - [`error`] — the error body, status mapping and request extractors.
 //! - [`metrics`] — counters and histograms for `/metrics`.
 //! - [`histogram`] — the fixed-bucket histogram they use.
 //!
-//! Layers read in one direction: `http`/`ws` → `service` → `confab_store` (and the hub,
-//! which the store feeds after each commit).
+//! Layers read in one direction: `main` → `server::run` → `connections` → `http`/`ws`
+//! (transport: parse, authenticate, map errors) → `service` (the code that calls the
+//! `Store`, charges limits, applies the PII policy) → `confab_store` and the `hub` (which
+//! the store feeds after each commit). `policy` is pure and below all of them; `config`
+//! is read once at start and compiled into `state`.
 
 pub mod auth;
-pub mod availability;
 pub mod config;
 pub mod connections;
 pub mod error;
 pub mod histogram;
 pub mod http;
 pub mod hub;
-pub mod limits;
 pub mod metrics;
-pub mod origin;
+pub mod policy;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -16,12 +16,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::availability::Schedule;
 use crate::config::{Config, TenantConfig};
 use crate::hub::Hub;
-use crate::limits::KeyedCap;
 use crate::metrics::Metrics;
-use crate::origin::OriginPolicy;
+use crate::policy::availability::Schedule;
+use crate::policy::limits::KeyedCap;
+use crate::policy::origin::OriginPolicy;
 
 /// The node's one time source, shared with its store (see [`confab_store::Clock`]).
 pub use confab_store::Clock;
@@ -157,7 +157,7 @@ impl AppState {
             .trusted_proxies
             .iter()
             .map(|c| {
-                crate::limits::parse_cidr(c)
+                crate::policy::limits::parse_cidr(c)
                     .ok_or_else(|| format!("trusted_proxies: {c:?} is not a CIDR or an address"))
             })
             .collect::<Result<_, _>>()?;
@@ -181,13 +181,13 @@ impl AppState {
         })))
     }
 
-    /// The client's IP per the trusted-proxy rule (see [`crate::limits::client_ip`]).
+    /// The client's IP per the trusted-proxy rule (see [`crate::policy::limits::client_ip`]).
     pub fn client_ip(
         &self,
         peer: std::net::SocketAddr,
         headers: &axum::http::HeaderMap,
     ) -> std::net::IpAddr {
-        crate::limits::client_ip(peer, headers, &self.trusted_proxies)
+        crate::policy::limits::client_ip(peer, headers, &self.trusted_proxies)
     }
 
     pub fn now_ms(&self) -> i64 {

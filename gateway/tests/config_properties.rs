@@ -3,7 +3,7 @@
 //! the gateway can run with (no overflow in the times it derives, a connection limit a
 //! semaphore can hold, a schedule that compiles).
 
-use confab_gateway::availability::Schedule;
+use confab_gateway::policy::availability::Schedule;
 use confab_gateway::Config;
 use proptest::prelude::*;
 

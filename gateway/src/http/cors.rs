@@ -1,6 +1,6 @@
 //! CORS for every route: preflights answered, and the request's `Origin` reflected when
 //! some policy of the deployment allows it (the tenant-specific decision is the handler's,
-//! through [`OriginPolicy::check`](crate::origin::OriginPolicy::check), once it knows the
+//! through [`OriginPolicy::check`](crate::policy::origin::OriginPolicy::check), once it knows the
 //! tenant). WebSocket upgrades are not covered by CORS at all: the channels check the
 //! origin themselves before upgrading.
 

@@ -27,7 +27,7 @@ use super::{MessagesPage, Sent};
 use crate::auth::{bearer, verify_session, VisitorSession};
 use crate::config::AvailabilityMode;
 use crate::error::{HandlerResult, JsonBody, Params};
-use crate::limits::Limit;
+use crate::policy::limits::Limit;
 use crate::service;
 use crate::service::sessions::{self, StartSession};
 use crate::state::{AppState, Tenant};

@@ -1,11 +1,11 @@
 //! Charging requests against the rate limits of the SPEC's table (the rules are
-//! `crate::limits`): one bucket per key whatever the transport, counted by the backend's
+//! `crate::policy::limits`): one bucket per key whatever the transport, counted by the backend's
 //! `RateLimiter` (in-process, or in Redis so limits hold across nodes).
 
 use confab_protocol::ApiError;
 use confab_store::ratelimit::{Decision, LimitSpec};
 
-use crate::limits::{Limit, RateLimits};
+use crate::policy::limits::{Limit, RateLimits};
 use crate::state::{AppState, Tenant};
 
 /// Takes one request from `limit`'s allowance for `subject` (an IP or a visitor id).

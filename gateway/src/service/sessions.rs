@@ -21,7 +21,7 @@ use super::visitor::{self, check_page_context, redact_email, redact_urls, Visito
 use crate::auth::VisitorSession;
 use crate::config::PiiRetention;
 use crate::error::store_error;
-use crate::limits::Limit;
+use crate::policy::limits::Limit;
 use crate::state::{AppState, Tenant};
 
 /// What a session request asks for, as the transport read it (shapes checked, rules not

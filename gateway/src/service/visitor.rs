@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::auth::VisitorSession;
 use crate::config::PiiRetention;
-use crate::limits::Limit;
+use crate::policy::limits::Limit;
 use crate::state::{AppState, Tenant};
 
 /// Page metadata a visitor may attach to a message (seed 002).
