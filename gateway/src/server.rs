@@ -5,9 +5,10 @@
 //! and keep-alive timeouts).
 //!
 //! Shutdown: stop accepting, cancel the node's token (long-polls answer, every socket
-//! closes with 1001), let in-flight requests and acks finish within
-//! `shutdown_grace_secs`, then drop the backend — for SQLite that joins the writer thread
-//! after it committed everything queued and checkpoints the WAL.
+//! closes with 1001), let in-flight requests, acks and socket closes finish within one
+//! deadline, `shutdown_grace_secs` after the signal, then drop the backend — for SQLite
+//! that joins the writer thread after it committed everything queued and checkpoints the
+//! WAL.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -131,9 +132,13 @@ pub async fn run(
     let app = crate::http::router(state.clone());
     let token = state.shutdown.clone();
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+    // One deadline for the whole shutdown, fixed when it starts: in-flight requests and
+    // open sockets share `shutdown_grace_secs`, they do not get one each.
+    let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down");
+        let _ = deadline_tx.send(tokio::time::Instant::now() + grace);
         token.cancel();
     });
     tracing::info!("listening on http://{addr}");
@@ -145,16 +150,33 @@ pub async fn run(
     // Cancelled when the grace is over: connections still open then are dropped.
     let hard = CancellationToken::new();
     let server = crate::connections::serve(listener, app, state.clone(), timeouts, hard.clone());
-    let cancelled = state.shutdown.clone();
-    tokio::select! {
-        _ = server => {}
-        _ = async { cancelled.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("in-flight requests did not finish within {grace:?}; exiting anyway");
-            hard.cancel();
+    let deadline = async {
+        match deadline_rx.await {
+            Ok(at) => at,
+            // The signal task is gone without a shutdown (cannot happen while we serve).
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut at = None;
+    tokio::pin!(server);
+    loop {
+        tokio::select! {
+            _ = &mut server => break,
+            d = &mut deadline, if at.is_none() => at = Some(d),
+            _ = tokio::time::sleep_until(at.unwrap_or_else(tokio::time::Instant::now)), if at.is_some() => {
+                tracing::warn!("in-flight requests did not finish within {grace:?}; exiting anyway");
+                hard.cancel();
+                break;
+            }
         }
     }
     state.sockets.close();
-    if tokio::time::timeout(grace, state.sockets.wait())
+    // The server may have finished before the deadline was read; it is set by then.
+    let at = at
+        .or_else(|| futures_util::FutureExt::now_or_never(&mut deadline))
+        .unwrap_or_else(|| tokio::time::Instant::now() + grace);
+    if tokio::time::timeout_at(at, state.sockets.wait())
         .await
         .is_err()
     {
