@@ -10,10 +10,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -675,40 +673,13 @@ async fn without_pk_an_origin_no_tenant_allows_is_refused() {
 
 /// The binary with at most `nofile` open files, its stdout collected.
 fn spawn_with_file_limit(config: &std::path::Path, nofile: u32) -> Process {
-    let mut child = Command::new("sh")
-        .arg("-c")
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_confab"))
         .arg("--config")
-        .arg(config)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .env_remove("CONFAB_STORE")
-        .env_remove("CONFAB_LISTEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn confab");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(rest.trim().to_owned());
-            }
-            log2.lock().push(line);
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the gateway printed its listening line");
-    Process {
-        child,
-        addr: addr.parse().unwrap(),
-        log,
-    }
+        .arg(config);
+    Process::spawn_command(cmd)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

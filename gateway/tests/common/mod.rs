@@ -510,11 +510,16 @@ pub struct Process {
 impl Process {
     /// Spawns `confab --config FILE --listen 127.0.0.1:0` and waits for its listening line.
     pub fn spawn(config_path: &std::path::Path, extra_args: &[&str]) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
-            .arg("--config")
-            .arg(config_path)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
+        cmd.arg("--config").arg(config_path).args(extra_args);
+        Process::spawn_command(cmd)
+    }
+
+    /// Runs `cmd` (the binary, or a wrapper that execs it with the arguments it is given)
+    /// with `--listen 127.0.0.1:0`, and waits for the listening line.
+    pub fn spawn_command(mut cmd: Command) -> Process {
+        let mut child = cmd
             .args(["--listen", "127.0.0.1:0"])
-            .args(extra_args)
             .env("RUST_LOG", "info")
             .env_remove("CONFAB_STORE")
             .env_remove("CONFAB_LISTEN")
