@@ -39,6 +39,25 @@ pub enum Disconnect {
 }
 
 impl Disconnect {
+    /// Every reason, once.
+    pub const ALL: [Disconnect; 15] = [
+        Disconnect::Idle,
+        Disconnect::ShuttingDown,
+        Disconnect::ProtocolError,
+        Disconnect::BinaryFrame,
+        Disconnect::FrameTooBig,
+        Disconnect::TooSlow,
+        Disconnect::StoreUnavailable,
+        Disconnect::BadAfter,
+        Disconnect::InvalidToken,
+        Disconnect::TokenExpired,
+        Disconnect::OtherTenant,
+        Disconnect::NoConversation,
+        Disconnect::OriginNotAllowed,
+        Disconnect::AuthTimeout,
+        Disconnect::TooManySockets,
+    ];
+
     /// The WebSocket close code.
     pub fn code(self) -> u16 {
         use Disconnect::*;
@@ -100,23 +119,7 @@ mod tests {
     #[test]
     fn reasons_fit_a_close_frame() {
         use Disconnect::*;
-        for d in [
-            Idle,
-            ShuttingDown,
-            ProtocolError,
-            BinaryFrame,
-            FrameTooBig,
-            TooSlow,
-            StoreUnavailable,
-            BadAfter,
-            InvalidToken,
-            TokenExpired,
-            OtherTenant,
-            NoConversation,
-            OriginNotAllowed,
-            AuthTimeout,
-            TooManySockets,
-        ] {
+        for d in Disconnect::ALL {
             assert!(d.reason().len() <= 123, "{d:?}");
             assert!(matches!(d.code(), 1000..=1013 | 4400..=4499), "{d:?}");
         }

@@ -58,6 +58,32 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, once (for tests and documentation that must cover them all).
+    pub const ALL: [ErrorCode; 22] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::BadRequest,
+        ErrorCode::ValidationFailed,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::InvalidSession,
+        ErrorCode::InvalidCredentials,
+        ErrorCode::Forbidden,
+        ErrorCode::InvalidChallenge,
+        ErrorCode::BotSuspected,
+        ErrorCode::OriginNotAllowed,
+        ErrorCode::UnknownPublicKey,
+        ErrorCode::ConversationNotFound,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::RateLimited,
+        ErrorCode::StoreUnavailable,
+        ErrorCode::Unavailable,
+        ErrorCode::TooManyConnections,
+        ErrorCode::RequestTimeout,
+        ErrorCode::Internal,
+        ErrorCode::InvalidFrame,
+        ErrorCode::NotRecovered,
+    ];
+
     /// The wire `code`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -270,28 +296,7 @@ mod tests {
 
     #[test]
     fn serde_names_are_the_wire_codes() {
-        use ErrorCode::*;
-        for c in [
-            InvalidJson,
-            BadRequest,
-            ValidationFailed,
-            PayloadTooLarge,
-            InvalidSession,
-            InvalidCredentials,
-            Forbidden,
-            InvalidChallenge,
-            BotSuspected,
-            OriginNotAllowed,
-            UnknownPublicKey,
-            ConversationNotFound,
-            NotFound,
-            MethodNotAllowed,
-            RateLimited,
-            StoreUnavailable,
-            Unavailable,
-            Internal,
-            InvalidFrame,
-        ] {
+        for c in ErrorCode::ALL {
             assert_eq!(
                 serde_json::to_value(c).unwrap(),
                 serde_json::Value::from(c.as_str())
