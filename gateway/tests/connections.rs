@@ -316,6 +316,14 @@ fn ws_request(addr: SocketAddr, path: &str, origin: Option<&str>) -> WsRequest {
     req
 }
 
+/// An upgraded socket to `path` with that `Origin` (panics if it was refused).
+async fn upgraded(addr: SocketAddr, path: &str, origin: Option<&str>) -> Ws {
+    let (inner, _) = tokio_tungstenite::connect_async(ws_request(addr, path, origin))
+        .await
+        .unwrap();
+    Ws { inner }
+}
+
 /// The HTTP status of a refused upgrade (panics if it was accepted).
 async fn refused_upgrade(req: WsRequest) -> (u16, Value) {
     match tokio_tungstenite::connect_async(req).await {
@@ -597,14 +605,7 @@ async fn pk_makes_that_tenants_allowlist_decide_the_upgrade() {
     assert_eq!(status, 422);
 
     // An allowed origin upgrades, and Acme's token works…
-    let (inner, _) = tokio_tungstenite::connect_async(ws_request(
-        gw.addr,
-        &with_pk,
-        Some("https://shop.example"),
-    ))
-    .await
-    .unwrap();
-    let mut ws = Ws { inner };
+    let mut ws = upgraded(gw.addr, &with_pk, Some("https://shop.example")).await;
     ws.send_json(&json!({"type": "auth", "token": acme.token}))
         .await;
     assert_eq!(ws.next_json().await["type"], "ready");
@@ -616,37 +617,25 @@ async fn pk_makes_that_tenants_allowlist_decide_the_upgrade() {
             agent_jwt(AGENT_SECRET2, "globex", "gus"),
         ),
     ] {
-        let (inner, _) = tokio_tungstenite::connect_async(ws_request(gw.addr, &path, None))
-            .await
-            .unwrap();
-        let mut ws = Ws { inner };
+        let mut ws = upgraded(gw.addr, &path, None).await;
         ws.send_json(&json!({"type": "auth", "token": token})).await;
         assert_eq!(ws.closed(Duration::from_secs(5)).await, Closed::Code(4401));
     }
 
     // Globex's own pk admits any origin.
-    let (inner, _) = tokio_tungstenite::connect_async(ws_request(
+    let mut ws = upgraded(
         gw.addr,
         &format!("{VISITOR_WS}?pk={PK2}"),
         Some("https://evil.example"),
-    ))
-    .await
-    .unwrap();
-    let mut ws = Ws { inner };
+    )
+    .await;
     ws.send_json(&json!({"type": "auth", "token": globex.token}))
         .await;
     assert_eq!(ws.next_json().await["type"], "ready");
 
     // Without pk: upgraded because some tenant allows the origin, then checked against the
     // token's tenant (4403).
-    let (inner, _) = tokio_tungstenite::connect_async(ws_request(
-        gw.addr,
-        VISITOR_WS,
-        Some("https://evil.example"),
-    ))
-    .await
-    .unwrap();
-    let mut ws = Ws { inner };
+    let mut ws = upgraded(gw.addr, VISITOR_WS, Some("https://evil.example")).await;
     ws.send_json(&json!({"type": "auth", "token": acme.token}))
         .await;
     assert_eq!(ws.closed(Duration::from_secs(5)).await, Closed::Code(4403));
