@@ -9,7 +9,8 @@ use confab_protocol::model::{Author, AuthorKind};
 use confab_protocol::token::{self, AgentClaims, SessionClaims};
 use confab_protocol::{ApiError, ErrorCode};
 
-use crate::state::{AppState, Tenant};
+use crate::settings::Tenant;
+use crate::state::AppState;
 
 /// `Authorization: Bearer <token>`.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {

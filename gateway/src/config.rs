@@ -6,16 +6,15 @@
 //! `CONFAB_STORE`, `WEBCHAT_ALLOWED_ORIGINS`, `WEBCHAT_PII_RETENTION_MODE`), the file,
 //! built-in defaults. Without a file the gateway runs the built-in demo tenant.
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use confab_protocol::model::{Intent, QuickQuestion};
-use confab_protocol::validate::{is_public_key, MAX_MESSAGE_CHARS};
+use confab_protocol::validate::MAX_MESSAGE_CHARS;
 use serde::Deserialize;
 
-use crate::policy::availability::Schedule;
 pub use crate::policy::availability::{AvailabilityConfig, AvailabilityMode};
 pub use crate::policy::limits::RateLimits;
+use crate::settings::Settings;
 
 /// The demo tenant's public key (the SPEC's example key).
 pub const DEMO_PUBLIC_KEY: &str = "pk_live_0123456789abcdef0123456789abcdef";
@@ -252,8 +251,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Reads a file (`--config`), or the demo when `path` is `None`; applies overrides
-    /// and checks the result.
+    /// Reads a file (`--config`), or the demo when `path` is `None`, and applies
+    /// overrides. [`Settings::compile`] checks the result.
     pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Config, String> {
         let mut config = match path {
             Some(p) => {
@@ -264,7 +263,6 @@ impl Config {
             None => Config::demo(),
         };
         config.apply(overrides)?;
-        config.check()?;
         Ok(config)
     }
 
@@ -324,89 +322,10 @@ impl Config {
         Ok(())
     }
 
-    /// Every rule a file must follow, with a message naming what is wrong.
+    /// Every rule a file must follow, with a message naming what is wrong: compiles the
+    /// configuration (see [`Settings::compile`]) and discards the result.
     pub fn check(&self) -> Result<(), String> {
-        if self.tenants.is_empty() {
-            return Err("no tenants configured: add at least one [[tenants]] table".into());
-        }
-        // Bounded, so expiries computed in epoch milliseconds cannot overflow.
-        if !(1..=MAX_TTL_SECS).contains(&self.session_ttl_secs)
-            || !(1..=MAX_TTL_SECS).contains(&self.challenge_ttl_secs)
-        {
-            return Err(format!(
-                "session_ttl_secs and challenge_ttl_secs must be 1..={MAX_TTL_SECS} (10 years)"
-            ));
-        }
-        // A tokio semaphore holds the slots; it panics beyond MAX_PERMITS.
-        if !(1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&self.max_connections) {
-            return Err("max_connections must be positive (and below 2^61)".into());
-        }
-        if self.max_connections == 0
-            || self.max_connections_per_ip == 0
-            || self.max_sockets_per_visitor == 0
-        {
-            return Err(
-                "max_connections, max_connections_per_ip and max_sockets_per_visitor must be positive"
-                    .into(),
-            );
-        }
-        for cidr in &self.trusted_proxies {
-            crate::policy::limits::parse_cidr(cidr)
-                .ok_or_else(|| format!("trusted_proxies: {cidr:?} is not a CIDR or IP"))?;
-        }
-        for o in &self.allowed_origins {
-            crate::policy::origin::check_pattern(o).map_err(|e| format!("allowed_origins: {e}"))?;
-        }
-        let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
-        for t in &self.tenants {
-            let at = format!("tenant {:?}", t.id);
-            if t.id.is_empty()
-                || t.id.len() > 64
-                || !t
-                    .id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                return Err(format!("{at}: id must be 1-64 characters of [A-Za-z0-9_-]"));
-            }
-            if !ids.insert(&t.id) {
-                return Err(format!("{at}: duplicate tenant id"));
-            }
-            if !is_public_key(&t.public_key) {
-                return Err(format!(
-                    "{at}: public_key must match ^pk_live_[a-f0-9]{{32}}$"
-                ));
-            }
-            if !keys.insert(&t.public_key) {
-                return Err(format!("{at}: public_key is used by another tenant"));
-            }
-            if !self.demo && (t.agent_secret.len() < 8 || t.server_key.len() < 8) {
-                return Err(format!(
-                    "{at}: agent_secret and server_key must be at least 8 characters"
-                ));
-            }
-            if !(0.0..=1.0).contains(&t.telemetry_sample_rate) {
-                return Err(format!(
-                    "{at}: telemetry_sample_rate must be between 0 and 1"
-                ));
-            }
-            if t.max_message_length == 0 || t.max_message_length > MAX_MESSAGE_CHARS {
-                return Err(format!(
-                    "{at}: max_message_length must be 1..={MAX_MESSAGE_CHARS}"
-                ));
-            }
-            if !matches!(t.branding.position.as_str(), "bottom-right" | "bottom-left") {
-                return Err(format!(
-                    "{at}: branding.position must be bottom-right or bottom-left"
-                ));
-            }
-            for o in &t.allowed_origins {
-                crate::policy::origin::check_pattern(o)
-                    .map_err(|e| format!("{at}: allowed_origins: {e}"))?;
-            }
-            Schedule::parse(&t.availability).map_err(|e| format!("{at}: availability: {e}"))?;
-        }
-        Ok(())
+        Settings::compile(self.clone()).map(|_| ())
     }
 }
 

@@ -5,7 +5,8 @@
 //!
 //! ## Layout
 //!
-//! - [`config`] — the TOML file, flags and environment, checked at start-up.
+//! - [`config`] — the TOML file, flags and environment, as read.
+//! - [`settings`] — the configuration validated and compiled, once (tenants, policies).
 //! - [`connections`] — the accept loop: per-IP cap, head/body/idle timeouts, drain.
 //! - [`state`] — shared node state: compiled tenants, keys, backend, hub, clock.
 //! - [`http`] — the HTTP routes (`router` is the whole application).
@@ -23,7 +24,7 @@
 //! (transport: parse, authenticate, map errors) → `service` (the code that calls the
 //! `Store`, charges limits, applies the PII policy) → `confab_store` and the `hub` (which
 //! the store feeds after each commit). `policy` is pure and below all of them; `config`
-//! is read once at start and compiled into `state`.
+//! is read once at start and compiled by `settings` into `state`.
 
 pub mod auth;
 pub mod config;
@@ -36,8 +37,10 @@ pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod service;
+pub mod settings;
 pub mod state;
 pub mod ws;
 
 pub use config::{Config, Overrides};
 pub use server::{run, Options};
+pub use settings::Settings;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use confab_gateway::{Config, Options, Overrides};
+use confab_gateway::{Config, Options, Overrides, Settings};
 
 /// Confab: a self-hostable real-time chat gateway.
 #[derive(Parser)]
@@ -36,12 +36,13 @@ async fn main() -> anyhow::Result<()> {
         store: cli.store,
         ..Default::default()
     };
-    let config = Config::load(cli.config.as_deref(), Overrides::from_env().or(flags))
+    let settings = Config::load(cli.config.as_deref(), Overrides::from_env().or(flags))
+        .and_then(Settings::compile)
         .map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
+    let listener = tokio::net::TcpListener::bind(&settings.config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    confab_gateway::run(listener, config, Options::default(), shutdown_signal()).await?;
+        .with_context(|| format!("cannot listen on {}", settings.config.listen))?;
+    confab_gateway::run(listener, settings, Options::default(), shutdown_signal()).await?;
     Ok(())
 }
 

@@ -1,5 +1,5 @@
-//! The one way in: [`run`] serves a bound listener with a configuration until `shutdown`
-//! resolves. The binary and the tests both call it.
+//! The one way in: [`run`] serves a bound listener with compiled [`Settings`] until
+//! `shutdown` resolves. The binary and the tests both call it.
 //!
 //! Connections are accepted and policed by [`crate::connections`] (per-IP cap, head, body
 //! and keep-alive timeouts).
@@ -22,9 +22,9 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
 use crate::connections::Timeouts;
 use crate::hub::Hub;
+use crate::settings::Settings;
 use crate::state::{AppState, Clock};
 
 /// Why the gateway could not run.
@@ -34,8 +34,6 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
-    #[error("config: {0}")]
-    Config(String),
 }
 
 /// Knobs tests turn; the binary uses the defaults.
@@ -80,11 +78,11 @@ fn derive(secret: &[u8], label: &str) -> String {
 /// Serves until `shutdown` resolves. Logs `listening on http://ADDR` once it accepts.
 pub async fn run(
     listener: TcpListener,
-    mut config: Config,
+    settings: Settings,
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    config.check().map_err(StartError::Config)?;
+    let config = &settings.config;
     let backend =
         confab_store::open_with_clock(&config.store, options.retention, options.clock.clone())
             .await?;
@@ -102,27 +100,27 @@ pub async fn run(
         .map(|s| s.as_bytes().to_vec())
         .collect();
     let keys = Keyring::new(&secret, &previous);
-    if config.demo {
+    let settings = if config.demo {
         // Stable across restarts, unguessable, and never written anywhere but the log.
-        let t = &mut config.tenants[0];
-        t.agent_secret = derive(&secret, "confab-demo-agent-secret");
-        t.server_key = format!(
+        let server_key = format!(
             "sk_demo_{}",
             &derive(&secret, "confab-demo-server-key")[..32]
         );
-    }
+        settings.with_demo_secrets(derive(&secret, "confab-demo-agent-secret"), server_key)
+    } else {
+        settings
+    };
     let hub = Arc::new(Hub::default());
     backend.broker.set_sink(hub.clone());
     let state = AppState::new(
-        config,
+        settings,
         keys,
         backend.store,
         backend.broker,
         backend.limiter,
         hub,
         options.clock,
-    )
-    .map_err(StartError::Config)?;
+    );
 
     let addr = listener.local_addr()?;
     if state.config.demo {

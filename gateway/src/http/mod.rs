@@ -13,13 +13,14 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
 use confab_protocol::model::Message;
 use confab_protocol::{ApiError, ErrorCode};
 use confab_store::{message_id, parse_message_id, Cursor, MessagePage};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::{error_response, Params};
 use crate::state::AppState;
@@ -33,36 +34,42 @@ pub mod visitor;
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// The route table, written once: each route is its handler, and each handler carries its
+/// `#[utoipa::path]` description, so the router and `GET /openapi.json` cannot disagree.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(visitor::config))
+        .routes(routes!(visitor::sessions))
+        .routes(routes!(visitor::history, visitor::send))
+        .routes(routes!(visitor::events))
+        .routes(routes!(crate::ws::visitor::upgrade))
+        .routes(routes!(crate::ws::tenant::upgrade))
+        .routes(routes!(tenant::list))
+        .routes(routes!(tenant::get_one))
+        .routes(routes!(tenant::history, tenant::reply))
+        .routes(routes!(tenant::close))
+        .routes(routes!(tenant::reopen))
+        .routes(routes!(tenant::events, tenant::publish))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::widget_js))
+        .routes(routes!(ops::demo))
+        .routes(routes!(ops::demo_js))
+        .routes(routes!(ops::console))
+        .routes(routes!(ops::console_js))
+        .routes(routes!(openapi::serve))
+}
+
+/// The OpenAPI description of [`routes`].
+pub fn api_description() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
 /// The whole application.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/config", get(visitor::config))
-        .route("/v1/sessions", post(visitor::sessions))
-        .route("/v1/messages", get(visitor::history).post(visitor::send))
-        .route("/v1/events", post(visitor::events))
-        .route("/v1/visitor/ws", get(crate::ws::visitor::upgrade))
-        .route("/v1/tenant/ws", get(crate::ws::tenant::upgrade))
-        .route("/v1/tenant/conversations", get(tenant::list))
-        .route("/v1/tenant/conversations/{id}", get(tenant::get_one))
-        .route(
-            "/v1/tenant/conversations/{id}/messages",
-            get(tenant::history).post(tenant::reply),
-        )
-        .route("/v1/tenant/conversations/{id}/close", post(tenant::close))
-        .route("/v1/tenant/conversations/{id}/reopen", post(tenant::reopen))
-        .route(
-            "/v1/tenant/events",
-            get(tenant::events).post(tenant::publish),
-        )
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/widget.js", get(ops::widget_js))
-        .route("/demo", get(ops::demo))
-        .route("/demo.js", get(ops::demo_js))
-        .route("/console", get(ops::console))
-        .route("/console.js", get(ops::console_js))
-        .route("/openapi.json", get(openapi::serve))
+    let (routes, _) = routes().split_for_parts();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(json_errors))

@@ -7,10 +7,9 @@
 //! differ (`CONFAB_UPDATE_OPENAPI=1 cargo test -p confab-gateway --test openapi` rewrites
 //! the file). CI fuzzes a live gateway against it with schemathesis (`scripts/fuzz-api`).
 //!
-//! What lives here: the document itself ([`ApiDoc`]), the reusable error responses, the
-//! query-parameter sets, and the two WebSocket upgrade routes (described here rather than
-//! on their handlers: an upgrade is not a JSON exchange, and `docs/websocket.md` carries
-//! the protocol spoken after it).
+//! What lives here: the document's frame ([`ApiDoc`]: info, tags, shared components), the
+//! reusable error responses and the query-parameter sets. The paths come from the route
+//! table itself (`http::routes`, through `utoipa-axum`), one entry per handler.
 
 use std::sync::OnceLock;
 
@@ -39,32 +38,6 @@ docs/websocket.md, the rules and limits in docs/http-api.md. Any request may als
 answered 503 `too_many_connections` (the client IP is at its connection cap) or, when its \
 body stalls for 30 s, 408 `request_timeout`.",
         license(name = "MIT", identifier = "MIT"),
-    ),
-    paths(
-        super::visitor::config,
-        super::visitor::sessions,
-        super::visitor::history,
-        super::visitor::send,
-        super::visitor::events,
-        super::tenant::list,
-        super::tenant::get_one,
-        super::tenant::history,
-        super::tenant::reply,
-        super::tenant::close,
-        super::tenant::reopen,
-        super::tenant::events,
-        super::tenant::publish,
-        visitor_ws,
-        tenant_ws,
-        super::ops::healthz,
-        super::ops::readyz,
-        super::ops::metrics,
-        super::ops::widget_js,
-        super::ops::demo,
-        super::ops::demo_js,
-        super::ops::console,
-        super::ops::console_js,
-        serve,
     ),
     components(
         schemas(
@@ -133,7 +106,7 @@ impl Modify for SecuritySchemes {
 pub fn document() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        let s = ApiDoc::openapi()
+        let s = super::api_description()
             .to_pretty_json()
             .expect("the OpenAPI document encodes");
         // utoipa 5.5 writes a Link's fields in snake_case; OpenAPI (and every tool that
@@ -331,52 +304,3 @@ pub struct ChannelQuery {
     #[param(pattern = r"^pk_live_[a-f0-9]{32}$")]
     pk: Option<String>,
 }
-
-// ---------------------------------------------------------------------------------------
-// The WebSocket upgrades.
-// ---------------------------------------------------------------------------------------
-
-/// The visitor channel: one conversation, live (see docs/websocket.md). The credential is
-/// sent in the first frame, `{"type":"auth","token":"<sessionToken>","after":"<message id>"?}`.
-#[utoipa::path(
-    get,
-    path = "/v1/visitor/ws",
-    operation_id = "visitorChannel",
-    tag = "channels",
-    params(ChannelQuery),
-    responses(
-        (status = 101, description = "Switched to the WebSocket protocol."),
-        (status = 400, description = "`bad_request`: not a WebSocket upgrade request (no `Connection: upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Key` or version 13).", body = ErrorBody),
-        (status = 403, response = OriginNotAllowed),
-        (status = 404, description = "`unknown_public_key`: no widget has the `?pk=` key.", body = ErrorBody),
-        (status = 422, response = ValidationFailed),
-        (status = 429, response = RateLimited),
-        (status = 503, description = "`unavailable` (the node is at `max_connections` or shutting \
-down) or `too_many_connections` (the client IP is at `max_connections_per_ip`).", body = ErrorBody),
-    ),
-)]
-#[allow(dead_code)]
-fn visitor_ws() {}
-
-/// The tenant channel: every event of one tenant, for agent dashboards (see
-/// docs/websocket.md). The first frame is
-/// `{"type":"auth","token":"<agent JWT>","after":"<event offset>"?}`.
-#[utoipa::path(
-    get,
-    path = "/v1/tenant/ws",
-    operation_id = "tenantChannel",
-    tag = "channels",
-    params(ChannelQuery),
-    responses(
-        (status = 101, description = "Switched to the WebSocket protocol."),
-        (status = 400, description = "`bad_request`: not a WebSocket upgrade request (no `Connection: upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Key` or version 13).", body = ErrorBody),
-        (status = 403, response = OriginNotAllowed),
-        (status = 404, description = "`unknown_public_key`: no widget has the `?pk=` key.", body = ErrorBody),
-        (status = 422, response = ValidationFailed),
-        (status = 429, response = RateLimited),
-        (status = 503, description = "`unavailable` (the node is at `max_connections` or shutting \
-down) or `too_many_connections` (the client IP is at `max_connections_per_ip`).", body = ErrorBody),
-    ),
-)]
-#[allow(dead_code)]
-fn tenant_ws() {}

@@ -30,7 +30,8 @@ use crate::error::{HandlerResult, JsonBody, Params};
 use crate::policy::limits::Limit;
 use crate::service;
 use crate::service::sessions::{self, StartSession};
-use crate::state::{AppState, Tenant};
+use crate::settings::Tenant;
+use crate::state::AppState;
 #[allow(unused_imports)]
 use confab_protocol::ErrorBody;
 

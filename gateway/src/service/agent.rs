@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use super::not_found;
 use crate::error::store_error;
-use crate::state::{AppState, Tenant};
+use crate::settings::Tenant;
+use crate::state::AppState;
 
 pub async fn reply(
     state: &AppState,

@@ -7,7 +7,8 @@ use serde_json::Value;
 
 use super::not_found;
 use crate::error::store_error;
-use crate::state::{AppState, Tenant};
+use crate::settings::Tenant;
+use crate::state::AppState;
 
 /// A page of a tenant's event log, long-polled for up to `wait` seconds.
 pub async fn page(

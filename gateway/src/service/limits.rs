@@ -6,7 +6,8 @@ use confab_protocol::ApiError;
 use confab_store::ratelimit::{Decision, LimitSpec};
 
 use crate::policy::limits::{Limit, RateLimits};
-use crate::state::{AppState, Tenant};
+use crate::settings::Tenant;
+use crate::state::AppState;
 
 /// Takes one request from `limit`'s allowance for `subject` (an IP or a visitor id).
 pub async fn charge(

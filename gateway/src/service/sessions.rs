@@ -22,7 +22,8 @@ use crate::auth::VisitorSession;
 use crate::config::PiiRetention;
 use crate::error::store_error;
 use crate::policy::limits::Limit;
-use crate::state::{AppState, Tenant};
+use crate::settings::Tenant;
+use crate::state::AppState;
 
 /// What a session request asks for, as the transport read it (shapes checked, rules not
 /// yet).

@@ -13,7 +13,8 @@ use serde_json::{json, Map, Value};
 use crate::auth::VisitorSession;
 use crate::config::PiiRetention;
 use crate::policy::limits::Limit;
-use crate::state::{AppState, Tenant};
+use crate::settings::Tenant;
+use crate::state::AppState;
 
 /// Page metadata a visitor may attach to a message (seed 002).
 pub const META_FIELDS: [&str; 6] = [

@@ -35,7 +35,8 @@ use tokio::time::{timeout, Instant};
 
 use crate::error::{error_response, Params};
 use crate::hub::{Class, KickHandle, Subscription};
-use crate::state::{AppState, Tenant};
+use crate::settings::Tenant;
+use crate::state::AppState;
 
 pub mod tenant;
 pub mod visitor;
@@ -752,7 +753,7 @@ mod tests {
         let hub = Arc::new(Hub::default());
         backend.broker.set_sink(hub.clone());
         AppState::new(
-            crate::Config::demo(),
+            crate::Settings::compile(crate::Config::demo()).unwrap(),
             Keyring::new(b"unit-test-secret", &[]),
             backend.store,
             backend.broker,
@@ -760,7 +761,6 @@ mod tests {
             hub,
             clock,
         )
-        .unwrap()
     }
 
     fn channel() -> Channel {

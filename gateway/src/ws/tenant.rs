@@ -16,8 +16,10 @@ use super::visitor::error_for;
 use super::{accept, parse_after, serve, Backlog, ChannelLogic, Conn, Upgrade};
 use crate::auth::verify_agent;
 use crate::error::Params;
+use crate::http::openapi;
 use crate::hub::Subscription;
-use crate::state::{AppState, Tenant};
+use crate::settings::Tenant;
+use crate::state::AppState;
 
 /// Outbound queue per agent connection, in frames. Agents see every event of the tenant,
 /// so bursts are larger than on the visitor channel.
@@ -116,7 +118,26 @@ impl ChannelLogic for Agent {
     }
 }
 
-/// `GET /v1/tenant/ws`.
+/// The tenant channel: every event of one tenant, for agent dashboards (see
+/// docs/websocket.md). The first frame is
+/// `{"type":"auth","token":"<agent JWT>","after":"<event offset>"?}`.
+#[utoipa::path(
+    get,
+    path = "/v1/tenant/ws",
+    operation_id = "tenantChannel",
+    tag = "channels",
+    params(openapi::ChannelQuery),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol."),
+        (status = 400, description = "`bad_request`: not a WebSocket upgrade request (no `Connection: upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Key` or version 13).", body = confab_protocol::ErrorBody),
+        (status = 403, response = openapi::OriginNotAllowed),
+        (status = 404, description = "`unknown_public_key`: no widget has the `?pk=` key.", body = confab_protocol::ErrorBody),
+        (status = 422, response = openapi::ValidationFailed),
+        (status = 429, response = openapi::RateLimited),
+        (status = 503, description = "`unavailable` (the node is at `max_connections` or shutting \
+down) or `too_many_connections` (the client IP is at `max_connections_per_ip`).", body = confab_protocol::ErrorBody),
+    ),
+)]
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

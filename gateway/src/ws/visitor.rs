@@ -16,6 +16,7 @@ use confab_store::{Channel, Cursor};
 use super::{accept, parse_after, serve, Backlog, ChannelLogic, Conn, Upgrade};
 use crate::auth::{verify_session, VisitorSession};
 use crate::error::Params;
+use crate::http::openapi;
 use crate::hub::Subscription;
 use crate::state::AppState;
 
@@ -104,7 +105,25 @@ pub fn error_for(e: &ApiError, client_message_id: Option<&str>) -> String {
     v.to_string()
 }
 
-/// `GET /v1/visitor/ws`.
+/// The visitor channel: one conversation, live (see docs/websocket.md). The credential is
+/// sent in the first frame, `{"type":"auth","token":"<sessionToken>","after":"<message id>"?}`.
+#[utoipa::path(
+    get,
+    path = "/v1/visitor/ws",
+    operation_id = "visitorChannel",
+    tag = "channels",
+    params(openapi::ChannelQuery),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol."),
+        (status = 400, description = "`bad_request`: not a WebSocket upgrade request (no `Connection: upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Key` or version 13).", body = confab_protocol::ErrorBody),
+        (status = 403, response = openapi::OriginNotAllowed),
+        (status = 404, description = "`unknown_public_key`: no widget has the `?pk=` key.", body = confab_protocol::ErrorBody),
+        (status = 422, response = openapi::ValidationFailed),
+        (status = 429, response = openapi::RateLimited),
+        (status = 503, description = "`unavailable` (the node is at `max_connections` or shutting \
+down) or `too_many_connections` (the client IP is at `max_connections_per_ip`).", body = confab_protocol::ErrorBody),
+    ),
+)]
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

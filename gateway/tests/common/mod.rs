@@ -125,16 +125,16 @@ impl Gateway {
 
     pub async fn start_with(toml: &str, options: Options) -> Gateway {
         let config = Config::from_toml(toml).expect("test config parses");
-        config.check().expect("test config is valid");
         Gateway::start_config(config, options).await
     }
 
     pub async fn start_config(config: Config, options: Options) -> Gateway {
+        let settings = confab_gateway::Settings::compile(config).expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            confab_gateway::run(listener, config, options, async move {
+            confab_gateway::run(listener, settings, options, async move {
                 let _ = rx.await;
             })
             .await

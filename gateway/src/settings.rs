@@ -1,0 +1,210 @@
+//! The configuration compiled: [`Settings::compile`] turns a [`Config`] (the TOML file with
+//! flags and environment applied) into what the node runs on — validated tenants with
+//! their origin policy and business-hours schedule, lookup tables by id and key, the
+//! trusted-proxy networks. Every rule is checked here, once, while compiling: nothing
+//! later parses a setting again, so nothing later can fail on one.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use confab_protocol::validate::{is_public_key, MAX_MESSAGE_CHARS};
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, TenantConfig, MAX_TTL_SECS};
+use crate::policy::availability::Schedule;
+use crate::policy::limits::parse_cidr;
+use crate::policy::origin::{check_pattern, OriginPolicy};
+
+/// A validated configuration, ready to serve.
+pub struct Settings {
+    /// The file's values, as read (global settings are used as they are).
+    pub config: Config,
+    pub tenants: Tenants,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// A tenant, compiled.
+pub struct Tenant {
+    pub cfg: TenantConfig,
+    /// Its effective origin allowlist.
+    pub policy: OriginPolicy,
+    pub schedule: Schedule,
+}
+
+/// Lookup tables for tenants.
+pub struct Tenants {
+    by_id: HashMap<String, Arc<Tenant>>,
+    by_public_key: HashMap<String, Arc<Tenant>>,
+    /// SHA-256 of each `server_key`: a hash-table lookup does not leak key bytes by timing.
+    by_server_key: HashMap<[u8; 32], Arc<Tenant>>,
+    /// Every tenant in file order, and every policy of the deployment for CORS (which runs
+    /// before the tenant is known).
+    all: Vec<Arc<Tenant>>,
+}
+
+impl Settings {
+    /// Checks every rule a configuration must follow, with a message naming what is wrong,
+    /// and compiles it.
+    pub fn compile(config: Config) -> Result<Settings, String> {
+        check_globals(&config)?;
+        let trusted_proxies = config
+            .trusted_proxies
+            .iter()
+            .map(|c| {
+                parse_cidr(c)
+                    .ok_or_else(|| format!("trusted_proxies: {c:?} is not a CIDR or an address"))
+            })
+            .collect::<Result<_, _>>()?;
+        for o in &config.allowed_origins {
+            check_pattern(o).map_err(|e| format!("allowed_origins: {e}"))?;
+        }
+        let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
+        let mut tenants = Vec::with_capacity(config.tenants.len());
+        for t in &config.tenants {
+            let at = format!("tenant {:?}", t.id);
+            check_tenant(t, config.demo).map_err(|e| format!("{at}: {e}"))?;
+            if !ids.insert(&t.id) {
+                return Err(format!("{at}: duplicate tenant id"));
+            }
+            if !keys.insert(&t.public_key) {
+                return Err(format!("{at}: public_key is used by another tenant"));
+            }
+            for o in &t.allowed_origins {
+                check_pattern(o).map_err(|e| format!("{at}: allowed_origins: {e}"))?;
+            }
+            tenants.push(Tenant {
+                policy: OriginPolicy::for_tenant(&config.allowed_origins, &t.allowed_origins),
+                schedule: Schedule::parse(&t.availability)
+                    .map_err(|e| format!("{at}: availability: {e}"))?,
+                cfg: t.clone(),
+            });
+        }
+        Ok(Settings {
+            tenants: Tenants::index(tenants),
+            trusted_proxies,
+            config,
+        })
+    }
+
+    /// The demo tenant's agent secret and server key, derived from the node's session
+    /// secret at start-up (the demo config leaves them empty).
+    pub fn with_demo_secrets(mut self, agent_secret: String, server_key: String) -> Settings {
+        let tenants = self.tenants.all.iter().enumerate().map(|(i, t)| {
+            let mut cfg = t.cfg.clone();
+            if i == 0 {
+                cfg.agent_secret.clone_from(&agent_secret);
+                cfg.server_key.clone_from(&server_key);
+            }
+            Tenant {
+                cfg,
+                policy: t.policy.clone(),
+                schedule: t.schedule.clone(),
+            }
+        });
+        self.tenants = Tenants::index(tenants.collect());
+        self.config.tenants[0].agent_secret = agent_secret;
+        self.config.tenants[0].server_key = server_key;
+        self
+    }
+}
+
+fn check_globals(c: &Config) -> Result<(), String> {
+    if c.tenants.is_empty() {
+        return Err("no tenants configured: add at least one [[tenants]] table".into());
+    }
+    // Bounded, so expiries computed in epoch milliseconds cannot overflow.
+    if !(1..=MAX_TTL_SECS).contains(&c.session_ttl_secs)
+        || !(1..=MAX_TTL_SECS).contains(&c.challenge_ttl_secs)
+    {
+        return Err(format!(
+            "session_ttl_secs and challenge_ttl_secs must be 1..={MAX_TTL_SECS} (10 years)"
+        ));
+    }
+    // A tokio semaphore holds the slots; it panics beyond MAX_PERMITS.
+    if c.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+        return Err("max_connections must be below 2^61".into());
+    }
+    if c.max_connections == 0 || c.max_connections_per_ip == 0 || c.max_sockets_per_visitor == 0 {
+        return Err(
+            "max_connections, max_connections_per_ip and max_sockets_per_visitor must be positive"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+fn check_tenant(t: &TenantConfig, demo: bool) -> Result<(), String> {
+    if t.id.is_empty()
+        || t.id.len() > 64
+        || !t
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err("id must be 1-64 characters of [A-Za-z0-9_-]".into());
+    }
+    if !is_public_key(&t.public_key) {
+        return Err("public_key must match ^pk_live_[a-f0-9]{32}$".into());
+    }
+    if !demo && (t.agent_secret.len() < 8 || t.server_key.len() < 8) {
+        return Err("agent_secret and server_key must be at least 8 characters".into());
+    }
+    if !(0.0..=1.0).contains(&t.telemetry_sample_rate) {
+        return Err("telemetry_sample_rate must be between 0 and 1".into());
+    }
+    if t.max_message_length == 0 || t.max_message_length > MAX_MESSAGE_CHARS {
+        return Err(format!(
+            "max_message_length must be 1..={MAX_MESSAGE_CHARS}"
+        ));
+    }
+    if !matches!(t.branding.position.as_str(), "bottom-right" | "bottom-left") {
+        return Err("branding.position must be bottom-right or bottom-left".into());
+    }
+    Ok(())
+}
+
+impl Tenants {
+    fn index(all: Vec<Tenant>) -> Tenants {
+        let all: Vec<Arc<Tenant>> = all.into_iter().map(Arc::new).collect();
+        let mut t = Tenants {
+            by_id: HashMap::new(),
+            by_public_key: HashMap::new(),
+            by_server_key: HashMap::new(),
+            all: all.clone(),
+        };
+        for tenant in all {
+            t.by_id.insert(tenant.cfg.id.clone(), tenant.clone());
+            t.by_public_key
+                .insert(tenant.cfg.public_key.clone(), tenant.clone());
+            t.by_server_key.insert(
+                Sha256::digest(tenant.cfg.server_key.as_bytes()).into(),
+                tenant,
+            );
+        }
+        t
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<&Arc<Tenant>> {
+        self.by_id.get(id)
+    }
+
+    pub fn by_public_key(&self, pk: &str) -> Option<&Arc<Tenant>> {
+        self.by_public_key.get(pk)
+    }
+
+    pub fn by_server_key(&self, key: &str) -> Option<&Arc<Tenant>> {
+        self.by_server_key
+            .get(&<[u8; 32]>::from(Sha256::digest(key.as_bytes())))
+    }
+
+    /// Every tenant, in the file's order.
+    pub fn all(&self) -> &[Arc<Tenant>] {
+        &self.all
+    }
+
+    pub fn any_policy_allows(&self, origin: &str) -> bool {
+        self.all.iter().any(|t| t.policy.allows(origin))
+    }
+}
