@@ -108,6 +108,22 @@ pub struct TenantConfig {
     pub intents: Vec<Intent>,
     #[serde(default)]
     pub quick_questions: Vec<QuickQuestion>,
+    /// `[[tenants.webhooks]]`: where the tenant's events are POSTed.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One `[[tenants.webhooks]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://`.
+    pub url: String,
+    /// The HMAC key of `X-Confab-Signature`; at least 16 characters.
+    pub secret: String,
+    /// Event types to send; absent = every stored event type.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
 }
 
 /// How much personal data is kept (seed 002's `WEBCHAT_PII_RETENTION_MODE`).

@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -36,6 +37,35 @@ pub struct Metrics {
     pub connection_timeouts: AtomicU64,
     /// Failed `accept` calls (e.g. out of file descriptors).
     pub accept_errors: AtomicU64,
+    /// (tenant, webhook index) → its delivery counters.
+    webhooks: DashMap<(String, usize), Arc<WebhookStats>>,
+}
+
+/// One webhook's counters (this node's deliveries of it).
+pub struct WebhookStats {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    skipped: AtomicU64,
+    lag: AtomicU64,
+    /// From the event's commit to the receiver's 2xx.
+    latency: Histogram,
+}
+
+impl WebhookStats {
+    pub fn delivered(&self, since_commit_ms: i64) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.latency
+            .observe_duration(Duration::from_millis(since_commit_ms.max(0) as u64));
+    }
+    pub fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn skipped(&self, events: u64) {
+        self.skipped.fetch_add(events, Ordering::Relaxed);
+    }
+    pub fn set_lag(&self, events: u64) {
+        self.lag.store(events, Ordering::Relaxed);
+    }
 }
 
 impl Default for Metrics {
@@ -54,6 +84,7 @@ impl Default for Metrics {
             connections_refused: AtomicU64::new(0),
             connection_timeouts: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
+            webhooks: DashMap::new(),
         }
     }
 }
@@ -98,6 +129,86 @@ impl Metrics {
 
     pub fn rate_limited(&self, limit: &'static str) {
         bump(&self.rate_limited, limit);
+    }
+
+    /// The counters of a tenant's webhook number `index`.
+    pub fn webhook(&self, tenant: &str, index: usize) -> Arc<WebhookStats> {
+        self.webhooks
+            .entry((tenant.to_owned(), index))
+            .or_insert_with(|| {
+                Arc::new(WebhookStats {
+                    delivered: AtomicU64::new(0),
+                    failed: AtomicU64::new(0),
+                    skipped: AtomicU64::new(0),
+                    lag: AtomicU64::new(0),
+                    latency: Histogram::latency(),
+                })
+            })
+            .clone()
+    }
+
+    fn render_webhooks(&self, out: &mut String) {
+        let label =
+            |(tenant, index): &(String, usize)| format!("tenant=\"{tenant}\",webhook=\"{index}\"");
+        header(
+            out,
+            "confab_webhook_attempts_total",
+            "counter",
+            "Webhook POSTs by outcome: delivered (2xx) or failed (anything else; each failure is retried).",
+        );
+        for e in self.webhooks.iter() {
+            let l = label(e.key());
+            let w = e.value();
+            let _ = writeln!(
+                out,
+                "confab_webhook_attempts_total{{{l},outcome=\"delivered\"}} {}",
+                w.delivered.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "confab_webhook_attempts_total{{{l},outcome=\"failed\"}} {}",
+                w.failed.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
+            "confab_webhook_skipped_events_total",
+            "counter",
+            "Events that left retention before their webhook could deliver them.",
+        );
+        for e in self.webhooks.iter() {
+            let _ = writeln!(
+                out,
+                "confab_webhook_skipped_events_total{{{}}} {}",
+                label(e.key()),
+                e.value().skipped.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
+            "confab_webhook_lag_events",
+            "gauge",
+            "Tenant events after the webhook's position (on the node delivering it).",
+        );
+        for e in self.webhooks.iter() {
+            let _ = writeln!(
+                out,
+                "confab_webhook_lag_events{{{}}} {}",
+                label(e.key()),
+                e.value().lag.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
+            "confab_webhook_delivery_seconds",
+            "histogram",
+            "From an event's commit to its webhook's 2xx (retries included).",
+        );
+        for e in self.webhooks.iter() {
+            e.value()
+                .latency
+                .render(out, "confab_webhook_delivery_seconds", &label(e.key()));
+        }
     }
 
     pub fn widget_event(&self, kind: &'static str) {
@@ -249,6 +360,7 @@ impl Metrics {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {v}");
         }
+        self.render_webhooks(&mut out);
         out
     }
 }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connections::Timeouts;
 use crate::hub::Hub;
+use crate::service::webhooks::WebhookTiming;
 use crate::settings::Settings;
 use crate::state::{AppState, Clock};
 
@@ -51,6 +52,8 @@ pub struct Options {
     pub body_timeout: Duration,
     /// A keep-alive connection with no request for this long is closed (SPEC: 75 s).
     pub keep_alive_timeout: Duration,
+    /// Webhook attempt timeout, retry gaps and lease length.
+    pub webhooks: WebhookTiming,
 }
 
 impl Default for Options {
@@ -62,6 +65,7 @@ impl Default for Options {
             head_timeout: Timeouts::default().head,
             body_timeout: Timeouts::default().body_stall,
             keep_alive_timeout: Timeouts::default().keep_alive,
+            webhooks: WebhookTiming::default(),
         }
     }
 }
@@ -115,11 +119,10 @@ pub async fn run(
     let state = AppState::new(
         settings,
         keys,
-        backend.store,
-        backend.broker,
-        backend.limiter,
+        backend,
         hub,
         options.clock,
+        options.webhooks,
     );
 
     let addr = listener.local_addr()?;
@@ -127,6 +130,7 @@ pub async fn run(
         print_demo_banner(&state, addr);
     }
     let maintenance = tokio::spawn(maintain(state.clone(), options.maintenance_every));
+    crate::service::webhooks::start(&state).await;
     let app = crate::http::router(state.clone());
     let token = state.shutdown.clone();
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
@@ -170,6 +174,7 @@ pub async fn run(
         }
     }
     state.sockets.close();
+    state.background.close();
     // The server may have finished before the deadline was read; it is set by then.
     let at = at
         .or_else(|| futures_util::FutureExt::now_or_never(&mut deadline))
@@ -179,6 +184,14 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("some WebSocket connections did not close within {grace:?}");
+    }
+    // Webhook followers stop at once on shutdown (an attempt in flight is abandoned: the
+    // event is sent again by the next holder) and hand their leases back.
+    if tokio::time::timeout_at(at, state.background.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks did not stop within {grace:?}");
     }
     maintenance.abort();
     let _ = maintenance.await;

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use confab_protocol::validate::{is_public_key, MAX_MESSAGE_CHARS};
+use confab_protocol::validate::{is_event_type, is_public_key, MAX_MESSAGE_CHARS};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
@@ -31,6 +31,29 @@ pub struct Tenant {
     /// Its effective origin allowlist.
     pub policy: OriginPolicy,
     pub schedule: Schedule,
+    pub webhooks: Vec<Arc<Webhook>>,
+}
+
+/// A webhook, compiled.
+#[derive(Debug)]
+pub struct Webhook {
+    pub url: reqwest::Url,
+    pub secret: String,
+    /// Event types sent; `None`: every stored event type.
+    pub events: Option<Vec<String>>,
+    /// Names it in the store (its position and its lease): a hash of its URL, so that
+    /// reordering the file keeps each webhook's position, and a new URL starts afresh.
+    pub key: String,
+    /// Its place in the tenant's list (a bounded `/metrics` label).
+    pub index: usize,
+}
+
+impl Webhook {
+    pub fn wants(&self, kind: &str) -> bool {
+        self.events
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|k| k == kind))
+    }
 }
 
 /// Lookup tables for tenants.
@@ -75,6 +98,7 @@ impl Settings {
                 check_pattern(o).map_err(|e| format!("{at}: allowed_origins: {e}"))?;
             }
             tenants.push(Tenant {
+                webhooks: compile_webhooks(t).map_err(|e| format!("{at}: webhooks: {e}"))?,
                 policy: OriginPolicy::for_tenant(&config.allowed_origins, &t.allowed_origins),
                 schedule: Schedule::parse(&t.availability)
                     .map_err(|e| format!("{at}: availability: {e}"))?,
@@ -101,6 +125,7 @@ impl Settings {
                 cfg,
                 policy: t.policy.clone(),
                 schedule: t.schedule.clone(),
+                webhooks: t.webhooks.clone(),
             }
         });
         self.tenants = Tenants::index(tenants.collect());
@@ -163,6 +188,52 @@ fn check_tenant(t: &TenantConfig, demo: bool) -> Result<(), String> {
         return Err("branding.position must be bottom-right or bottom-left".into());
     }
     Ok(())
+}
+
+/// Shortest webhook signing secret.
+pub const MIN_WEBHOOK_SECRET: usize = 16;
+
+fn compile_webhooks(t: &TenantConfig) -> Result<Vec<Arc<Webhook>>, String> {
+    let mut urls = HashSet::new();
+    let mut out = Vec::with_capacity(t.webhooks.len());
+    for (index, w) in t.webhooks.iter().enumerate() {
+        let url = reqwest::Url::parse(&w.url).map_err(|e| format!("{:?}: {e}", w.url))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!("{:?}: only http:// and https:// URLs", w.url));
+        }
+        if !urls.insert(url.as_str().to_owned()) {
+            return Err(format!("{:?} is listed twice", w.url));
+        }
+        if w.secret.chars().count() < MIN_WEBHOOK_SECRET {
+            return Err(format!(
+                "{:?}: secret must be at least {MIN_WEBHOOK_SECRET} characters",
+                w.url
+            ));
+        }
+        if let Some(events) = &w.events {
+            for e in events {
+                if !is_event_type(e) {
+                    return Err(format!("{:?}: {e:?} is not an event type (a:b)", w.url));
+                }
+                if e == "message:delta" {
+                    return Err(format!(
+                        "{:?}: message:delta is ephemeral and never sent to webhooks",
+                        w.url
+                    ));
+                }
+            }
+        }
+        let digest = Sha256::digest(url.as_str().as_bytes());
+        let key: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        out.push(Arc::new(Webhook {
+            url,
+            secret: w.secret.clone(),
+            events: w.events.clone(),
+            key: format!("wh_{key}"),
+            index,
+        }));
+    }
+    Ok(out)
 }
 
 impl Tenants {

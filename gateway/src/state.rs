@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use confab_protocol::token::Keyring;
 use confab_store::ratelimit::RateLimiter;
-use confab_store::{Broker, Store};
+use confab_store::{Backend, Broker, Store};
 use dashmap::DashMap;
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::policy::limits::KeyedCap;
+use crate::service::webhooks::WebhookTiming;
 use crate::settings::{Settings, Tenants};
 
 /// The node's one time source, shared with its store (see [`confab_store::Clock`]).
@@ -69,6 +70,15 @@ pub struct Inner {
     pub connections: Arc<Semaphore>,
     /// WebSocket tasks, awaited (with a deadline) at shutdown.
     pub sockets: TaskTracker,
+    /// Background work (webhook followers), awaited with the sockets at shutdown.
+    pub background: TaskTracker,
+    /// This process's name as a lease holder: random at each start, so a restarted node
+    /// never mistakes a lease of its previous life for its own.
+    pub node_id: String,
+    /// The node's one client for outgoing HTTP (webhooks): pooled keep-alive
+    /// connections, HTTP/2 where offered, no redirects followed.
+    pub http: reqwest::Client,
+    pub webhook_timing: WebhookTiming,
     /// Open connections per client IP (`max_connections_per_ip`), taken at accept.
     pub per_ip: KeyedCap<IpAddr>,
     /// Open visitor sockets per visitor (`max_sockets_per_visitor`), taken after auth; keyed
@@ -77,21 +87,32 @@ pub struct Inner {
 }
 
 impl AppState {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: Settings,
         keys: Keyring,
-        store: Arc<dyn Store>,
-        broker: Arc<dyn Broker>,
-        limiter: Arc<dyn RateLimiter>,
+        backend: Backend,
         hub: Arc<Hub>,
         clock: Clock,
+        webhook_timing: WebhookTiming,
     ) -> AppState {
         let Settings {
             config,
             tenants,
             trusted_proxies,
         } = settings;
+        let Backend {
+            store,
+            broker,
+            limiter,
+        } = backend;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent("Confab-Webhooks/1")
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build()
+            // Only fails when the TLS backend cannot initialise: nothing could be sent.
+            .expect("the HTTP client starts");
         AppState(Arc::new(Inner {
             tenants,
             connections: Arc::new(Semaphore::new(config.max_connections)),
@@ -109,6 +130,10 @@ impl AppState {
             metrics: Metrics::default(),
             shutdown: CancellationToken::new(),
             sockets: TaskTracker::new(),
+            background: TaskTracker::new(),
+            node_id: confab_protocol::token::random_id("node_", 12),
+            http,
+            webhook_timing,
         }))
     }
 

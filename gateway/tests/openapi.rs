@@ -60,6 +60,7 @@ async fn every_route_is_described() {
         ("post", "/v1/tenant/conversations/{id}/reopen"),
         ("get", "/v1/tenant/events"),
         ("post", "/v1/tenant/events"),
+        ("get", "/v1/tenant/webhooks"),
         ("get", "/healthz"),
         ("get", "/readyz"),
         ("get", "/metrics"),

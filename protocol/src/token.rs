@@ -8,6 +8,9 @@
 //!   use is enforced by the caller through the store's replay set (keyed by the nonce).
 //! - **Agent JWT**: HS256 only, `sub`, `tenant`, `exp` required, `name` optional.
 //! - **Visitor token** `vis_` + 192 random bits (base64url). Stored only as a SHA-256 hash.
+//! - **Webhook signature** `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`:
+//!   what Confab sends in `X-Confab-Signature` to a tenant's webhooks and bots (the scheme
+//!   Stripe made familiar; the timestamp lets receivers refuse replays).
 //!
 //! MACs are HMAC-SHA256 over a domain tag plus the payload, so a token of one kind can
 //! never be replayed as another.
@@ -264,6 +267,48 @@ pub fn sign_hs256(secret: &[u8], header_json: &str, payload_json: &str) -> Strin
     token
 }
 
+/// The `X-Confab-Signature` value for `body` sent at `unix_secs`.
+pub fn sign_webhook(secret: &[u8], unix_secs: i64, body: &[u8]) -> String {
+    let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+    m.update(unix_secs.to_string().as_bytes());
+    m.update(b".");
+    m.update(body);
+    let mac = m.finalize().into_bytes();
+    let mut out = format!("t={unix_secs},v1=");
+    for b in mac {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// What a receiver does with `X-Confab-Signature`: true when one `v1` entry is the
+/// HMAC of `"<t>.<body>"` under `secret` and `t` is within `tolerance_secs` of `now_secs`.
+pub fn verify_webhook(
+    secret: &[u8],
+    header: &str,
+    body: &[u8],
+    now_secs: i64,
+    tolerance_secs: i64,
+) -> bool {
+    let mut t = None;
+    let mut sigs = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) => t = v.parse::<i64>().ok(),
+            Some(("v1", v)) => sigs.push(v),
+            _ => {}
+        }
+    }
+    let Some(t) = t else { return false };
+    if (now_secs - t).abs() > tolerance_secs {
+        return false;
+    }
+    let expected = sign_webhook(secret, t, body);
+    let expected = &expected[expected.len() - 64..];
+    sigs.iter()
+        .any(|s| bool::from(s.as_bytes().ct_eq(expected.as_bytes())))
+}
+
 /// Signs an agent JWT (what a tenant's backend does; also used by the demo and tests).
 pub fn sign_agent_jwt(secret: &[u8], claims: &AgentClaims) -> String {
     let payload = serde_json::to_string(claims).unwrap_or_default();
@@ -355,6 +400,52 @@ mod tests {
 
     fn ring() -> Keyring {
         Keyring::new(b"secret-one", &[])
+    }
+
+    #[test]
+    fn webhook_signature_matches_an_independent_hmac() {
+        // Python: hmac.new(b"whsec_0123456789abcdef", b'1700000000.{"a":1}', sha256).hexdigest()
+        let sig = sign_webhook(b"whsec_0123456789abcdef", 1_700_000_000, br#"{"a":1}"#);
+        assert_eq!(
+            sig,
+            "t=1700000000,v1=9f5e37cdc7ea587c7c02062d93283cad000d66a831b2a1676418696db47ed6c2"
+        );
+        let secret = b"whsec_0123456789abcdef";
+        assert!(verify_webhook(
+            secret,
+            &sig,
+            br#"{"a":1}"#,
+            1_700_000_100,
+            300
+        ));
+        assert!(!verify_webhook(
+            secret,
+            &sig,
+            br#"{"a":2}"#,
+            1_700_000_100,
+            300
+        ));
+        assert!(!verify_webhook(
+            b"other",
+            &sig,
+            br#"{"a":1}"#,
+            1_700_000_100,
+            300
+        ));
+        assert!(!verify_webhook(
+            secret,
+            &sig,
+            br#"{"a":1}"#,
+            1_700_001_000,
+            300
+        ));
+        assert!(!verify_webhook(
+            secret,
+            "v1=00",
+            br#"{"a":1}"#,
+            1_700_000_000,
+            300
+        ));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde_json::{json, Map};
 
 use crate::{
     Backend, Channel, ConversationCursor, Cursor, EventSink, NewConversation, NewMessage,
-    ProfileUpdate, Published, Retention,
+    ProfileUpdate, Published, Retention, WebhookState,
 };
 
 /// Opens a fresh backend with the given retention.
@@ -103,6 +103,8 @@ pub async fn run_all(factory: Factory) {
     conversation_list(&factory).await;
     retention_and_recovery(&factory).await;
     publications_reach_the_sink_in_order(&factory).await;
+    webhook_state_only_moves_forward(&factory).await;
+    leases_have_one_holder(&factory).await;
 }
 
 async fn secret_first_writer_wins(f: &Factory) {
@@ -620,6 +622,81 @@ async fn retention_and_recovery(f: &Factory) {
     let all = b.store.events(&t, 0, 100).await.unwrap();
     assert!(all.recovered);
     assert_eq!(all.events.len(), 10);
+}
+
+async fn webhook_state_only_moves_forward(f: &Factory) {
+    let b = f(Retention::default()).await;
+    let t = tenant();
+    assert_eq!(b.store.webhook_state(&t, "w1").await.unwrap(), None);
+    let failing = WebhookState {
+        offset: 7,
+        failing: true,
+        last_status: Some(503),
+        last_error: Some("HTTP 503".into()),
+        last_attempt_ms: Some(1_700_000_000_000),
+    };
+    b.store
+        .save_webhook_state(&t, "w1", &failing)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.store.webhook_state(&t, "w1").await.unwrap().as_ref(),
+        Some(&failing)
+    );
+    // A late writer with an older offset updates the attempt but not the position.
+    let stale = WebhookState {
+        offset: 3,
+        failing: false,
+        last_status: Some(200),
+        ..WebhookState::default()
+    };
+    b.store.save_webhook_state(&t, "w1", &stale).await.unwrap();
+    let now = b.store.webhook_state(&t, "w1").await.unwrap().unwrap();
+    assert_eq!((now.offset, now.last_status), (7, Some(200)));
+    assert_eq!(
+        b.store.webhook_state(&t, "w2").await.unwrap(),
+        None,
+        "per webhook"
+    );
+    assert_eq!(
+        b.store.webhook_state(&tenant(), "w1").await.unwrap(),
+        None,
+        "per tenant"
+    );
+}
+
+async fn leases_have_one_holder(f: &Factory) {
+    let b = f(Retention::default()).await;
+    let name = format!("lease-{}", rand::random::<u64>());
+    assert!(b.store.lease(&name, "node-a", 60_000).await.unwrap());
+    assert!(
+        !b.store.lease(&name, "node-b", 60_000).await.unwrap(),
+        "held by a"
+    );
+    assert!(
+        b.store.lease(&name, "node-a", 60_000).await.unwrap(),
+        "a renews"
+    );
+    b.store.release_lease(&name, "node-b").await.unwrap();
+    assert!(
+        !b.store.lease(&name, "node-b", 60_000).await.unwrap(),
+        "b cannot release a's"
+    );
+    b.store.release_lease(&name, "node-a").await.unwrap();
+    assert!(
+        b.store.lease(&name, "node-b", 150).await.unwrap(),
+        "released: b takes it"
+    );
+    // It lapses by itself when its holder stops renewing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !b.store.lease(&name, "node-a", 60_000).await.unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never lapsed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!b.store.lease(&name, "node-b", 60_000).await.unwrap());
 }
 
 async fn publications_reach_the_sink_in_order(f: &Factory) {

@@ -269,6 +269,20 @@ pub struct EventsPage {
     pub recovered: bool,
 }
 
+/// Where a webhook stands: the offset of the last tenant event it has dealt with (delivered
+/// with a 2xx, filtered out, or skipped after leaving retention) and its last attempt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WebhookState {
+    pub offset: u64,
+    /// The last attempt failed and the event is being retried.
+    pub failing: bool,
+    /// HTTP status of the last attempt (`None`: no answer, or no attempt yet).
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed (`None` after a success).
+    pub last_error: Option<String>,
+    pub last_attempt_ms: Option<i64>,
+}
+
 /// A page of the conversation list, most recently updated first.
 #[derive(Debug, Clone, Default)]
 pub struct ConversationPage {
@@ -424,6 +438,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Housekeeping: drops expired nonces and events beyond retention.
     async fn maintain(&self, now_ms: i64) -> Result<()>;
+
+    /// A webhook's stored state (`webhook` names it within the tenant); `None` before its
+    /// first save.
+    async fn webhook_state(&self, tenant: &str, webhook: &str) -> Result<Option<WebhookState>>;
+
+    /// Saves a webhook's state. The stored offset never moves back: a node that lost the
+    /// webhook's lease mid-delivery cannot rewind the progress of the one that took over.
+    async fn save_webhook_state(
+        &self,
+        tenant: &str,
+        webhook: &str,
+        state: &WebhookState,
+    ) -> Result<()>;
+
+    /// Takes the lease `name` for `holder`, or renews it when `holder` already holds it,
+    /// for `ttl_ms` from now. True when `holder` holds it afterwards. A lease names work
+    /// exactly one node should do at a time (a webhook's deliveries); it lapses by itself
+    /// when its holder dies.
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool>;
+
+    /// Gives the lease up, if `holder` holds it.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
 }
 
 /// A channel of the fan-out.

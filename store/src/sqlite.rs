@@ -33,7 +33,7 @@ use crate::domain::{
 use crate::{
     Appended, Broker, Channel, Clock, ConversationCursor, ConversationPage, Cursor, EventSink,
     EventsPage, MessagePage, NewConversation, NewMessage, ProfileUpdate, Published, Result,
-    Retention, Store, StoreError, StoredMessage, VisitorRecord,
+    Retention, Store, StoreError, StoredMessage, VisitorRecord, WebhookState,
 };
 
 /// When a commit is durable (`sqlite:PATH?synchronous=…`).
@@ -80,6 +80,11 @@ CREATE TABLE IF NOT EXISTS tenant_logs (
 CREATE TABLE IF NOT EXISTS tenant_events (
     tenant TEXT NOT NULL, offset INTEGER NOT NULL, created_ms INTEGER NOT NULL, kind TEXT NOT NULL,
     data TEXT NOT NULL, PRIMARY KEY (tenant, offset)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS webhooks (
+    tenant TEXT NOT NULL, webhook TEXT NOT NULL, offset INTEGER NOT NULL, state TEXT NOT NULL,
+    PRIMARY KEY (tenant, webhook)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL) WITHOUT ROWID;
 PRAGMA user_version = 1;
 "#;
 
@@ -118,6 +123,38 @@ pub struct SqliteStore {
     clock: Clock,
     /// Joined on drop so that queued writes are committed before the process exits.
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The exclusive lock on `<database>.lock` (file databases), held for the store's
+    /// life; the OS releases it when the process dies.
+    _lock: Option<std::fs::File>,
+}
+
+/// Takes an exclusive lock on `<path>.lock`: one gateway process per database file. A
+/// second one would keep its own hub (so its clients would miss the first one's events)
+/// and could not tell its leases from a dead process's.
+fn lock_exclusively(path: &Path) -> Result<std::fs::File> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Unavailable(format!("{}: {e}", lock_path.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(StoreError::Unavailable(format!(
+                "{} is in use by another confab process (one process per SQLite database; \
+                 use Redis to run several nodes)",
+                path.display()
+            )));
+        }
+    }
+    Ok(file)
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -151,6 +188,7 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
         }
+        let lock = lock_exclusively(path)?;
         let conn = Connection::open(path).map_err(db_err)?;
         let synchronous = match sync {
             Sync::Full => "FULL",
@@ -167,7 +205,9 @@ impl SqliteStore {
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(tokio::sync::Semaphore::new(READ_POOL)),
         };
-        Self::start(conn, readers, retention, clock)
+        let mut store = Self::start(conn, readers, retention, clock)?;
+        store._lock = Some(lock);
+        Ok(store)
     }
 
     /// A private in-memory database (tests, `--store memory`): nothing survives the process.
@@ -183,6 +223,9 @@ impl SqliteStore {
         clock: Clock,
     ) -> Result<SqliteStore> {
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        // This process is the database's only user (`lock_exclusively`): every lease in it
+        // was held by a process that is gone.
+        conn.execute("DELETE FROM leases", []).map_err(db_err)?;
         // rusqlite keeps 16 by default; the writer uses more distinct statements than that,
         // and a miss re-prepares (parses and plans) the statement on every message.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -201,6 +244,7 @@ impl SqliteStore {
             retention,
             clock,
             thread: Mutex::new(Some(thread)),
+            _lock: None,
         })
     }
 
@@ -912,6 +956,80 @@ impl Store for SqliteStore {
                     .map_err(db_err)?;
                 }
             }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn webhook_state(&self, tenant: &str, webhook: &str) -> Result<Option<WebhookState>> {
+        let (tenant, webhook) = (tenant.to_owned(), webhook.to_owned());
+        self.read(move |c| {
+            let row: Option<(i64, String)> = c
+                .prepare_cached(
+                    "SELECT offset, state FROM webhooks WHERE tenant = ?1 AND webhook = ?2",
+                )
+                .map_err(db_err)?
+                .query_row(params![tenant, webhook], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(db_err)?;
+            row.map(|(offset, state)| {
+                let mut state: WebhookState = serde_json::from_str(&state).map_err(json_err)?;
+                state.offset = offset as u64;
+                Ok(state)
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn save_webhook_state(
+        &self,
+        tenant: &str,
+        webhook: &str,
+        state: &WebhookState,
+    ) -> Result<()> {
+        let (tenant, webhook) = (tenant.to_owned(), webhook.to_owned());
+        let offset = state.offset.min(i64::MAX as u64) as i64;
+        let json = serde_json::to_string(state).map_err(json_err)?;
+        self.write(move |c, _| {
+            c.prepare_cached(
+                "INSERT INTO webhooks (tenant, webhook, offset, state) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant, webhook) DO UPDATE SET offset = MAX(offset, excluded.offset), state = excluded.state",
+            )
+            .map_err(db_err)?
+            .execute(params![tenant, webhook, offset, json])
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        let now = self.clock.now_ms();
+        self.write(move |c, _| {
+            let n = c
+                .prepare_cached(
+                    "INSERT INTO leases (name, holder, expires_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms
+                     WHERE leases.holder = excluded.holder OR leases.expires_ms <= ?4",
+                )
+                .map_err(db_err)?
+                .execute(params![name, holder, now.saturating_add(ttl_ms), now])
+                .map_err(db_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(move |c, _| {
+            c.execute(
+                "DELETE FROM leases WHERE name = ?1 AND holder = ?2",
+                params![name, holder],
+            )
+            .map_err(db_err)?;
             Ok(())
         })
         .await

@@ -50,6 +50,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tenant::close))
         .routes(routes!(tenant::reopen))
         .routes(routes!(tenant::events, tenant::publish))
+        .routes(routes!(tenant::webhooks))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

@@ -553,3 +553,84 @@ pub async fn publish(
         serde_json::to_string(&body).unwrap_or_default(),
     ))
 }
+
+/// `GET /v1/tenant/webhooks`: where each of the tenant's webhooks stands.
+#[derive(Serialize, ToSchema)]
+pub struct Webhooks {
+    pub webhooks: Vec<WebhookStatus>,
+}
+
+/// One webhook's delivery state.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookStatus {
+    pub url: String,
+    /// The event types it receives; `null`: every stored event type.
+    pub events: Option<Vec<String>>,
+    /// The offset of the last event it has dealt with (delivered, filtered out, or skipped
+    /// after leaving retention); a new webhook starts at the end of the log.
+    pub offset: String,
+    /// Retained events of its filter not delivered yet.
+    pub lag: u64,
+    /// Its last attempt failed; the event is being retried (later events wait).
+    pub failing: bool,
+    /// HTTP status of the last attempt; `null` when there was no answer (timeout,
+    /// connection refused) or no attempt yet.
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed (`HTTP 500`, `timed out`, `connection failed`, …);
+    /// `null` after a success.
+    pub last_error: Option<String>,
+    /// ISO 8601, UTC; `null` before the first attempt.
+    pub last_attempt_at: Option<String>,
+}
+
+/// `GET /v1/tenant/webhooks` (server key only): each configured webhook's delivery state.
+#[utoipa::path(
+    get,
+    path = "/v1/tenant/webhooks",
+    operation_id = "listWebhooks",
+    tag = "tenant",
+    security(("serverKey" = [])),
+    responses(
+        (status = 200, description = "Every webhook of the tenant, in configuration order.", body = Webhooks),
+        (status = 401, response = InvalidCredentials),
+        (status = 403, description = "`forbidden` (an agent JWT: this route needs the server key) or `origin_not_allowed`.", body = ErrorBody),
+        (status = 503, response = StoreUnavailable),
+    ),
+)]
+pub async fn webhooks(
+    State(state): State<crate::state::AppState>,
+    headers: HeaderMap,
+) -> HandlerResult<Response> {
+    let auth = auth(&state, &headers)?;
+    if !matches!(auth.actor, Actor::Server) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "webhook state needs the tenant's server key",
+        )
+        .into());
+    }
+    let list = service::webhooks::status(&state, &auth.tenant).await?;
+    let body = Webhooks {
+        webhooks: list
+            .into_iter()
+            .map(|s| WebhookStatus {
+                url: s.hook.url.to_string(),
+                events: s.hook.events.clone(),
+                offset: s.state.offset.to_string(),
+                lag: s.lag,
+                failing: s.state.failing,
+                last_status: s.state.last_status,
+                last_error: s.state.last_error,
+                last_attempt_at: s
+                    .state
+                    .last_attempt_ms
+                    .map(confab_protocol::time::format_ms),
+            })
+            .collect(),
+    };
+    Ok(json_text(
+        StatusCode::OK,
+        serde_json::to_string(&body).unwrap_or_default(),
+    ))
+}

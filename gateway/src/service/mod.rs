@@ -7,6 +7,7 @@
 //! - [`visitor`] — visitor messages (one path for all of them), typing, page context, PII.
 //! - [`agent`] — the tenant side: conversations (list, read), replies, status, typing.
 //! - [`events`] — the tenant event log: pages (long-polled), resume points, custom events.
+//! - [`webhooks`] — delivering the tenant event log to the tenant's webhooks.
 //!
 //! - [`limits`] — charging requests against the rate limits.
 
@@ -20,6 +21,7 @@ pub mod events;
 pub mod limits;
 pub mod sessions;
 pub mod visitor;
+pub mod webhooks;
 
 fn not_found() -> ApiError {
     ApiError::new(ErrorCode::ConversationNotFound, "no such conversation")

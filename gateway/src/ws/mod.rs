@@ -755,11 +755,10 @@ mod tests {
         AppState::new(
             crate::Settings::compile(crate::Config::demo()).unwrap(),
             Keyring::new(b"unit-test-secret", &[]),
-            backend.store,
-            backend.broker,
-            backend.limiter,
+            backend,
             hub,
             clock,
+            Default::default(),
         )
     }
 

@@ -43,6 +43,11 @@ pub(crate) fn nonce(nonce: &str) -> String {
     format!("confab:nonce:{nonce}")
 }
 
+/// A lease (`holder`, expiring with `PX`): see `Store::lease`.
+pub(crate) fn lease(name: &str) -> String {
+    format!("confab:lease:{}", seg(name))
+}
+
 /// A rate limiter key: the GCRA theoretical arrival time, in µs (expires at the TAT).
 pub(crate) fn rate(key: &str) -> String {
     format!("confab:rl:{key}")
@@ -95,6 +100,12 @@ impl TenantKeys {
     /// HASH clientMessageId → seq of the first message that carried it.
     pub(crate) fn idempotency(&self, id: &str) -> String {
         format!("{}:idem:{}", self.base, seg(id))
+    }
+
+    /// HASH `offset` (forward only), `state` (the rest of `WebhookState`, JSON) of one
+    /// webhook.
+    pub(crate) fn webhook(&self, webhook: &str) -> String {
+        format!("{}:webhook:{}", self.base, seg(webhook))
     }
 }
 
@@ -165,6 +176,7 @@ mod tests {
             k.list("open"),
             k.conversation("x"),
             k.messages("x:y}"),
+            k.webhook("w"),
         ] {
             assert!(key.starts_with("confab:{t:demo}:"), "{key}");
             assert_eq!(key.matches('{').count(), 1);

@@ -30,6 +30,8 @@
 //! | `confab:{t:T}:visitors` | HASH | visitor-token hash → `VISITOR_ID CONVERSATION_ID` |
 //! | `confab:{t:T}:meta` | HASH | `offset` (last tenant offset), `pruned` (highest offset dropped by retention) |
 //! | `confab:{t:T}:log` | STREAM | tenant events: entry id `OFFSET-CREATED_MS`, fields `k` (type), `d` (data JSON) |
+//! | `confab:{t:T}:webhook:W` | HASH | one webhook's delivery state: `offset` (forward only), `state` (JSON) |
+//! | `confab:lease:NAME` | STRING | a lease: its holder (`SET PX ttl`, renewed by the holder, expires by itself) |
 //! | `confab:tenants` | SET | tenants with a log, for `maintain` |
 //! | `confab:secret` | STRING | the generated session secret (`SET NX`, then `GET`) |
 //! | `confab:nonce:N` | STRING | a used challenge nonce (`SET NX PX ttl`: expires by itself) |
@@ -154,7 +156,7 @@ use crate::domain::{new_conversation, new_conversation_id, new_message, new_visi
 use crate::{
     Appended, Backend, Clock, ConversationCursor, ConversationPage, Cursor, EventsPage,
     MessagePage, NewConversation, NewMessage, ProfileUpdate, Result, Retention, Store, StoreError,
-    StoredMessage, VisitorRecord,
+    StoredMessage, VisitorRecord, WebhookState,
 };
 
 mod codec;
@@ -999,6 +1001,57 @@ impl Store for RedisStore {
             }
             cursor = next;
         }
+    }
+
+    async fn webhook_state(&self, tenant: &str, webhook: &str) -> Result<Option<WebhookState>> {
+        let key = TenantKeys::new(tenant).webhook(webhook);
+        let (offset, state): (Option<u64>, Option<String>) = self
+            .conn
+            .query(
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg("offset")
+                    .arg("state")
+                    .to_owned(),
+            )
+            .await?;
+        let (Some(offset), Some(state)) = (offset, state) else {
+            return Ok(None);
+        };
+        let mut state: WebhookState = serde_json::from_str(&state)
+            .map_err(|e| StoreError::Internal(format!("webhook state: {e}")))?;
+        state.offset = offset;
+        Ok(Some(state))
+    }
+
+    async fn save_webhook_state(
+        &self,
+        tenant: &str,
+        webhook: &str,
+        state: &WebhookState,
+    ) -> Result<()> {
+        let json = serde_json::to_string(state)
+            .map_err(|e| StoreError::Internal(format!("webhook state: {e}")))?;
+        let mut inv = scripts::WEBHOOK.prepare_invoke();
+        inv.key(TenantKeys::new(tenant).webhook(webhook))
+            .arg(state.offset)
+            .arg(json);
+        let _: i64 = self.conn.eval(inv).await?;
+        Ok(())
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
+        let mut inv = scripts::LEASE.prepare_invoke();
+        inv.key(keys::lease(name)).arg(holder).arg(ttl_ms.max(1));
+        let held: i64 = self.conn.eval(inv).await?;
+        Ok(held == 1)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let mut inv = scripts::RELEASE.prepare_invoke();
+        inv.key(keys::lease(name)).arg(holder);
+        let _: i64 = self.conn.eval(inv).await?;
+        Ok(())
     }
 }
 

@@ -31,5 +31,27 @@ pub(crate) static EVENT: LazyLock<Script> = script!("event.lua");
 pub(crate) static TRIM: LazyLock<Script> = script!("trim.lua");
 /// `messages` with a time cursor.
 pub(crate) static HISTORY: LazyLock<Script> = script!("history.lua");
+/// `save_webhook_state`: the offset only moves forward.
+pub(crate) static WEBHOOK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local cur = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0') \
+         if tonumber(ARGV[1]) > cur then redis.call('HSET', KEYS[1], 'offset', ARGV[1]) end \
+         redis.call('HSET', KEYS[1], 'state', ARGV[2]) return 1",
+    )
+});
+/// `lease`: take it when free or expired, renew it when ours.
+pub(crate) static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local h = redis.call('GET', KEYS[1]) \
+         if h == false or h == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
+         return 0",
+    )
+});
+/// `release_lease`: delete it only when ours.
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1",
+    )
+});
 /// `RateLimiter::check`.
 pub(crate) static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("gcra.lua")));

@@ -1,0 +1,579 @@
+//! Webhooks: each `[[tenants.webhooks]]` entry follows its tenant's event log and POSTs
+//! the events it wants to its URL, signed, one at a time, in offset order.
+//!
+//! - **Driven by the log, not by a queue.** A webhook is a durable cursor in the store
+//!   ([`WebhookState`]): the offset of the last event it dealt with, advanced only after a
+//!   2xx (or past events its filter does not want, or that left retention first). A
+//!   restart or a `kill -9` resumes from the stored cursor; at worst the event in flight is
+//!   sent again, with the same `X-Confab-Delivery` id (delivery is at least once).
+//! - **One deliverer per webhook in the deployment.** A node delivers a webhook only while
+//!   it holds the webhook's lease in the store ([`confab_store::Store::lease`]), renewed
+//!   every few seconds while it works; a node that dies stops renewing, and another node,
+//!   asking every few seconds, takes over from the stored cursor.
+//! - **Order over throughput.** One event in flight per webhook; a failure (non-2xx,
+//!   timeout, connection error) is retried with exponential backoff and jitter while later
+//!   events wait.
+//! - **A new webhook starts at the end of the log**: it hears what happens after it was
+//!   added, not the retained history (a changed URL is a new webhook).
+//! - **Bounded.** Responses are read up to [`MAX_RESPONSE_BYTES`] and discarded; the
+//!   client never follows redirects; each attempt has a deadline.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use confab_protocol::model::TenantEvent;
+use confab_protocol::time::format_ms;
+use confab_protocol::token::sign_webhook;
+use confab_protocol::ApiError;
+use confab_store::{Channel, WebhookState};
+use tokio::time::Instant;
+
+use crate::metrics::WebhookStats;
+use crate::settings::{Tenant, Webhook};
+use crate::state::AppState;
+
+/// Response bytes read (then discarded) from a receiver, so the connection can be reused.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Events read from the log at a time.
+const PAGE: usize = 100;
+/// Events scanned to compute one webhook's lag for the status route.
+const LAG_SCAN_LIMIT: usize = 100_000;
+
+/// The timings of delivery (SPEC: 10 s per attempt, backoff 1 s doubling to 10 min, a dead
+/// node's webhooks taken over within 15 s). Tests shorten them through `Options`.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookTiming {
+    /// How long one POST may take (connect, send, answer).
+    pub attempt_timeout: Duration,
+    /// The gap after the first failure; it doubles with each further failure…
+    pub first_retry: Duration,
+    /// …up to this. Each gap is randomised by ±20 %.
+    pub max_retry: Duration,
+    /// How long a lease lasts without renewal. The holder renews it every third of this; a
+    /// node without it asks again every third of this, so a dead holder's webhooks move
+    /// within `lease` + `lease / 3`.
+    pub lease: Duration,
+}
+
+impl Default for WebhookTiming {
+    fn default() -> Self {
+        WebhookTiming {
+            attempt_timeout: Duration::from_secs(10),
+            first_retry: Duration::from_secs(1),
+            max_retry: Duration::from_secs(600),
+            lease: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WebhookTiming {
+    fn renew_every(&self) -> Duration {
+        self.lease / 3
+    }
+
+    /// The gap before retry number `failures` (1 = after the first failure); `unit` in
+    /// `[0, 1)` picks the jitter.
+    pub fn backoff(&self, failures: u32, unit: f64) -> Duration {
+        let base = self
+            .first_retry
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(30))
+            .min(self.max_retry);
+        base.mul_f64(0.8 + 0.4 * unit.clamp(0.0, 1.0))
+    }
+}
+
+/// Starts one follower per configured webhook; they stop with the node. Called before
+/// the node accepts requests, so a new webhook's starting point is fixed before any event
+/// this node commits.
+pub async fn start(state: &AppState) {
+    for tenant in state.tenants.all() {
+        for hook in &tenant.webhooks {
+            if let Err(e) = place_new(state, &tenant.cfg.id, hook).await {
+                tracing::warn!(tenant = tenant.cfg.id, webhook = hook.index, error = %e, "webhook position not read; retrying in the background");
+            }
+            state
+                .background
+                .spawn(follow(state.clone(), tenant.clone(), hook.clone()));
+        }
+    }
+}
+
+/// Stores a webhook seen for the first time at the end of its tenant's log.
+async fn place_new(
+    state: &AppState,
+    tenant: &str,
+    hook: &Webhook,
+) -> Result<(), confab_store::StoreError> {
+    if state
+        .store
+        .webhook_state(tenant, &hook.key)
+        .await?
+        .is_none()
+    {
+        let st = WebhookState {
+            offset: state.store.last_offset(tenant).await?,
+            ..WebhookState::default()
+        };
+        state
+            .store
+            .save_webhook_state(tenant, &hook.key, &st)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Why a deliverer stopped.
+enum Stop {
+    Shutdown,
+    /// Another node holds the lease now (or this one could not renew it).
+    LeaseLost,
+    Store(confab_store::StoreError),
+}
+
+impl From<confab_store::StoreError> for Stop {
+    fn from(e: confab_store::StoreError) -> Stop {
+        Stop::Store(e)
+    }
+}
+
+/// Holds the webhook's lease whenever it can, and delivers while holding it.
+async fn follow(state: AppState, tenant: Arc<Tenant>, hook: Arc<Webhook>) {
+    let lease = format!("webhook:{}:{}", tenant.cfg.id, hook.key);
+    let stats = state.metrics.webhook(&tenant.cfg.id, hook.index);
+    let timing = state.webhook_timing;
+    loop {
+        let held = match state
+            .store
+            .lease(&lease, &state.node_id, timing.lease.as_millis() as i64)
+            .await
+        {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::debug!(error = %e, lease, "webhook lease not taken");
+                false
+            }
+        };
+        if held {
+            tracing::info!(tenant = tenant.cfg.id, webhook = hook.index, url = %hook.url, "delivering webhook");
+            let mut d = Deliverer {
+                state: &state,
+                tenant: &tenant,
+                hook: &hook,
+                lease: &lease,
+                stats: &stats,
+                renew_at: Instant::now() + timing.renew_every(),
+            };
+            match d.run().await {
+                Stop::Shutdown => {
+                    // Hand over at once rather than after the lease lapses.
+                    let _ = state.store.release_lease(&lease, &state.node_id).await;
+                    return;
+                }
+                Stop::LeaseLost => {
+                    tracing::warn!(
+                        tenant = tenant.cfg.id,
+                        webhook = hook.index,
+                        "webhook lease lost; another node delivers"
+                    )
+                }
+                Stop::Store(e) => {
+                    tracing::warn!(tenant = tenant.cfg.id, webhook = hook.index, error = %e, "webhook delivery paused: store unavailable")
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(timing.renew_every()) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+    }
+}
+
+struct Deliverer<'a> {
+    state: &'a AppState,
+    tenant: &'a Arc<Tenant>,
+    hook: &'a Webhook,
+    lease: &'a str,
+    stats: &'a WebhookStats,
+    /// When the lease is renewed next.
+    renew_at: Instant,
+}
+
+impl Deliverer<'_> {
+    fn tenant_id(&self) -> &str {
+        &self.tenant.cfg.id
+    }
+
+    /// Delivers until shutdown, a lost lease or a store failure.
+    async fn run(&mut self) -> Stop {
+        match self.deliver_all().await {
+            Ok(never) => match never {},
+            Err(stop) => stop,
+        }
+    }
+
+    async fn deliver_all(&mut self) -> Result<std::convert::Infallible, Stop> {
+        let state = self.state;
+        // A wake-up whenever the tenant's log grows (any node's commit reaches this node's
+        // hub through the broker); the renewal tick re-reads the log anyway.
+        let mut wake = state
+            .hub
+            .subscribe_live(
+                &state.broker,
+                Channel::Tenant {
+                    tenant: self.tenant_id().into(),
+                },
+                1,
+                true,
+            )
+            .await;
+        place_new(state, self.tenant_id(), self.hook).await?;
+        let mut st = state
+            .store
+            .webhook_state(self.tenant_id(), &self.hook.key)
+            .await?
+            .unwrap_or_default();
+        loop {
+            self.renew_if_due().await?;
+            let page = state
+                .store
+                .events(self.tenant_id(), st.offset, PAGE)
+                .await?;
+            if !page.recovered {
+                self.skip_pruned(&mut st, page.events.first()).await?;
+            }
+            let last = state.store.last_offset(self.tenant_id()).await?;
+            self.stats.set_lag(last.saturating_sub(st.offset));
+            if page.events.is_empty() {
+                tokio::select! {
+                    _ = wake.rx.recv() => {}
+                    _ = tokio::time::sleep_until(self.renew_at) => {}
+                    _ = state.shutdown.cancelled() => return Err(Stop::Shutdown),
+                }
+                continue;
+            }
+            let before = st.offset;
+            let mut saved = true;
+            for ev in &page.events {
+                if ev.offset <= st.offset {
+                    // Skipped meanwhile: it left retention while an earlier one was retried.
+                    continue;
+                }
+                if self.hook.wants(&ev.kind) {
+                    self.deliver(&mut st, ev).await?;
+                    saved = true;
+                } else {
+                    st.offset = ev.offset;
+                    saved = false;
+                }
+            }
+            if !saved && st.offset != before {
+                self.save(&st).await?;
+            }
+        }
+    }
+
+    /// Events between the cursor and the oldest retained one were dropped by retention
+    /// before they could be delivered: skipped, logged and counted.
+    async fn skip_pruned(
+        &self,
+        st: &mut WebhookState,
+        first: Option<&TenantEvent>,
+    ) -> Result<(), Stop> {
+        let resume = match first {
+            Some(ev) => ev.offset - 1,
+            None => self.state.store.last_offset(self.tenant_id()).await?,
+        };
+        if resume > st.offset {
+            let skipped = resume - st.offset;
+            tracing::warn!(
+                tenant = self.tenant_id(),
+                webhook = self.hook.index,
+                from = st.offset + 1,
+                through = resume,
+                "webhook events left retention before delivery: skipped"
+            );
+            self.stats.skipped(skipped);
+            st.offset = resume;
+            self.save(st).await?;
+        }
+        Ok(())
+    }
+
+    /// Delivers one event, retrying until a 2xx, or until it leaves retention.
+    async fn deliver(&mut self, st: &mut WebhookState, ev: &TenantEvent) -> Result<(), Stop> {
+        let id = delivery_id(&self.hook.key, ev.offset);
+        let body = payload(self.tenant_id(), &id, ev);
+        let timing = self.state.webhook_timing;
+        let mut failures = 0u32;
+        loop {
+            let (state, hook) = (self.state, self.hook);
+            let outcome = self
+                .leased(post(state, hook, &id, &ev.kind, body.clone()))
+                .await?;
+            let now = self.state.now_ms();
+            st.last_attempt_ms = Some(now);
+            match outcome {
+                Ok(status) => {
+                    st.last_status = Some(status);
+                    st.last_error = None;
+                    st.failing = false;
+                    st.offset = ev.offset;
+                    self.save(st).await?;
+                    self.stats.delivered(now - ev.created_ms);
+                    return Ok(());
+                }
+                Err(failure) => {
+                    failures += 1;
+                    tracing::debug!(
+                        tenant = self.tenant_id(),
+                        webhook = self.hook.index,
+                        offset = ev.offset,
+                        failures,
+                        error = failure.error,
+                        "webhook delivery failed; retrying"
+                    );
+                    st.last_status = failure.status;
+                    st.last_error = Some(failure.error);
+                    st.failing = true;
+                    self.save(st).await?;
+                    self.stats.failed();
+                }
+            }
+            let gap = timing.backoff(failures, rand::random::<f64>());
+            self.leased(tokio::time::sleep(gap)).await?;
+            // Still retained? An event that fell out of the log meanwhile is skipped.
+            let check = self
+                .state
+                .store
+                .events(self.tenant_id(), st.offset, 1)
+                .await?;
+            if !check.recovered {
+                self.skip_pruned(st, check.events.first()).await?;
+                st.failing = false;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Runs `fut`, renewing the lease whenever due; stops on shutdown or a lost lease.
+    async fn leased<T>(&mut self, fut: impl Future<Output = T>) -> Result<T, Stop> {
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                v = &mut fut => return Ok(v),
+                _ = tokio::time::sleep_until(self.renew_at) => self.renew_if_due().await?,
+                _ = self.state.shutdown.cancelled() => return Err(Stop::Shutdown),
+            }
+        }
+    }
+
+    async fn renew_if_due(&mut self) -> Result<(), Stop> {
+        if Instant::now() < self.renew_at {
+            return Ok(());
+        }
+        let timing = self.state.webhook_timing;
+        let held = self
+            .state
+            .store
+            .lease(
+                self.lease,
+                &self.state.node_id,
+                timing.lease.as_millis() as i64,
+            )
+            .await?;
+        if !held {
+            return Err(Stop::LeaseLost);
+        }
+        self.renew_at = Instant::now() + timing.renew_every();
+        Ok(())
+    }
+
+    async fn save(&self, st: &WebhookState) -> Result<(), Stop> {
+        self.state
+            .store
+            .save_webhook_state(self.tenant_id(), &self.hook.key, st)
+            .await?;
+        Ok(())
+    }
+}
+
+/// One POST. `Ok(status)` for a 2xx.
+async fn post(
+    state: &AppState,
+    hook: &Webhook,
+    id: &str,
+    kind: &str,
+    body: bytes::Bytes,
+) -> Result<u16, Failure> {
+    let t = state.now_ms().div_euclid(1000);
+    let signature = sign_webhook(hook.secret.as_bytes(), t, &body);
+    let sent = state
+        .http
+        .post(hook.url.clone())
+        .timeout(state.webhook_timing.attempt_timeout)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("X-Confab-Event", kind)
+        .header("X-Confab-Delivery", id)
+        .header("X-Confab-Signature", signature)
+        .body(body)
+        .send()
+        .await;
+    let mut resp = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(Failure {
+                status: None,
+                error: describe(&e),
+            })
+        }
+    };
+    let status = resp.status().as_u16();
+    // Read a little of the answer so the connection can be reused; never keep it.
+    let mut read = 0;
+    while read <= MAX_RESPONSE_BYTES {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            _ => break,
+        }
+    }
+    if resp.status().is_success() {
+        Ok(status)
+    } else {
+        Err(Failure {
+            status: Some(status),
+            error: format!("HTTP {status}"),
+        })
+    }
+}
+
+/// A failed attempt.
+struct Failure {
+    status: Option<u16>,
+    error: String,
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connection failed".into()
+    } else {
+        // The innermost cause names the problem (reset, bad response, …) without the URL.
+        let mut source: &dyn std::error::Error = e;
+        while let Some(inner) = source.source() {
+            source = inner;
+        }
+        source.to_string()
+    }
+}
+
+/// The delivery id: the same for an event on every retry, on every node.
+pub fn delivery_id(webhook_key: &str, offset: u64) -> String {
+    format!("dlv_{}_{offset}", webhook_key.trim_start_matches("wh_"))
+}
+
+/// The POST body: the event as on the tenant channel, with its delivery id and tenant.
+pub fn payload(tenant: &str, id: &str, ev: &TenantEvent) -> bytes::Bytes {
+    let s = |v: &str| serde_json::to_string(v).unwrap_or_default();
+    format!(
+        r#"{{"id":{},"type":{},"offset":"{}","tenantId":{},"createdAt":"{}","data":{}}}"#,
+        s(id),
+        s(&ev.kind),
+        ev.offset,
+        s(tenant),
+        format_ms(ev.created_ms),
+        ev.data
+    )
+    .into()
+}
+
+/// One webhook's delivery state, for `GET /v1/tenant/webhooks`.
+pub struct Status {
+    pub hook: Arc<Webhook>,
+    pub state: WebhookState,
+    /// Retained events its filter wants that it has not delivered yet.
+    pub lag: u64,
+}
+
+/// Every webhook of `tenant`, with its stored state and its lag.
+pub async fn status(state: &AppState, tenant: &Tenant) -> Result<Vec<Status>, ApiError> {
+    let mut out = Vec::with_capacity(tenant.webhooks.len());
+    for hook in &tenant.webhooks {
+        let stored = state
+            .store
+            .webhook_state(&tenant.cfg.id, &hook.key)
+            .await
+            .map_err(crate::error::store_error)?;
+        let st = match stored {
+            Some(st) => st,
+            // Not started yet: it will start at the end of the log.
+            None => WebhookState {
+                offset: state
+                    .store
+                    .last_offset(&tenant.cfg.id)
+                    .await
+                    .map_err(crate::error::store_error)?,
+                ..WebhookState::default()
+            },
+        };
+        let (mut lag, mut after, mut scanned) = (0u64, st.offset, 0usize);
+        while scanned < LAG_SCAN_LIMIT {
+            let page = state
+                .store
+                .events(&tenant.cfg.id, after, 1000)
+                .await
+                .map_err(crate::error::store_error)?;
+            scanned += page.events.len();
+            lag += page.events.iter().filter(|e| hook.wants(&e.kind)).count() as u64;
+            match page.events.last() {
+                Some(e) if page.has_more => after = e.offset,
+                _ => break,
+            }
+        }
+        out.push(Status {
+            hook: hook.clone(),
+            state: st,
+            lag,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_within_the_jitter() {
+        let t = WebhookTiming::default();
+        let secs = |n, u| t.backoff(n, u).as_secs_f64();
+        assert_eq!(secs(1, 0.5), 1.0);
+        assert_eq!(secs(2, 0.5), 2.0);
+        assert_eq!(secs(3, 0.5), 4.0);
+        assert_eq!(secs(10, 0.5), 512.0);
+        assert_eq!(secs(11, 0.5), 600.0);
+        assert_eq!(secs(1_000, 0.5), 600.0);
+        assert!((secs(1, 0.0) - 0.8).abs() < 1e-9);
+        assert!((secs(11, 0.999_999) - 720.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn the_payload_is_the_event_with_its_id() {
+        let ev = TenantEvent {
+            offset: 42,
+            kind: "message:new".into(),
+            data: r#"{"text":"hi \"you\""}"#.into(),
+            created_ms: 0,
+        };
+        let body = payload("demo", &delivery_id("wh_0011", 42), &ev);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "id": "dlv_0011_42", "type": "message:new", "offset": "42", "tenantId": "demo",
+                "createdAt": "1970-01-01T00:00:00.000Z", "data": {"text": "hi \"you\""}
+            })
+        );
+    }
+}
