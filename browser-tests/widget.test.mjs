@@ -67,6 +67,7 @@ label = "Chat with us"
 [tenants.availability]
 mode = "always"
 ${LIMITS}
+__WEBHOOKS__
 [[tenants.intents]]
 name = "billing"
 display_label = "Billing question"
@@ -162,6 +163,9 @@ const CHROME_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-netw
   '--disable-sync', '--no-first-run', '--disable-quic'];
 
 let gw, browser, hostServer, HOST; // HOST: a second loopback origin serving host pages
+const HOOK_SECRET = 'browser-tests-webhook-secret-9c2e';
+let hookServer, hookUrl, hookStatus = 200; // the demo tenant's webhook receiver and what it answers
+const hookHits = [];
 const hostPages = new Map();
 const pageErrors = [];
 
@@ -259,8 +263,25 @@ async function api(method, path, body, token) {
   return { status: r.status, json: text ? JSON.parse(text) : null };
 }
 
+/** A webhook receiver: checks each delivery's signature, answers `hookStatus`. */
+function startHookServer() {
+  hookServer = createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const sig = Object.fromEntries(String(req.headers['x-confab-signature'] || '').split(',').map((p) => p.split('=', 2)));
+      const expected = createHmac('sha256', HOOK_SECRET).update(`${sig.t}.`).update(body).digest('hex');
+      hookHits.push({ ok: sig.v1 === expected, status: hookStatus, body: body.toString() });
+      res.writeHead(hookStatus); res.end();
+    });
+  });
+  return new Promise((ok) => hookServer.listen(0, '127.0.0.1', () => { hookUrl = `http://127.0.0.1:${hookServer.address().port}/confab-events`; ok(); }));
+}
+
 before(async () => {
-  gw = await startGateway(CONFIG, 'gateway');
+  await startHookServer();
+  gw = await startGateway(CONFIG.replace('__WEBHOOKS__', `[[tenants.webhooks]]\nurl = "${hookUrl}"\nsecret = "${HOOK_SECRET}"\n`), 'gateway');
   await startHostServer();
   browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: CHROME_ARGS, timeout: START_TIMEOUT });
 });
@@ -268,6 +289,7 @@ after(async () => {
   if (browser) await browser.close();
   if (gw) await gw.stop();
   if (hostServer) hostServer.close();
+  if (hookServer) hookServer.close();
 });
 
 // ---------------------------------------------------------------- scenarios
@@ -695,6 +717,30 @@ test('phone width: full-screen panel, keyboard only', { timeout: 60_000 }, async
   }
   await page.keyboard.press('Escape');
   await w.panel.waitFor({ state: 'hidden' });
+  await page.context().close();
+});
+
+test('the console shows the webhooks\' delivery state with the server key', { timeout: 90_000 }, async () => {
+  hookStatus = 503;
+  const page = await openConsole(agentJwt(AGENT_SECRET, 'demo', 'agent-hooks', 'Hook Agent'));
+  assert.equal((await api('POST', '/v1/tenant/events', { type: 'campaign:progress', data: { n: 1 } }, SERVER_KEY)).status, 202);
+  // A wrong key is refused and forgotten.
+  await page.locator('#whKey').fill('not-the-server-key');
+  await page.locator('#whForm button[type=submit]').click();
+  await page.locator('#whErr', { hasText: /invalid|credential/i }).waitFor({ timeout: WAIT });
+  await page.locator('#whForm').waitFor({ state: 'visible' });
+  await page.locator('#whKey').fill(SERVER_KEY);
+  await page.locator('#whForm button[type=submit]').click();
+  const item = page.locator('#webhooks li', { hasText: hookUrl });
+  await item.waitFor({ timeout: WAIT });
+  await page.locator('#webhooks .st.failing').waitFor({ timeout: 20_000 }); // refreshed every 5 s
+  assert.match(await item.innerText(), /HTTP 503/);
+  await shot(page, '20-console-webhook-failing');
+  hookStatus = 200;
+  await page.locator('#webhooks .st:not(.failing)', { hasText: 'ok' }).waitFor({ timeout: 40_000 });
+  assert.ok(hookHits.length > 0 && hookHits.every((h) => h.ok), 'every delivery was signed with the secret');
+  assert.ok(hookHits.some((h) => h.status === 200 && /campaign:progress/.test(h.body)), 'the event was delivered');
+  await shot(page, '21-console-webhook-ok');
   await page.context().close();
 });
 

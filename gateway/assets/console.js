@@ -70,9 +70,10 @@
     try { unread = JSON.parse(ss(UK)) || {}; } catch (e) { unread = {}; }
     loadList(); // current state; the WS then resumes from the stored offset (events after it are new to us)
     connect();
+    showWebhooks();
   }
   function signOut(msg) {
-    token = null; ss(TK, null); ss(OK, null); ss(UK, null);
+    token = null; ss(TK, null); ss(OK, null); ss(UK, null); ss(WK, null); clearTimeout(whTimer);
     stopPolling(); clearTimeout(wsTimer);
     if (ws) { var s = ws; ws = null; s.onclose = null; s.close(); }
     wsReady = false; setConn('down', 'signed out');
@@ -455,6 +456,48 @@
     if (!wsReady && token) { tries = 0; connect(); }
     if (cur) { unread[cur] = 0; saveUnread(); }
   });
+
+  // ---- webhooks: their delivery state needs the tenant's server key (GET /v1/tenant/webhooks
+  // refuses agent tokens), entered by whoever operates the tenant and kept for this tab.
+  var WK = 'confab.console.serverKey', whTimer = 0;
+  function showWebhooks() {
+    clearTimeout(whTimer);
+    var key = ss(WK);
+    $('whForm').hidden = !!key; $('whPanel').hidden = !key;
+    if (!key || !token) return;
+    fetch('/v1/tenant/webhooks', { headers: { Authorization: 'Bearer ' + key }, cache: 'no-store' })
+      .then(function (r) { return r.json().then(function (j) { return { ok: r.ok, status: r.status, j: j }; }); })
+      .then(function (r) {
+        if (!r.ok) {
+          $('whErr').textContent = (r.j && r.j.error && r.j.error.message) || 'HTTP ' + r.status;
+          if (r.status === 401 || r.status === 403) { ss(WK, null); showWebhooks(); }
+          return;
+        }
+        $('whErr').textContent = '';
+        var ul = $('webhooks'); ul.textContent = '';
+        if (!r.j.webhooks.length) ul.appendChild(el('li', 'muted', 'No webhooks configured for this tenant.'));
+        r.j.webhooks.forEach(function (w) {
+          var li = el('li');
+          var head = el('div', 'row');
+          head.appendChild(el('span', 'url', w.url));
+          head.appendChild(el('span', 'st' + (w.failing ? ' failing' : ''), w.failing ? 'failing' : 'ok'));
+          li.appendChild(head);
+          li.appendChild(el('div', 'muted', 'events: ' + (w.events ? w.events.join(', ') : 'all') + ' · position ' + w.offset + ' · lag ' + w.lag));
+          var last = w.lastAttemptAt ? 'last attempt ' + fmt(w.lastAttemptAt, true) + ': ' + (w.lastError || ('HTTP ' + w.lastStatus)) : 'no attempt yet';
+          li.appendChild(el('div', w.failing ? 'err' : 'muted', last));
+          ul.appendChild(li);
+        });
+        $('whWhen').textContent = 'updated ' + fmt(Date.now(), false);
+        whTimer = setTimeout(showWebhooks, 5000);
+      }, function () { $('whErr').textContent = 'webhook state unavailable'; whTimer = setTimeout(showWebhooks, 10000); });
+  }
+  $('whForm').onsubmit = function (e) {
+    e.preventDefault();
+    var k = $('whKey').value.trim();
+    if (!k) return;
+    ss(WK, k); $('whKey').value = ''; showWebhooks();
+  };
+  $('whForget').onclick = function () { ss(WK, null); $('webhooks').textContent = ''; $('whErr').textContent = ''; showWebhooks(); };
 
   // ---- start: token from #token=… (then removed from the address bar) or sessionStorage
   var m = /(?:^|[#&])token=([^&]+)/.exec(location.hash);
