@@ -1,10 +1,13 @@
 //! # Confab gateway
 //!
 //! One node of the Confab chat gateway. [`server::run`] is the one entry point; the
-//! binary (`main.rs`) only parses flags and passes a shutdown signal.
+//! binary (`main.rs`) only parses flags ([`cli`]), sets up logging and passes a shutdown
+//! signal — or runs one of the operator commands, `confab token` and `confab check-config`.
 //!
 //! ## Layout
 //!
+//! - [`cli`] — the command line: the gateway's flags, `confab token`, `confab check-config`,
+//!   and the logging set-up (`--log-format text|json`).
 //! - [`config`] — the TOML file, flags and environment, as read.
 //! - [`settings`] — the configuration validated and compiled, once (tenants, policies).
 //! - [`connections`] — the accept loop: per-IP cap, head/body/idle timeouts, drain.
@@ -27,6 +30,7 @@
 //! is read once at start and compiled by `settings` into `state`.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod error;

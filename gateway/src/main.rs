@@ -1,42 +1,72 @@
-//! `confab` — the gateway binary: flags, logging, the signal that stops it.
+//! `confab` — the gateway binary: flags, logging, the signal that stops it, and the operator
+//! commands `confab token` and `confab check-config` (their work is in
+//! [`confab_gateway::cli`]).
 
-use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use confab_gateway::cli::{self, Cli, Command, LogTo, ServeArgs};
 use confab_gateway::{Config, Options, Overrides, Settings};
 
-/// Confab: a self-hostable real-time chat gateway.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    /// TOML configuration file (without one, a demo tenant is served).
-    #[arg(long, env = "CONFAB_CONFIG")]
-    config: Option<PathBuf>,
-    /// Address to listen on (overrides `listen`; env CONFAB_LISTEN).
-    #[arg(long)]
-    listen: Option<String>,
-    /// Store URL: `sqlite:PATH`, `memory` or `redis://HOST:PORT/DB` (env CONFAB_STORE).
-    #[arg(long)]
-    store: Option<String>,
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => {
+            let _logs = cli::init_logging(cli.log_format, LogTo::Stdout, "info");
+            match serve(cli.serve) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("Error: {e:?}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::Token(args)) => {
+            let _logs = cli::init_logging(cli.log_format, LogTo::Stderr, "warn");
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => return fail("token", &e.to_string()),
+            };
+            match runtime.block_on(cli::token(&args)) {
+                Ok(jwt) => {
+                    println!("{jwt}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("token", &e),
+            }
+        }
+        Some(Command::CheckConfig(args)) => {
+            let _logs = cli::init_logging(cli.log_format, LogTo::Stderr, "warn");
+            match cli::check_config(&args.file) {
+                Ok(lines) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("check-config", &e),
+            }
+        }
+    }
+}
+
+fn fail(command: &str, message: &str) -> ExitCode {
+    eprintln!("confab {command}: {message}");
+    ExitCode::FAILURE
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        // Colours only on a terminal: logs that go to files and pipes stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let cli = Cli::parse();
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let flags = Overrides {
-        listen: cli.listen,
-        store: cli.store,
+        listen: args.listen,
+        store: args.store,
         ..Default::default()
     };
-    let settings = Config::load(cli.config.as_deref(), Overrides::from_env().or(flags))
+    let settings = Config::load(args.config.as_deref(), Overrides::from_env().or(flags))
         .and_then(Settings::compile)
         .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(&settings.config.listen)

@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connections::Timeouts;
 use crate::hub::Hub;
+use crate::policy::availability::AvailabilityMode;
 use crate::service::webhooks::WebhookTiming;
-use crate::settings::Settings;
+use crate::settings::{Settings, Tenant};
 use crate::state::{AppState, Clock};
 
 /// Why the gateway could not run.
@@ -79,6 +80,43 @@ fn derive(secret: &[u8], label: &str) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The demo tenant's agent secret, derived from the deployment's session secret (also what
+/// `confab token` signs with when no config file is given).
+pub(crate) fn demo_agent_secret(session_secret: &[u8]) -> String {
+    derive(session_secret, "confab-demo-agent-secret")
+}
+
+/// One line describing a compiled tenant: what the gateway logs for each configured tenant
+/// at start-up, and what `confab check-config` prints.
+pub fn tenant_summary(t: &Tenant) -> String {
+    let c = &t.cfg;
+    let origins = if t.policy.allowed.is_empty() {
+        "any".to_owned()
+    } else {
+        t.policy.allowed.join(" ")
+    };
+    let availability = match c.availability.mode {
+        AvailabilityMode::BusinessHours => {
+            format!("business_hours ({})", c.availability.timezone)
+        }
+        mode => mode.as_str().to_owned(),
+    };
+    let pii = format!("{:?}", c.pii_retention).to_ascii_lowercase();
+    format!(
+        "tenant {:?} ({}): public key {}, origins {origins}, availability {availability}, \
+         webhooks {}, pii {pii}, init challenge {}",
+        c.id,
+        c.name,
+        c.public_key,
+        t.webhooks.len(),
+        if c.require_init_challenge {
+            "required"
+        } else {
+            "off"
+        },
+    )
+}
+
 /// Serves until `shutdown` resolves. Logs `listening on http://ADDR` once it accepts.
 pub async fn run(
     listener: TcpListener,
@@ -110,7 +148,7 @@ pub async fn run(
             "sk_demo_{}",
             &derive(&secret, "confab-demo-server-key")[..32]
         );
-        settings.with_demo_secrets(derive(&secret, "confab-demo-agent-secret"), server_key)
+        settings.with_demo_secrets(demo_agent_secret(&secret), server_key)
     } else {
         settings
     };
@@ -128,6 +166,10 @@ pub async fn run(
     let addr = listener.local_addr()?;
     if state.config.demo {
         print_demo_banner(&state, addr);
+    } else {
+        for t in state.tenants.all() {
+            tracing::info!("{}", tenant_summary(t));
+        }
     }
     let maintenance = tokio::spawn(maintain(state.clone(), options.maintenance_every));
     crate::service::webhooks::start(&state).await;

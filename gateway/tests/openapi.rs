@@ -61,6 +61,7 @@ async fn every_route_is_described() {
         ("get", "/v1/tenant/events"),
         ("post", "/v1/tenant/events"),
         ("get", "/v1/tenant/webhooks"),
+        ("get", "/"),
         ("get", "/healthz"),
         ("get", "/readyz"),
         ("get", "/metrics"),

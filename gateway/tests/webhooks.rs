@@ -63,9 +63,26 @@ async fn last_offset(c: &Client) -> u64 {
 }
 
 async fn webhooks_status(c: &Client) -> Value {
-    let r = c.get_auth("/v1/tenant/webhooks", SERVER_KEY).await;
+    webhooks_status_of(c, SERVER_KEY).await
+}
+
+async fn webhooks_status_of(c: &Client, key: &str) -> Value {
+    let r = c.get_auth("/v1/tenant/webhooks", key).await;
     assert_eq!(r.status, 200, "{}", r.text);
     r.json
+}
+
+/// Waits (5 s at most) until webhook number `index`'s status satisfies `pred`; returns it.
+async fn wait_status(c: &Client, index: usize, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let w = webhooks_status(c).await["webhooks"][index].clone();
+        if pred(&w) {
+            return w;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{w}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,16 +245,8 @@ async fn hangs_time_out_and_errors_are_shown() {
     })
     .await;
     // The status is written after the attempt: wait for it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let w = webhooks_status(&c).await["webhooks"][0].clone();
-        if w["lastStatus"] == 503 {
-            assert_eq!(w["lastError"], "HTTP 503");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{w}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let w = wait_status(&c, 0, |w| w["lastStatus"] == 503).await;
+    assert_eq!(w["lastError"], "HTTP 503");
     // A redirect is not followed and not a delivery.
     rx.set_mode(Mode::Status(307));
     rx.wait_for("a 307", Duration::from_secs(10), |h| {
@@ -267,18 +276,10 @@ async fn a_receiver_down_and_back_on_its_port_gets_everything() {
         assert_eq!(c.send(&s, &format!("m{i}"), None).await.status, 201);
     }
     // Connection refused meanwhile.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let w = webhooks_status(&c).await["webhooks"][0].clone();
-        if w["failing"] == true {
-            assert_eq!(w["lastError"], "connection failed", "{w}");
-            assert_eq!(w["lastStatus"], Value::Null);
-            assert!(w["lag"].as_u64().unwrap() >= 20, "{w}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{w}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let w = wait_status(&c, 0, |w| w["failing"] == true).await;
+    assert_eq!(w["lastError"], "connection failed", "{w}");
+    assert_eq!(w["lastStatus"], Value::Null);
+    assert!(w["lag"].as_u64().unwrap() >= 20, "{w}");
     let rx = Receiver::restart(parked).await;
     let last = last_offset(&c).await;
     rx.wait_for("everything", Duration::from_secs(20), |h| {
@@ -337,21 +338,15 @@ async fn the_filter_picks_event_types_and_the_lag_counts_them() {
         vec![json!("conversation:new"), json!("campaign:progress")]
     );
     // Its position passes the events it does not want.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let st = webhooks_status(&c).await;
-        let w = &st["webhooks"][1];
-        assert_eq!(
-            w["events"],
-            json!(["conversation:new", "campaign:progress"])
-        );
-        if w["offset"].as_str() == Some(last.to_string().as_str()) {
-            assert_eq!(w["lag"], 0);
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{w}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let w = wait_status(&c, 1, |w| {
+        w["offset"].as_str() == Some(last.to_string().as_str())
+    })
+    .await;
+    assert_eq!(
+        w["events"],
+        json!(["conversation:new", "campaign:progress"])
+    );
+    assert_eq!(w["lag"], 0);
     // Lag counts only the events of the filter.
     some.set_mode(Mode::Status(500));
     all.set_mode(Mode::Status(500));
@@ -392,12 +387,6 @@ async fn the_status_route_needs_the_server_key() {
     let other = webhooks_status_of(&c, SERVER_KEY2).await;
     assert_eq!(other, json!({"webhooks": []}));
     gw.shutdown().await;
-}
-
-async fn webhooks_status_of(c: &Client, key: &str) -> Value {
-    let r = c.get_auth("/v1/tenant/webhooks", key).await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.json
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

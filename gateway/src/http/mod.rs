@@ -7,9 +7,13 @@
 //! - [`openapi`] — `GET /openapi.json`, the description of all of the above, generated from
 //!   the handlers' annotations and the types they read and write.
 //!
-//! Every response carries `X-Content-Type-Options: nosniff` (the `nosniff` layer).
+//! Every response carries `X-Content-Type-Options: nosniff` (the `nosniff` layer). Every
+//! request is counted in `/metrics` and logged (the access log: target `confab::access`,
+//! one line per request — see `observe`).
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -51,6 +55,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tenant::reopen))
         .routes(routes!(tenant::events, tenant::publish))
         .routes(routes!(tenant::webhooks))
+        .routes(routes!(ops::landing))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
@@ -76,7 +81,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), cors::cors))
-        .layer(middleware::from_fn_with_state(state.clone(), count))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn(nosniff))
         .with_state(state)
 }
@@ -142,19 +147,67 @@ async fn json_errors(req: Request, next: Next) -> Response {
     Response::from_parts(parts, axum::body::Body::from(body))
 }
 
-async fn count(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The access log's target: `RUST_LOG=confab::access=off` silences it.
+pub const ACCESS_LOG: &str = "confab::access";
+
+/// Longest request path the access log writes for a request no route matched (the path is
+/// the client's text: it is cut, and only ever written for unmatched requests).
+const MAX_LOGGED_PATH: usize = 96;
+
+/// Counts every answered request in `/metrics` and writes its access-log line (target
+/// [`ACCESS_LOG`], level info): method, route, status, latency and client IP (per the
+/// trusted-proxy rule). The route is the route table's pattern
+/// (`/v1/tenant/conversations/{id}`: no ids or tokens are logged), or for a request no
+/// route matched its path without the query, cut to [`MAX_LOGGED_PATH`] bytes. A WebSocket
+/// is logged once, at its upgrade (101). The latency is the time to the response head (a
+/// long-poll's wait included).
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     // The route table's own paths (a closed set, so labels stay bounded); "other" for
     // requests no route matched.
-    let route = req
+    let matched = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or("other", |m| state.metrics.route_label(m.as_str()));
+        .map(|m| state.metrics.route_label(m.as_str()));
     let started = std::time::Instant::now();
+    let access = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO).then(|| {
+        let ip = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| state.client_ip(*peer, req.headers()));
+        // No route: the client's path (never its query), cut.
+        let path = matched
+            .is_none()
+            .then(|| cut(req.uri().path(), MAX_LOGGED_PATH).into_owned());
+        (req.method().clone(), path, ip)
+    });
     let resp = next.run(req).await;
-    state
-        .metrics
-        .http(route, resp.status().as_u16(), started.elapsed());
+    let took = started.elapsed();
+    let status = resp.status().as_u16();
+    state.metrics.http(matched.unwrap_or("other"), status, took);
+    if let Some((method, path, ip)) = access {
+        let method = cut(method.as_str(), 16);
+        let route = path.as_deref().or(matched).unwrap_or_default();
+        let latency_ms = took.as_micros() as f64 / 1000.0;
+        match ip {
+            Some(ip) => {
+                tracing::info!(target: ACCESS_LOG, %method, %route, status, latency_ms, %ip)
+            }
+            None => tracing::info!(target: ACCESS_LOG, %method, %route, status, latency_ms),
+        }
+    }
     resp
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, `…` marking a cut.
+fn cut(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end]).into()
 }
 
 /// A JSON response from already-encoded text.

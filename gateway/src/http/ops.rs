@@ -1,5 +1,6 @@
 //! Operations endpoints (`/healthz`, `/readyz`, `/metrics`) and the static pages the
-//! gateway ships inside its binary (`/widget.js`, `/demo`, `/console` and their scripts).
+//! gateway ships inside its binary (`/`, `/widget.js`, `/demo`, `/console` and their
+//! scripts).
 //!
 //! The pages carry the SPEC's browser-safety headers: a `Content-Security-Policy` that
 //! allows no inline script (so each page's script is a file of its own, `/demo.js` and
@@ -260,6 +261,53 @@ pub async fn demo(State(state): State<AppState>, headers: HeaderMap) -> Response
     )
 }
 
+/// The landing page: what this server is and where to go. No script at all; its one inline
+/// `<style>` is allowed by its hash.
+const LANDING_HTML: &str = concat!(
+    r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Confab</title>
+<style>
+body { font: 16px/1.5 system-ui, sans-serif; max-width: 36rem; margin: 3rem auto; padding: 0 1rem; color: #1f2328; }
+h1 { font-size: 1.6rem; margin-bottom: 0.25rem; }
+p.sub { margin-top: 0; color: #59636e; }
+li { margin: 0.4rem 0; }
+a { color: #0a7a5f; }
+</style>
+</head>
+<body>
+<h1>Confab</h1>
+<p class="sub">A real-time chat gateway, version "#,
+    env!("CARGO_PKG_VERSION"),
+    r#".</p>
+<ul>
+<li><a href="/demo">Widget demo</a>: a host page with the chat widget.</li>
+<li><a href="/console">Agent console</a>: answer conversations (needs an agent token).</li>
+<li><a href="/openapi.json">OpenAPI description</a> of the HTTP API.</li>
+</ul>
+</body>
+</html>
+"#
+);
+
+/// The landing page's inline `<style>` block as a CSP hash source.
+static LANDING_STYLE: LazyLock<String> = LazyLock::new(|| style_hash(LANDING_HTML));
+
+/// `GET /`: a small HTML page linking to the demo, the console and the API description.
+#[utoipa::path(get, path = "/", operation_id = "landingPage", tag = "operations",
+    responses((status = 200, description = "A small HTML page linking to `/demo`, `/console` \
+        and `/openapi.json`.", body = String, content_type = "text/html; charset=utf-8")))]
+pub async fn landing(headers: HeaderMap) -> Response {
+    page(
+        page_csp(&headers, &LANDING_STYLE, "'self'"),
+        "strict-origin-when-cross-origin",
+        LANDING_HTML.to_owned(),
+    )
+}
+
 /// `GET /console`: the agent console. It holds an agent's token: no referrer leaves it.
 #[utoipa::path(get, path = "/console", operation_id = "consolePage", tag = "operations",
     responses((status = 200, description = "The agent console (HTML).", body = String,
@@ -286,6 +334,20 @@ mod tests {
         );
         assert!(CONSOLE_STYLE.starts_with("'sha256-") && CONSOLE_STYLE.len() == 53);
         assert_ne!(*CONSOLE_STYLE, style_hash(""));
+    }
+
+    #[test]
+    fn the_landing_page_has_one_hashed_style_and_no_script() {
+        assert_eq!(LANDING_HTML.matches("<style").count(), 1);
+        assert!(!LANDING_HTML.contains("<script") && !LANDING_HTML.contains(" style="));
+        assert!(LANDING_STYLE.starts_with("'sha256-") && LANDING_STYLE.len() == 53);
+        for link in [
+            "href=\"/demo\"",
+            "href=\"/console\"",
+            "href=\"/openapi.json\"",
+        ] {
+            assert!(LANDING_HTML.contains(link), "{link}");
+        }
     }
 
     #[test]

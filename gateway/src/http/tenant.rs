@@ -36,6 +36,22 @@ fn auth(state: &crate::state::AppState, headers: &HeaderMap) -> Result<TenantAut
     Ok(auth)
 }
 
+/// [`auth`] for the routes of the tenant's own backend: an agent JWT gets 403.
+fn server_only(
+    state: &crate::state::AppState,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<TenantAuth, ApiError> {
+    let auth = auth(state, headers)?;
+    if !matches!(auth.actor, Actor::Server) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("{what} needs the tenant's server key"),
+        ));
+    }
+    Ok(auth)
+}
+
 /// A page of the tenant's conversations.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -516,14 +532,7 @@ pub async fn publish(
     headers: HeaderMap,
     JsonBody(body): JsonBody<PublishBody>,
 ) -> HandlerResult<Response> {
-    let auth = auth(&state, &headers)?;
-    if !matches!(auth.actor, Actor::Server) {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "publishing events needs the tenant's server key",
-        )
-        .into());
-    }
+    let auth = server_only(&state, &headers, "publishing events")?;
     if !validate::is_event_type(&body.kind) {
         return Err(
             ApiError::invalid("type", "type must match ^[a-z][a-z0-9_]*:[a-z][a-z0-9_]*$").into(),
@@ -602,14 +611,7 @@ pub async fn webhooks(
     State(state): State<crate::state::AppState>,
     headers: HeaderMap,
 ) -> HandlerResult<Response> {
-    let auth = auth(&state, &headers)?;
-    if !matches!(auth.actor, Actor::Server) {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "webhook state needs the tenant's server key",
-        )
-        .into());
-    }
+    let auth = server_only(&state, &headers, "webhook state")?;
     let list = service::webhooks::status(&state, &auth.tenant).await?;
     let body = Webhooks {
         webhooks: list

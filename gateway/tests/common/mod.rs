@@ -2,7 +2,7 @@
 //!
 //! - [`Gateway::start`] runs `confab_gateway::run` in-process (injectable clock);
 //! - [`Process::spawn`] runs the `confab` binary (for kill -9 and SIGTERM tests), waiting
-//!   for its `listening on http://ADDR` line — never a sleep;
+//!   for its `listening on http://ADDR` line (text or JSON logs) — never a sleep;
 //! - [`Client`] is a small HTTP/1.1 client; [`Ws`] a WebSocket client with timeouts.
 #![allow(dead_code)]
 
@@ -534,7 +534,12 @@ impl Process {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(rest.trim().to_owned());
+                    // The address ends the text line; in a JSON line a quote follows it.
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c))
+                        .collect();
+                    let _ = tx.send(addr);
                 }
                 log2.lock().push(line);
             }
