@@ -234,6 +234,27 @@ impl Hub {
         sub
     }
 
+    /// Hands an ephemeral frame (presence, availability) to this node's subscribers of
+    /// `channel` only: every node computes such frames itself, so none crosses the broker.
+    pub fn local_ephemeral(&self, channel: &Channel, frame: &str) {
+        self.deliver(channel, || Outbound {
+            text: frame.to_owned().into(),
+            seq: None,
+            class: Class::Ephemeral,
+        });
+    }
+
+    /// The conversation channels of `tenant` with subscribers on this node.
+    pub fn conversation_channels(&self, tenant: &str) -> Vec<Channel> {
+        self.channels
+            .iter()
+            .filter(
+                |e| matches!(e.key(), Channel::Conversation { tenant: t, .. } if &**t == tenant),
+            )
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
     /// Number of channels with local subscribers.
     pub fn channel_count(&self) -> usize {
         self.channels.len()

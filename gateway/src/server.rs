@@ -173,6 +173,9 @@ pub async fn run(
     }
     let maintenance = tokio::spawn(maintain(state.clone(), options.maintenance_every));
     crate::service::webhooks::start(&state).await;
+    state
+        .background
+        .spawn(crate::service::presence::run(state.clone()));
     let app = crate::http::router(state.clone());
     let token = state.shutdown.clone();
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);

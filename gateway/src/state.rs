@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::policy::limits::KeyedCap;
+use crate::service::presence::Presence;
 use crate::service::webhooks::WebhookTiming;
 use crate::settings::{Settings, Tenants};
 
@@ -79,6 +80,8 @@ pub struct Inner {
     /// connections, HTTP/2 where offered, no redirects followed.
     pub http: reqwest::Client,
     pub webhook_timing: WebhookTiming,
+    /// Agents online (this node's and, as last read, every node's).
+    pub presence: Presence,
     /// Open connections per client IP (`max_connections_per_ip`), taken at accept.
     pub per_ip: KeyedCap<IpAddr>,
     /// Open visitor sockets per visitor (`max_sockets_per_visitor`), taken after auth; keyed
@@ -134,6 +137,7 @@ impl AppState {
             node_id: confab_protocol::token::random_id("node_", 12),
             http,
             webhook_timing,
+            presence: Presence::default(),
         }))
     }
 

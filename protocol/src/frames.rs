@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ErrorCode;
-use crate::model::{Author, Message};
+use crate::model::{AgentPresence, Author, Message, PresenceStatus};
 
 /// A frame a client may send on either channel. Which ones a channel accepts is the
 /// channel's business (`reply`/`close` are agent-only, for instance).
@@ -42,6 +42,10 @@ pub enum ClientFrame {
     Close {
         #[serde(rename = "conversationId")]
         conversation_id: String,
+    },
+    /// Agent sets itself online or away.
+    Presence {
+        status: PresenceStatus,
     },
 }
 
@@ -92,8 +96,22 @@ pub fn ready_tenant(
     agent_id: &str,
     agent_name: Option<&str>,
     recovered: bool,
+    agents_online: &[AgentPresence],
 ) -> String {
-    json!({"type": "ready", "tenantId": tenant_id, "agent": {"id": agent_id, "name": agent_name}, "recovered": recovered})
+    json!({"type": "ready", "tenantId": tenant_id, "agent": {"id": agent_id, "name": agent_name},
+           "recovered": recovered, "agentsOnline": agents_online})
+    .to_string()
+}
+
+/// `{"type":"presence","data":{"agentId","name","status"}}` to agents — ephemeral.
+pub fn presence(agent: &AgentPresence) -> String {
+    json!({"type": "presence", "data": agent}).to_string()
+}
+
+/// `{"type":"availability","data":{"isAvailable","availabilityMode"}}` to visitors —
+/// ephemeral, sent when the tenant's availability changes.
+pub fn availability(is_available: bool, availability_mode: &str) -> String {
+    json!({"type": "availability", "data": {"isAvailable": is_available, "availabilityMode": availability_mode}})
         .to_string()
 }
 

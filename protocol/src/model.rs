@@ -103,6 +103,29 @@ pub struct Conversation {
     pub last_message: Option<Message>,
 }
 
+/// An agent's presence (SPEC "Presence and read receipts").
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceStatus {
+    /// At least one tenant socket open, and not set away.
+    Online,
+    /// Connected, but set away (`{"type":"presence","status":"away"}`).
+    Away,
+    /// No socket open anywhere (sent once, when an agent leaves).
+    Offline,
+}
+
+/// One agent in `ready.agentsOnline` and in `presence` frames.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPresence {
+    pub agent_id: String,
+    pub name: Option<String>,
+    pub status: PresenceStatus,
+}
+
 /// An entry of a tenant's event log as stored: `data` is kept as encoded JSON so that it
 /// is encoded once and the same bytes are handed to every subscriber.
 #[derive(Clone, Debug, PartialEq)]

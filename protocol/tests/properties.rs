@@ -485,6 +485,7 @@ mod timestamps {
 mod frames {
     use super::*;
     use confab_protocol::frames::ClientFrame;
+    use confab_protocol::model::PresenceStatus;
 
     fn opt_string() -> impl Strategy<Value = Option<String>> {
         prop::option::of(tricky_string(20))
@@ -510,6 +511,12 @@ mod frames {
                 }
             ),
             tricky_string(20).prop_map(|conversation_id| ClientFrame::Close { conversation_id }),
+            prop::sample::select(vec![
+                PresenceStatus::Online,
+                PresenceStatus::Away,
+                PresenceStatus::Offline
+            ])
+            .prop_map(|status| ClientFrame::Presence { status }),
         ]
     }
 
@@ -539,6 +546,7 @@ mod frames {
             ClientFrame::Close { conversation_id } => {
                 json!({"type": "close", "conversationId": conversation_id})
             }
+            ClientFrame::Presence { status } => json!({"type": "presence", "status": status}),
         };
         if !nulls {
             v.as_object_mut().unwrap().retain(|_, x| !x.is_null());

@@ -14,7 +14,7 @@ use serde_json::{json, Map};
 
 use crate::{
     Backend, Channel, ConversationCursor, Cursor, EventSink, NewConversation, NewMessage,
-    ProfileUpdate, Published, Retention, WebhookState,
+    PresenceEntry, ProfileUpdate, Published, Retention, WebhookState,
 };
 
 /// Opens a fresh backend with the given retention.
@@ -105,6 +105,7 @@ pub async fn run_all(factory: Factory) {
     publications_reach_the_sink_in_order(&factory).await;
     webhook_state_only_moves_forward(&factory).await;
     leases_have_one_holder(&factory).await;
+    presence_expires_unless_renewed(&factory).await;
 }
 
 async fn secret_first_writer_wins(f: &Factory) {
@@ -697,6 +698,61 @@ async fn leases_have_one_holder(f: &Factory) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!b.store.lease(&name, "node-b", 60_000).await.unwrap());
+}
+
+async fn presence_expires_unless_renewed(f: &Factory) {
+    let b = f(Retention::default()).await;
+    let t = tenant();
+    let entry = |agent: &str, node: &str, away: bool| PresenceEntry {
+        agent_id: agent.into(),
+        node: node.into(),
+        name: Some(format!("{agent} on {node}")),
+        away,
+    };
+    let now = 1_000_000;
+    let sorted = |mut v: Vec<PresenceEntry>| {
+        v.sort_by(|a, b| (&a.agent_id, &a.node).cmp(&(&b.agent_id, &b.node)));
+        v
+    };
+    assert_eq!(b.store.presence(&t, now).await.unwrap(), vec![]);
+    let a1 = entry("ann", "n1", false);
+    let a2 = entry("ann|x", "n2", false);
+    let b1 = entry("bob", "n1", true);
+    b.store
+        .presence_beat(&t, &[a1.clone(), b1.clone()], now + 100)
+        .await
+        .unwrap();
+    b.store
+        .presence_beat(&t, std::slice::from_ref(&a2), now + 50)
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(b.store.presence(&t, now).await.unwrap()),
+        vec![a1.clone(), a2.clone(), b1.clone()]
+    );
+    assert_eq!(
+        b.store.presence(&tenant(), now).await.unwrap(),
+        vec![],
+        "per tenant"
+    );
+    // A node's newer word replaces its older one.
+    let a1_away = entry("ann", "n1", true);
+    b.store
+        .presence_beat(&t, std::slice::from_ref(&a1_away), now + 100)
+        .await
+        .unwrap();
+    // Past n2's expiry only n1's entries remain.
+    assert_eq!(
+        sorted(b.store.presence(&t, now + 60).await.unwrap()),
+        vec![a1_away.clone(), b1.clone()]
+    );
+    b.store.presence_leave(&t, "bob", "n1").await.unwrap();
+    assert_eq!(b.store.presence(&t, now + 60).await.unwrap(), vec![a1_away]);
+    assert_eq!(
+        b.store.presence(&t, now + 100).await.unwrap(),
+        vec![],
+        "expired"
+    );
 }
 
 async fn publications_reach_the_sink_in_order(f: &Factory) {

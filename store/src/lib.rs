@@ -283,6 +283,17 @@ pub struct WebhookState {
     pub last_attempt_ms: Option<i64>,
 }
 
+/// One node's word on one agent of a tenant: volatile presence, kept only while renewed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PresenceEntry {
+    pub agent_id: String,
+    /// The node holding the agent's sockets (an agent may be connected to several).
+    pub node: String,
+    pub name: Option<String>,
+    /// Set away by the agent.
+    pub away: bool,
+}
+
 /// A page of the conversation list, most recently updated first.
 #[derive(Debug, Clone, Default)]
 pub struct ConversationPage {
@@ -460,6 +471,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Gives the lease up, if `holder` holds it.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
+
+    /// Presence (volatile, never persisted beyond `expires_ms`): records `entries` — agents
+    /// with sockets on one node — replacing that node's earlier word on each.
+    async fn presence_beat(
+        &self,
+        tenant: &str,
+        entries: &[PresenceEntry],
+        expires_ms: i64,
+    ) -> Result<()>;
+
+    /// Drops one node's word on an agent (its last socket there closed).
+    async fn presence_leave(&self, tenant: &str, agent_id: &str, node: &str) -> Result<()>;
+
+    /// Every entry of the tenant that has not expired at `now_ms`.
+    async fn presence(&self, tenant: &str, now_ms: i64) -> Result<Vec<PresenceEntry>>;
 }
 
 /// A channel of the fan-out.

@@ -16,6 +16,7 @@
 //! `spawn_blocking` (WAL readers never block the writer nor each other). `memory`: reads
 //! run on the writer thread, the only connection to that database.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -32,8 +33,8 @@ use crate::domain::{
 };
 use crate::{
     Appended, Broker, Channel, Clock, ConversationCursor, ConversationPage, Cursor, EventSink,
-    EventsPage, MessagePage, NewConversation, NewMessage, ProfileUpdate, Published, Result,
-    Retention, Store, StoreError, StoredMessage, VisitorRecord, WebhookState,
+    EventsPage, MessagePage, NewConversation, NewMessage, PresenceEntry, ProfileUpdate, Published,
+    Result, Retention, Store, StoreError, StoredMessage, VisitorRecord, WebhookState,
 };
 
 /// When a commit is durable (`sqlite:PATH?synchronous=…`).
@@ -126,7 +127,12 @@ pub struct SqliteStore {
     /// The exclusive lock on `<database>.lock` (file databases), held for the store's
     /// life; the OS releases it when the process dies.
     _lock: Option<std::fs::File>,
+    /// Presence lives in the process: one node is the whole deployment, and presence means
+    /// nothing after a restart. Tenant → (agent, node) → (entry, expires_ms).
+    presence: Mutex<PresenceMap>,
 }
+
+type PresenceMap = HashMap<String, HashMap<(String, String), (PresenceEntry, i64)>>;
 
 /// Takes an exclusive lock on `<path>.lock`: one gateway process per database file. A
 /// second one would keep its own hub (so its clients would miss the first one's events)
@@ -245,6 +251,7 @@ impl SqliteStore {
             clock,
             thread: Mutex::new(Some(thread)),
             _lock: None,
+            presence: Mutex::new(HashMap::new()),
         })
     }
 
@@ -1033,6 +1040,39 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    async fn presence_beat(
+        &self,
+        tenant: &str,
+        entries: &[PresenceEntry],
+        expires_ms: i64,
+    ) -> Result<()> {
+        let mut all = self.presence.lock();
+        let t = all.entry(tenant.to_owned()).or_default();
+        for e in entries {
+            t.insert(
+                (e.agent_id.clone(), e.node.clone()),
+                (e.clone(), expires_ms),
+            );
+        }
+        Ok(())
+    }
+
+    async fn presence_leave(&self, tenant: &str, agent_id: &str, node: &str) -> Result<()> {
+        if let Some(t) = self.presence.lock().get_mut(tenant) {
+            t.remove(&(agent_id.to_owned(), node.to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn presence(&self, tenant: &str, now_ms: i64) -> Result<Vec<PresenceEntry>> {
+        let mut all = self.presence.lock();
+        let Some(t) = all.get_mut(tenant) else {
+            return Ok(Vec::new());
+        };
+        t.retain(|_, (_, expires)| *expires > now_ms);
+        Ok(t.values().map(|(e, _)| e.clone()).collect())
     }
 }
 

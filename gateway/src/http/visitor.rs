@@ -68,7 +68,9 @@ pub struct TenantConfig {
     pub tenant: TenantName,
     pub branding: Branding,
     pub greeting: String,
-    /// Whether the team answers now (the tenant's availability mode and hours).
+    /// Whether the team answers now: the tenant's availability mode and hours and, with
+    /// `require_agent`, an agent online. Visitor sockets get an `availability` frame when
+    /// it changes.
     pub is_available: bool,
     pub availability_mode: AvailabilityMode,
     pub intents: Vec<Intent>,
@@ -185,7 +187,7 @@ fn widget_lists(t: &Tenant) -> (Vec<Intent>, Vec<QuickQuestion>) {
 }
 
 /// The tenant part of the config response.
-fn tenant_config(t: &Tenant, now_ms: i64) -> TenantConfig {
+fn tenant_config(t: &Tenant, is_available: bool) -> TenantConfig {
     let (intents, quick_questions) = widget_lists(t);
     let c = &t.cfg;
     TenantConfig {
@@ -200,7 +202,7 @@ fn tenant_config(t: &Tenant, now_ms: i64) -> TenantConfig {
             logo: c.branding.logo.clone(),
         },
         greeting: c.greeting.clone(),
-        is_available: t.schedule.is_available(now_ms),
+        is_available,
         availability_mode: t.schedule.mode,
         intents,
         quick_questions,
@@ -220,8 +222,8 @@ fn tenant_config(t: &Tenant, now_ms: i64) -> TenantConfig {
 
 /// The tenant part of the config response encoded, without its closing brace: each
 /// response appends its own challenge (what `WidgetConfig`'s `flatten` would write).
-fn tenant_config_prefix(t: &Tenant, now_ms: i64) -> String {
-    prefix_of(&tenant_config(t, now_ms))
+fn tenant_config_prefix(t: &Tenant, is_available: bool) -> String {
+    prefix_of(&tenant_config(t, is_available))
 }
 
 fn prefix_of(c: &TenantConfig) -> String {
@@ -284,7 +286,8 @@ pub async fn config(
     let prefix = match cached {
         Some(p) => p,
         None => {
-            let p: Arc<str> = tenant_config_prefix(&tenant, now).into();
+            let available = crate::service::presence::is_available(&state, &tenant);
+            let p: Arc<str> = tenant_config_prefix(&tenant, available).into();
             state
                 .config_cache
                 .insert(tenant.cfg.id.clone(), (now, p.clone()));

@@ -22,6 +22,9 @@ pub struct AvailabilityConfig {
     /// Weekday (`mon` … `sun`) → `"HH:MM-HH:MM"` ranges in local time. A missing day is closed.
     #[serde(default)]
     pub hours: BTreeMap<String, Vec<String>>,
+    /// Available only while an agent is online (and, with `business_hours`, within hours).
+    #[serde(default)]
+    pub require_agent: bool,
 }
 
 impl Default for AvailabilityConfig {
@@ -30,6 +33,7 @@ impl Default for AvailabilityConfig {
             mode: AvailabilityMode::Always,
             timezone: default_timezone(),
             hours: BTreeMap::new(),
+            require_agent: false,
         }
     }
 }
@@ -71,6 +75,8 @@ const DAYS: [(&str, Weekday); 7] = [
 #[derive(Debug, Clone)]
 pub struct Schedule {
     pub mode: AvailabilityMode,
+    /// `require_agent`: the schedule alone is not enough, an agent must be online.
+    pub require_agent: bool,
     tz: TimeZone,
     /// Per weekday (Monday = 0), ranges in minutes since local midnight; `end` may exceed
     /// 1440 for ranges that run into the next day.
@@ -111,12 +117,18 @@ impl Schedule {
         }
         Ok(Schedule {
             mode: cfg.mode,
+            require_agent: cfg.require_agent,
             tz,
             days,
         })
     }
 
-    /// Whether the chat is available at `now_ms`.
+    /// Whether the chat is available at `now_ms`, given whether an agent is online.
+    pub fn is_available_with(&self, now_ms: i64, agent_online: bool) -> bool {
+        (agent_online || !self.require_agent) && self.is_available(now_ms)
+    }
+
+    /// Whether the schedule is open at `now_ms` (agents aside).
     pub fn is_available(&self, now_ms: i64) -> bool {
         match self.mode {
             AvailabilityMode::Always => true,
@@ -155,6 +167,7 @@ mod tests {
             mode: AvailabilityMode::BusinessHours,
             timezone: "Europe/Berlin".into(),
             hours,
+            require_agent: false,
         })
         .unwrap()
     }
@@ -189,11 +202,27 @@ mod tests {
     }
 
     #[test]
+    fn require_agent_needs_an_agent_and_the_hours() {
+        let mut s = berlin_weekdays();
+        let open = at("2026-03-02T09:00:00Z");
+        let closed = at("2026-03-02T19:00:00Z");
+        assert!(s.is_available_with(open, false), "not required: hours only");
+        s.require_agent = true;
+        assert!(!s.is_available_with(open, false));
+        assert!(s.is_available_with(open, true));
+        assert!(
+            !s.is_available_with(closed, true),
+            "an agent does not open closed hours"
+        );
+    }
+
+    #[test]
     fn bad_schedules_are_refused() {
         let mut cfg = AvailabilityConfig {
             mode: AvailabilityMode::BusinessHours,
             timezone: "Europe/Berlin".into(),
             hours: BTreeMap::new(),
+            require_agent: false,
         };
         cfg.hours
             .insert("monday".into(), vec!["09:00-17:00".into()]);

@@ -8,6 +8,7 @@
 //! - [`agent`] — the tenant side: conversations (list, read), replies, status, typing.
 //! - [`events`] — the tenant event log: pages (long-polled), resume points, custom events.
 //! - [`webhooks`] — delivering the tenant event log to the tenant's webhooks.
+//! - [`presence`] — which agents are online, and the availability that follows.
 //!
 //! - [`limits`] — charging requests against the rate limits.
 
@@ -19,6 +20,7 @@ use crate::state::AppState;
 pub mod agent;
 pub mod events;
 pub mod limits;
+pub mod presence;
 pub mod sessions;
 pub mod visitor;
 pub mod webhooks;

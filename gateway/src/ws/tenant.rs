@@ -6,7 +6,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use confab_protocol::frames::{self, ClientFrame};
-use confab_protocol::model::{Author, Status};
+use confab_protocol::model::{Author, PresenceStatus, Status};
 use confab_protocol::{ApiError, Disconnect, ErrorCode};
 use confab_store::Channel;
 use std::net::SocketAddr;
@@ -30,6 +30,8 @@ const PAGE: usize = 500;
 struct Agent {
     tenant: Arc<Tenant>,
     author: Author,
+    /// Counts this socket in the agent's presence while it is open.
+    _seat: crate::service::presence::Seat,
 }
 
 impl ChannelLogic for Agent {
@@ -105,6 +107,21 @@ impl ChannelLogic for Agent {
                     sub.reply(error_for(&e, None));
                 }
             }
+            ClientFrame::Presence { status } => match status {
+                PresenceStatus::Online | PresenceStatus::Away => {
+                    crate::service::presence::set_status(
+                        state,
+                        &self.tenant,
+                        &self.author.id,
+                        status == PresenceStatus::Away,
+                    )
+                    .await
+                }
+                PresenceStatus::Offline => sub.reply(frames::error(
+                    ErrorCode::InvalidFrame,
+                    "status is online or away (an agent is offline when its sockets close)",
+                )),
+            },
             ClientFrame::Ping => sub.reply(Utf8Bytes::from_static(frames::PONG)),
             ClientFrame::Auth { .. } => sub.reply(frames::error(
                 ErrorCode::InvalidFrame,
@@ -112,7 +129,7 @@ impl ChannelLogic for Agent {
             )),
             ClientFrame::Message { .. } => sub.reply(frames::error(
                 ErrorCode::InvalidFrame,
-                "not an agent frame (reply, typing, close, ping)",
+                "not an agent frame (reply, typing, close, presence, ping)",
             )),
         }
     }
@@ -182,11 +199,14 @@ async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade) {
             Ok(x) => x,
             Err(_) => return conn.close(Disconnect::StoreUnavailable).await,
         };
+    let (seat, agents_online) =
+        crate::service::presence::join(&state, &tenant, &claims.sub, claims.name.as_deref()).await;
     let ready = frames::ready_tenant(
         &tenant.cfg.id,
         &claims.sub,
         claims.name.as_deref(),
         recovered,
+        &agents_online,
     );
     // JWT `exp` is in seconds.
     let expires_ms = claims.exp.saturating_mul(1000);
@@ -199,7 +219,11 @@ async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade) {
         state,
         conn,
         sub,
-        Agent { tenant, author },
+        Agent {
+            tenant,
+            author,
+            _seat: seat,
+        },
         last,
         ready,
         expires_ms,

@@ -82,7 +82,9 @@ impl ChannelLogic for Visitor {
                 ErrorCode::InvalidFrame,
                 "already authenticated",
             )),
-            ClientFrame::Reply { .. } | ClientFrame::Close { .. } => sub.reply(frames::error(
+            ClientFrame::Reply { .. }
+            | ClientFrame::Close { .. }
+            | ClientFrame::Presence { .. } => sub.reply(frames::error(
                 ErrorCode::InvalidFrame,
                 "not a visitor frame (message, typing, ping)",
             )),

@@ -102,6 +102,16 @@ impl TenantKeys {
         format!("{}:idem:{}", self.base, seg(id))
     }
 
+    /// ZSET of presence entries, member `NODE|AGENT`, score = expiry (epoch ms).
+    pub(crate) fn presence(&self) -> String {
+        format!("{}:presence", self.base)
+    }
+
+    /// HASH member (as in [`presence`](Self::presence)) → the entry's JSON.
+    pub(crate) fn presence_info(&self) -> String {
+        format!("{}:presence:info", self.base)
+    }
+
     /// HASH `offset` (forward only), `state` (the rest of `WebhookState`, JSON) of one
     /// webhook.
     pub(crate) fn webhook(&self, webhook: &str) -> String {
@@ -177,6 +187,8 @@ mod tests {
             k.conversation("x"),
             k.messages("x:y}"),
             k.webhook("w"),
+            k.presence(),
+            k.presence_info(),
         ] {
             assert!(key.starts_with("confab:{t:demo}:"), "{key}");
             assert_eq!(key.matches('{').count(), 1);

@@ -31,6 +31,8 @@
 //! | `confab:{t:T}:meta` | HASH | `offset` (last tenant offset), `pruned` (highest offset dropped by retention) |
 //! | `confab:{t:T}:log` | STREAM | tenant events: entry id `OFFSET-CREATED_MS`, fields `k` (type), `d` (data JSON) |
 //! | `confab:{t:T}:webhook:W` | HASH | one webhook's delivery state: `offset` (forward only), `state` (JSON) |
+//! | `confab:{t:T}:presence` | ZSET | agents with sockets: member `NODE|AGENT`, score = expiry (epoch ms) |
+//! | `confab:{t:T}:presence:info` | HASH | the same members → the entry's JSON (name, away) |
 //! | `confab:lease:NAME` | STRING | a lease: its holder (`SET PX ttl`, renewed by the holder, expires by itself) |
 //! | `confab:tenants` | SET | tenants with a log, for `maintain` |
 //! | `confab:secret` | STRING | the generated session secret (`SET NX`, then `GET`) |
@@ -155,8 +157,8 @@ use serde_json::Value as Json;
 use crate::domain::{new_conversation, new_conversation_id, new_message, new_visitor_id, to_json};
 use crate::{
     Appended, Backend, Clock, ConversationCursor, ConversationPage, Cursor, EventsPage,
-    MessagePage, NewConversation, NewMessage, ProfileUpdate, Result, Retention, Store, StoreError,
-    StoredMessage, VisitorRecord, WebhookState,
+    MessagePage, NewConversation, NewMessage, PresenceEntry, ProfileUpdate, Result, Retention,
+    Store, StoreError, StoredMessage, VisitorRecord, WebhookState,
 };
 
 mod codec;
@@ -1053,6 +1055,68 @@ impl Store for RedisStore {
         let _: i64 = self.conn.eval(inv).await?;
         Ok(())
     }
+
+    async fn presence_beat(
+        &self,
+        tenant: &str,
+        entries: &[PresenceEntry],
+        expires_ms: i64,
+    ) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let k = TenantKeys::new(tenant);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for e in entries {
+            let member = presence_member(&e.node, &e.agent_id);
+            let json = serde_json::to_string(e)
+                .map_err(|e| StoreError::Internal(format!("presence: {e}")))?;
+            pipe.cmd("ZADD")
+                .arg(k.presence())
+                .arg(expires_ms)
+                .arg(&member)
+                .ignore();
+            pipe.cmd("HSET")
+                .arg(k.presence_info())
+                .arg(&member)
+                .arg(json)
+                .ignore();
+        }
+        let () = self.conn.pipe(pipe).await?;
+        Ok(())
+    }
+
+    async fn presence_leave(&self, tenant: &str, agent_id: &str, node: &str) -> Result<()> {
+        let k = TenantKeys::new(tenant);
+        let member = presence_member(node, agent_id);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("ZREM").arg(k.presence()).arg(&member).ignore();
+        pipe.cmd("HDEL")
+            .arg(k.presence_info())
+            .arg(&member)
+            .ignore();
+        let () = self.conn.pipe(pipe).await?;
+        Ok(())
+    }
+
+    async fn presence(&self, tenant: &str, now_ms: i64) -> Result<Vec<PresenceEntry>> {
+        let k = TenantKeys::new(tenant);
+        let mut inv = scripts::PRESENCE.prepare_invoke();
+        inv.key(k.presence()).key(k.presence_info()).arg(now_ms);
+        let raw: Vec<Option<String>> = self.conn.eval(inv).await?;
+        Ok(raw
+            .iter()
+            .flatten()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect())
+    }
+}
+
+/// A presence member: the node first (our ids never hold `|`), then the agent id as given.
+fn presence_member(node: &str, agent_id: &str) -> String {
+    format!("{node}|{agent_id}")
 }
 
 impl RedisStore {

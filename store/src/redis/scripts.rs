@@ -53,5 +53,15 @@ pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
         "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1",
     )
 });
+/// `presence`: drops expired entries (expiry ≤ now), returns the live ones' JSON.
+pub(crate) static PRESENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1]) \
+         if #dead > 0 then redis.call('ZREM', KEYS[1], unpack(dead)) redis.call('HDEL', KEYS[2], unpack(dead)) end \
+         local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf') \
+         if #live == 0 then return {} end \
+         return redis.call('HMGET', KEYS[2], unpack(live))",
+    )
+});
 /// `RateLimiter::check`.
 pub(crate) static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("gcra.lua")));

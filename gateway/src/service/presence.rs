@@ -1,0 +1,292 @@
+//! Agent presence and the availability that follows it (SPEC "Presence and read receipts").
+//!
+//! - **Who is online.** An agent is online while at least one of its tenant sockets is
+//!   open (on any node) and it has not set itself away. Each node writes its own agents to
+//!   the store's presence set ([`confab_store::Store::presence_beat`]) when they connect,
+//!   change status or leave, and renews them every [`BEAT_EVERY`]; an entry lives
+//!   [`ENTRY_TTL_MS`] unless renewed, so the agents of a node that dies drop out within
+//!   that time (plus one refresh).
+//! - **Views, not messages.** Every node reads the presence set of the tenants it cares
+//!   about (those with agents connected here, and those with `require_agent`) every
+//!   [`REFRESH_EVERY`], and at once after a local change, and compares it with what it saw
+//!   before: changes become `presence` frames to its own agents and, when the tenant's
+//!   availability flips, `availability` frames to its own visitors. Nothing crosses the
+//!   broker, so a lost pub/sub message cannot leave a view stale: the next read corrects
+//!   it.
+//! - **Availability.** `isAvailable` is the schedule (mode, hours) and, with
+//!   `require_agent`, an online agent; `GET /v1/config` reads the same view (its cached
+//!   part is dropped when availability flips).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use confab_protocol::frames;
+use confab_protocol::model::{AgentPresence, PresenceStatus};
+use confab_store::{Channel, PresenceEntry};
+use dashmap::DashMap;
+use tokio::sync::Notify;
+
+use crate::settings::Tenant;
+use crate::state::AppState;
+
+/// How often a node renews its agents' entries.
+pub const BEAT_EVERY: Duration = Duration::from_secs(5);
+/// How long an entry lives without renewal: a dead node's agents are gone after this.
+pub const ENTRY_TTL_MS: i64 = 20_000;
+/// How often a node re-reads the presence of the tenants it cares about.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// The node's presence state. One per node, in [`AppState`].
+#[derive(Default)]
+pub struct Presence {
+    /// Agents with sockets on this node: (tenant, agent id) → their local state.
+    local: DashMap<(String, String), Local>,
+    /// The last view of each tenant this node cares about (every node's agents).
+    views: DashMap<String, View>,
+    /// Wakes the refresher after a local change.
+    changed: Notify,
+}
+
+struct Local {
+    name: Option<String>,
+    sockets: usize,
+    away: bool,
+}
+
+#[derive(Default)]
+struct View {
+    agents: BTreeMap<String, AgentPresence>,
+    /// The availability last announced to visitors (`None`: never read).
+    available: Option<bool>,
+}
+
+/// Held by an agent's socket; dropping it takes the socket out of the agent's count.
+pub struct Seat {
+    state: AppState,
+    key: (String, String),
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let last = {
+            let mut gone = false;
+            self.state.presence.local.remove_if_mut(&self.key, |_, l| {
+                l.sockets -= 1;
+                gone = l.sockets == 0;
+                gone
+            });
+            gone
+        };
+        if last {
+            let state = self.state.clone();
+            let (tenant, agent) = self.key.clone();
+            tokio::spawn(async move {
+                if let Err(e) = state
+                    .store
+                    .presence_leave(&tenant, &agent, &state.node_id)
+                    .await
+                {
+                    // The entry expires by itself.
+                    tracing::debug!(error = %e, "presence not withdrawn");
+                }
+                state.presence.changed.notify_one();
+            });
+        }
+    }
+}
+
+/// An agent socket opened: counts it, announces the agent (online, or away if it already
+/// was on this node), and returns the tenant's current agents for `ready`.
+pub async fn join(
+    state: &AppState,
+    tenant: &Tenant,
+    agent_id: &str,
+    name: Option<&str>,
+) -> (Seat, Vec<AgentPresence>) {
+    let key = (tenant.cfg.id.clone(), agent_id.to_owned());
+    let entry = {
+        let mut l = state.presence.local.entry(key.clone()).or_insert(Local {
+            name: name.map(str::to_owned),
+            sockets: 0,
+            away: false,
+        });
+        l.sockets += 1;
+        if name.is_some() {
+            l.name = name.map(str::to_owned);
+        }
+        entry_of(state, agent_id, &l)
+    };
+    beat(state, &tenant.cfg.id, &[entry]).await;
+    refresh(state, tenant).await;
+    let seat = Seat {
+        state: state.clone(),
+        key,
+    };
+    (seat, agents(state, &tenant.cfg.id))
+}
+
+/// The agent set itself online or away (`offline` is not a choice: closing is).
+pub async fn set_status(state: &AppState, tenant: &Tenant, agent_id: &str, away: bool) {
+    let key = (tenant.cfg.id.clone(), agent_id.to_owned());
+    let entry = match state.presence.local.get_mut(&key) {
+        Some(mut l) => {
+            l.away = away;
+            entry_of(state, agent_id, &l)
+        }
+        None => return,
+    };
+    beat(state, &tenant.cfg.id, &[entry]).await;
+    refresh(state, tenant).await;
+}
+
+/// The tenant's agents as this node last saw them (online and away).
+pub fn agents(state: &AppState, tenant: &str) -> Vec<AgentPresence> {
+    state
+        .presence
+        .views
+        .get(tenant)
+        .map(|v| v.agents.values().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Whether the tenant's chat is available now: its schedule and, with `require_agent`, an
+/// online agent (as this node last saw it).
+pub fn is_available(state: &AppState, tenant: &Tenant) -> bool {
+    tenant
+        .schedule
+        .is_available_with(state.now_ms(), agent_online(state, &tenant.cfg.id))
+}
+
+fn agent_online(state: &AppState, tenant: &str) -> bool {
+    state.presence.views.get(tenant).is_some_and(|v| {
+        v.agents
+            .values()
+            .any(|a| a.status == PresenceStatus::Online)
+    })
+}
+
+fn entry_of(state: &AppState, agent_id: &str, l: &Local) -> PresenceEntry {
+    PresenceEntry {
+        agent_id: agent_id.to_owned(),
+        node: state.node_id.clone(),
+        name: l.name.clone(),
+        away: l.away,
+    }
+}
+
+async fn beat(state: &AppState, tenant: &str, entries: &[PresenceEntry]) {
+    let expires = state.now_ms() + ENTRY_TTL_MS;
+    if let Err(e) = state.store.presence_beat(tenant, entries, expires).await {
+        tracing::debug!(error = %e, tenant, "presence not written; retried at the next beat");
+    }
+}
+
+/// Renews this node's agents, then refreshes the tenants it cares about; until shutdown.
+pub async fn run(state: AppState) {
+    let mut next_beat = tokio::time::Instant::now() + BEAT_EVERY;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REFRESH_EVERY) => {}
+            _ = state.presence.changed.notified() => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        if tokio::time::Instant::now() >= next_beat {
+            next_beat = tokio::time::Instant::now() + BEAT_EVERY;
+            let mut by_tenant: BTreeMap<String, Vec<PresenceEntry>> = BTreeMap::new();
+            for l in state.presence.local.iter() {
+                let (tenant, agent) = l.key();
+                by_tenant.entry(tenant.clone()).or_default().push(entry_of(
+                    &state,
+                    agent,
+                    l.value(),
+                ));
+            }
+            for (tenant, entries) in by_tenant {
+                beat(&state, &tenant, &entries).await;
+            }
+        }
+        for tenant in state.tenants.all() {
+            let id = &tenant.cfg.id;
+            let cares = tenant.schedule.require_agent
+                || state.presence.views.contains_key(id)
+                || state.presence.local.iter().any(|l| &l.key().0 == id);
+            if cares {
+                refresh(&state, tenant).await;
+            }
+        }
+    }
+}
+
+/// Re-reads a tenant's presence; tells this node's agents what changed and its visitors
+/// when availability flipped.
+async fn refresh(state: &AppState, tenant: &Tenant) {
+    let id = &tenant.cfg.id;
+    let entries = match state.store.presence(id, state.now_ms()).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::debug!(error = %e, tenant = id, "presence not read");
+            return;
+        }
+    };
+    let mut now: BTreeMap<String, AgentPresence> = BTreeMap::new();
+    for e in entries {
+        let status = if e.away {
+            PresenceStatus::Away
+        } else {
+            PresenceStatus::Online
+        };
+        let a = now.entry(e.agent_id.clone()).or_insert(AgentPresence {
+            agent_id: e.agent_id,
+            name: e.name.clone(),
+            status,
+        });
+        // Online on any node is online.
+        if status == PresenceStatus::Online {
+            a.status = PresenceStatus::Online;
+        }
+        if a.name.is_none() {
+            a.name = e.name;
+        }
+    }
+    let tenant_channel = Channel::Tenant {
+        tenant: id.as_str().into(),
+    };
+    let mut view = state.presence.views.entry(id.clone()).or_default();
+    for (agent, a) in &now {
+        if view.agents.get(agent) != Some(a) {
+            state
+                .hub
+                .local_ephemeral(&tenant_channel, &frames::presence(a));
+        }
+    }
+    for (agent, a) in &view.agents {
+        if !now.contains_key(agent) {
+            let gone = AgentPresence {
+                status: PresenceStatus::Offline,
+                ..a.clone()
+            };
+            state
+                .hub
+                .local_ephemeral(&tenant_channel, &frames::presence(&gone));
+        }
+    }
+    let online = now.values().any(|a| a.status == PresenceStatus::Online);
+    view.agents = now;
+    let now_ms = state.now_ms();
+    let available = tenant.schedule.is_available_with(now_ms, online);
+    // Before the first read, visitors were told what an empty view gives: nobody online.
+    let was = view
+        .available
+        .unwrap_or_else(|| tenant.schedule.is_available_with(now_ms, false));
+    let flipped = was != available;
+    view.available = Some(available);
+    drop(view);
+    if flipped {
+        // `GET /v1/config` caches its tenant part for 60 s: not past a change.
+        state.config_cache.remove(id);
+        let frame = frames::availability(available, tenant.schedule.mode.as_str());
+        for ch in state.hub.conversation_channels(id) {
+            state.hub.local_ephemeral(&ch, &frame);
+        }
+    }
+}
