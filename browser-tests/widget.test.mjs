@@ -31,6 +31,8 @@ const PK_OFF = 'pk_live_fedcba9876543210fedcba9876543210';
 const AGENT_SECRET = 'browser-tests-agent-secret-3f9a1c';
 const AGENT_SECRET_OFF = 'browser-tests-agent-secret-offline-77d2';
 const SERVER_KEY = 'browser-tests-server-key-5b1e';
+const PK_TEAM = 'pk_live_0000000000000000000000000000beef';
+const AGENT_SECRET_TEAM = 'browser-tests-agent-secret-team-41aa';
 const WAIT = 15_000;                // default bound for every single wait
 const START_TIMEOUT = 60_000;       // gateway start-up bound
 
@@ -95,6 +97,18 @@ label = "Contact us"
 
 [tenants.availability]
 mode = "offline"
+${LIMITS}
+[[tenants]]
+id = "team"
+name = "Team Co"
+public_key = "${PK_TEAM}"
+agent_secret = "${AGENT_SECRET_TEAM}"
+server_key = "browser-tests-server-key-team"
+min_elapsed_ms = 800
+
+[tenants.availability]
+mode = "always"
+require_agent = true
 ${LIMITS}`;
 
 // ---------------------------------------------------------------- helpers
@@ -717,6 +731,41 @@ test('phone width: full-screen panel, keyboard only', { timeout: 60_000 }, async
   }
   await page.keyboard.press('Escape');
   await w.panel.waitFor({ state: 'hidden' });
+  await page.context().close();
+});
+
+test('require_agent: the widget\'s status line follows the team, live', { timeout: 90_000 }, async () => {
+  const page = await newPage();
+  serveHost('/team.html', hostPage(PK_TEAM));
+  await page.goto(`${HOST}/team.html`);
+  const w = await openWidget(page);
+  const status = page.locator('confab-widget .sub');
+  await status.filter({ hasText: 'Away — we\'ll reply by email' }).waitFor();
+  // Nobody online: the contact form starts the conversation.
+  const form = page.locator('confab-widget form.contact');
+  await form.locator('input[name=name]').fill('Erin Early');
+  await form.locator('input[name=email]').fill('erin@example.com');
+  await form.locator('textarea[name=message]').fill('Anyone there?');
+  await form.locator('button[type=submit]').click();
+  await w.mine('Anyone there?').waitFor();
+  // An agent signs in: the open widget turns "Online" without a reload.
+  const agentPage = await openConsole(agentJwt(AGENT_SECRET_TEAM, 'team', 'agent-tess', 'Tess Team'));
+  await status.filter({ hasText: /^Online$/ }).waitFor({ timeout: WAIT });
+  await agentPage.locator('#team li', { hasText: 'Tess Team (you)' }).waitFor();
+  // A colleague joins and is listed; then Tess steps away, the colleague stays.
+  const colleague = await openConsole(agentJwt(AGENT_SECRET_TEAM, 'team', 'agent-uma', 'Uma Team'));
+  await agentPage.locator('#team li', { hasText: 'Uma Team' }).waitFor();
+  await colleague.locator('#team li', { hasText: 'Tess Team' }).waitFor();
+  await shot(agentPage, '22-console-team-online');
+  await colleague.context().close();
+  await agentPage.locator('#team li', { hasText: 'Uma Team' }).waitFor({ state: 'detached' });
+  await agentPage.locator('#awayBtn').click();
+  await agentPage.locator('#team li.away', { hasText: 'Tess Team' }).waitFor();
+  await status.filter({ hasText: 'Away — we\'ll reply by email' }).waitFor({ timeout: WAIT });
+  await shot(page, '23-widget-team-away');
+  await agentPage.locator('#awayBtn').click();
+  await status.filter({ hasText: /^Online$/ }).waitFor({ timeout: WAIT });
+  await agentPage.context().close();
   await page.context().close();
 });
 

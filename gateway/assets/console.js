@@ -65,7 +65,7 @@
     $('agent').textContent = c.name || c.sub || '';
     me = c.sub || null;
     $('tenant').textContent = c.tenant || '';
-    $('login').hidden = true; $('app').hidden = false; $('logout').hidden = false;
+    $('login').hidden = true; $('app').hidden = false; $('logout').hidden = false; $('awayBtn').hidden = false;
     offset = ss(OK);
     try { unread = JSON.parse(ss(UK)) || {}; } catch (e) { unread = {}; }
     loadList(); // current state; the WS then resumes from the stored offset (events after it are new to us)
@@ -78,6 +78,7 @@
     if (ws) { var s = ws; ws = null; s.onclose = null; s.close(); }
     wsReady = false; setConn('down', 'signed out');
     $('app').hidden = true; $('logout').hidden = true; $('login').hidden = false;
+    $('awayBtn').hidden = true; team = {}; away = false; renderTeam();
     $('loginErr').textContent = msg || '';
   }
   $('login').onsubmit = function (e) { e.preventDefault(); signIn($('tok').value); };
@@ -384,6 +385,13 @@
       if (f.type === 'ready') {
         ready = true; clearTimeout(guard); wsReady = true; tries = 0;
         stopPolling(); setConn('live', 'live'); startPing(); onReady(f, gaveAfter);
+        team = {}; (f.agentsOnline || []).forEach(function (a) { team[a.agentId] = a; });
+        if (away) s.send(JSON.stringify({ type: 'presence', status: 'away' })); // keep it across reconnects
+        renderTeam();
+      } else if (f.type === 'presence') {
+        var a = f.data || {};
+        if (a.status === 'offline') delete team[a.agentId]; else team[a.agentId] = a;
+        renderTeam();
       } else if (f.type === 'ack') {
         acked(pending[f.clientMessageId], f.messageId);
       } else if (f.type === 'error') {
@@ -456,6 +464,25 @@
     if (!wsReady && token) { tries = 0; connect(); }
     if (cur) { unread[cur] = 0; saveUnread(); }
   });
+
+  // ---- presence: who of the team is online; this agent may set itself away
+  var team = {}, away = false;
+  function renderTeam() {
+    var ul = $('team'); ul.textContent = '';
+    Object.keys(team).sort().forEach(function (id) {
+      var a = team[id], li = el('li', a.status);
+      li.title = (a.name || a.agentId) + ' — ' + a.status;
+      li.textContent = (a.name || a.agentId) + (id === me ? ' (you)' : '');
+      ul.appendChild(li);
+    });
+    $('awayBtn').textContent = away ? 'Set online' : 'Set away';
+    $('awayBtn').setAttribute('aria-pressed', String(away));
+  }
+  $('awayBtn').onclick = function () {
+    away = !away;
+    if (ws && wsReady) ws.send(JSON.stringify({ type: 'presence', status: away ? 'away' : 'online' }));
+    renderTeam();
+  };
 
   // ---- webhooks: their delivery state needs the tenant's server key (GET /v1/tenant/webhooks
   // refuses agent tokens), entered by whoever operates the tenant and kept for this tab.

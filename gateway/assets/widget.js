@@ -500,6 +500,7 @@
     if (f.type === 'message:new') addMessage(d);
     else if (f.type === 'typing') { if (d && d.author && d.author.kind !== 'visitor') showTyping(d.author); }
     else if (f.type === 'conversation:updated') { if (d && d.status && d.status !== status) setStatus(d.status); }
+    else if (f.type === 'availability') { if (d) setAvailable(d.isAvailable !== false); }
     else if (f.type === 'ack') acked(pending[f.clientMessageId], f.messageId);
     else if (f.type === 'error' && f.code !== 'invalid_frame') {
       // Errors do not name the message: fail the oldest one still waiting for its ack.
@@ -652,9 +653,7 @@
       var img = h('img', null, null, { src: b.logo, alt: '' });
       head.insertBefore(img, ttl);
     }
-    offline = c.isAvailable === false;
-    sub.textContent = offline ? 'We\'re away — leave us a message' : 'We typically reply in a few minutes';
-    sub.classList.toggle('off', offline);
+    setAvailable(c.isAvailable !== false);
     sampleRate = c.telemetry && typeof c.telemetry.sampleRate === 'number' ? c.telemetry.sampleRate : 1;
     maxLen = (c.limits && c.limits.maxMessageLength) || maxLen;
     input.setAttribute('maxlength', String(maxLen));
@@ -670,6 +669,14 @@
     cIntro.textContent = (c.greeting ? c.greeting + ' ' : '') + 'We\'re offline right now. Leave your details and we\'ll get back to you.';
     if (offline && !form) showNote('We\'re offline right now — we\'ll reply as soon as we\'re back.');
     renderChips(); updateBadge();
+  }
+
+  // The status line tells the truth: with `require_agent`, "Online" means an agent is
+  // online now; the gateway sends `availability` frames when that changes.
+  function setAvailable(yes) {
+    offline = !yes;
+    sub.textContent = yes ? 'Online' : 'Away — we\'ll reply by email';
+    sub.classList.toggle('off', !yes);
   }
 
   function start(tries) {
