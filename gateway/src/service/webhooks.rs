@@ -4,8 +4,9 @@
 //! - **Driven by the log, not by a queue.** A webhook is a durable cursor in the store
 //!   ([`WebhookState`]): the offset of the last event it dealt with, advanced only after a
 //!   2xx (or past events its filter does not want, or that left retention first). A
-//!   restart or a `kill -9` resumes from the stored cursor; at worst the event in flight is
-//!   sent again, with the same `X-Confab-Delivery` id (delivery is at least once).
+//!   restart or a `kill -9` resumes from the stored cursor; at worst the deliveries of the
+//!   last [`SAVE_EVERY`] and the event in flight are sent again, with the same
+//!   `X-Confab-Delivery` ids (delivery is at least once).
 //! - **One deliverer per webhook in the deployment.** A node delivers a webhook only while
 //!   it holds the webhook's lease in the store ([`confab_store::Store::lease`]), renewed
 //!   every few seconds while it works; a node that dies stops renewing, and another node,
@@ -37,6 +38,11 @@ use crate::state::AppState;
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Events read from the log at a time.
 const PAGE: usize = 100;
+/// How often, at most, a webhook that keeps delivering stores its position. Saving after
+/// every delivery would make each event wait for a commit (an fsync on the embedded
+/// store); a crash resends at most this much (delivery is at least once anyway). A failure,
+/// an idle log and shutdown save at once.
+const SAVE_EVERY: Duration = Duration::from_millis(100);
 /// Events scanned to compute one webhook's lag for the status route.
 const LAG_SCAN_LIMIT: usize = 100_000;
 
@@ -163,6 +169,8 @@ async fn follow(state: AppState, tenant: Arc<Tenant>, hook: Arc<Webhook>) {
                 lease: &lease,
                 stats: &stats,
                 renew_at: Instant::now() + timing.renew_every(),
+                saved_at: Instant::now(),
+                unsaved: None,
             };
             match d.run().await {
                 Stop::Shutdown => {
@@ -197,6 +205,9 @@ struct Deliverer<'a> {
     stats: &'a WebhookStats,
     /// When the lease is renewed next.
     renew_at: Instant,
+    /// When the position was last stored, and the newer state not stored yet.
+    saved_at: Instant,
+    unsaved: Option<WebhookState>,
 }
 
 impl Deliverer<'_> {
@@ -208,6 +219,12 @@ impl Deliverer<'_> {
     async fn run(&mut self) -> Stop {
         match self.deliver_all().await {
             Ok(never) => match never {},
+            Err(Stop::Shutdown) => {
+                if let Some(st) = self.unsaved.take() {
+                    let _ = self.save(&st).await;
+                }
+                Stop::Shutdown
+            }
             Err(stop) => stop,
         }
     }
@@ -242,9 +259,21 @@ impl Deliverer<'_> {
             if !page.recovered {
                 self.skip_pruned(&mut st, page.events.first()).await?;
             }
-            let last = state.store.last_offset(self.tenant_id()).await?;
-            self.stats.set_lag(last.saturating_sub(st.offset));
+            let lag = match page.events.last() {
+                None => 0,
+                Some(last) if !page.has_more => last.offset.saturating_sub(st.offset),
+                // Behind by more than a page: how far, only the log's end tells.
+                Some(_) => state
+                    .store
+                    .last_offset(self.tenant_id())
+                    .await?
+                    .saturating_sub(st.offset),
+            };
+            self.stats.set_lag(lag);
             if page.events.is_empty() {
+                if let Some(st) = self.unsaved.take() {
+                    self.save(&st).await?;
+                }
                 tokio::select! {
                     _ = wake.rx.recv() => {}
                     _ = tokio::time::sleep_until(self.renew_at) => {}
@@ -252,8 +281,6 @@ impl Deliverer<'_> {
                 }
                 continue;
             }
-            let before = st.offset;
-            let mut saved = true;
             for ev in &page.events {
                 if ev.offset <= st.offset {
                     // Skipped meanwhile: it left retention while an earlier one was retried.
@@ -261,14 +288,10 @@ impl Deliverer<'_> {
                 }
                 if self.hook.wants(&ev.kind) {
                     self.deliver(&mut st, ev).await?;
-                    saved = true;
                 } else {
                     st.offset = ev.offset;
-                    saved = false;
+                    self.checkpoint(&st).await?;
                 }
-            }
-            if !saved && st.offset != before {
-                self.save(&st).await?;
             }
         }
     }
@@ -276,7 +299,7 @@ impl Deliverer<'_> {
     /// Events between the cursor and the oldest retained one were dropped by retention
     /// before they could be delivered: skipped, logged and counted.
     async fn skip_pruned(
-        &self,
+        &mut self,
         st: &mut WebhookState,
         first: Option<&TenantEvent>,
     ) -> Result<(), Stop> {
@@ -319,7 +342,7 @@ impl Deliverer<'_> {
                     st.last_error = None;
                     st.failing = false;
                     st.offset = ev.offset;
-                    self.save(st).await?;
+                    self.checkpoint(st).await?;
                     self.stats.delivered(now - ev.created_ms);
                     return Ok(());
                 }
@@ -389,7 +412,20 @@ impl Deliverer<'_> {
         Ok(())
     }
 
-    async fn save(&self, st: &WebhookState) -> Result<(), Stop> {
+    /// Stores `st` if the last save is [`SAVE_EVERY`] old, else keeps it for later.
+    async fn checkpoint(&mut self, st: &WebhookState) -> Result<(), Stop> {
+        if self.saved_at.elapsed() >= SAVE_EVERY {
+            self.save(st).await
+        } else {
+            self.unsaved = Some(st.clone());
+            Ok(())
+        }
+    }
+
+    /// Stores `st` now.
+    async fn save(&mut self, st: &WebhookState) -> Result<(), Stop> {
+        self.unsaved = None;
+        self.saved_at = Instant::now();
         self.state
             .store
             .save_webhook_state(self.tenant_id(), &self.hook.key, st)
