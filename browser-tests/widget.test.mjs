@@ -14,9 +14,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createHmac } from 'node:crypto';
+import { createHmac, randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync, createWriteStream } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync, createWriteStream } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -33,6 +33,11 @@ const AGENT_SECRET_OFF = 'browser-tests-agent-secret-offline-77d2';
 const SERVER_KEY = 'browser-tests-server-key-5b1e';
 const PK_TEAM = 'pk_live_0000000000000000000000000000beef';
 const AGENT_SECRET_TEAM = 'browser-tests-agent-secret-team-41aa';
+// The triage tenant answers a conversation's first message automatically (a bot message
+// with meta.mode "flow"); its visitors are mostly driven over the HTTP API.
+const PK_TRIAGE = 'pk_live_00000000000000000000000000007a9e';
+const AGENT_SECRET_TRIAGE = 'browser-tests-agent-secret-triage-8c3d';
+const AUTO_REPLY = 'Thanks for writing! An agent will be with you shortly.';
 const WAIT = 15_000;                // default bound for every single wait
 const START_TIMEOUT = 60_000;       // gateway start-up bound
 
@@ -109,6 +114,17 @@ min_elapsed_ms = 800
 [tenants.availability]
 mode = "always"
 require_agent = true
+${LIMITS}
+[[tenants]]
+id = "triage"
+name = "Triage Co"
+public_key = "${PK_TRIAGE}"
+agent_secret = "${AGENT_SECRET_TRIAGE}"
+server_key = "browser-tests-server-key-triage"
+greeting = "Hello from Triage Co"
+auto_reply = "${AUTO_REPLY}"
+require_init_challenge = false
+min_elapsed_ms = 0
 ${LIMITS}`;
 
 // ---------------------------------------------------------------- helpers
@@ -204,6 +220,11 @@ function watch(page) {
   page.on('console', (m) => { if (m.type() === 'error' && !/Failed to load resource|WebSocket/.test(m.text())) pageErrors.push(`${page.url()}: console: ${m.text()}`); });
 }
 async function shot(page, name) { await page.screenshot({ path: join(ART, `${name}.png`) }); }
+/** A screenshot the README shows: saved with `shot`, then copied into docs/. */
+async function docShot(page, name, docName) {
+  await shot(page, name);
+  copyFileSync(join(ART, `${name}.png`), resolve(HERE, '..', 'docs', docName));
+}
 
 /** A host page on a foreign origin with the widget tag pointing at the gateway. */
 function hostPage(pk, { css = '', extra = '' } = {}) {
@@ -790,6 +811,364 @@ test('the console shows the webhooks\' delivery state with the server key', { ti
   assert.ok(hookHits.length > 0 && hookHits.every((h) => h.ok), 'every delivery was signed with the secret');
   assert.ok(hookHits.some((h) => h.status === 200 && /campaign:progress/.test(h.body)), 'the event was delivered');
   await shot(page, '21-console-webhook-ok');
+  await page.context().close();
+});
+
+// ---------------------------------------------------------------- triage in the console (issue 14)
+
+const triageJwt = agentJwt(AGENT_SECRET_TRIAGE, 'triage', 'agent-tina', 'Tina Triage');
+
+/** A visitor of the triage tenant over the HTTP API (no browser); `say` sends as them. */
+async function apiVisitor(extra = {}) {
+  const r = await api('POST', '/v1/sessions', { publicKey: PK_TRIAGE, botSignals: { elapsedMs: 5000 }, ...extra });
+  assert.equal(r.status, 201, JSON.stringify(r.json));
+  const v = r.json;
+  v.say = async (text) => {
+    const m = await api('POST', '/v1/messages', { message: text, clientMessageId: randomUUID() }, v.sessionToken);
+    assert.equal(m.status, 201, JSON.stringify(m.json));
+    return m.json.messageId;
+  };
+  return v;
+}
+/** A conversation's first message, then (long-polled, as the visitor) its automatic reply. */
+async function firstMessage(v, text) {
+  const id = await v.say(text);
+  const r = await api('GET', `/v1/messages?after=${encodeURIComponent(id)}&wait=10`, null, v.sessionToken);
+  assert.ok(r.json.messages.some((m) => m.author.kind === 'bot' && m.meta?.mode === 'flow' && m.body === AUTO_REPLY),
+    `the auto-reply follows, got ${JSON.stringify(r.json)}`);
+}
+/** A conversation's item in the console's list, whatever its preview says. */
+function convById(page, id) { return page.locator(`#convs [data-conv-id="${id}"]`); }
+/** The console's list order, restricted to `ids`. */
+async function listOrder(page, ids) {
+  const all = await page.locator('#convs [data-conv-id]').evaluateAll((els) => els.map((e) => e.getAttribute('data-conv-id')));
+  return all.filter((id) => ids.includes(id));
+}
+function setHidden(page, hidden) {
+  return page.evaluate((h) => {
+    Object.defineProperty(document, 'hidden', { configurable: true, get: () => h });
+    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (h ? 'hidden' : 'visible') });
+    document.dispatchEvent(new Event('visibilitychange'));
+  }, hidden);
+}
+/** Init script: records every Notification the page makes and every tone it starts. */
+function recordAlerts() {
+  window.__notes = []; window.__tones = 0;
+  const Real = window.Notification;
+  function Recorded(title, opts) {
+    window.__notes.push({ title, body: opts && opts.body, tag: opts && opts.tag });
+    try { return new Real(title, opts); } catch (e) { return { close() {} }; }
+  }
+  Object.defineProperty(Recorded, 'permission', { get: () => Real.permission });
+  Recorded.requestPermission = (cb) => Real.requestPermission(cb);
+  window.Notification = Recorded;
+  const start = OscillatorNode.prototype.start;
+  OscillatorNode.prototype.start = function (...a) { window.__tones++; return start.apply(this, a); };
+}
+
+test('triage: previews skip the auto-reply, waiting visitors show for how long, sort by waiting', { timeout: 120_000 }, async () => {
+  const a = await apiVisitor(), b = await apiVisitor({ contact: { name: 'Nora Lindqvist' } }), c = await apiVisitor();
+  await firstMessage(a, 'Where is my parcel? (A)');
+  await firstMessage(b, 'Do you ship to Norway? (B)');
+  await firstMessage(c, 'Can I pay by card? (C)');
+  const carl = agentJwt(AGENT_SECRET_TRIAGE, 'triage', 'agent-carl', 'Carl Colleague');
+  const r = await api('POST', `/v1/tenant/conversations/${c.conversationId}/messages`, { message: 'Yes, every major card.', clientMessageId: randomUUID() }, carl);
+  assert.equal(r.status, 201, JSON.stringify(r.json));
+  // Over HTTP the last message of A and B is the automatic reply; of C, Carl's answer.
+  const listed = (await api('GET', '/v1/tenant/conversations?limit=200', null, triageJwt)).json.conversations;
+  const auto = listed.filter((x) => x.lastMessage?.author.kind === 'bot' && x.lastMessage.meta?.mode === 'flow').map((x) => x.id);
+  assert.ok(auto.includes(a.conversationId) && auto.includes(b.conversationId) && !auto.includes(c.conversationId), 'the test exercises the HTTP path');
+
+  const page = await newPage();
+  const looked = [];
+  page.on('request', (q) => {
+    const m = /\/v1\/tenant\/conversations\/([^/?]+)\/messages\?(.*)$/.exec(q.url());
+    if (m && q.method() === 'GET') looked.push({ id: decodeURIComponent(m[1]), q: new URLSearchParams(m[2]) });
+  });
+  await page.goto(`${gw.url}/console#token=${triageJwt}`);
+  await page.locator('#conn', { hasText: 'live' }).waitFor();
+  await convItem(page, 'Where is my parcel? (A)').waitFor();
+  await convItem(page, 'Do you ship to Norway? (B)').waitFor();
+  await convItem(page, 'Yes, every major card.').waitFor();
+  const [itemA, itemB, itemC] = [a, b, c].map((v) => convById(page, v.conversationId));
+  assert.equal(await page.locator('#convs [data-conv-id]', { hasText: AUTO_REPLY }).count(), 0, 'no preview shows the auto-reply');
+  assert.equal(await itemA.locator('.snip').innerText(), 'Where is my parcel? (A)');
+  assert.equal(await itemC.locator('.snip').innerText(), 'Carl Colleague: Yes, every major card.');
+  assert.equal(await itemB.locator('.who').innerText(), 'Nora Lindqvist');
+  // Only the conversations whose last message is automatic were looked into, a few messages each.
+  assert.ok(looked.some((l) => l.id === a.conversationId) && looked.some((l) => l.id === b.conversationId), JSON.stringify(looked));
+  for (const l of looked) {
+    assert.ok(auto.includes(l.id), `history fetched for ${l.id}, whose last message is not automatic`);
+    assert.ok(+l.q.get('limit') <= 10 && l.q.get('since'), `a small window: ${l.q}`);
+  }
+
+  // A and B wait (the auto-reply does not end a wait); Carl answered C.
+  await itemA.locator('.wait', { hasText: /^waiting <1m$/ }).waitFor();
+  await itemB.locator('.wait').waitFor();
+  assert.equal(await itemC.locator('.wait').count(), 0, 'an agent answered C');
+  const ids = [a, b, c].map((v) => v.conversationId);
+  assert.deepEqual(await listOrder(page, ids), [ids[2], ids[1], ids[0]], 'most recently updated first by default');
+  await page.locator('#sort').selectOption('waiting');
+  assert.deepEqual(await listOrder(page, ids), ids, 'longest waiting first, then the others');
+
+  // Live: D writes while the console is open; the auto-reply that follows leaves the preview alone.
+  const d = await apiVisitor();
+  await firstMessage(d, 'A live question (D)');
+  const itemD = convItem(page, 'A live question (D)');
+  await itemD.click();
+  await page.locator('#msgs .msg.bot[data-id]', { hasText: AUTO_REPLY }).waitFor(); // the console has it
+  assert.equal(await itemD.locator('.snip').innerText(), 'A live question (D)');
+  await itemD.locator('.wait').waitFor();
+  ids.push(d.conversationId);
+  assert.deepEqual(await listOrder(page, ids), [ids[0], ids[1], ids[3], ids[2]], 'D waits the shortest');
+  await itemA.click();
+  await page.locator('#msgs .msg.in[data-id]', { hasText: '(A)' }).waitFor();
+  await docShot(page, '30-console-triage', 'console-triage.png');
+
+  // An agent's reply ends the wait.
+  await consoleReply(page, 'Your parcel left our warehouse this morning.');
+  await itemA.locator('.wait').waitFor({ state: 'detached' });
+  assert.equal(await itemA.locator('.snip').innerText(), 'You: Your parcel left our warehouse this morning.');
+  assert.deepEqual(await listOrder(page, ids), [ids[1], ids[3], ids[0], ids[2]], 'the waiting (B, D), then the others by recency (A, C)');
+
+  // The waiting time counts on by itself (refreshed every 30 s): six minutes later, B shows it.
+  const later = await newPage();
+  await later.clock.install();
+  await later.goto(`${gw.url}/console#token=${triageJwt}`);
+  await later.locator('#conn', { hasText: 'live' }).waitFor();
+  const laterB = convItem(later, 'Do you ship to Norway? (B)');
+  await laterB.locator('.wait', { hasText: /^waiting (<1m|[1-4]m)$/ }).waitFor();
+  await later.clock.fastForward('06:00');
+  await laterB.locator('.wait.long', { hasText: /^waiting [6-9]m$/ }).waitFor();
+  await later.context().close();
+  await page.context().close();
+});
+
+test('triage: desktop notifications and a sound, once opted in, never for the conversation on screen', { timeout: 120_000 }, async () => {
+  const page = await newPage();
+  await page.context().grantPermissions(['notifications'], { origin: gw.url });
+  await page.addInitScript(recordAlerts);
+  await page.goto(`${gw.url}/console#token=${triageJwt}`);
+  await page.locator('#conn', { hasText: 'live' }).waitFor();
+  const notes = (conv) => page.evaluate((tag) => window.__notes.filter((n) => !tag || n.tag === tag), conv && `confab:${conv.conversationId}`);
+
+  // Permission granted but no opt-in yet: nothing.
+  const e = await apiVisitor();
+  await e.say('Before opting in (E)');
+  await convItem(page, 'Before opting in (E)').waitFor();
+  assert.deepEqual(await notes(), []);
+  await page.locator('#notifyBtn', { hasText: 'Notify me' }).click();
+  await page.locator('#notifyBtn[aria-pressed="true"]', { hasText: 'Notifications on' }).waitFor();
+  await page.locator('#soundBtn', { hasText: 'Sound off' }).click();
+  await page.locator('#soundBtn[aria-pressed="true"]', { hasText: 'Sound on' }).waitFor();
+  await page.waitForFunction(() => window.__tones === 1); // a sample of the tone
+  await convItem(page, 'Before opting in (E)').click();
+  await page.locator('#msgs .msg.in[data-id]', { hasText: '(E)' }).waitFor();
+
+  // Another conversation: notified (its start and its message), with a tone.
+  const f = await apiVisitor();
+  await f.say('Hello from elsewhere (F)');
+  await page.waitForFunction(() => window.__notes.some((n) => n.body === 'Hello from elsewhere (F)'));
+  assert.ok((await notes(f)).some((n) => n.title === 'New conversation'), JSON.stringify(await notes()));
+  await page.waitForFunction(() => window.__tones >= 2);
+  await shot(page, '31-console-notified');
+
+  // The conversation on screen: no notification while the tab is visible…
+  await e.say('Still there? (E)');
+  await page.locator('#msgs .msg.in[data-id]', { hasText: 'Still there? (E)' }).waitFor();
+  assert.deepEqual(await notes(e), [], 'nothing for the conversation the agent is looking at');
+  // …but one when the tab is hidden.
+  await setHidden(page, true);
+  await e.say('Anyone? (E, tab hidden)');
+  await page.waitForFunction(() => window.__notes.some((n) => n.body === 'Anyone? (E, tab hidden)'));
+  await setHidden(page, false);
+
+  // Both preferences survive a reload; the sound can be turned off again.
+  await page.reload();
+  await page.locator('#conn', { hasText: 'live' }).waitFor();
+  await page.locator('#notifyBtn', { hasText: 'Notifications on' }).waitFor();
+  await page.locator('#soundBtn', { hasText: 'Sound on' }).click();
+  await page.locator('#soundBtn[aria-pressed="false"]', { hasText: 'Sound off' }).waitFor();
+  assert.equal(await page.evaluate(() => localStorage.getItem('confab.console.sound')), '0');
+  await page.context().close();
+});
+
+test('triage: a closed conversation stays in view, with Undo; Reopen', { timeout: 90_000 }, async () => {
+  const g = await apiVisitor();
+  await firstMessage(g, 'Close me, then think again (G)');
+  const page = await openConsole(triageJwt);
+  const item = convItem(page, '(G)');
+  await item.click();
+  await page.locator('#cstatus', { hasText: 'open' }).waitFor();
+  const toast = page.locator('#toast');
+  const status = async () => (await api('GET', `/v1/tenant/conversations/${g.conversationId}`, null, triageJwt)).json.status;
+
+  await page.locator('#closeBtn').click();
+  await page.locator('#cstatus', { hasText: 'closed' }).waitFor();
+  await toast.filter({ hasText: 'Conversation closed — Undo' }).waitFor();
+  // Still listed under "Open": dimmed, struck through, tagged "closed".
+  await page.locator('#convs li.gone', { hasText: '(G)' }).locator('.tag', { hasText: 'closed' }).waitFor();
+  await page.locator('#reopenBtn').waitFor();
+  await shot(page, '32-console-closed-undo');
+  await page.locator('#undoBtn').click();
+  await page.locator('#cstatus', { hasText: 'open' }).waitFor();
+  await toast.waitFor({ state: 'hidden' });
+  await page.locator('#convs li:not(.gone)', { hasText: '(G)' }).waitFor();
+  assert.equal(await status(), 'open', 'Undo reopened it');
+
+  // Closed again: the toast leaves by itself; Reopen works without it.
+  await page.locator('#closeBtn').click();
+  await toast.waitFor({ state: 'visible' });
+  await toast.waitFor({ state: 'hidden', timeout: 12_000 });
+  assert.equal(await status(), 'closed');
+  await page.locator('#reopenBtn').click();
+  await page.locator('#cstatus', { hasText: 'open' }).waitFor();
+  await page.locator('#closeBtn').waitFor();
+  assert.equal(await status(), 'open', 'Reopen reopened it');
+
+  // A closed conversation is listed under "Closed", and leaves "Open" once the filter changes.
+  await page.locator('#closeBtn').click();
+  await page.locator('#cstatus', { hasText: 'closed' }).waitFor();
+  await page.locator('.filters [data-f="closed"]').click();
+  await page.locator('#convs li:not(.gone)', { hasText: '(G)' }).waitFor();
+  await page.locator('.filters [data-f="open"]').click();
+  await item.waitFor({ state: 'detached' });
+  await page.context().close();
+});
+
+test('triage: visitors without a name get a friendly one, the same after a reload and for everyone', { timeout: 60_000 }, async () => {
+  const v = await apiVisitor();
+  await firstMessage(v, 'Who am I to you? (H)');
+  const page = await openConsole(triageJwt);
+  const who = convItem(page, '(H)').locator('.who');
+  await who.waitFor();
+  const name = await who.innerText();
+  assert.match(name, /^[A-Z][a-z]+ [A-Z][a-z]+$/, `a two-word name, got "${name}"`);
+  await page.reload();
+  await page.locator('#conn', { hasText: 'live' }).waitFor();
+  await who.waitFor();
+  assert.equal(await who.innerText(), name, 'the same name after a reload');
+  const other = await openConsole(agentJwt(AGENT_SECRET_TRIAGE, 'triage', 'agent-omar', 'Omar Other'));
+  await convItem(other, '(H)').click();
+  await other.locator('#ctitle', { hasText: name }).waitFor();
+  await other.locator('#msgs .msg.in .a', { hasText: name }).first().waitFor();
+  await other.context().close();
+  await page.context().close();
+});
+
+test('triage: the console at phone width — list, conversation, back; nothing overflows', { timeout: 90_000 }, async () => {
+  const v = await apiVisitor({ contact: { name: 'Pat Phone', email: 'pat@example.com' } });
+  await firstMessage(v, 'Writing to a phone-sized console (P)');
+  const page = await newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  await page.goto(`${gw.url}/console#token=${triageJwt}`);
+  await page.locator('#conn', { hasText: 'live' }).waitFor();
+  const fits = async (where) => {
+    const [sw, iw] = await page.evaluate(() => [document.documentElement.scrollWidth, innerWidth]);
+    assert.ok(sw <= iw, `${where}: nothing overflows horizontally (scrollWidth ${sw}, innerWidth ${iw})`);
+  };
+  await convItem(page, '(P)').waitFor();
+  const item = convById(page, v.conversationId);
+  assert.equal(await page.locator('#conv').isVisible(), false, 'the list first');
+  assert.equal(await page.locator('.side').isVisible(), false, 'no details panel');
+  await fits('list');
+  await shot(page, '33-console-phone-list');
+
+  await item.click();
+  await page.locator('#backBtn').waitFor({ state: 'visible' });
+  await page.locator('#msgs .msg.in[data-id]', { hasText: '(P)' }).waitFor();
+  assert.equal(await page.locator('#convs').isVisible(), false, 'the conversation is a screen of its own');
+  await consoleReply(page, 'Hi Pat! Tracking is at https://example.com/track — it updates hourly.');
+  const box = await page.locator('#replyText').boundingBox();
+  assert.ok(box.x >= 0 && box.x + box.width <= 390 && box.width >= 200, `a usable reply box: ${JSON.stringify(box)}`);
+  await fits('conversation');
+  await docShot(page, '34-console-phone-conversation', 'console-phone.png');
+
+  await page.locator('#detailsBtn').click(); // the details behind a toggle
+  await page.locator('#ctx dd', { hasText: 'pat@example.com' }).waitFor();
+  await fits('details');
+  await page.locator('#sideClose').click();
+  await page.locator('.side').waitFor({ state: 'hidden' });
+
+  await page.locator('#backBtn').click();
+  await item.waitFor({ state: 'visible' });
+  assert.equal(await page.locator('#conv').isVisible(), false);
+  await fits('back on the list');
+  await page.context().close();
+});
+
+test('triage: keyboard — j/k move through the list, Enter goes to the reply box, Escape leaves it, ? helps', { timeout: 90_000 }, async () => {
+  for (const t of ['Keys one (K1)', 'Keys two (K2)', 'Keys three (K3)']) await firstMessage(await apiVisitor(), t);
+  const page = await openConsole(triageJwt);
+  for (const t of ['(K1)', '(K2)', '(K3)']) await convItem(page, t).waitFor();
+  await page.locator('#keys', { hasText: 'Enter' }).waitFor();
+  const order = await page.locator('#convs [data-conv-id]').evaluateAll((els) => els.map((e) => e.getAttribute('data-conv-id')));
+  const at = (i) => page.locator(`#convs [aria-current="true"][data-conv-id="${order[i]}"]`).waitFor();
+
+  await page.keyboard.press('j');
+  await at(0);
+  await page.locator('#conv').waitFor();
+  await page.keyboard.press('j');
+  await at(1);
+  await page.keyboard.press('j');
+  await at(2);
+  await page.keyboard.press('k');
+  await at(1);
+  const title = await page.locator(`#convs [data-conv-id="${order[1]}"] .who`).innerText();
+  await page.locator('#ctitle', { hasText: title }).waitFor();
+
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => document.activeElement?.id === 'replyText');
+  await page.keyboard.type('just typing jk');
+  assert.equal(await page.locator('#replyText').inputValue(), 'just typing jk', 'j and k type in the reply box');
+  await at(1);
+  await page.keyboard.press('Escape');
+  await page.waitForFunction((id) => document.activeElement?.getAttribute('data-conv-id') === id, order[1]);
+  await page.keyboard.press('j');
+  await at(2);
+
+  await page.keyboard.press('?');
+  await page.locator('#help').waitFor({ state: 'visible' });
+  await shot(page, '35-console-shortcuts');
+  await page.keyboard.press('Escape');
+  await page.locator('#help').waitFor({ state: 'hidden' });
+  await page.context().close();
+});
+
+test('links in messages are clickable and safe, in the widget and the console; the widget input is 16px', { timeout: 90_000 }, async () => {
+  const agentPage = await openConsole(triageJwt);
+  const page = await newPage();
+  serveHost('/links.html', hostPage(PK_TRIAGE));
+  await page.goto(`${HOST}/links.html`);
+  const w = await openWidget(page);
+  assert.equal(await w.input.evaluate((e) => getComputedStyle(e).fontSize), '16px', 'phones do not zoom into the composer');
+
+  const text = 'Order docs: https://example.com/orders?id=42. Not a link: javascript:alert(1) — nor this, but www.example.org!';
+  await sendFromWidget(page, text);
+  const expected = [
+    { href: 'https://example.com/orders?id=42', text: 'https://example.com/orders?id=42' },
+    { href: 'https://www.example.org', text: 'www.example.org' },
+  ].map((l) => ({ ...l, rel: 'noopener noreferrer nofollow', target: '_blank' }));
+  const check = async (body, where) => {
+    const links = await body.locator('a').evaluateAll((as) => as.map((a) => ({ href: a.getAttribute('href'), text: a.textContent, rel: a.rel, target: a.target })));
+    assert.deepEqual(links, expected, where);
+    assert.equal(await body.evaluate((e) => e.textContent), text, `${where}: the text reads as written`);
+    assert.equal(await body.locator('a[href^="javascript"], script').count(), 0);
+  };
+  await check(w.mine('Order docs').locator('.body'), 'widget');
+
+  await convItem(agentPage, 'Order docs').click();
+  const inConsole = agentPage.locator('#msgs .msg.in[data-id]', { hasText: 'Order docs' });
+  await inConsole.waitFor();
+  await check(inConsole.locator('.b'), 'console');
+  await consoleReply(agentPage, 'See www.example.net/faq, it helps.');
+  const reply = w.fromAgent('See www.example.net/faq').locator('a');
+  await reply.waitFor();
+  assert.equal(await reply.getAttribute('href'), 'https://www.example.net/faq');
+  assert.equal(await reply.getAttribute('rel'), 'noopener noreferrer nofollow');
+  assert.equal(await reply.innerText(), 'www.example.net/faq');
+  await shot(page, '36-widget-links');
+  await shot(agentPage, '37-console-links');
+  await agentPage.context().close();
   await page.context().close();
 });
 

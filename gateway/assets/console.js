@@ -15,7 +15,12 @@
   var typingUntil = {};              // conversationId -> ms timestamp
   var me = null;                     // this agent's id (JWT sub, then ready.agent.id)
   var cur = null, filter = 'open', nextCursor = null, lastTypingSent = 0, typingTimer = 0;
+  var realLast = {};                 // id -> newest non-automatic Message known (the preview)
+  var resolved = {};                 // id -> the lastMessage id for which realLast is known current
+  var lingering = new Set();         // ids that left the current filter while shown (see statusChanged)
+  var sortBy = ls('confab.console.sort') === 'waiting' ? 'waiting' : 'recent';
 
+  function ls(k, v) { try { if (v === undefined) return localStorage.getItem(k); localStorage.setItem(k, v); } catch (e) {} return null; }
   function ss(k, v) { try { if (v === undefined) return sessionStorage.getItem(k); if (v === null) sessionStorage.removeItem(k); else sessionStorage.setItem(k, v); } catch (e) {} return null; }
   function uuid() {
     if (crypto.randomUUID) try { return crypto.randomUUID(); } catch (e) {}
@@ -71,6 +76,7 @@
     loadList(); // current state; the WS then resumes from the stored offset (events after it are new to us)
     connect();
     showWebhooks();
+    renderAlerts();
   }
   function signOut(msg) {
     token = null; ss(TK, null); ss(OK, null); ss(UK, null); ss(WK, null); clearTimeout(whTimer);
@@ -78,7 +84,7 @@
     if (ws) { var s = ws; ws = null; s.onclose = null; s.close(); }
     wsReady = false; setConn('down', 'signed out');
     $('app').hidden = true; $('logout').hidden = true; $('login').hidden = false;
-    $('awayBtn').hidden = true; team = {}; away = false; renderTeam();
+    $('awayBtn').hidden = true; team = {}; away = false; renderTeam(); renderAlerts();
     $('loginErr').textContent = msg || '';
   }
   $('login').onsubmit = function (e) { e.preventDefault(); signIn($('tok').value); };
@@ -109,8 +115,22 @@
       return;
     }
     if (old && old.lastMessage && (!c.lastMessage || old.lastMessage.createdAt > c.lastMessage.createdAt)) c.lastMessage = old.lastMessage;
+    if (old) statusChanged(old, c.status);
     convs.set(c.id, c);
+    var lm = c.lastMessage;
+    if (lm && !isAuto(lm)) { noteReal(lm); resolved[c.id] = lm.id; }
+    else if (lm && resolved[c.id] !== lm.id) queuePreview(c.id); // automatic: find the real preview
     if (c.id === cur) renderHead();
+  }
+  // A conversation that leaves the filter being shown (closed under "Open", reopened under
+  // "Closed") does not silently vanish under the agent's eyes: it stays in place, dimmed,
+  // struck through and tagged with its new status, until the agent changes the filter (or
+  // reloads). The selection and j/k do not jump, and Undo / Reopen put it back as it was.
+  function statusChanged(c, s) {
+    if (!s || c.status === s) return;
+    if (filter !== 'all' && c.status === filter) lingering.add(c.id);
+    else if (s === filter) lingering.delete(c.id);
+    c.status = s;
   }
   function prefix(m) {
     var a = m.author || {};
@@ -118,43 +138,153 @@
     return a.kind === 'agent' && a.id === me ? 'You: ' : (a.name || a.kind || '') + ': ';
   }
   function label(c) {
-    return (c.contact && (c.contact.name || c.contact.email)) || c.customerId || ('Visitor ' + String(c.visitorId || c.id).slice(-6));
+    return (c.contact && c.contact.name) || friendlyName(c.visitorId || c.id);
+  }
+  // A stable, human name for a visitor without one: two words picked by a hash (FNV-1a) of
+  // the visitor id, so the same visitor is "Amber Fox" on every reload and for every agent.
+  var ADJ = ['Amber', 'Azure', 'Brave', 'Bright', 'Calm', 'Clever', 'Coral', 'Crimson', 'Dapper', 'Eager', 'Gentle',
+    'Golden', 'Happy', 'Indigo', 'Jolly', 'Kind', 'Lively', 'Lucky', 'Mellow', 'Misty', 'Noble', 'Olive', 'Plucky',
+    'Quiet', 'Rapid', 'Rosy', 'Silver', 'Sunny', 'Swift', 'Teal', 'Velvet', 'Witty'];
+  var ANIMALS = ['Badger', 'Bear', 'Beaver', 'Bison', 'Crane', 'Deer', 'Dolphin', 'Eagle', 'Falcon', 'Ferret', 'Finch',
+    'Fox', 'Gecko', 'Heron', 'Ibis', 'Koala', 'Lemur', 'Lynx', 'Marten', 'Moose', 'Otter', 'Owl', 'Panda', 'Puffin',
+    'Quail', 'Raven', 'Robin', 'Seal', 'Swan', 'Tiger', 'Walrus', 'Wolf'];
+  function friendlyName(id) {
+    var h = 2166136261, s = String(id);
+    for (var i = 0; i < s.length; i++) { h ^= s.charCodeAt(i); h = Math.imul(h, 16777619) >>> 0; }
+    return ADJ[h % ADJ.length] + ' ' + ANIMALS[(h >>> 8) % ANIMALS.length];
+  }
+
+  // ---- triage: the preview and the visitor's wait
+  // Automatic messages — the flow auto-reply (a bot message with meta.mode "flow") and
+  // system notes — neither make the preview nor end a visitor's wait. Everything else does:
+  // the visitor, agents, and what the tenant's backend posts as a bot in other modes.
+  function isAuto(m) {
+    var k = m && m.author && m.author.kind;
+    return k === 'system' || (k === 'bot' && !!m.meta && m.meta.mode === 'flow');
+  }
+  function noteReal(m) {
+    if (!m || isAuto(m)) return;
+    var o = realLast[m.conversationId];
+    if (!o || o.createdAt <= m.createdAt) realLast[m.conversationId] = m;
+  }
+  // Waiting: the visitor spoke last (automatic replies aside) in an open conversation; since
+  // that message was written.
+  function waitingSince(c) {
+    var m = realLast[c.id];
+    return c.status === 'open' && m && m.author && m.author.kind === 'visitor' ? m.createdAt : null;
+  }
+  function waitText(since) {
+    var s = Math.max(0, (Date.now() - Date.parse(since)) / 1000), m = Math.floor(s / 60), h = Math.floor(m / 60);
+    return 'waiting ' + (m < 1 ? '<1m' : h < 1 ? m + 'm' : h < 24 ? h + 'h ' + (m % 60) + 'm' : Math.floor(h / 24) + 'd');
+  }
+  function drawWait(b, since) {
+    b.textContent = waitText(since);
+    b.classList.toggle('long', Date.now() - Date.parse(since) >= 5 * 60000);
+  }
+  setInterval(function () {
+    Array.prototype.forEach.call(document.querySelectorAll('#convs .wait[data-since]'), function (b) { drawWait(b, b.getAttribute('data-since')); });
+  }, 30000);
+
+  // Conversations loaded over HTTP whose lastMessage is automatic: fetch their last few
+  // messages to find the real preview, three conversations at a time. The history API pages
+  // forward only, so "the last few" are those written in the two minutes before the automatic
+  // one (an auto-reply follows its visitor message within a second); only when that window
+  // holds nothing real, a day, then the whole conversation (a few pages at most).
+  var pq = [], pqBusy = {}, pqActive = 0;
+  function queuePreview(id) {
+    if (!pqBusy[id] && pq.indexOf(id) < 0) pq.push(id);
+    setTimeout(pumpPreview);
+  }
+  function pumpPreview() {
+    while (pqActive < 3 && pq.length) findPreview(pq.shift());
+  }
+  function findPreview(id) {
+    var c = convs.get(id), last = c && c.lastMessage;
+    if (!last || !isAuto(last) || resolved[id] === last.id || !token) return;
+    pqActive++; pqBusy[id] = true;
+    var base = '/v1/tenant/conversations/' + encodeURIComponent(id) + '/messages?limit=', t = Date.parse(last.createdAt);
+    var windows = [[10, 120000], [50, 86400000], [200, 0]];
+    function scan(q, pages, found) {
+      return api('GET', q).then(function (r) {
+        var ms = r.messages || [];
+        ms.forEach(function (m) { if (!isAuto(m)) found = m; });
+        if (r.hasMore && ms.length && pages > 1) return scan(base + '50&after=' + encodeURIComponent(ms[ms.length - 1].id), pages - 1, found);
+        return found;
+      });
+    }
+    function step(i) {
+      var w = windows[i];
+      return scan(base + w[0] + (w[1] ? '&since=' + encodeURIComponent(new Date(t - w[1]).toISOString()) : ''), 4, null)
+        .then(function (m) { return m || (i + 1 < windows.length ? step(i + 1) : null); });
+    }
+    step(0).then(function (m) {
+      noteReal(m);
+      resolved[id] = last.id;
+      renderList();
+    }, function () {}).then(function () { pqActive--; delete pqBusy[id]; pumpPreview(); });
+  }
+  // The list as shown: the filter, then the sort — most recently updated first, or (sort by
+  // waiting) the visitors waiting longest first, then everyone else by recency.
+  function shownList() {
+    var list = Array.from(convs.values()).filter(function (c) { return filter === 'all' || c.status === filter || lingering.has(c.id); });
+    function recent(a, b) { return a.updatedAt < b.updatedAt ? 1 : a.updatedAt > b.updatedAt ? -1 : 0; }
+    if (sortBy !== 'waiting') return list.sort(recent);
+    return list.sort(function (a, b) {
+      var wa = waitingSince(a), wb = waitingSince(b);
+      if (wa && wb) return wa < wb ? -1 : wa > wb ? 1 : recent(a, b);
+      return wa ? -1 : wb ? 1 : recent(a, b);
+    });
   }
   function renderList() {
-    var ul = $('convs'), list = Array.from(convs.values()).filter(function (c) { return filter === 'all' || c.status === filter; });
-    list.sort(function (a, b) { return a.updatedAt < b.updatedAt ? 1 : a.updatedAt > b.updatedAt ? -1 : 0; });
+    if (toastConv && (convs.get(toastConv) || {}).status === 'open') hideToast(); // reopened meanwhile
+    var ul = $('convs'), list = shownList();
+    var focused = document.activeElement && ul.contains(document.activeElement) ? document.activeElement.getAttribute('data-conv-id') : null;
     ul.textContent = '';
     var total = 0;
     Object.keys(unread).forEach(function (k) { total += unread[k] || 0; });
     document.title = (total ? '(' + total + ') ' : '') + 'Confab console';
     if (!list.length) { ul.appendChild(el('li', 'muted', 'No ' + (filter === 'all' ? '' : filter + ' ') + 'conversations.')).style.padding = '12px 14px'; return; }
     list.forEach(function (c) {
-      var li = el('li'), b = el('button'), r1 = el('div', 'row'), r2 = el('div', 'snip');
+      var li = el('li', lingering.has(c.id) && c.status !== filter ? 'gone' : null), b = el('button'), r1 = el('div', 'row'), r2 = el('div', 'snip');
       b.type = 'button'; b.setAttribute('data-conv-id', c.id);
+      if (li.className) b.title = 'Now ' + c.status + ': listed under "' + (c.status === 'open' ? 'Open' : 'Closed') + '"';
       if (c.id === cur) b.setAttribute('aria-current', 'true');
       r1.appendChild(el('span', 'who', label(c)));
       if (c.qualified) r1.appendChild(el('span', 'tag q', 'qualified'));
       if (c.status === 'closed') r1.appendChild(el('span', 'tag', 'closed'));
+      var since = waitingSince(c);
+      if (since) {
+        var w = el('span', 'tag wait');
+        w.setAttribute('data-since', since); w.title = 'The visitor has been waiting for a reply since ' + fmt(since, true);
+        drawWait(w, since); r1.appendChild(w);
+      }
       if (unread[c.id]) { var u = el('span', 'unread', String(unread[c.id])); u.setAttribute('aria-label', unread[c.id] + ' unread'); r1.appendChild(u); }
       r1.appendChild(el('span', 'when', fmt(c.updatedAt)));
+      var pm = realLast[c.id];
       if (typingUntil[c.id] > Date.now()) r2.appendChild(el('span', 'styping', 'typing…'));
-      else r2.textContent = c.lastMessage ? prefix(c.lastMessage) + c.lastMessage.body : 'No messages yet';
+      else r2.textContent = pm ? prefix(pm) + pm.body : pqBusy[c.id] || pq.indexOf(c.id) >= 0 ? '…' : 'No messages yet';
       b.appendChild(r1); b.appendChild(r2);
-      b.onclick = function () { openConv(c.id); };
+      b.onclick = function () { openConv(c.id, !narrow()); };
       li.appendChild(b); ul.appendChild(li);
+      if (c.id === focused) b.focus();
     });
   }
+  function narrow() { return !!window.matchMedia && window.matchMedia('(max-width: 600px)').matches; }
   Array.prototype.forEach.call(document.querySelectorAll('.filters button'), function (b) {
     b.onclick = function () {
-      filter = b.getAttribute('data-f');
+      filter = b.getAttribute('data-f'); lingering.clear();
       Array.prototype.forEach.call(document.querySelectorAll('.filters button'), function (x) { x.setAttribute('aria-pressed', String(x === b)); });
       renderList();
     };
   });
 
-  // ---- one conversation
-  function openConv(id) {
+  $('sort').value = sortBy;
+  $('sort').onchange = function () { sortBy = this.value === 'waiting' ? 'waiting' : 'recent'; ls('confab.console.sort', sortBy); renderList(); };
+
+  // ---- one conversation (on phones a screen of its own: Back returns to the list)
+  function openConv(id, focusReply) {
     cur = id;
+    $('app').classList.add('show-conv');
     $('empty').hidden = true; $('conv').hidden = false;
     $('msgs').textContent = ''; $('typing').textContent = '';
     unread[id] = 0; saveUnread();
@@ -165,8 +295,27 @@
     Object.keys(pending).forEach(function (k) { var p = pending[k]; if (p.conv === id) $('msgs').appendChild(p.el); });
     scroll();
     if (!ch.loaded && !ch.loading) loadHistory(id, ch);
-    $('replyText').focus();
+    if (focusReply !== false) $('replyText').focus();
   }
+  function leaveConv() {
+    var id = cur;
+    cur = null;
+    $('app').classList.remove('show-conv'); $('app').classList.remove('show-side');
+    $('conv').hidden = true; $('empty').hidden = false; $('typing').textContent = '';
+    renderList(); focusItem(id);
+  }
+  function focusItem(id) {
+    var b = id && document.querySelector('#convs [data-conv-id="' + (window.CSS && CSS.escape ? CSS.escape(id) : id) + '"]');
+    if (b) { b.focus(); b.scrollIntoView({ block: 'nearest' }); }
+  }
+  $('backBtn').onclick = leaveConv;
+  function toggleSide(on) {
+    $('app').classList.toggle('show-side', on);
+    $('detailsBtn').setAttribute('aria-expanded', String(on));
+    if (on) $('sideClose').focus(); else if (!$('conv').hidden) $('detailsBtn').focus();
+  }
+  $('detailsBtn').onclick = function () { toggleSide(!$('app').classList.contains('show-side')); };
+  $('sideClose').onclick = function () { toggleSide(false); };
   function loadHistory(id, ch) {
     ch.loading = true;
     var after = ch.list.length ? ch.list[ch.list.length - 1].id : null;
@@ -175,7 +324,7 @@
         .then(function (r) {
           var ms = r.messages || [];
           ms.forEach(function (m) { addMsg(m, true); });
-          if (ms.length) after = ms[ms.length - 1].id;
+          if (ms.length) { after = ms[ms.length - 1].id; ms.forEach(noteReal); }
           if (r.hasMore && ms.length) return page();
         });
     }
@@ -203,7 +352,7 @@
     d.setAttribute('data-id', m.id);
     var c = convs.get(m.conversationId);
     if (k !== 'system') d.appendChild(el('div', 'a', (m.author && m.author.name) || (k === 'visitor' && c ? label(c) : k === 'bot' ? 'Bot' : 'Agent')));
-    d.appendChild(el('div', 'b', m.body));
+    d.appendChild(linkify(el('div', 'b'), m.body));
     if (k !== 'system') d.appendChild(el('div', 'm', fmt(m.createdAt) + (m.meta && m.meta.mode ? ' · ' + m.meta.mode : '')));
     var msgs = $('msgs');
     msgs.insertBefore(d, msgs.querySelector('.pending'));
@@ -215,6 +364,7 @@
     $('ctitle').textContent = label(c);
     $('cstatus').textContent = c.status; $('cstatus').className = 'tag ' + c.status;
     $('closeBtn').hidden = c.status !== 'open';
+    $('reopenBtn').hidden = c.status === 'open';
     $('hint').textContent = c.status === 'closed' ? 'This conversation is closed. Replying reopens it.' : '';
     var dl = $('ctx'); dl.textContent = '';
     function row(k, v) { if (v == null || v === '') return; dl.appendChild(el('dt', null, k)); dl.appendChild(el('dd', null, String(v))); }
@@ -236,7 +386,7 @@
     var p = { c: uuid(), conv: cur, text: t };
     p.el = el('div', 'msg out pending');
     p.el.setAttribute('data-client-id', p.c);
-    p.el.appendChild(el('div', 'b', t));
+    p.el.appendChild(linkify(el('div', 'b'), t));
     pending[p.c] = p;
     $('msgs').appendChild(p.el); scroll();
     deliver(p);
@@ -284,14 +434,26 @@
     lastTypingSent = now;
     ws.send(JSON.stringify({ type: 'typing', conversationId: cur }));
   });
+  // Close (with an Undo for 8 s) and Reopen; both answer the conversation as it now is.
+  function setConvStatus(id, action, b) {
+    if (b) b.disabled = true;
+    return api('POST', '/v1/tenant/conversations/' + encodeURIComponent(id) + '/' + action)
+      .then(function (c) { upsert(c); renderList(); renderHead(); return c; })
+      .catch(function (e) { alert('Could not ' + action + ': ' + e.message); })
+      .then(function (c) { if (b) b.disabled = false; return c; });
+  }
+  var toastConv = null, toastT = 0;
   $('closeBtn').onclick = function () {
-    var id = cur, b = this;
-    b.disabled = true;
-    api('POST', '/v1/tenant/conversations/' + encodeURIComponent(id) + '/close')
-      .then(function (c) { upsert(c); renderList(); renderHead(); })
-      .catch(function (e) { alert('Could not close: ' + e.message); })
-      .then(function () { b.disabled = false; });
+    var id = cur;
+    setConvStatus(id, 'close', this).then(function (c) {
+      if (!c) return;
+      toastConv = id; $('toast').hidden = false;
+      clearTimeout(toastT); toastT = setTimeout(hideToast, 8000);
+    });
   };
+  $('reopenBtn').onclick = function () { setConvStatus(cur, 'reopen', this); };
+  $('undoBtn').onclick = function () { var id = toastConv; hideToast(); if (id) setConvStatus(id, 'reopen'); };
+  function hideToast() { clearTimeout(toastT); toastConv = null; $('toast').hidden = true; }
 
   // ---- tenant events (WS frames and HTTP polling share this path)
   function saveUnread() { ss(UK, JSON.stringify(unread)); renderList(); }
@@ -306,19 +468,25 @@
     }
     var d = ev.data, t = ev.type;
     if (t === 'conversation:new' || t === 'conversation:updated' || t === 'conversation:qualified') {
+      var known = convs.has(d && d.id);
       upsert(d); renderList();
+      if (t === 'conversation:new' && !known && !quiet && d && d.id) alertAgent(d.id, 'New conversation', label(d) + (d.visitorContext && d.visitorContext.pageTitle ? ' — ' + d.visitorContext.pageTitle : ''), d.createdAt);
     } else if (t === 'message:new') {
       var c = convs.get(d.conversationId);
+      if (!isAuto(d)) { noteReal(d); resolved[d.conversationId] = d.id; }
+      else if (realLast[d.conversationId]) resolved[d.conversationId] = d.id; // followed live: the preview stays
       if (!c) fetchConv(d.conversationId);
       else {
         if (!c.lastMessage || c.lastMessage.createdAt <= d.createdAt) c.lastMessage = d;
         if (c.updatedAt < d.createdAt) c.updatedAt = d.createdAt;
-        if (d.author && (d.author.kind === 'visitor' || d.author.kind === 'agent')) c.status = 'open'; // both reopen
+        if (d.author && (d.author.kind === 'visitor' || d.author.kind === 'agent')) statusChanged(c, 'open'); // both reopen
+        if (resolved[c.id] !== c.lastMessage.id && isAuto(c.lastMessage)) queuePreview(c.id);
       }
       if (d.author && d.author.kind === 'visitor') {
         typingUntil[d.conversationId] = 0;
         if (d.conversationId === cur) $('typing').textContent = '';
         if (!quiet && (d.conversationId !== cur || document.hidden)) unread[d.conversationId] = (unread[d.conversationId] || 0) + 1;
+        if (!quiet) alertAgent(d.conversationId, c ? label(c) : 'New message', d.body, d.createdAt);
       }
       addMsg(d, false);
       saveUnread();
@@ -526,7 +694,135 @@
   };
   $('whForget').onclick = function () { ss(WK, null); $('webhooks').textContent = ''; $('whErr').textContent = ''; showWebhooks(); };
 
+  // ---- alerts: desktop notifications (after the agent opts in with the button, which asks
+  // the browser's permission) and an optional short tone, for new conversations and visitor
+  // messages — never for the conversation on screen while the tab is visible. Both
+  // preferences are kept in localStorage.
+  var NK = 'confab.console.notify', SK = 'confab.console.sound', HAS_N = 'Notification' in window;
+  var actx = null, lastTone = 0;
+  function notifyOn() { return HAS_N && Notification.permission === 'granted' && ls(NK) === '1'; }
+  function soundOn() { return ls(SK) === '1'; }
+  function renderAlerts() {
+    var b = $('notifyBtn'), denied = HAS_N && Notification.permission === 'denied', on = notifyOn();
+    b.hidden = !HAS_N || !token;
+    b.textContent = denied ? 'Notifications blocked' : on ? 'Notifications on' : 'Notify me';
+    b.title = denied ? 'Notifications are blocked for this site in the browser\'s settings' : on ? 'Click to stop desktop notifications' : 'Desktop notifications for new conversations and visitor messages';
+    b.setAttribute('aria-pressed', String(on)); b.disabled = denied;
+    var sb = $('soundBtn');
+    sb.hidden = !token || !(window.AudioContext || window.webkitAudioContext);
+    sb.textContent = soundOn() ? 'Sound on' : 'Sound off';
+    sb.setAttribute('aria-pressed', String(soundOn()));
+  }
+  $('notifyBtn').onclick = function () {
+    if (notifyOn()) { ls(NK, '0'); renderAlerts(); return; }
+    // Older Safari takes a callback and returns nothing; newer browsers return a promise.
+    new Promise(function (done) { var r = Notification.requestPermission(done); if (r && r.then) r.then(done); })
+      .then(function (p) { if (p === 'granted') ls(NK, '1'); renderAlerts(); });
+  };
+  $('soundBtn').onclick = function () {
+    ls(SK, soundOn() ? '0' : '1'); renderAlerts();
+    if (soundOn()) tone(true); // a sample; this click also lets the page play audio
+  };
+  // Browsers start audio only after a user gesture: wake the context at the first one.
+  ['pointerdown', 'keydown'].forEach(function (t) {
+    document.addEventListener(t, function () { if (soundOn() && !actx) audio(); }, { once: true, capture: true });
+  });
+  function audio() {
+    var A = window.AudioContext || window.webkitAudioContext;
+    if (!actx && A) try { actx = new A(); } catch (e) {}
+    if (actx && actx.state === 'suspended' && actx.resume) actx.resume().catch(function () {});
+    return actx;
+  }
+  // A short two-note chime made with an oscillator: no audio file to fetch.
+  function tone(sample) {
+    var now = Date.now(), a;
+    if ((!sample && now - lastTone < 1500) || !(a = audio())) return;
+    if (!sample) lastTone = now;
+    var o = a.createOscillator(), g = a.createGain(), t = a.currentTime;
+    o.type = 'sine';
+    o.frequency.setValueAtTime(880, t); o.frequency.setValueAtTime(1320, t + 0.09);
+    g.gain.setValueAtTime(0.0001, t);
+    g.gain.exponentialRampToValueAtTime(0.2, t + 0.02);
+    g.gain.exponentialRampToValueAtTime(0.0001, t + 0.3);
+    o.connect(g); g.connect(a.destination);
+    o.start(t); o.stop(t + 0.32);
+  }
+  function alertAgent(id, title, body, at) {
+    if (id === cur && !document.hidden) return;                 // on screen: the agent sees it
+    if (at && Date.now() - Date.parse(at) > 10 * 60000) return; // a replay of old events
+    if (notifyOn()) {
+      try {
+        // One notification per conversation (tag): a burst replaces, it does not pile up.
+        var n = new Notification(title, { body: String(body || '').slice(0, 200), tag: 'confab:' + id });
+        n.onclick = function () { try { window.focus(); } catch (e) {} openConv(id); n.close(); };
+      } catch (e) { /* e.g. Android Chrome only notifies through a service worker */ }
+    }
+    if (soundOn()) tone();
+  }
+
+  // ---- keyboard: j / k open the next / previous conversation of the list, Enter goes to
+  // the reply box, Escape leaves it, ? shows the shortcuts. Not while typing in a field.
+  document.addEventListener('keydown', function (e) {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing || $('app').hidden) return;
+    var t = e.target, tag = t && t.tagName, typing = tag === 'INPUT' || tag === 'TEXTAREA' || tag === 'SELECT' || (t && t.isContentEditable);
+    if (e.key === 'Escape') {
+      if (!$('help').hidden) { e.preventDefault(); showHelp(false); }
+      else if (t === $('replyText')) { e.preventDefault(); t.blur(); focusItem(cur); }
+      else if ($('app').classList.contains('show-side')) toggleSide(false);
+      return;
+    }
+    if (typing || !$('help').hidden && e.key !== '?') return;
+    if (e.key === 'j' || e.key === 'k') {
+      var list = shownList(), i = -1;
+      for (var x = 0; x < list.length; x++) if (list[x].id === cur) i = x;
+      var next = list[i < 0 ? 0 : Math.max(0, Math.min(list.length - 1, i + (e.key === 'j' ? 1 : -1)))];
+      if (!next) return;
+      e.preventDefault();
+      if (next.id !== cur) openConv(next.id, false);
+      focusItem(next.id);
+    } else if (e.key === 'Enter' && cur && !$('conv').hidden) {
+      // On a button or link Enter activates it — except on the open conversation's list item.
+      if ((tag === 'BUTTON' || tag === 'A') && !(t.getAttribute('data-conv-id') === cur)) return;
+      e.preventDefault(); $('replyText').focus();
+    } else if (e.key === '?') {
+      e.preventDefault(); showHelp($('help').hidden);
+    }
+  });
+  function showHelp(on) {
+    $('help').hidden = !on;
+    if (on) $('helpClose').focus();
+  }
+  $('helpClose').onclick = function () { showHelp(false); };
+  $('help').onclick = function (e) { if (e.target === this) showHelp(false); };
+
+  // ---- links in messages: only http(s) URLs (and www. → https), built as DOM nodes — the
+  // text is never parsed as HTML; anything else (javascript:, data:, …) stays plain text.
+  var URL_RE = /\b(?:https?:\/\/|www\.)[^\s<>"]+/gi;
+  function count(s, ch) { return s.split(ch).length - 1; }
+  function linkify(parent, text) {
+    text = String(text == null ? '' : text);
+    var at = 0, m;
+    URL_RE.lastIndex = 0;
+    while ((m = URL_RE.exec(text))) {
+      var u = m[0];
+      // Trailing punctuation ends the sentence, not the link; a ")" stays when it closes a "(" of the URL.
+      while (/[.,;:!?'\])}*]$/.test(u) && !(/\)$/.test(u) && count(u, '(') >= count(u, ')'))) u = u.slice(0, -1);
+      var href = /^www\./i.test(u) ? 'https://' + u : u, ok = false;
+      try { ok = /^https?:$/.test(new URL(href).protocol) && u.length > (/^www\./i.test(u) ? 4 : u.indexOf('//') + 2); } catch (e) {}
+      if (!ok) continue;
+      if (m.index > at) parent.appendChild(document.createTextNode(text.slice(at, m.index)));
+      var a = document.createElement('a');
+      a.href = href; a.textContent = u; a.target = '_blank'; a.rel = 'noopener noreferrer nofollow';
+      parent.appendChild(a);
+      at = m.index + u.length;
+      URL_RE.lastIndex = at;
+    }
+    if (at < text.length) parent.appendChild(document.createTextNode(text.slice(at)));
+    return parent;
+  }
+
   // ---- start: token from #token=… (then removed from the address bar) or sessionStorage
+  if (narrow()) $('replyText').placeholder = 'Write a reply…';
   var m = /(?:^|[#&])token=([^&]+)/.exec(location.hash);
   if (m) { history.replaceState(null, '', location.pathname + location.search); signIn(decodeURIComponent(m[1])); }
   else if (ss(TK)) signIn(ss(TK));

@@ -218,7 +218,10 @@
     '.typing{padding:2px 16px 6px;font-size:12px;color:#6b7280;background:#f6f7f9;font-style:italic}',
     '.note{padding:6px 14px;font-size:12px;color:#6b7280;background:#fff8e6;border-top:1px solid #f4e4b5}',
     '.compose{display:flex;gap:8px;align-items:flex-end;padding:10px 12px;border-top:1px solid #e4e6ea;background:#fff}',
-    '.compose textarea{flex:1;resize:none;border:1px solid #d0d7de;border-radius:10px;padding:9px 12px;min-height:40px;max-height:120px;background:#fff}',
+    '.compose textarea{flex:1;resize:none;border:1px solid #d0d7de;border-radius:10px;padding:8px 12px;min-height:40px;max-height:120px;background:#fff}',
+    // 16px: phones zoom into any smaller field on focus.
+    '.compose textarea,.contact input,.contact textarea{font-size:16px;line-height:1.35}',
+    '.msg a{color:inherit;text-decoration:underline}',
     '.send{width:40px;height:40px;border-radius:10px;background:var(--p);color:var(--on);display:grid;place-items:center}',
     '.send svg{width:20px;height:20px}',
     '.contact{flex:1;overflow-y:auto;padding:16px;display:flex;flex-direction:column;gap:10px}',
@@ -285,8 +288,25 @@
   function bubble(kind, body, name, ts) {
     var el = h('div', 'msg ' + (kind === 'visitor' ? 'me' : kind));
     if (name && kind !== 'visitor' && kind !== 'system') el.appendChild(h('div', 'who', name));
-    el.appendChild(h('div', 'body', body));
+    el.appendChild(linkify(h('div', 'body'), body));
     if (ts && kind !== 'system') el.appendChild(h('div', 'meta', fmtTime(ts)));
+    return el;
+  }
+  // Links: only http(s) URLs (www. → https), as DOM nodes (never HTML); trailing
+  // punctuation stays text, so does anything else (javascript:, …).
+  function linkify(el, text) {
+    text = String(text == null ? '' : text);
+    var re = /\b(?:https?:\/\/|www\.)[^\s<>"]+/gi, at = 0, m, u, href;
+    while ((m = re.exec(text))) {
+      u = m[0];
+      while (/[.,;:!?'\])}*]$/.test(u) && !(/\)$/.test(u) && u.split('(').length >= u.split(')').length)) u = u.slice(0, -1);
+      href = /^www\./i.test(u) ? 'https://' + u : u;
+      try { if (!/^https?:$/.test(new URL(href).protocol) || /^[a-z]+:\/\/$/i.test(u)) continue; } catch (e) { continue; }
+      if (m.index > at) el.appendChild(D.createTextNode(text.slice(at, m.index)));
+      el.appendChild(h('a', null, u, { href: href, target: '_blank', rel: 'noopener noreferrer nofollow' }));
+      re.lastIndex = at = m.index + u.length;
+    }
+    if (at < text.length) el.appendChild(D.createTextNode(text.slice(at)));
     return el;
   }
   // Resume point: the newest message this page has rendered (history is always loaded
