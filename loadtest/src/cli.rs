@@ -38,6 +38,15 @@ pub enum Command {
     Broadcast(BroadcastArgs),
     /// HTTP API mix (config, sessions, sends, polls) or one route: req/s and latency per route.
     Http(HttpArgs),
+    /// The tenant backend publishes custom events for N tenants while this tool receives
+    /// their webhooks: deliveries/s, publish → webhook latency, loss, order, CPU per delivery.
+    Webhooks(WebhooksArgs),
+    /// Only the webhook receiver (signatures checked, deliveries counted per webhook), so
+    /// another scenario can run with webhooks on; prints one line on exit.
+    WebhookSink(WebhookSinkArgs),
+    /// Prints a gateway config (TOML): loadtest/bench.toml plus N tenants `t0…` with one
+    /// webhook each, and optionally K webhooks on bench.toml's tenant.
+    WebhookConfig(WebhookConfigArgs),
 }
 
 /// What is being measured.
@@ -226,6 +235,87 @@ pub struct BroadcastArgs {
     /// How long stalled agents stop reading.
     #[arg(long, default_value = "10s")]
     pub stall: Dur,
+}
+
+/// Where this tool's webhook receiver listens and how it checks signatures (`webhooks`
+/// and `webhook-sink`).
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct ReceiverArgs {
+    /// Address the webhook receiver listens on (`POST /hook/{tenant}` and
+    /// `/hook/{tenant}/{k}`); the gateway's webhook URLs must point here.
+    #[arg(long, default_value = crate::webhook_config::DEFAULT_RECEIVER)]
+    pub receiver: String,
+    /// The webhooks' signing secret (`secret` of every `[[tenants.webhooks]]`).
+    #[arg(long, env = "CONFAB_WEBHOOK_SECRET", default_value = crate::webhook_config::DEFAULT_SECRET)]
+    pub secret: String,
+}
+
+/// `webhooks` flags.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct WebhooksArgs {
+    /// Where the gateway is, CPU and output flags. The tenant flags are not used: tenants
+    /// are `t0`…`t{N-1}` with server keys `bench-server-key-{i}` (see `webhook-config`).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub receiver: ReceiverArgs,
+    /// Tenants to publish for, each with one webhook (the gateway's config must have them:
+    /// `webhook-config --tenants N`).
+    #[arg(long, default_value_t = 1)]
+    pub tenants: usize,
+    /// Events published per second, all tenants together; 0 = as fast as the webhooks
+    /// deliver, with at most --concurrency events published and not yet delivered.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// With --rate 0: most events published but not yet received, all tenants together.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// How long to publish.
+    #[arg(long, default_value = "10s")]
+    pub duration: Dur,
+    /// Approximate event data size in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// After publishing stops, how long to wait for stragglers before counting losses.
+    #[arg(long, default_value = "5s")]
+    pub drain: Dur,
+    /// Custom event type to publish.
+    #[arg(long, default_value = "campaign:progress")]
+    pub event_type: String,
+}
+
+/// `webhook-sink` flags.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct WebhookSinkArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub receiver: ReceiverArgs,
+    /// Stop after this long; by default run until SIGINT or SIGTERM.
+    #[arg(long)]
+    pub duration: Option<Dur>,
+}
+
+/// `webhook-config` flags.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct WebhookConfigArgs {
+    /// Tenants `t0`…`t{N-1}` to add, each with one webhook to `http://RECEIVER/hook/t{i}`.
+    #[arg(long, default_value_t = 100)]
+    pub tenants: usize,
+    /// Webhooks to add to the base file's first tenant (`demo`), to
+    /// `http://RECEIVER/hook/demo/{k}` (a webhook is known by its URL, so each needs its own).
+    #[arg(long, default_value_t = 0)]
+    pub demo_webhooks: usize,
+    /// Address of the webhook receiver (`webhooks` or `webhook-sink`).
+    #[arg(long, default_value = crate::webhook_config::DEFAULT_RECEIVER)]
+    pub receiver: String,
+    /// Signing secret of every webhook (at least 16 characters).
+    #[arg(long, env = "CONFAB_WEBHOOK_SECRET", default_value = crate::webhook_config::DEFAULT_SECRET)]
+    pub secret: String,
+    /// Config to start from; default: the copy of loadtest/bench.toml built into the tool.
+    #[arg(long)]
+    pub base: Option<std::path::PathBuf>,
 }
 
 /// One HTTP route of the `http` scenario.

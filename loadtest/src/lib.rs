@@ -22,7 +22,12 @@
 //!   the tool sends, which is how latency, loss, duplicates and order are measured.
 //! - [`stats`] — latency histograms, per-sender sequence tracking, rates.
 //! - [`report`] — parameters, the progress line, tables and JSON output, server RSS.
-//! - [`scenario`] — one module per scenario: `connections`, `chat`, `broadcast`, `http`.
+//! - [`receiver`] — the webhook receiver (`webhooks`, `webhook-sink`): signatures checked,
+//!   deliveries counted like agents' frames.
+//! - [`webhook_config`] — the webhook benchmarks' tenant naming scheme, and the gateway
+//!   config declaring them (`webhook-config`).
+//! - [`scenario`] — one module per scenario: `connections`, `chat`, `broadcast`, `http`,
+//!   `webhooks`.
 //!
 //! Everything here is `anyhow`-based: this is a tool, not a library with callers to serve.
 
@@ -34,7 +39,9 @@ pub mod http;
 pub mod jwt;
 pub mod net;
 pub mod probe;
+pub mod receiver;
 pub mod report;
 pub mod scenario;
 pub mod stats;
+pub mod webhook_config;
 pub mod ws;

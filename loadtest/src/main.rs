@@ -1,11 +1,15 @@
-//! `confab-loadtest`: parses flags and runs one scenario (see the library's `scenario`).
+//! `confab-loadtest`: parses flags and runs one scenario (see the library's `scenario`),
+//! the webhook sink, or the webhook config generator.
 
 use clap::Parser;
 use confab_loadtest::cli::{Cli, Command};
-use confab_loadtest::scenario;
+use confab_loadtest::{scenario, webhook_config};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::WebhookConfig(a) = &cli.command {
+        return webhook_config::run(a);
+    }
     // Two cores: a multi-threaded runtime still helps (one core can parse while the other
     // writes), and child processes of `connections` each get their own.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -17,6 +21,11 @@ fn main() -> anyhow::Result<()> {
             Command::Chat(a) => scenario::chat::run(a).await,
             Command::Broadcast(a) => scenario::broadcast::run(a).await,
             Command::Http(a) => scenario::http::run(a).await,
+            Command::Webhooks(a) => scenario::webhooks::run(a).await,
+            Command::WebhookSink(a) => scenario::webhooks::sink(a)
+                .await
+                .map(|()| Default::default()),
+            Command::WebhookConfig(_) => unreachable!("handled above"),
         }
     })?;
     Ok(())

@@ -34,7 +34,7 @@ pub fn print_params(scenario: &str, params: &Value, json: bool) {
 /// Masks secret-bearing fields in a parameter object.
 pub fn mask_secrets(mut params: Value) -> Value {
     if let Value::Object(map) = &mut params {
-        for key in ["agent_secret", "server_key"] {
+        for key in ["agent_secret", "server_key", "secret"] {
             if let Some(v) = map.get_mut(key) {
                 *v = Value::String("***".into());
             }

@@ -26,6 +26,8 @@ async fn run(args: &[&str]) -> Value {
         Command::Chat(a) => scenario::chat::run(a).await,
         Command::Broadcast(a) => scenario::broadcast::run(a).await,
         Command::Http(a) => scenario::http::run(a).await,
+        Command::Webhooks(a) => scenario::webhooks::run(a).await,
+        Command::WebhookSink(_) | Command::WebhookConfig(_) => unreachable!("not a scenario"),
     };
     doc.unwrap()["results"].clone()
 }

@@ -5,6 +5,8 @@
 //!
 //! Against `--target baseline`, publishers are `/pub` sockets and agents `/sub` sockets;
 //! every sent frame is expected.
+//!
+//! The publishers ([`Publisher`]) also drive the `webhooks` scenario, one per tenant.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use futures_util::SinkExt;
 use serde_json::json;
+use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -27,19 +30,19 @@ use crate::stats::{Failures, Latency, SeqSet};
 
 /// Counters the publishers share.
 #[derive(Default)]
-struct Publishers {
+pub(super) struct Publishers {
     /// Publish attempts.
-    sent: AtomicU64,
+    pub sent: AtomicU64,
     /// Publishes the server accepted (202; baseline: sent).
-    accepted: AtomicU64,
+    pub accepted: AtomicU64,
     /// Publish request latency (HTTP round trip), µs.
-    latency: Latency,
+    pub latency: Latency,
     /// How late each publish was against its schedule, µs.
-    lag: Latency,
+    pub lag: Latency,
     /// Rejected or failed publishes.
-    errors: Failures,
+    pub errors: Failures,
     /// When the last publish was sent (Unix µs): publishers that fall behind finish late.
-    last_us: AtomicU64,
+    pub last_us: AtomicU64,
 }
 
 /// Runs the scenario.
@@ -106,6 +109,7 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
             period,
             end,
             endpoint,
+            window: None,
         };
         publisher_tasks.push(tokio::spawn(job.run(
             sink,
@@ -257,7 +261,7 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
 }
 
 /// Where a publisher sends.
-enum Sink {
+pub(super) enum Sink {
     /// `POST /v1/tenant/events` over one keep-alive connection.
     Http(HttpClient),
     /// A baseline `/pub` socket.
@@ -265,45 +269,68 @@ enum Sink {
 }
 
 /// One publisher's schedule.
-struct Publisher {
+pub(super) struct Publisher {
     /// The stamp's sender.
-    index: usize,
+    pub index: usize,
     /// This run's id.
-    run: u32,
+    pub run: u32,
     /// Approximate data size.
-    size: usize,
+    pub size: usize,
     /// Custom event type.
-    event_type: String,
+    pub event_type: String,
     /// Bearer key for the tenant API.
-    server_key: String,
+    pub server_key: String,
     /// First publish.
-    first: Instant,
+    pub first: Instant,
     /// Time between publishes.
-    period: Duration,
+    pub period: Duration,
     /// No publishes scheduled at or after this.
-    end: Instant,
+    pub end: Instant,
     /// Kept for error messages.
-    endpoint: Arc<Endpoint>,
+    pub endpoint: Arc<Endpoint>,
+    /// Closed loop instead of the schedule: each publish first takes a permit, which the
+    /// receiver gives back when the event arrives (`webhooks --rate 0`), so the run goes as
+    /// fast as deliveries do with a bounded backlog.
+    pub window: Option<Arc<Semaphore>>,
 }
 
 impl Publisher {
     /// Publishes until `end`; returns the accepted sequence numbers.
-    async fn run(self, mut sink: Sink, shared: Arc<Publishers>, mut stop: Stop) -> SeqSet {
+    pub async fn run(self, mut sink: Sink, shared: Arc<Publishers>, mut stop: Stop) -> SeqSet {
         let mut ticker = tokio::time::interval_at(self.first, self.period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
         let mut accepted = SeqSet::default();
         let mut seq = 0u64;
+        if self.window.is_some() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(self.first) => {}
+                _ = stop.wait() => return accepted,
+            }
+        }
         loop {
-            let scheduled = tokio::select! {
-                s = ticker.tick() => s,
-                _ = stop.wait() => break,
+            let scheduled = match &self.window {
+                None => tokio::select! {
+                    s = ticker.tick() => s,
+                    _ = stop.wait() => break,
+                },
+                Some(window) => tokio::select! {
+                    permit = window.acquire() => match permit {
+                        Ok(p) => { p.forget(); Instant::now() }
+                        Err(_) => break,
+                    },
+                    // Deliveries stalled: the run still ends on time.
+                    _ = tokio::time::sleep_until(self.end) => break,
+                    _ = stop.wait() => break,
+                },
             };
             if scheduled >= self.end {
                 break;
             }
-            shared
-                .lag
-                .record(self.index, scheduled.elapsed().as_micros() as u64);
+            if self.window.is_none() {
+                shared
+                    .lag
+                    .record(self.index, scheduled.elapsed().as_micros() as u64);
+            }
             seq += 1;
             let stamp = Stamp {
                 run: self.run,
@@ -348,6 +375,9 @@ impl Publisher {
                     .record(self.index, t.elapsed().as_micros() as u64);
                 shared.accepted.fetch_add(1, Relaxed);
                 accepted.insert(seq);
+            } else if let Some(window) = &self.window {
+                // Nothing will arrive for it.
+                window.add_permits(1);
             }
         }
         accepted

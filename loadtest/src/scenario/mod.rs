@@ -5,11 +5,14 @@
 //! - [`chat`] — visitors chat, agents watch: end-to-end latency, loss, order.
 //! - [`broadcast`] — tenant backend publishes custom events to agents.
 //! - [`http`] — the HTTP API, as a mix or one route at a time.
+//! - [`webhooks`] — tenant events published for N tenants, received as webhooks by this
+//!   tool; also `webhook-sink`, the receiver alone.
 
 pub mod broadcast;
 pub mod chat;
 pub mod connections;
 pub mod http;
+pub mod webhooks;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -243,19 +246,21 @@ pub struct RecvStats {
 }
 
 impl RecvStats {
-    /// Records one delivery of `stamp` at receiver `hint` into `tracker`.
+    /// Records one delivery of `stamp` at receiver `hint` into `tracker`; says whether it
+    /// was new.
     pub fn record(
         &self,
         hint: usize,
         tracker: &mut crate::stats::SeqTracker,
         stamp: &crate::probe::Stamp,
-    ) {
+    ) -> crate::stats::Arrival {
         use crate::stats::Arrival;
         let now = crate::probe::now_us();
-        match tracker.record(stamp.sender, stamp.seq) {
+        let arrival = tracker.record(stamp.sender, stamp.seq);
+        match arrival {
             Arrival::Duplicate => {
                 self.duplicates.fetch_add(1, Ordering::Relaxed);
-                return;
+                return arrival;
             }
             Arrival::OutOfOrder => {
                 self.out_of_order.fetch_add(1, Ordering::Relaxed);
@@ -265,6 +270,7 @@ impl RecvStats {
         self.deliveries.fetch_add(1, Ordering::Relaxed);
         self.latency.record(hint, now.saturating_sub(stamp.sent_us));
         self.last_us.fetch_max(now, Ordering::Relaxed);
+        arrival
     }
 }
 
