@@ -13,35 +13,38 @@ use serde_json::{json, Value};
 const TENANT_WS: &str = "/v1/tenant/ws";
 const VISITOR_WS: &str = "/v1/visitor/ws";
 
-/// The next `presence` frame about `agent`, skipping everything else.
-async fn presence_of(ws: &mut Ws, agent: &str, within: Duration) -> Value {
+/// The `data` of the next frame that `wanted` picks, skipping everything else.
+async fn next_data(
+    ws: &mut Ws,
+    what: &str,
+    within: Duration,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let v = ws
             .next_json_within(left)
             .await
-            .unwrap_or_else(|| panic!("no presence frame about {agent} within {within:?}"));
-        if v["type"] == "presence" && v["data"]["agentId"] == agent {
-            assert!(v.get("offset").is_none(), "presence is ephemeral: {v}");
+            .unwrap_or_else(|| panic!("no {what} frame within {within:?}"));
+        if wanted(&v) {
+            assert!(v.get("offset").is_none(), "{what} is ephemeral: {v}");
             return v["data"].clone();
         }
     }
 }
 
-/// The next `availability` frame, skipping everything else.
+/// The next `presence` frame about `agent`.
+async fn presence_of(ws: &mut Ws, agent: &str, within: Duration) -> Value {
+    next_data(ws, "presence", within, |v| {
+        v["type"] == "presence" && v["data"]["agentId"] == agent
+    })
+    .await
+}
+
+/// The next `availability` frame.
 async fn availability(ws: &mut Ws, within: Duration) -> Value {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let v = ws
-            .next_json_within(left)
-            .await
-            .unwrap_or_else(|| panic!("no availability frame within {within:?}"));
-        if v["type"] == "availability" {
-            return v["data"].clone();
-        }
-    }
+    next_data(ws, "availability", within, |v| v["type"] == "availability").await
 }
 
 fn agent(sub: &str, name: &str) -> String {
