@@ -579,7 +579,8 @@ pub struct WebhookStatus {
     /// The offset of the last event it has dealt with (delivered, filtered out, or skipped
     /// after leaving retention); a new webhook starts at the end of the log.
     pub offset: String,
-    /// Retained events of its filter not delivered yet.
+    /// Retained events of its filter not delivered yet (counted over at most the next
+    /// 20,000 events of the log).
     pub lag: u64,
     /// Its last attempt failed; the event is being retried (later events wait).
     pub failing: bool,
