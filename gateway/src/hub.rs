@@ -234,8 +234,8 @@ impl Hub {
         sub
     }
 
-    /// Hands an ephemeral frame (presence, availability) to this node's subscribers of
-    /// `channel` only: every node computes such frames itself, so none crosses the broker.
+    /// Hands an ephemeral frame to this node's subscribers of `channel` (typing arriving
+    /// from the broker; presence and availability, which every node computes itself).
     pub fn local_ephemeral(&self, channel: &Channel, frame: &str) {
         self.deliver(channel, || Outbound {
             text: frame.to_owned().into(),
@@ -333,13 +333,7 @@ impl EventSink for Hub {
                     class: Class::Durable,
                 });
             }
-            Published::Typing { channel, frame } => {
-                self.deliver(&channel, || Outbound {
-                    text: frame.to_string().into(),
-                    seq: None,
-                    class: Class::Ephemeral,
-                });
-            }
+            Published::Typing { channel, frame } => self.local_ephemeral(&channel, &frame),
             Published::Resync => {
                 let channels: Vec<Channel> =
                     self.channels.iter().map(|e| e.key().clone()).collect();

@@ -190,26 +190,26 @@ pub async fn run(state: AppState) {
             _ = state.presence.changed.notified() => {}
             _ = state.shutdown.cancelled() => return,
         }
+        // This node's agents, by tenant: renewed when due, and their tenants refreshed.
+        let mut local: BTreeMap<String, Vec<PresenceEntry>> = BTreeMap::new();
+        for l in state.presence.local.iter() {
+            let (tenant, agent) = l.key();
+            local
+                .entry(tenant.clone())
+                .or_default()
+                .push(entry_of(&state, agent, l.value()));
+        }
         if tokio::time::Instant::now() >= next_beat {
             next_beat = tokio::time::Instant::now() + BEAT_EVERY;
-            let mut by_tenant: BTreeMap<String, Vec<PresenceEntry>> = BTreeMap::new();
-            for l in state.presence.local.iter() {
-                let (tenant, agent) = l.key();
-                by_tenant.entry(tenant.clone()).or_default().push(entry_of(
-                    &state,
-                    agent,
-                    l.value(),
-                ));
-            }
-            for (tenant, entries) in by_tenant {
-                beat(&state, &tenant, &entries).await;
+            for (tenant, entries) in &local {
+                beat(&state, tenant, entries).await;
             }
         }
         for tenant in state.tenants.all() {
             let id = &tenant.cfg.id;
             let cares = tenant.schedule.require_agent
                 || state.presence.views.contains_key(id)
-                || state.presence.local.iter().any(|l| &l.key().0 == id);
+                || local.contains_key(id);
             if cares {
                 refresh(&state, tenant).await;
             }

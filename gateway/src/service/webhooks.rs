@@ -150,11 +150,7 @@ async fn follow(state: AppState, tenant: Arc<Tenant>, hook: Arc<Webhook>) {
     let stats = state.metrics.webhook(&tenant.cfg.id, hook.index);
     let timing = state.webhook_timing;
     loop {
-        let held = match state
-            .store
-            .lease(&lease, &state.node_id, timing.lease.as_millis() as i64)
-            .await
-        {
+        let held = match take_lease(&state, &lease).await {
             Ok(held) => held,
             Err(e) => {
                 tracing::debug!(error = %e, lease, "webhook lease not taken");
@@ -196,6 +192,12 @@ async fn follow(state: AppState, tenant: Arc<Tenant>, hook: Arc<Webhook>) {
             _ = state.shutdown.cancelled() => return,
         }
     }
+}
+
+/// Takes or renews `lease` for this node, for the configured lease length.
+async fn take_lease(state: &AppState, lease: &str) -> Result<bool, confab_store::StoreError> {
+    let ttl_ms = state.webhook_timing.lease.as_millis() as i64;
+    state.store.lease(lease, &state.node_id, ttl_ms).await
 }
 
 struct Deliverer<'a> {
@@ -396,20 +398,10 @@ impl Deliverer<'_> {
         if Instant::now() < self.renew_at {
             return Ok(());
         }
-        let timing = self.state.webhook_timing;
-        let held = self
-            .state
-            .store
-            .lease(
-                self.lease,
-                &self.state.node_id,
-                timing.lease.as_millis() as i64,
-            )
-            .await?;
-        if !held {
+        if !take_lease(self.state, self.lease).await? {
             return Err(Stop::LeaseLost);
         }
-        self.renew_at = Instant::now() + timing.renew_every();
+        self.renew_at = Instant::now() + self.state.webhook_timing.renew_every();
         Ok(())
     }
 
