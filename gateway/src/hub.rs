@@ -333,6 +333,21 @@ impl EventSink for Hub {
                     class: Class::Durable,
                 });
             }
+            Published::ConversationRead {
+                tenant,
+                conversation_id,
+                json,
+            } => {
+                let ch = Channel::Conversation {
+                    tenant,
+                    conversation_id,
+                };
+                self.deliver(&ch, || Outbound {
+                    text: frames::visitor_conversation_read(&json).into(),
+                    seq: None,
+                    class: Class::Durable,
+                });
+            }
             Published::Typing { channel, frame } => self.local_ephemeral(&channel, &frame),
             Published::Resync => {
                 let channels: Vec<Channel> =

@@ -81,6 +81,7 @@ async fn send_and_read_have_the_spec_shapes() {
     assert_eq!(assert_ts(&m["createdAt"]), created);
     assert_eq!(m["clientMessageId"], "c-1");
     assert_eq!(m["meta"], meta);
+    assert_eq!(m["intent"], Value::Null);
     for k in m.as_object().unwrap().keys() {
         assert!(
             [
@@ -91,7 +92,8 @@ async fn send_and_read_have_the_spec_shapes() {
                 "body",
                 "createdAt",
                 "clientMessageId",
-                "meta"
+                "meta",
+                "intent"
             ]
             .contains(&k.as_str()),
             "unexpected field {k}"

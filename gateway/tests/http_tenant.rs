@@ -46,7 +46,7 @@ fn last_offset(r: &Resp) -> String {
         .to_owned()
 }
 
-const CONVERSATION_KEYS: [&str; 13] = [
+const CONVERSATION_KEYS: [&str; 18] = [
     "id",
     "tenantId",
     "visitorId",
@@ -60,6 +60,11 @@ const CONVERSATION_KEYS: [&str; 13] = [
     "visitorContext",
     "qualified",
     "lastMessage",
+    "assistantId",
+    "handler",
+    "visitorLastReadId",
+    "agentLastReadId",
+    "unreadByAgent",
 ];
 
 fn assert_conversation_shape(c: &Value) {
@@ -77,6 +82,8 @@ fn assert_conversation_shape(c: &Value) {
     assert_ts(&c["createdAt"]);
     assert_ts(&c["updatedAt"]);
     assert!(c["status"] == "open" || c["status"] == "closed");
+    assert!(c["handler"] == "human" || c["handler"] == "bot");
+    assert!(c["unreadByAgent"].is_u64());
 }
 
 #[tokio::test]

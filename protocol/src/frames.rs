@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ErrorCode;
-use crate::model::{AgentPresence, Author, Message, PresenceStatus};
+use crate::model::{AgentPresence, Author, Conversation, Message, PresenceStatus};
 
 /// A frame a client may send on either channel. Which ones a channel accepts is the
 /// channel's business (`reply`/`close` are agent-only, for instance).
@@ -47,6 +47,13 @@ pub enum ClientFrame {
     Presence {
         status: PresenceStatus,
     },
+    /// The visitor (no conversation id) or an agent (with one) has read up to a message.
+    Read {
+        #[serde(default, rename = "conversationId")]
+        conversation_id: Option<String>,
+        #[serde(rename = "messageId")]
+        message_id: String,
+    },
 }
 
 impl ClientFrame {
@@ -73,6 +80,12 @@ pub fn visitor_conversation_updated(conversation_json: &str) -> String {
     format!(r#"{{"type":"conversation:updated","data":{conversation_json}}}"#)
 }
 
+/// `{"type":"conversation:read","data":{"conversationId","reader","messageId","unreadByAgent"}}`
+/// on the visitor channel: a read cursor moved.
+pub fn visitor_conversation_read(read_json: &str) -> String {
+    format!(r#"{{"type":"conversation:read","data":{read_json}}}"#)
+}
+
 /// A tenant-channel event: `{"type":…,"offset":"…","data":…}`.
 pub fn tenant_event(kind: &str, offset: u64, data_json: &str) -> String {
     let kind = serde_json::to_string(kind).unwrap_or_else(|_| "\"\"".into());
@@ -85,9 +98,13 @@ pub fn typing(conversation_id: &str, author: &Author) -> String {
         .to_string()
 }
 
-/// The visitor channel's `ready`.
-pub fn ready_visitor(conversation_id: &str, visitor_id: &str) -> String {
-    json!({"type": "ready", "conversationId": conversation_id, "visitorId": visitor_id}).to_string()
+/// The visitor channel's `ready`, with where both read cursors stand (the widget's
+/// "Seen" after a reload).
+pub fn ready_visitor(conversation: &Conversation) -> String {
+    let c = conversation;
+    json!({"type": "ready", "conversationId": c.id, "visitorId": c.visitor_id,
+           "visitorLastReadId": c.visitor_last_read_id, "agentLastReadId": c.agent_last_read_id})
+    .to_string()
 }
 
 /// The tenant channel's `ready`.

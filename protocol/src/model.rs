@@ -53,6 +53,10 @@ pub struct Message {
     /// a visitor sent with the message otherwise (subject to the PII retention mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<Value>,
+    /// The `name` of the tenant's intent the visitor chose with this message (seed 004),
+    /// else null.
+    #[serde(default)]
+    pub intent: Option<String>,
 }
 
 /// `open` or `closed`; a closed conversation reopens when either side writes.
@@ -101,6 +105,51 @@ pub struct Conversation {
     pub visitor_context: Map<String, Value>,
     pub qualified: bool,
     pub last_message: Option<Message>,
+    /// The assistant that answers this conversation (chosen when it started), if any.
+    #[serde(default)]
+    pub assistant_id: Option<String>,
+    /// Who answers now: its assistant (`bot`) or the agents (`human`).
+    #[serde(default)]
+    pub handler: Handler,
+    /// The last message the visitor has read (read receipts); only moves forward.
+    #[serde(default)]
+    pub visitor_last_read_id: Option<String>,
+    /// The last message an agent has read; only moves forward.
+    #[serde(default)]
+    pub agent_last_read_id: Option<String>,
+    /// Visitor messages after `agentLastReadId`.
+    #[serde(default)]
+    pub unread_by_agent: u64,
+}
+
+/// Who answers a conversation now.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Handler {
+    /// The agents.
+    #[default]
+    Human,
+    /// The conversation's assistant.
+    Bot,
+}
+
+impl Handler {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handler::Human => "human",
+            Handler::Bot => "bot",
+        }
+    }
+}
+
+/// Whose read cursor moved (the `reader` of `conversation:read`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Reader {
+    Visitor,
+    Agent,
 }
 
 /// An agent's presence (SPEC "Presence and read receipts").

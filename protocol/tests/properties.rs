@@ -517,6 +517,12 @@ mod frames {
                 PresenceStatus::Offline
             ])
             .prop_map(|status| ClientFrame::Presence { status }),
+            (opt_string(), tricky_string(30)).prop_map(|(conversation_id, message_id)| {
+                ClientFrame::Read {
+                    conversation_id,
+                    message_id,
+                }
+            }),
         ]
     }
 
@@ -547,6 +553,12 @@ mod frames {
                 json!({"type": "close", "conversationId": conversation_id})
             }
             ClientFrame::Presence { status } => json!({"type": "presence", "status": status}),
+            ClientFrame::Read {
+                conversation_id,
+                message_id,
+            } => {
+                json!({"type": "read", "conversationId": conversation_id, "messageId": message_id})
+            }
         };
         if !nulls {
             v.as_object_mut().unwrap().retain(|_, x| !x.is_null());

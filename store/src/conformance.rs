@@ -7,14 +7,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_protocol::model::{Author, AuthorKind, Contact, Direction, Status};
+use confab_protocol::model::{Author, AuthorKind, Contact, Direction, Handler, Reader, Status};
 use confab_protocol::time::parse_ms;
 use parking_lot::Mutex;
 use serde_json::{json, Map};
 
 use crate::{
     Backend, Channel, ConversationCursor, Cursor, EventSink, NewConversation, NewMessage,
-    PresenceEntry, ProfileUpdate, Published, Retention, WebhookState,
+    PresenceEntry, ProfileUpdate, Published, ReadEvent, ReadMark, Retention, WebhookState,
 };
 
 /// Opens a fresh backend with the given retention.
@@ -70,6 +70,8 @@ fn new_conv(tenant: &str) -> NewConversation {
             .cloned()
             .unwrap_or_default(),
         visitor_context: Map::new(),
+        assistant_id: None,
+        handler: Handler::Human,
     }
 }
 
@@ -86,6 +88,8 @@ fn visitor_msg(tenant: &str, conv: &str, body: &str, cmid: Option<&str>) -> NewM
         body: body.to_owned(),
         client_message_id: cmid.map(str::to_owned),
         meta: None,
+        intent: None,
+        handler: None,
     }
 }
 
@@ -106,6 +110,8 @@ pub async fn run_all(factory: Factory) {
     webhook_state_only_moves_forward(&factory).await;
     leases_have_one_holder(&factory).await;
     presence_expires_unless_renewed(&factory).await;
+    handler_changes(&factory).await;
+    read_cursors_move_forward(&factory).await;
 }
 
 async fn secret_first_writer_wins(f: &Factory) {
@@ -837,4 +843,253 @@ async fn publications_reach_the_sink_in_order(f: &Factory) {
         offsets.windows(2).all(|w| w[1] == w[0] + 1),
         "offsets arrive contiguous and in order: {offsets:?}"
     );
+}
+
+fn agent_msg(tenant: &str, conv: &str, body: &str) -> NewMessage {
+    let mut m = visitor_msg(tenant, conv, body, None);
+    m.direction = Direction::Outbound;
+    m.author = Author {
+        kind: AuthorKind::Agent,
+        id: "a1".into(),
+        name: Some("Ann".into()),
+    };
+    m
+}
+
+async fn event_kinds(b: &Backend, t: &str) -> Vec<String> {
+    let page = b.store.events(t, 0, 1000).await.unwrap();
+    page.events.into_iter().map(|e| e.kind).collect()
+}
+
+/// The handler is set at start, by `set_handler`, and by a message that names one; each
+/// change is one `conversation:updated`, no change is no event.
+async fn handler_changes(f: &Factory) {
+    let b = f(Retention::default()).await;
+    let t = tenant();
+    let mut new = new_conv(&t);
+    new.assistant_id = Some("ava".into());
+    new.handler = Handler::Bot;
+    let conv = b.store.start_conversation(new).await.unwrap();
+    assert_eq!(conv.assistant_id.as_deref(), Some("ava"));
+    assert_eq!(conv.handler, Handler::Bot);
+    let read = b.store.conversation(&t, &conv.id).await.unwrap().unwrap();
+    assert_eq!(read, conv, "the stored conversation is the one returned");
+    let same = b
+        .store
+        .set_handler(&t, &conv.id, Handler::Bot)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(same.handler, Handler::Bot);
+    assert_eq!(
+        event_kinds(&b, &t).await,
+        ["conversation:new"],
+        "no change, no event"
+    );
+    let human = b
+        .store
+        .set_handler(&t, &conv.id, Handler::Human)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(human.handler, Handler::Human);
+    assert_eq!(human.assistant_id.as_deref(), Some("ava"));
+    b.store
+        .set_handler(&t, &conv.id, Handler::Bot)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut reply = agent_msg(&t, &conv.id, "I'll take it from here");
+    reply.handler = Some(Handler::Human);
+    b.store.append_message(reply).await.unwrap().unwrap();
+    let after = b.store.conversation(&t, &conv.id).await.unwrap().unwrap();
+    assert_eq!(after.handler, Handler::Human);
+    assert_eq!(
+        event_kinds(&b, &t).await,
+        [
+            "conversation:new",
+            "conversation:updated",
+            "conversation:updated",
+            "message:new",
+            "conversation:updated"
+        ]
+    );
+    assert!(b
+        .store
+        .set_handler(&t, "nope", Handler::Bot)
+        .await
+        .unwrap()
+        .is_none());
+    // The message's intent is stored with it.
+    let mut m = visitor_msg(&t, &conv.id, "invoice?", None);
+    m.intent = Some("billing".into());
+    let stored = b.store.append_message(m).await.unwrap().unwrap().message;
+    assert_eq!(stored.intent.as_deref(), Some("billing"));
+    let page = b
+        .store
+        .messages(&t, &conv.id, Cursor::Start, 10)
+        .await
+        .unwrap();
+    let last: confab_protocol::model::Message =
+        serde_json::from_str(&page.messages.last().unwrap().json).unwrap();
+    assert_eq!(last, stored);
+}
+
+/// Read cursors only move forward, count the visitor's unread messages for agents, emit
+/// `conversation:read` (tenant event and visitor publication), and leave the list order.
+async fn read_cursors_move_forward(f: &Factory) {
+    let b = f(Retention::default()).await;
+    let collector = Arc::new(Collector::default());
+    b.broker.set_sink(collector.clone());
+    let t = tenant();
+    let conv = b.store.start_conversation(new_conv(&t)).await.unwrap();
+    let ch = Channel::Conversation {
+        tenant: t.as_str().into(),
+        conversation_id: conv.id.as_str().into(),
+    };
+    b.broker.subscribe(&ch);
+    b.broker.subscribed(&ch).await.unwrap();
+    for body in ["one", "two"] {
+        b.store
+            .append_message(visitor_msg(&t, &conv.id, body, None))
+            .await
+            .unwrap();
+    }
+    b.store
+        .append_message(agent_msg(&t, &conv.id, "three"))
+        .await
+        .unwrap();
+    b.store
+        .append_message(visitor_msg(&t, &conv.id, "four", None))
+        .await
+        .unwrap();
+    let c = b.store.conversation(&t, &conv.id).await.unwrap().unwrap();
+    assert_eq!(c.unread_by_agent, 3);
+    assert_eq!(
+        (
+            c.visitor_last_read_id.as_deref(),
+            c.agent_last_read_id.as_deref()
+        ),
+        (None, None)
+    );
+    let listed = b
+        .store
+        .conversations(&t, None, None, 10)
+        .await
+        .unwrap()
+        .conversations;
+    assert_eq!(listed[0], c);
+
+    let Some(ReadMark::Moved(c)) = b
+        .store
+        .mark_read(&t, &conv.id, Reader::Agent, 2)
+        .await
+        .unwrap()
+    else {
+        panic!("the agent's cursor moves to 2");
+    };
+    assert_eq!(c.agent_last_read_id, Some(crate::message_id(&conv.id, 2)));
+    assert_eq!(
+        c.unread_by_agent, 1,
+        "only the visitor's fourth message is unread"
+    );
+    assert_eq!(
+        c.updated_at, listed[0].updated_at,
+        "reading does not touch updatedAt"
+    );
+    let back = b
+        .store
+        .mark_read(&t, &conv.id, Reader::Agent, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        back,
+        Some(ReadMark::Unchanged(c.clone())),
+        "cursors never move back"
+    );
+    assert_eq!(
+        b.store
+            .mark_read(&t, &conv.id, Reader::Agent, 5)
+            .await
+            .unwrap(),
+        Some(ReadMark::NoSuchMessage)
+    );
+    assert_eq!(
+        b.store
+            .mark_read(&t, &conv.id, Reader::Visitor, 0)
+            .await
+            .unwrap(),
+        Some(ReadMark::NoSuchMessage)
+    );
+    assert!(b
+        .store
+        .mark_read(&t, "nope", Reader::Agent, 1)
+        .await
+        .unwrap()
+        .is_none());
+    let Some(ReadMark::Moved(c)) = b
+        .store
+        .mark_read(&t, &conv.id, Reader::Visitor, 3)
+        .await
+        .unwrap()
+    else {
+        panic!("the visitor's cursor moves to 3");
+    };
+    assert_eq!(c.visitor_last_read_id, Some(crate::message_id(&conv.id, 3)));
+    assert_eq!(
+        c.unread_by_agent, 1,
+        "the visitor reading changes nothing for agents"
+    );
+    let Some(ReadMark::Moved(c)) = b
+        .store
+        .mark_read(&t, &conv.id, Reader::Agent, 4)
+        .await
+        .unwrap()
+    else {
+        panic!("the agent's cursor moves to 4");
+    };
+    assert_eq!(c.unread_by_agent, 0);
+    let stored = b.store.conversation(&t, &conv.id).await.unwrap().unwrap();
+    assert_eq!(stored, c, "the cursors are stored");
+    // A new visitor message counts again; the list order is still by updates only.
+    b.store
+        .append_message(visitor_msg(&t, &conv.id, "five", None))
+        .await
+        .unwrap();
+    let c = b.store.conversation(&t, &conv.id).await.unwrap().unwrap();
+    assert_eq!(c.unread_by_agent, 1);
+
+    let events = b.store.events(&t, 0, 1000).await.unwrap().events;
+    let reads: Vec<ReadEvent> = events
+        .iter()
+        .filter(|e| e.kind == "conversation:read")
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    let expected = [
+        (Reader::Agent, 2, 1),
+        (Reader::Visitor, 3, 1),
+        (Reader::Agent, 4, 0),
+    ]
+    .map(|(reader, seq, unread)| ReadEvent {
+        conversation_id: conv.id.clone(),
+        reader,
+        message_id: crate::message_id(&conv.id, seq),
+        unread_by_agent: unread,
+    });
+    assert_eq!(reads, expected);
+    for e in events.iter().filter(|e| e.kind == "conversation:read") {
+        assert_eq!(
+            e.data,
+            crate::domain::to_json(&serde_json::from_str::<ReadEvent>(&e.data).unwrap()),
+            "the event's bytes are serde's on every backend"
+        );
+    }
+    collector
+        .wait_until("three conversation:read publications", |got| {
+            got.iter()
+                .filter(|p| matches!(p, Published::ConversationRead { .. }))
+                .count()
+                == 3
+        })
+        .await;
 }

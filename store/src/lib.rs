@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use confab_protocol::model::{
-    Author, Contact, Conversation, Direction, Message, Status, TenantEvent,
+    Author, Contact, Conversation, Direction, Handler, Message, Reader, Status, TenantEvent,
 };
 use serde_json::{Map, Value};
 
@@ -137,6 +137,10 @@ pub struct NewConversation {
     pub contact: Contact,
     pub variables: Map<String, Value>,
     pub visitor_context: Map<String, Value>,
+    /// The assistant that answers it (fixed when it starts).
+    pub assistant_id: Option<String>,
+    /// Who answers first.
+    pub handler: Handler,
 }
 
 /// Fields a resuming visitor may update; `None` leaves a field as it is.
@@ -203,6 +207,11 @@ pub struct NewMessage {
     pub body: String,
     pub client_message_id: Option<String>,
     pub meta: Option<Value>,
+    /// The intent the visitor chose (already checked against the tenant's).
+    pub intent: Option<String>,
+    /// Sets the conversation's handler in the same commit (an agent's reply: `human`);
+    /// `None` leaves it.
+    pub handler: Option<Handler>,
 }
 
 impl NewMessage {
@@ -281,6 +290,29 @@ pub struct WebhookState {
     /// Why the last attempt failed (`None` after a success).
     pub last_error: Option<String>,
     pub last_attempt_ms: Option<i64>,
+}
+
+/// The outcome of `mark_read`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadMark {
+    /// The cursor moved: `conversation:read` was emitted; the conversation as it is now.
+    Moved(Conversation),
+    /// The cursor was already there or further (cursors only move forward).
+    Unchanged(Conversation),
+    /// The conversation has no message with that id (yet).
+    NoSuchMessage,
+}
+
+/// The data of a `conversation:read` event and of the visitor frame of the same name.
+/// Both backends produce exactly these bytes (field order as declared).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadEvent {
+    pub conversation_id: String,
+    pub reader: Reader,
+    pub message_id: String,
+    /// The conversation's `unreadByAgent` after the move.
+    pub unread_by_agent: u64,
 }
 
 /// One node's word on one agent of a tenant: volatile presence, kept only while renewed.
@@ -430,6 +462,26 @@ pub trait Store: Send + Sync + 'static {
         status: Status,
     ) -> Result<Option<Conversation>>;
 
+    /// Sets who answers the conversation; `conversation:updated` when it changed. `None`
+    /// when the conversation does not exist.
+    async fn set_handler(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        handler: Handler,
+    ) -> Result<Option<Conversation>>;
+
+    /// Moves `reader`'s read cursor forward to message `seq` (never back): stores it,
+    /// recounts `unreadByAgent` for an agent, emits the tenant event `conversation:read`
+    /// and the visitor frame. Does not touch `updatedAt` (reading does not reorder the list).
+    async fn mark_read(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        reader: Reader,
+        seq: u64,
+    ) -> Result<Option<ReadMark>>;
+
     /// Appends a custom event. `conversation:qualified` with a conversation id also sets
     /// that conversation's `qualified` flag and carries the conversation as `data`.
     /// `None` when the named conversation does not exist in this tenant.
@@ -518,6 +570,12 @@ pub enum Published {
     },
     /// The conversation changed (closed, reopened, profile): for its visitor channel.
     ConversationUpdated {
+        tenant: Arc<str>,
+        conversation_id: Arc<str>,
+        json: Arc<str>,
+    },
+    /// A read cursor moved: for its visitor channel; `json` is a [`ReadEvent`].
+    ConversationRead {
         tenant: Arc<str>,
         conversation_id: Arc<str>,
         json: Arc<str>,

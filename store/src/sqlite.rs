@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use confab_protocol::model::{Conversation, Message, Status, TenantEvent};
+use confab_protocol::model::{Conversation, Handler, Message, Reader, Status, TenantEvent};
 use confab_protocol::time::format_ms;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -29,12 +29,14 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{
-    new_conversation, new_conversation_id, new_message, new_visitor_id, record_message, to_json,
+    is_inbound_json, new_conversation, new_conversation_id, new_message, new_visitor_id, read_seq,
+    record_message, to_json,
 };
 use crate::{
-    Appended, Broker, Channel, Clock, ConversationCursor, ConversationPage, Cursor, EventSink,
-    EventsPage, MessagePage, NewConversation, NewMessage, PresenceEntry, ProfileUpdate, Published,
-    Result, Retention, Store, StoreError, StoredMessage, VisitorRecord, WebhookState,
+    message_id, Appended, Broker, Channel, Clock, ConversationCursor, ConversationPage, Cursor,
+    EventSink, EventsPage, MessagePage, NewConversation, NewMessage, PresenceEntry, ProfileUpdate,
+    Published, ReadEvent, ReadMark, Result, Retention, Store, StoreError, StoredMessage,
+    VisitorRecord, WebhookState,
 };
 
 /// When a commit is durable (`sqlite:PATH?synchronous=…`).
@@ -689,7 +691,7 @@ impl Store for SqliteStore {
                 json: json.clone(),
             });
             append_event_tx(c, outbox, &new.tenant, "message:new", json.to_string(), now)?;
-            if record_message(&mut conv, &message) {
+            if record_message(&mut conv, &message, new.handler) {
                 conversation_updated(c, outbox, &conv, seq, created, now)?;
             } else {
                 save_conversation(c, &conv, seq, created, now)?;
@@ -848,6 +850,91 @@ impl Store for SqliteStore {
                 conversation_updated(c, outbox, &conv, seq, created, now)?;
             }
             Ok(Some(conv))
+        })
+        .await
+    }
+
+    async fn set_handler(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        handler: Handler,
+    ) -> Result<Option<Conversation>> {
+        let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
+        let clock = self.clock.clone();
+        self.write(move |c, outbox| {
+            let Some((mut conv, seq, created)) = load_conversation(c, &tenant, &id)? else {
+                return Ok(None);
+            };
+            if conv.handler != handler {
+                let now = clock.now_ms();
+                conv.handler = handler;
+                conv.updated_at = format_ms(now);
+                conversation_updated(c, outbox, &conv, seq, created, now)?;
+            }
+            Ok(Some(conv))
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        reader: Reader,
+        seq: u64,
+    ) -> Result<Option<ReadMark>> {
+        let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
+        let clock = self.clock.clone();
+        self.write(move |c, outbox| {
+            let Some((mut conv, last_seq, _)) = load_conversation(c, &tenant, &id)? else {
+                return Ok(None);
+            };
+            if seq == 0 || seq > last_seq {
+                return Ok(Some(ReadMark::NoSuchMessage));
+            }
+            if seq <= read_seq(&conv, reader) {
+                return Ok(Some(ReadMark::Unchanged(conv)));
+            }
+            let message_id = message_id(&id, seq);
+            match reader {
+                Reader::Visitor => conv.visitor_last_read_id = Some(message_id.clone()),
+                Reader::Agent => {
+                    let mut stmt = c
+                        .prepare_cached(
+                            "SELECT json FROM messages WHERE conversation_id = ?1 AND seq > ?2",
+                        )
+                        .map_err(db_err)?;
+                    let mut rows = stmt.query(params![id, seq as i64]).map_err(db_err)?;
+                    let mut unread = 0;
+                    while let Some(row) = rows.next().map_err(db_err)? {
+                        if is_inbound_json(&row.get::<_, String>(0).map_err(db_err)?) {
+                            unread += 1;
+                        }
+                    }
+                    conv.agent_last_read_id = Some(message_id.clone());
+                    conv.unread_by_agent = unread;
+                }
+            }
+            // Only the JSON: the list order (updated_ms) and the log position stay.
+            c.prepare_cached("UPDATE conversations SET json = ?1 WHERE id = ?2")
+                .map_err(db_err)?
+                .execute(params![to_json(&conv), id])
+                .map_err(db_err)?;
+            let now = clock.now_ms();
+            let data = to_json(&ReadEvent {
+                conversation_id: id.clone(),
+                reader,
+                message_id,
+                unread_by_agent: conv.unread_by_agent,
+            });
+            append_event_tx(c, outbox, &tenant, "conversation:read", data.clone(), now)?;
+            outbox.push(Published::ConversationRead {
+                tenant: tenant.as_str().into(),
+                conversation_id: id.as_str().into(),
+                json: data.into(),
+            });
+            Ok(Some(ReadMark::Moved(conv)))
         })
         .await
     }

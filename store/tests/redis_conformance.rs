@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_protocol::model::{Author, AuthorKind, Contact, Direction, Status};
+use confab_protocol::model::{Author, AuthorKind, Contact, Direction, Handler, Status};
 use confab_protocol::time::now_ms;
 use confab_store::conformance::{run_all, Factory};
 use confab_store::domain::to_json;
@@ -57,6 +57,8 @@ fn new_conv(tenant: &str) -> NewConversation {
             .as_object()
             .cloned()
             .unwrap(),
+        assistant_id: None,
+        handler: Handler::Human,
     }
 }
 
@@ -73,6 +75,8 @@ fn message(tenant: &str, conv: &str, body: &str, cmid: Option<&str>) -> NewMessa
         body: body.to_owned(),
         client_message_id: cmid.map(str::to_owned),
         meta: Some(json!({"pageUrl": "https://x.test/é/1", "big": 12345678901234567u64})),
+        intent: Some("billing".into()),
+        handler: None,
     }
 }
 
@@ -711,4 +715,63 @@ async fn append_throughput() {
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!("{n} appends in {secs:.2} s: {:.0}/s", n as f64 / secs);
+}
+
+/// A conversation stored before the handler and read receipts existed (pieces `t1`…`t5`
+/// only, `t5 = "}"`) reads with their defaults and is upgraded in place by the next write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_of_the_old_layout_are_upgraded() {
+    let Some(redis) =
+        RedisServer::start_or_skip("conversations_of_the_old_layout_are_upgraded").await
+    else {
+        return;
+    };
+    let b = confab_store::open(&redis.url(), Retention::default())
+        .await
+        .unwrap();
+    let t = tenant();
+    let conv = b.store.start_conversation(new_conv(&t)).await.unwrap();
+    let key = format!("confab:{{t:{t}}}:conv:{}", conv.id);
+    // What the previous release stored: the tail after `lastMessage` was just `}`.
+    redis.command(&["HSET", &key, "t5", "}"]).await.unwrap();
+    let gone = ["t6", "t7", "t8", "t9", "h", "vr", "ar", "ur", "vrs", "ars"];
+    let mut hdel = vec!["HDEL", key.as_str()];
+    hdel.extend(gone);
+    redis.command(&hdel).await.unwrap();
+    let old: serde_json::Value = serde_json::from_str(&to_json(&conv)).unwrap();
+    let read = b.store.conversation(&t, &conv.id).await.unwrap().unwrap();
+    assert_eq!(
+        read, conv,
+        "an old hash reads with the new fields' defaults"
+    );
+    assert_eq!(serde_json::to_value(&read).unwrap(), old);
+
+    let m = b
+        .store
+        .append_message(message(&t, &conv.id, "after the upgrade", None))
+        .await
+        .unwrap()
+        .unwrap();
+    let after = b.store.conversation(&t, &conv.id).await.unwrap().unwrap();
+    assert_eq!(after.unread_by_agent, 1);
+    assert_eq!(after.last_message, Some(m.message.clone()));
+    assert_eq!(
+        redis.command(&["HGET", &key, "t9"]).await.unwrap(),
+        "}",
+        "the hash now has the new layout"
+    );
+    let seq = confab_store::seq_of_message_id(&m.message.id).unwrap();
+    let marked = b
+        .store
+        .mark_read(&t, &conv.id, confab_protocol::model::Reader::Agent, seq)
+        .await
+        .unwrap();
+    let Some(confab_store::ReadMark::Moved(c)) = marked else {
+        panic!("the cursor moves on an upgraded hash: {marked:?}");
+    };
+    assert_eq!(c.unread_by_agent, 0);
+    assert_eq!(
+        b.store.conversation(&t, &conv.id).await.unwrap().unwrap(),
+        c
+    );
 }

@@ -388,6 +388,41 @@ pub async fn reopen(
     set_status(state, headers, id, Status::Open).await
 }
 
+/// `POST /v1/tenant/conversations/{id}/read` → the conversation: an agent has read it up
+/// to `messageId`. Recounts `unreadByAgent`; emits `conversation:read` when the cursor moved.
+#[utoipa::path(
+    post,
+    path = "/v1/tenant/conversations/{id}/read",
+    operation_id = "markReadByAgent",
+    tag = "tenant",
+    params(("id" = String, Path, description = "The conversation's id (a UUID).")),
+    request_body = crate::http::visitor::ReadBody,
+    security(("agentJwt" = []), ("serverKey" = [])),
+    responses(
+        (status = 200, description = "The conversation with its read cursors.", body = Conversation),
+        (status = 400, response = InvalidJson),
+        (status = 401, response = InvalidCredentials),
+        (status = 403, response = OriginNotAllowed),
+        (status = 404, response = ConversationNotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = StoreUnavailable),
+    ),
+)]
+pub async fn read(
+    State(state): State<crate::state::AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<crate::http::visitor::ReadBody>,
+) -> HandlerResult<Response> {
+    let auth = auth(&state, &headers)?;
+    let conv = service::agent::mark_read(&state, &auth.tenant, &id, &body.message_id).await?;
+    Ok(json_text(
+        StatusCode::OK,
+        serde_json::to_string(&conv).unwrap_or_default(),
+    ))
+}
+
 /// A page of the tenant's event log, as `GET /v1/tenant/events` writes it.
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -742,6 +742,49 @@ pub async fn events(
     ))
 }
 
+/// `POST /v1/read` and `POST /v1/tenant/conversations/{id}/read`: read up to a message.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadBody {
+    /// A message of the conversation. Cursors only move forward: an older id is accepted
+    /// and changes nothing.
+    #[schema(example = "msg_2a3f0c9e8b7d4e1fa0b1c2d3e4f5a6b7_12")]
+    pub message_id: String,
+}
+
+/// `POST /v1/read`: the visitor has read the conversation up to `messageId` (read
+/// receipts). Emits `conversation:read` to the agents and the visitor's other tabs when
+/// the cursor moved.
+#[utoipa::path(
+    post,
+    path = "/v1/read",
+    operation_id = "markReadByVisitor",
+    tag = "widget",
+    request_body = ReadBody,
+    security(("visitorSession" = [])),
+    responses(
+        (status = 200, description = "The conversation with its read cursors.", body = confab_protocol::model::Conversation),
+        (status = 400, response = InvalidJson),
+        (status = 401, response = InvalidSession),
+        (status = 403, response = OriginNotAllowed),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = StoreUnavailable),
+    ),
+)]
+pub async fn read(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ReadBody>,
+) -> HandlerResult<Response> {
+    let session = session_of(&state, &headers, None)?;
+    let conv = service::visitor::mark_read(&state, &session, &body.message_id).await?;
+    Ok(json_text(
+        StatusCode::OK,
+        serde_json::to_string(&conv).unwrap_or_default(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

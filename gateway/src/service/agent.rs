@@ -1,7 +1,9 @@
 //! What the tenant side does with conversations — agents (JWT) and the tenant's backend
 //! (server key): list and read them, reply, close or reopen, type.
 
-use confab_protocol::model::{Author, Conversation, Direction, Status};
+use confab_protocol::model::{
+    Author, AuthorKind, Conversation, Direction, Handler, Reader, Status,
+};
 use confab_protocol::validate;
 use confab_protocol::{frames, ApiError};
 use confab_store::{
@@ -31,10 +33,14 @@ pub async fn reply(
         tenant: tenant.cfg.id.clone(),
         conversation_id: conversation_id.to_owned(),
         direction: Direction::Outbound,
-        author,
         body,
         client_message_id,
         meta,
+        intent: None,
+        // An agent's reply takes the conversation over from its assistant (a bot message
+        // the tenant's backend posts does not).
+        handler: (author.kind == AuthorKind::Agent).then_some(Handler::Human),
+        author,
     };
     super::append(state, new).await
 }
@@ -98,6 +104,23 @@ pub async fn conversation(
         .await
         .map_err(store_error)?
         .ok_or_else(not_found)
+}
+
+/// An agent has read one of the tenant's conversations up to `message_id`.
+pub async fn mark_read(
+    state: &AppState,
+    tenant: &Tenant,
+    conversation_id: &str,
+    message_id: &str,
+) -> Result<Conversation, ApiError> {
+    super::mark_read(
+        state,
+        &tenant.cfg.id,
+        conversation_id,
+        Reader::Agent,
+        message_id,
+    )
+    .await
 }
 
 /// A page of one of the tenant's conversations, long-polled for up to `wait` seconds.

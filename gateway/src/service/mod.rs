@@ -4,16 +4,19 @@
 //! transport), the PII policy and auto-replies cannot drift apart.
 //!
 //! - [`sessions`] — starting and resuming visitor sessions.
-//! - [`visitor`] — visitor messages (one path for all of them), typing, page context, PII.
-//! - [`agent`] — the tenant side: conversations (list, read), replies, status, typing.
+//! - [`visitor`] — visitor messages (one path for all of them), typing, read receipts,
+//!   page context, PII.
+//! - [`agent`] — the tenant side: conversations (list, read), replies, status, typing, read
+//!   receipts.
 //! - [`events`] — the tenant event log: pages (long-polled), resume points, custom events.
 //! - [`webhooks`] — delivering the tenant event log to the tenant's webhooks.
 //! - [`presence`] — which agents are online, and the availability that follows.
 //!
 //! - [`limits`] — charging requests against the rate limits.
 
+use confab_protocol::model::{Conversation, Reader};
 use confab_protocol::{ApiError, ErrorCode};
-use confab_store::{Appended, Channel, NewMessage, Published};
+use confab_store::{Appended, Channel, NewMessage, Published, ReadMark};
 
 use crate::state::AppState;
 
@@ -47,6 +50,31 @@ async fn append(state: &AppState, new: NewMessage) -> Result<Appended, ApiError>
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(appended)
+}
+
+/// Moves `reader`'s read cursor of a conversation to `message_id` (forward only; an older
+/// id is accepted and changes nothing). 422 when the id is not one of its messages.
+async fn mark_read(
+    state: &AppState,
+    tenant: &str,
+    conversation_id: &str,
+    reader: Reader,
+    message_id: &str,
+) -> Result<Conversation, ApiError> {
+    let no_such = || ApiError::invalid("messageId", "no such message in this conversation");
+    // Not an id of this conversation: seq 0, which the store answers with "no such
+    // message" once it knows the conversation exists (else 404, as for any other call).
+    let seq = confab_store::parse_message_id(conversation_id, message_id).unwrap_or(0);
+    match state
+        .store
+        .mark_read(tenant, conversation_id, reader, seq)
+        .await
+        .map_err(crate::error::store_error)?
+    {
+        None => Err(not_found()),
+        Some(ReadMark::NoSuchMessage) => Err(no_such()),
+        Some(ReadMark::Moved(c) | ReadMark::Unchanged(c)) => Ok(c),
+    }
 }
 
 async fn publish_typing(state: &AppState, channel: Channel, frame: String) {

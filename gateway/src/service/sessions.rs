@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use confab_protocol::model::{Contact, Conversation};
+use confab_protocol::model::{Contact, Conversation, Handler};
 use confab_protocol::token::{self, SessionClaims};
 use confab_protocol::validate;
 use confab_protocol::{ApiError, ErrorCode};
@@ -259,6 +259,8 @@ pub async fn start(
                     contact: profile.contact.unwrap_or_default(),
                     variables: profile.variables.unwrap_or_default(),
                     visitor_context: profile.visitor_context.unwrap_or_default(),
+                    assistant_id: None,
+                    handler: Handler::Human,
                 })
                 .await
                 .map_err(store_error)?;

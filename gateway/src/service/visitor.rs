@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use confab_protocol::model::{Author, AuthorKind, Direction};
+use confab_protocol::model::{Author, AuthorKind, Conversation, Direction, Reader};
 use confab_protocol::validate;
 use confab_protocol::{frames, ApiError};
 use confab_store::{Appended, Channel, Cursor, MessagePage, NewMessage};
@@ -169,6 +169,8 @@ impl VisitorDraft {
             body: self.body,
             client_message_id: self.client_message_id,
             meta: self.meta,
+            intent: None,
+            handler: None,
         }
     }
 }
@@ -292,6 +294,8 @@ async fn auto_reply(state: &AppState, tenant: &Tenant, conversation_id: &str) {
         body: text.clone(),
         client_message_id: Some("auto_reply".into()),
         meta: Some(json!({"mode": "flow"})),
+        intent: None,
+        handler: None,
     };
     if let Err(e) = state.store.append_message(new).await {
         tracing::warn!(error = %e, conversation_id, "auto-reply not stored");
@@ -329,20 +333,43 @@ pub async fn history(
     .await
 }
 
-/// Where the session's conversation stands: the sequence number of its last message (0
-/// when it has none), or `None` when the conversation does not exist.
-pub async fn last_seq(state: &AppState, session: &VisitorSession) -> Result<Option<u64>, ApiError> {
+/// The session's conversation (`None`: it does not exist).
+pub async fn conversation(
+    state: &AppState,
+    session: &VisitorSession,
+) -> Result<Option<Conversation>, ApiError> {
     let c = &session.claims;
-    let conv = state
+    state
         .store
         .conversation(&c.tenant, &c.conversation_id)
         .await
-        .map_err(crate::error::store_error)?;
-    Ok(conv.map(|conv| {
-        conv.last_message
-            .and_then(|m| confab_store::seq_of_message_id(&m.id))
-            .unwrap_or(0)
-    }))
+        .map_err(crate::error::store_error)
+}
+
+/// The sequence number of a conversation's last message (0 when it has none).
+pub fn last_seq(conversation: &Conversation) -> u64 {
+    conversation
+        .last_message
+        .as_ref()
+        .and_then(|m| confab_store::seq_of_message_id(&m.id))
+        .unwrap_or(0)
+}
+
+/// The visitor has read up to `message_id` (read receipts).
+pub async fn mark_read(
+    state: &AppState,
+    session: &VisitorSession,
+    message_id: &str,
+) -> Result<Conversation, ApiError> {
+    let c = &session.claims;
+    super::mark_read(
+        state,
+        &c.tenant,
+        &c.conversation_id,
+        Reader::Visitor,
+        message_id,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -122,6 +122,23 @@ impl ChannelLogic for Agent {
                     "status is online or away (an agent is offline when its sockets close)",
                 )),
             },
+            ClientFrame::Read {
+                conversation_id: Some(id),
+                message_id,
+            } => {
+                if let Err(e) =
+                    crate::service::agent::mark_read(state, &self.tenant, &id, &message_id).await
+                {
+                    sub.reply(error_for(&e, None));
+                }
+            }
+            ClientFrame::Read {
+                conversation_id: None,
+                ..
+            } => sub.reply(frames::error(
+                ErrorCode::InvalidFrame,
+                "read needs a conversationId on the tenant channel",
+            )),
             ClientFrame::Ping => sub.reply(Utf8Bytes::from_static(frames::PONG)),
             ClientFrame::Auth { .. } => sub.reply(frames::error(
                 ErrorCode::InvalidFrame,
@@ -129,7 +146,7 @@ impl ChannelLogic for Agent {
             )),
             ClientFrame::Message { .. } => sub.reply(frames::error(
                 ErrorCode::InvalidFrame,
-                "not an agent frame (reply, typing, close, presence, ping)",
+                "not an agent frame (reply, typing, read, close, presence, ping)",
             )),
         }
     }

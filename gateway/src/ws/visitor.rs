@@ -77,6 +77,16 @@ impl ChannelLogic for Visitor {
             ClientFrame::Typing { .. } => {
                 crate::service::visitor::typing(state, &self.session).await
             }
+            ClientFrame::Read {
+                conversation_id: None,
+                message_id,
+            } => {
+                if let Err(e) =
+                    crate::service::visitor::mark_read(state, &self.session, &message_id).await
+                {
+                    sub.reply(error_for(&e, None));
+                }
+            }
             ClientFrame::Ping => sub.reply(Utf8Bytes::from_static(frames::PONG)),
             ClientFrame::Auth { .. } => sub.reply(frames::error(
                 ErrorCode::InvalidFrame,
@@ -84,9 +94,13 @@ impl ChannelLogic for Visitor {
             )),
             ClientFrame::Reply { .. }
             | ClientFrame::Close { .. }
-            | ClientFrame::Presence { .. } => sub.reply(frames::error(
+            | ClientFrame::Presence { .. }
+            | ClientFrame::Read {
+                conversation_id: Some(_),
+                ..
+            } => sub.reply(frames::error(
                 ErrorCode::InvalidFrame,
-                "not a visitor frame (message, typing, ping)",
+                "not a visitor frame (message, typing, read without conversationId, ping)",
             )),
         }
     }
@@ -183,14 +197,15 @@ async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade, ip: IpAddr) {
         .subscribe_live(&state.broker, channel, VISITOR_QUEUE, false)
         .await;
     // Where the log stands now that we are subscribed: anything later arrives live.
-    let latest = match crate::service::visitor::last_seq(&state, &session).await {
-        Ok(Some(seq)) => seq,
+    let conversation = match crate::service::visitor::conversation(&state, &session).await {
+        Ok(Some(conversation)) => conversation,
         Ok(None) => return conn.close(Disconnect::NoConversation).await,
         Err(_) => return conn.close(Disconnect::StoreUnavailable).await,
     };
+    let latest = crate::service::visitor::last_seq(&conversation);
     // Without `after` the client starts live; an `after` beyond the log replays nothing.
     let last = after.map_or(latest, |a| a.min(latest));
-    let ready = frames::ready_visitor(&c.conversation_id, &c.visitor_id);
+    let ready = frames::ready_visitor(&conversation);
     let expires_ms = c.expires_ms;
     serve(
         state,

@@ -17,12 +17,13 @@
 //! **Pub/sub payloads** (one byte of kind, then `|`-separated fields, the JSON last):
 //! - `m|SEQ|MESSAGE_JSON` — a stored message (conversation channel);
 //! - `u|CONVERSATION_JSON` — the conversation changed (conversation channel);
+//! - `r|READ_JSON` — a read cursor moved (conversation channel);
 //! - `e|OFFSET|CREATED_MS|TYPE_LEN|TYPE DATA` — a tenant event (tenant channel); the type
 //!   is length-prefixed so that any string can be a type;
 //! - `y|FRAME` — typing, ephemeral (either channel);
 //! - `p|N` — the node's liveness canary (node channel).
 
-use confab_protocol::model::{Conversation, Message, Status};
+use confab_protocol::model::{Conversation, Handler, Message, Status};
 
 use crate::domain::{new_message, to_json};
 use crate::{NewMessage, StoreError};
@@ -71,7 +72,7 @@ pub(crate) fn fill_message(parts: &[String; 3], seq: u64, created_at: &str) -> S
     format!("{}{seq}{}{created_at}{}", parts[0], parts[1], parts[2])
 }
 
-/// The mutable slots of a conversation, as the scripts store them.
+/// The mutable slots of a conversation, as the scripts store them, in JSON order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ConvSlots {
     /// `open` | `closed`.
@@ -82,10 +83,33 @@ pub(crate) struct ConvSlots {
     pub qualified: String,
     /// The last message's JSON, or `null`.
     pub last: String,
+    /// `human` | `bot`.
+    pub handler: String,
+    /// `visitorLastReadId` as JSON: `null` or `"id"`.
+    pub visitor_read: String,
+    /// `agentLastReadId` as JSON.
+    pub agent_read: String,
+    /// `unreadByAgent`, digits.
+    pub unread: String,
 }
+
+/// Number of constant pieces around the slots.
+pub(crate) const PIECES: usize = 9;
+
+/// The pieces t5..t9 of every conversation stored before the handler and read receipts
+/// existed (their t5 was `}`): no assistant, handler `human`, nothing read. `lib.lua`
+/// upgrades such a hash with the same constants (checked by a test).
+pub(crate) const LEGACY_TAIL: [&str; 5] = [
+    ",\"assistantId\":null,\"handler\":\"",
+    "\",\"visitorLastReadId\":",
+    ",\"agentLastReadId\":",
+    ",\"unreadByAgent\":",
+    "}",
+];
 
 impl ConvSlots {
     pub(crate) fn of(c: &Conversation) -> ConvSlots {
+        let id = |v: &Option<String>| v.as_ref().map(to_json).unwrap_or_else(|| "null".into());
         ConvSlots {
             status: c.status.as_str().to_owned(),
             updated_at: c.updated_at.clone(),
@@ -95,44 +119,76 @@ impl ConvSlots {
                 .as_ref()
                 .map(to_json)
                 .unwrap_or_else(|| "null".to_owned()),
+            handler: c.handler.as_str().to_owned(),
+            visitor_read: id(&c.visitor_last_read_id),
+            agent_read: id(&c.agent_last_read_id),
+            unread: c.unread_by_agent.to_string(),
         }
+    }
+
+    fn values(&self) -> [&str; PIECES - 1] {
+        [
+            &self.status,
+            &self.updated_at,
+            &self.qualified,
+            &self.last,
+            &self.handler,
+            &self.visitor_read,
+            &self.agent_read,
+            &self.unread,
+        ]
     }
 }
 
-/// A conversation's JSON as five constant pieces around the slots:
-/// `t1 STATUS t2 UPDATED_AT t3 QUALIFIED t4 LAST_MESSAGE t5` (the scripts' `conv_json`).
-pub(crate) fn conversation_template(c: &Conversation) -> crate::Result<[String; 5]> {
+/// A conversation's JSON as nine constant pieces around the slots of [`ConvSlots`]:
+/// `t1 STATUS t2 UPDATED_AT t3 QUALIFIED t4 LAST_MESSAGE t5 HANDLER t6 VISITOR_READ t7
+/// AGENT_READ t8 UNREAD t9` (the scripts' `conv_json`).
+pub(crate) fn conversation_template(c: &Conversation) -> crate::Result<[String; PIECES]> {
     let updated = placeholder("updated");
     let mut t = c.clone();
     t.status = Status::Open;
     t.updated_at = updated.clone();
     t.qualified = false;
     t.last_message = None;
+    t.handler = Handler::Human;
+    t.visitor_last_read_id = None;
+    t.agent_last_read_id = None;
+    t.unread_by_agent = 0;
     let s = to_json(&t);
     let err = || template_err("conversation");
     // `status` precedes every field a user controls, so its first occurrence is the field;
-    // `qualified` and `lastMessage` follow all of them, so their last occurrence is.
-    const STATUS: &str = "\"status\":\"";
-    let a = s.find(&format!("{STATUS}open\"")).ok_or_else(err)? + STATUS.len();
-    let a_end = a + "open".len();
-    let u = s[a_end..].find(&updated).ok_or_else(err)? + a_end;
-    let u_end = u + updated.len();
-    const QUALIFIED: &str = "\"qualified\":";
-    let q = s.rfind(&format!("{QUALIFIED}false")).ok_or_else(err)? + QUALIFIED.len();
-    let q_end = q + "false".len();
-    const LAST: &str = "\"lastMessage\":";
-    let l = s.rfind(&format!("{LAST}null")).ok_or_else(err)? + LAST.len();
-    let l_end = l + "null".len();
-    if !(u_end <= q && q_end <= l) {
+    // `qualified` and `lastMessage` follow all of them, so their last occurrence is; and
+    // after `lastMessage` (null here) only fields of ours follow, so a plain search from
+    // there finds each of the rest.
+    let mut cuts: Vec<(usize, usize)> = Vec::with_capacity(PIECES - 1);
+    let status = s.find("\"status\":\"open\"").ok_or_else(err)? + "\"status\":\"".len();
+    cuts.push((status, status + "open".len()));
+    let u = s[status..].find(&updated).ok_or_else(err)? + status;
+    cuts.push((u, u + updated.len()));
+    for (key, value) in [("\"qualified\":", "false"), ("\"lastMessage\":", "null")] {
+        let at = s.rfind(&format!("{key}{value}")).ok_or_else(err)? + key.len();
+        cuts.push((at, at + value.len()));
+    }
+    for (key, value) in [
+        ("\"handler\":\"", "human"),
+        ("\"visitorLastReadId\":", "null"),
+        ("\"agentLastReadId\":", "null"),
+        ("\"unreadByAgent\":", "0"),
+    ] {
+        let from = cuts.last().map_or(0, |c| c.1);
+        let at = s[from..].find(&format!("{key}{value}")).ok_or_else(err)? + from + key.len();
+        cuts.push((at, at + value.len()));
+    }
+    if cuts.windows(2).any(|w| w[0].1 > w[1].0) {
         return Err(err());
     }
-    let parts = [
-        s[..a].to_owned(),
-        s[a_end..u].to_owned(),
-        s[u_end..q].to_owned(),
-        s[q_end..l].to_owned(),
-        s[l_end..].to_owned(),
-    ];
+    let mut parts: [String; PIECES] = Default::default();
+    let mut from = 0;
+    for (i, (start, end)) in cuts.iter().enumerate() {
+        parts[i] = s[from..*start].to_owned();
+        from = *end;
+    }
+    parts[PIECES - 1] = s[from..].to_owned();
     if fill_conversation(&parts, &ConvSlots::of(c)) != to_json(c) {
         return Err(err());
     }
@@ -140,23 +196,15 @@ pub(crate) fn conversation_template(c: &Conversation) -> crate::Result<[String; 
 }
 
 /// What the scripts' `conv_json` does.
-pub(crate) fn fill_conversation<S: AsRef<str>>(t: &[S; 5], v: &ConvSlots) -> String {
-    let [t1, t2, t3, t4, t5] = t.each_ref().map(|p| p.as_ref());
-    let mut out = String::with_capacity(
-        t1.len() + t2.len() + t3.len() + t4.len() + t5.len() + v.last.len() + 40,
-    );
-    for piece in [
-        t1,
-        &v.status,
-        t2,
-        &v.updated_at,
-        t3,
-        &v.qualified,
-        t4,
-        &v.last,
-        t5,
-    ] {
-        out.push_str(piece);
+pub(crate) fn fill_conversation<S: AsRef<str>>(t: &[S; PIECES], v: &ConvSlots) -> String {
+    let values = v.values();
+    let len = t.iter().map(|p| p.as_ref().len()).sum::<usize>()
+        + values.iter().map(|v| v.len()).sum::<usize>();
+    let mut out = String::with_capacity(len);
+    out.push_str(t[0].as_ref());
+    for (value, piece) in values.iter().zip(&t[1..]) {
+        out.push_str(value);
+        out.push_str(piece.as_ref());
     }
     out
 }
@@ -169,6 +217,9 @@ pub(crate) enum Payload<'a> {
         json: &'a str,
     },
     Updated {
+        json: &'a str,
+    },
+    Read {
         json: &'a str,
     },
     Event {
@@ -196,6 +247,7 @@ pub(crate) fn decode(payload: &[u8]) -> Option<Payload<'_>> {
             }
         }
         "u" => Payload::Updated { json: rest },
+        "r" => Payload::Read { json: rest },
         "e" => {
             let mut it = rest.splitn(4, '|');
             let offset = it.next()?.parse().ok()?;
@@ -259,6 +311,8 @@ mod tests {
             body: body.into(),
             client_message_id: cmid.map(str::to_owned),
             meta,
+            intent: None,
+            handler: None,
         }
     }
 
@@ -303,6 +357,8 @@ mod tests {
                     .cloned()
                     .unwrap(),
             visitor_context: json!({"lastMessage": null}).as_object().cloned().unwrap(),
+            assistant_id: None,
+            handler: Handler::Human,
         };
         let mut c = new_conversation(&tricky, "id-1".into(), "v_1".into(), 1_795_000_000_000);
         let t = conversation_template(&c).unwrap();
@@ -310,11 +366,54 @@ mod tests {
         // The slots vary independently of the pieces.
         let m = new_message(&msg("hello", Some("k"), None), 7, 1_795_000_000_500);
         c.status = Status::Closed;
-        record_message(&mut c, &m);
+        record_message(&mut c, &m, Some(Handler::Bot));
         c.qualified = true;
         assert_eq!(fill_conversation(&t, &ConvSlots::of(&c)), to_json(&c));
         c.status = Status::Closed;
+        c.visitor_last_read_id = Some(m.id.clone());
+        c.agent_last_read_id = Some(m.id.clone());
+        c.unread_by_agent = u64::MAX;
         assert_eq!(fill_conversation(&t, &ConvSlots::of(&c)), to_json(&c));
+        // An assistant id is part of the constant pieces.
+        let mut with_bot = tricky.clone();
+        with_bot.assistant_id = Some("ava-1".into());
+        with_bot.handler = Handler::Bot;
+        let c = new_conversation(&with_bot, "id-2".into(), "v_2".into(), 1_795_000_000_000);
+        let t = conversation_template(&c).unwrap();
+        assert_eq!(fill_conversation(&t, &ConvSlots::of(&c)), to_json(&c));
+    }
+
+    /// A hash written before the handler and read receipts existed ended with `t5 = "}"`;
+    /// the tail both `lib.lua` and `assemble` give it is what serde produces now.
+    #[test]
+    fn legacy_tail_matches_serde() {
+        let new = NewConversation {
+            tenant: "t".into(),
+            token_hash: "h".into(),
+            customer_id: None,
+            locale: None,
+            contact: Contact::default(),
+            variables: Default::default(),
+            visitor_context: Default::default(),
+            assistant_id: None,
+            handler: Handler::Human,
+        };
+        let c = new_conversation(&new, "id-1".into(), "v_1".into(), 1_795_000_000_000);
+        let t = conversation_template(&c).unwrap();
+        assert_eq!(
+            t[4..].iter().map(String::as_str).collect::<Vec<_>>(),
+            LEGACY_TAIL
+        );
+        let lua = include_str!("lib.lua");
+        let lua_tail: Vec<String> = LEGACY_TAIL.iter().map(|p| format!("'{p}'")).collect();
+        assert!(
+            lua.contains(&format!(
+                "local LEGACY_TAIL = {{{}",
+                lua_tail[..3].join(", ")
+            )),
+            "lib.lua's LEGACY_TAIL differs from codec.rs's"
+        );
+        assert!(lua.contains(&lua_tail[3..].join(", ")));
     }
 
     #[test]

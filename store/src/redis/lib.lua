@@ -1,11 +1,20 @@
 -- Helpers shared by the store's scripts; scripts.rs prepends this file to each of them.
 --
--- A conversation is a HASH: t1..t5 (the constant JSON pieces made by codec.rs), st
--- (status), ua (updatedAt, formatted), q (qualified), lm (last message JSON or null),
--- seq (last message id), lcm/lca (last createdAt in ms / formatted), um (updated ms, the
--- list order), ver (bumped when t1..t5 change).
+-- A conversation is a HASH: t1..t9 (the constant JSON pieces made by codec.rs) around the
+-- slots st (status), ua (updatedAt, formatted), q (qualified), lm (last message JSON or
+-- null), h (handler), vr / ar (visitor / agent last read id as JSON: null or "id"), ur
+-- (unreadByAgent); vrs / ars (the read cursors' sequence numbers), seq (last message id),
+-- lcm/lca (last createdAt in ms / formatted), um (updated ms, the list order), ver (bumped
+-- when the pieces change).
 
-local CONV_FIELDS = {'t1', 't2', 't3', 't4', 't5', 'st', 'ua', 'q', 'lm', 'seq', 'lcm', 'lca', 'um', 'ver'}
+local CONV_SLOTS = {'st', 'ua', 'q', 'lm', 'h', 'vr', 'ar', 'ur'}
+local CONV_FIELDS = {'t1', 't2', 't3', 't4', 't5', 't6', 't7', 't8', 't9',
+  'st', 'ua', 'q', 'lm', 'h', 'vr', 'ar', 'ur', 'vrs', 'ars', 'seq', 'lcm', 'lca', 'um', 'ver'}
+-- Conversations stored before the handler and read receipts existed end with t5 = '}'.
+-- Their new tail is the same for all of them (no assistant, handler human, nothing read);
+-- codec.rs checks these pieces against serde (LEGACY_TAIL).
+local LEGACY_TAIL = {',"assistantId":null,"handler":"', '","visitorLastReadId":', ',"agentLastReadId":',
+  ',"unreadByAgent":', '}'}
 
 -- Integers are formatted explicitly: Lua's default number formatting switches to an
 -- exponent beyond 14 digits.
@@ -13,20 +22,47 @@ local function int(n)
   return string.format('%d', n)
 end
 
+-- Loads a conversation (nil when absent); upgrades one stored in the old layout in place.
 local function load_conv(key)
   local v = redis.call('HMGET', key, unpack(CONV_FIELDS))
   if not v[1] then
     return nil
   end
-  return {
-    t1 = v[1], t2 = v[2], t3 = v[3], t4 = v[4], t5 = v[5], st = v[6], ua = v[7], q = v[8], lm = v[9],
-    seq = tonumber(v[10]), lcm = tonumber(v[11]), lca = v[12], um = tonumber(v[13]), ver = v[14],
-  }
+  local c = {}
+  for i, f in ipairs(CONV_FIELDS) do
+    c[f] = v[i]
+  end
+  if not c.t6 then
+    c.t5, c.t6, c.t7, c.t8, c.t9 = unpack(LEGACY_TAIL)
+    c.h, c.vr, c.ar, c.ur = 'human', 'null', 'null', '0'
+    redis.call('HSET', key, 't5', c.t5, 't6', c.t6, 't7', c.t7, 't8', c.t8, 't9', c.t9,
+      'h', c.h, 'vr', c.vr, 'ar', c.ar, 'ur', c.ur, 'vrs', '0', 'ars', '0')
+  end
+  c.seq, c.lcm, c.um = tonumber(c.seq), tonumber(c.lcm), tonumber(c.um)
+  c.vrs, c.ars = tonumber(c.vrs or '0'), tonumber(c.ars or '0')
+  return c
 end
 
 -- Byte for byte what serde produces (codec.rs checks the pieces).
 local function conv_json(c)
-  return c.t1 .. c.st .. c.t2 .. c.ua .. c.t3 .. c.q .. c.t4 .. c.lm .. c.t5
+  local out = {c.t1}
+  for i, slot in ipairs(CONV_SLOTS) do
+    out[#out + 1] = c[slot]
+    out[#out + 1] = c['t' .. (i + 1)]
+  end
+  return table.concat(out)
+end
+
+-- The pieces t1..t9 from ARGV[from..from+8], as HSET arguments too.
+local function pieces(c, from)
+  local args = {}
+  for i = 1, 9 do
+    local t = 't' .. i
+    c[t] = ARGV[from + i - 1]
+    args[#args + 1] = t
+    args[#args + 1] = c[t]
+  end
+  return args
 end
 
 -- A conversation's place in its status list: lexical order of the member is the order

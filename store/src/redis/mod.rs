@@ -23,7 +23,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `confab:{t:T}:conv:C` | HASH | one conversation: JSON pieces `t1`…`t5`, `st`, `ua`, `q`, `lm`, `seq`, `lcm`, `lca`, `um`, `ver` |
+//! | `confab:{t:T}:conv:C` | HASH | one conversation: JSON pieces `t1`…`t9` around the slots `st`, `ua`, `q`, `lm`, `h`, `vr`, `ar`, `ur`; `vrs`, `ars` (read cursors' seqs), `seq`, `lcm`, `lca`, `um`, `ver` (see `lib.lua`) |
 //! | `confab:{t:T}:msgs:C` | STREAM | its messages: entry id `SEQ-CREATED_MS`, field `m` = the message JSON |
 //! | `confab:{t:T}:idem:C` | HASH | clientMessageId → seq of the first message with it |
 //! | `confab:{t:T}:list:open`, `…:list:closed` | ZSET | the conversation list: score 0, member `UPDATED_MS(20 digits):C` |
@@ -146,7 +146,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use confab_protocol::model::{Conversation, Status, TenantEvent};
+use confab_protocol::model::{Conversation, Direction, Handler, Reader, Status, TenantEvent};
 use confab_protocol::time::format_ms;
 use dashmap::DashMap;
 use parking_lot::RwLock;
@@ -156,9 +156,9 @@ use serde_json::Value as Json;
 
 use crate::domain::{new_conversation, new_conversation_id, new_message, new_visitor_id, to_json};
 use crate::{
-    Appended, Backend, Clock, ConversationCursor, ConversationPage, Cursor, EventsPage,
-    MessagePage, NewConversation, NewMessage, PresenceEntry, ProfileUpdate, Result, Retention,
-    Store, StoreError, StoredMessage, VisitorRecord, WebhookState,
+    message_id, Appended, Backend, Clock, ConversationCursor, ConversationPage, Cursor, EventsPage,
+    MessagePage, NewConversation, NewMessage, PresenceEntry, ProfileUpdate, ReadMark, Result,
+    Retention, Store, StoreError, StoredMessage, VisitorRecord, WebhookState,
 };
 
 mod codec;
@@ -172,7 +172,7 @@ pub mod testing;
 
 use codec::{
     conversation_template, fill_conversation, message_template, parse_conversation, parse_message,
-    ConvSlots,
+    ConvSlots, LEGACY_TAIL, PIECES,
 };
 use keys::{Channels, TenantKeys};
 pub use limiter::RedisRateLimiter;
@@ -380,27 +380,41 @@ fn field<'a>(entry: &'a Entry, name: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-const CONV_READ: [&str; 10] = ["t1", "t2", "t3", "t4", "t5", "st", "ua", "q", "lm", "ver"];
+const CONV_READ: [&str; 18] = [
+    "t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "st", "ua", "q", "lm", "h", "vr", "ar",
+    "ur", "ver",
+];
 
-/// A conversation and its template version, from `HMGET key CONV_READ…`.
+/// A conversation and its template version, from `HMGET key CONV_READ…`. A hash stored
+/// before the handler and read receipts existed (no `t6`) reads as `lib.lua` upgrades it.
 fn assemble(fields: Vec<Option<String>>) -> Result<Option<(Conversation, String)>> {
-    let mut it = fields.into_iter();
-    let mut next = || it.next().flatten();
-    let Some(t1) = next() else { return Ok(None) };
-    let t = [
-        t1,
-        next().unwrap_or_default(),
-        next().unwrap_or_default(),
-        next().unwrap_or_default(),
-        next().unwrap_or_default(),
-    ];
+    let mut f: Vec<Option<String>> = fields;
+    f.resize(CONV_READ.len(), None);
+    if f[0].is_none() {
+        return Ok(None);
+    }
+    if f[5].is_none() {
+        for (i, piece) in LEGACY_TAIL.iter().enumerate() {
+            f[4 + i] = Some((*piece).to_owned());
+        }
+        for (i, v) in ["human", "null", "null", "0"].into_iter().enumerate() {
+            f[13 + i] = Some(v.to_owned());
+        }
+    }
+    let mut it = f.into_iter().map(Option::unwrap_or_default);
+    let t: [String; PIECES] = std::array::from_fn(|_| it.next().unwrap_or_default());
+    let mut next = || it.next().unwrap_or_default();
     let slots = ConvSlots {
-        status: next().unwrap_or_default(),
-        updated_at: next().unwrap_or_default(),
-        qualified: next().unwrap_or_default(),
-        last: next().unwrap_or_default(),
+        status: next(),
+        updated_at: next(),
+        qualified: next(),
+        last: next(),
+        handler: next(),
+        visitor_read: next(),
+        agent_read: next(),
+        unread: next(),
     };
-    let ver = next().unwrap_or_default();
+    let ver = next();
     Ok(Some((
         parse_conversation(&fill_conversation(&t, &slots))?,
         ver,
@@ -440,6 +454,47 @@ impl RedisStore {
             .query(redis::cmd("HMGET").arg(key).arg(&CONV_READ[..]).to_owned())
             .await?;
         assemble(fields)
+    }
+
+    /// `set_status` and `set_handler` (`""` keeps the field as it is).
+    async fn set_state(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        status: &str,
+        handler: &str,
+    ) -> Result<Option<Conversation>> {
+        let k = TenantKeys::new(tenant);
+        let (min_events, min_age) = self.retention_args();
+        let now = self.clock.now_ms();
+        let mut inv = scripts::STATE.prepare_invoke();
+        inv.key(k.conversation(conversation_id))
+            .key(k.list("open"))
+            .key(k.list("closed"))
+            .key(k.meta())
+            .key(k.log());
+        inv.arg(conversation_id)
+            .arg(status)
+            .arg(handler)
+            .arg(now)
+            .arg(format_ms(now))
+            .arg(min_events)
+            .arg(min_age);
+        inv.arg(self.channels.conversation(tenant, conversation_id))
+            .arg(self.channels.tenant(tenant));
+        self.register(tenant).await?;
+        let reply: Vec<Value> = self.conn.eval(inv).await?;
+        match reply.first().and_then(text).as_deref() {
+            Some("none") => Ok(None),
+            Some("ok") => {
+                let json = reply
+                    .get(1)
+                    .and_then(text)
+                    .ok_or_else(|| unexpected("state", &reply))?;
+                parse_conversation(&json).map(Some)
+            }
+            _ => Err(unexpected("state", &reply)),
+        }
     }
 
     fn retention_args(&self) -> (u64, i64) {
@@ -514,12 +569,13 @@ impl Store for RedisStore {
         inv.arg(&new.token_hash)
             .arg(&conv.visitor_id)
             .arg(&conv.id)
-            .arg(&t[..]);
+            .arg(conv.handler.as_str());
         inv.arg(now)
             .arg(format_ms(now))
             .arg(min_events)
             .arg(min_age)
-            .arg(self.channels.tenant(&new.tenant));
+            .arg(self.channels.tenant(&new.tenant))
+            .arg(&t[..]);
         let _offset: i64 = self.conn.eval(inv).await?;
         Ok(conv)
     }
@@ -550,13 +606,13 @@ impl Store for RedisStore {
                 .key(k.log());
             inv.arg(conversation_id)
                 .arg(ver)
-                .arg(&t[..])
                 .arg(now)
                 .arg(format_ms(now))
                 .arg(min_events)
                 .arg(min_age);
             inv.arg(self.channels.conversation(tenant, conversation_id))
-                .arg(self.channels.tenant(tenant));
+                .arg(self.channels.tenant(tenant))
+                .arg(&t[..]);
             self.register(tenant).await?;
             let reply: Vec<Value> = self.conn.eval(inv).await?;
             match reply.first().and_then(text).as_deref() {
@@ -600,7 +656,13 @@ impl Store for RedisStore {
         inv.arg(min_events)
             .arg(min_age)
             .arg(self.channels.conversation(&new.tenant, id))
-            .arg(self.channels.tenant(&new.tenant));
+            .arg(self.channels.tenant(&new.tenant))
+            .arg(if new.direction == Direction::Inbound {
+                "1"
+            } else {
+                "0"
+            })
+            .arg(new.handler.map_or("", Handler::as_str));
         let reply: Vec<Value> = self.conn.eval(inv).await?;
         match reply.first().and_then(text).as_deref() {
             Some("none") => Ok(None),
@@ -802,35 +864,63 @@ impl Store for RedisStore {
         conversation_id: &str,
         status: Status,
     ) -> Result<Option<Conversation>> {
+        self.set_state(tenant, conversation_id, status.as_str(), "")
+            .await
+    }
+
+    async fn set_handler(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        handler: Handler,
+    ) -> Result<Option<Conversation>> {
+        self.set_state(tenant, conversation_id, "", handler.as_str())
+            .await
+    }
+
+    async fn mark_read(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        reader: Reader,
+        seq: u64,
+    ) -> Result<Option<ReadMark>> {
         let k = TenantKeys::new(tenant);
         let (min_events, min_age) = self.retention_args();
         let now = self.clock.now_ms();
-        let mut inv = scripts::STATUS.prepare_invoke();
+        let mut inv = scripts::READ.prepare_invoke();
         inv.key(k.conversation(conversation_id))
-            .key(k.list("open"))
-            .key(k.list("closed"))
+            .key(k.messages(conversation_id))
             .key(k.meta())
             .key(k.log());
+        let reader_name = match reader {
+            Reader::Visitor => "visitor",
+            Reader::Agent => "agent",
+        };
         inv.arg(conversation_id)
-            .arg(status.as_str())
+            .arg(reader_name)
+            .arg(seq)
+            .arg(message_id(conversation_id, seq))
             .arg(now)
-            .arg(format_ms(now))
             .arg(min_events)
             .arg(min_age);
         inv.arg(self.channels.conversation(tenant, conversation_id))
             .arg(self.channels.tenant(tenant));
         self.register(tenant).await?;
         let reply: Vec<Value> = self.conn.eval(inv).await?;
+        let conv = || {
+            reply
+                .get(1)
+                .and_then(text)
+                .ok_or_else(|| unexpected("read", &reply))
+                .and_then(|j| parse_conversation(&j))
+        };
         match reply.first().and_then(text).as_deref() {
             Some("none") => Ok(None),
-            Some("ok") => {
-                let json = reply
-                    .get(1)
-                    .and_then(text)
-                    .ok_or_else(|| unexpected("status", &reply))?;
-                parse_conversation(&json).map(Some)
-            }
-            _ => Err(unexpected("status", &reply)),
+            Some("nosuch") => Ok(Some(ReadMark::NoSuchMessage)),
+            Some("same") => Ok(Some(ReadMark::Unchanged(conv()?))),
+            Some("moved") => Ok(Some(ReadMark::Moved(conv()?))),
+            _ => Err(unexpected("read", &reply)),
         }
     }
 

@@ -139,6 +139,17 @@ impl Shared {
                 json: json.into(),
             },
             (
+                Payload::Read { json },
+                Channel::Conversation {
+                    tenant,
+                    conversation_id,
+                },
+            ) => Published::ConversationRead {
+                tenant,
+                conversation_id,
+                json: json.into(),
+            },
+            (
                 Payload::Event {
                     offset,
                     created_ms,

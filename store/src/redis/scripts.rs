@@ -2,7 +2,8 @@
 //!
 //! They run with `EVALSHA` (`redis::Script` loads them again after a `NOSCRIPT`, e.g. once
 //! after a Redis restart). Each script validates everything before its first write and
-//! only then writes, so a script never stops half-way (Redis does not roll scripts back);
+//! only then writes (the one exception, `load_conv` upgrading a hash of the old layout,
+//! rewrites it into an equivalent one), so a script never stops half-way (Redis does not roll scripts back);
 //! an OOM refusal hits the first write, before anything changed.
 
 use std::sync::LazyLock;
@@ -19,8 +20,10 @@ macro_rules! script {
 pub(crate) static START: LazyLock<Script> = script!("start.lua");
 /// `append_message`: the one-round-trip commit of a message.
 pub(crate) static APPEND: LazyLock<Script> = script!("append.lua");
-/// `set_status`.
-pub(crate) static STATUS: LazyLock<Script> = script!("status.lua");
+/// `set_status` and `set_handler`.
+pub(crate) static STATE: LazyLock<Script> = script!("state.lua");
+/// `mark_read`.
+pub(crate) static READ: LazyLock<Script> = script!("read.lua");
 /// `update_profile` (optimistic: fails with `conflict` when the pieces changed meanwhile).
 pub(crate) static PROFILE: LazyLock<Script> = script!("profile.lua");
 /// `append_event("conversation:qualified", Some(conversation))`.
