@@ -1172,6 +1172,59 @@ test('links in messages are clickable and safe, in the widget and the console; t
   await page.context().close();
 });
 
+test('read receipts: unread counts come from the server; opening a conversation shows "Seen" in the widget', { timeout: 90_000 }, async () => {
+  const jwt = agentJwt(AGENT_SECRET, 'demo', 'reader-1', 'Rita Reader');
+  const v = await newPage();
+  await v.goto(`${gw.url}/demo`);
+  const w = await openWidget(v);
+  const text = 'Is anybody reading this?';
+  await sendFromWidget(v, text);
+  await sendFromWidget(v, 'Second line, still unread');
+  const seen = v.locator('confab-widget .seen');
+  assert.equal(await seen.count(), 0, 'nothing is seen before an agent opens it');
+
+  // A console opened later shows the true count (the server's unreadByAgent), after a reload too.
+  let c = await openConsole(jwt);
+  await convItem(c, 'Second line').locator('.unread', { hasText: '2' }).waitFor();
+  await c.reload();
+  await c.locator('#conn', { hasText: 'live' }).waitFor();
+  await convItem(c, 'Second line').locator('.unread', { hasText: '2' }).waitFor();
+
+  // Opening it marks it read: the widget shows "Seen" under the visitor's last message.
+  await convItem(c, 'Second line').click();
+  await c.locator('#msgs .msg.in[data-id]', { hasText: 'Second line' }).waitFor();
+  await seen.waitFor({ state: 'visible' });
+  const after = await v.evaluate(() => {
+    const s = document.querySelector('confab-widget').shadowRoot.querySelector('.seen');
+    return s.previousElementSibling && s.previousElementSibling.textContent;
+  });
+  assert.match(after, /Second line, still unread/);
+  await shot(v, '30-widget-seen');
+  await convItem(c, 'Second line').locator('.unread').waitFor({ state: 'detached' });
+
+  // The next visitor message is unread again ("Seen" stays on the message that was read).
+  await sendFromWidget(v, 'Third, after you looked');
+  await v.locator('confab-widget .seen').waitFor();
+  const conv = await api('GET', '/v1/tenant/conversations?limit=50', null, jwt);
+  const mine = conv.json.conversations.find((x) => x.lastMessage && x.lastMessage.body === 'Third, after you looked');
+  assert.ok(mine, 'the conversation is listed');
+  // The console has it open and visible: it reads the new message at once.
+  await c.locator('#msgs .msg.in[data-id]', { hasText: 'Third, after you looked' }).waitFor();
+  await c.waitForFunction(async ([id, token]) => {
+    const r = await fetch(`/v1/tenant/conversations/${id}`, { headers: { Authorization: `Bearer ${token}` } });
+    return (await r.json()).unreadByAgent === 0;
+  }, [mine.id, jwt], { timeout: WAIT, polling: 200 });
+  await v.locator('confab-widget .msg.me[data-id]', { hasText: 'Third, after you looked' }).locator('xpath=following-sibling::*[1][contains(@class,"seen")]').waitFor();
+
+  // After a reload the widget learns the agents' cursor from `ready`.
+  await v.reload();
+  await openWidget(v);
+  await w.mine('Third, after you looked').waitFor();
+  await v.locator('confab-widget .seen').waitFor({ state: 'visible' });
+  await c.context().close();
+  await v.context().close();
+});
+
 test('no JavaScript errors in any page', () => {
   assert.deepEqual(pageErrors, []);
 });

@@ -2,14 +2,14 @@
 // Content-Security-Policy can forbid inline scripts.
 (function () {
   'use strict';
-  var TK = 'confab.console.token', OK = 'confab.console.offset', UK = 'confab.console.unread';
+  var TK = 'confab.console.token', OK = 'confab.console.offset';
   var $ = function (id) { return document.getElementById(id); };
   var token = null, ws = null, wsReady = false, tries = 0, wsTimer = 0, pingT = 0, pongT = 0;
   var polling = false, pollAbort = null, pollErrs = 0, quietPoll = false;
   var offset = null;                 // last tenant event offset seen (resume point)
   var seenOff = new Set(), offQ = []; // dedupe events by offset (bounded)
   var convs = new Map();             // id -> Conversation
-  var unread = {};                   // id -> count
+  var unread = {};                   // id -> the visitor's messages after the agents' read cursor
   var chats = new Map();             // id -> { ids:Set, loaded, loading, buffer:[] }
   var pending = {};                  // clientMessageId -> {c, conv, text, el, state, timer}
   var typingUntil = {};              // conversationId -> ms timestamp
@@ -64,7 +64,7 @@
   function signIn(t) {
     t = (t || '').trim();
     if (!/^[\w-]+\.[\w-]+\.[\w-]*$/.test(t)) { $('loginErr').textContent = 'That does not look like a JWT.'; return; }
-    if (t !== ss(TK)) { ss(OK, null); ss(UK, null); } // another agent/tenant: do not resume its offsets
+    if (t !== ss(TK)) { ss(OK, null); } // another agent/tenant: do not resume its offsets
     token = t; ss(TK, t);
     var c = jwtClaims(t) || {};
     $('agent').textContent = c.name || c.sub || '';
@@ -72,14 +72,14 @@
     $('tenant').textContent = c.tenant || '';
     $('login').hidden = true; $('app').hidden = false; $('logout').hidden = false; $('awayBtn').hidden = false;
     offset = ss(OK);
-    try { unread = JSON.parse(ss(UK)) || {}; } catch (e) { unread = {}; }
+    unread = {}; // the server's unreadByAgent, from the list and from events
     loadList(); // current state; the WS then resumes from the stored offset (events after it are new to us)
     connect();
     showWebhooks();
     renderAlerts();
   }
   function signOut(msg) {
-    token = null; ss(TK, null); ss(OK, null); ss(UK, null); ss(WK, null); clearTimeout(whTimer);
+    token = null; ss(TK, null); ss(OK, null); ss(WK, null); clearTimeout(whTimer);
     stopPolling(); clearTimeout(wsTimer);
     if (ws) { var s = ws; ws = null; s.onclose = null; s.close(); }
     wsReady = false; setConn('down', 'signed out');
@@ -116,6 +116,8 @@
     }
     if (old && old.lastMessage && (!c.lastMessage || old.lastMessage.createdAt > c.lastMessage.createdAt)) c.lastMessage = old.lastMessage;
     if (old) statusChanged(old, c.status);
+    if (old && seqOf(old.agentLastReadId) > seqOf(c.agentLastReadId)) { c.agentLastReadId = old.agentLastReadId; c.unreadByAgent = old.unreadByAgent; }
+    if (typeof c.unreadByAgent === 'number') unread[c.id] = c.unreadByAgent;
     convs.set(c.id, c);
     var lm = c.lastMessage;
     if (lm && !isAuto(lm)) { noteReal(lm); resolved[c.id] = lm.id; }
@@ -287,7 +289,6 @@
     $('app').classList.add('show-conv');
     $('empty').hidden = true; $('conv').hidden = false;
     $('msgs').textContent = ''; $('typing').textContent = '';
-    unread[id] = 0; saveUnread();
     renderHead(); renderList();
     var ch = chats.get(id);
     if (!ch) { ch = { ids: new Set(), list: [], loaded: false, buffer: [] }; chats.set(id, ch); }
@@ -295,6 +296,7 @@
     Object.keys(pending).forEach(function (k) { var p = pending[k]; if (p.conv === id) $('msgs').appendChild(p.el); });
     scroll();
     if (!ch.loaded && !ch.loading) loadHistory(id, ch);
+    else markRead(id);
     if (focusReply !== false) $('replyText').focus();
   }
   function leaveConv() {
@@ -332,6 +334,7 @@
       ch.loaded = true; ch.loading = false;
       var buf = ch.buffer; ch.buffer = [];
       buf.forEach(function (m) { addMsg(m, true); }); // live ones that raced the history load
+      markRead(id);
     }, function () { ch.loading = false; });
   }
   function addMsg(m, fromHistory) {
@@ -344,7 +347,20 @@
       var p = m.clientMessageId && pending[m.clientMessageId];
       if (p) dropPending(p);
       drawMsg(m); scroll();
+      markRead(m.conversationId);
     }
+  }
+  function seqOf(id) { var m = /_(\d+)$/.exec(id || ''); return m ? +m[1] : 0; }
+  // Read receipts: the open, visible conversation is read up to its newest message; the
+  // server keeps the cursor (forward only) and tells every agent the new unread count.
+  function markRead(id) {
+    var ch = chats.get(id), c = convs.get(id);
+    if (id !== cur || document.hidden || !ch || !ch.loaded || !ch.list.length || !c) return;
+    var last = ch.list[ch.list.length - 1].id;
+    if (seqOf(last) <= seqOf(c.agentLastReadId)) return;
+    c.agentLastReadId = last; c.unreadByAgent = 0; unread[id] = 0; renderList();
+    if (ws && wsReady) ws.send(JSON.stringify({ type: 'read', conversationId: id, messageId: last }));
+    else api('POST', '/v1/tenant/conversations/' + encodeURIComponent(id) + '/read', { messageId: last }).then(upsert, function () {});
   }
   function drawMsg(m) {
     var k = (m.author && m.author.kind) || 'system';
@@ -456,7 +472,7 @@
   function hideToast() { clearTimeout(toastT); toastConv = null; $('toast').hidden = true; }
 
   // ---- tenant events (WS frames and HTTP polling share this path)
-  function saveUnread() { ss(UK, JSON.stringify(unread)); renderList(); }
+  function saveUnread() { renderList(); }
   // quiet: replayed while bootstrapping the polling cursor; state only, no unread counts.
   function onEvent(ev, quiet) {
     if (ev.offset != null) {
@@ -485,12 +501,17 @@
       if (d.author && d.author.kind === 'visitor') {
         typingUntil[d.conversationId] = 0;
         if (d.conversationId === cur) $('typing').textContent = '';
-        if (!quiet && (d.conversationId !== cur || document.hidden)) unread[d.conversationId] = (unread[d.conversationId] || 0) + 1;
+        if (!quiet) unread[d.conversationId] = (unread[d.conversationId] || 0) + 1; // as the server counts; markRead clears it
         if (!quiet) alertAgent(d.conversationId, c ? label(c) : 'New message', d.body, d.createdAt);
       }
       addMsg(d, false);
       saveUnread();
       if (d.conversationId === cur) renderHead();
+    } else if (t === 'conversation:read') {
+      var rc = d && convs.get(d.conversationId);
+      if (rc && d.reader === 'agent' && seqOf(d.messageId) >= seqOf(rc.agentLastReadId)) {
+        rc.agentLastReadId = d.messageId; rc.unreadByAgent = d.unreadByAgent; unread[rc.id] = d.unreadByAgent; renderList();
+      } else if (rc && d.reader === 'visitor') { rc.visitorLastReadId = d.messageId; if (rc.id === cur) renderHead(); }
     } else if (t === 'typing') {
       if (!d || !d.author || d.author.kind !== 'visitor') return;
       var until = Date.now() + 4000;
@@ -630,7 +651,7 @@
   document.addEventListener('visibilitychange', function () {
     if (document.hidden) return;
     if (!wsReady && token) { tries = 0; connect(); }
-    if (cur) { unread[cur] = 0; saveUnread(); }
+    if (cur) markRead(cur);
   });
 
   // ---- presence: who of the team is online; this agent may set itself away

@@ -210,6 +210,7 @@
     '.msg.system{align-self:center;background:none;border:0;color:#6b7280;font-size:12px;text-align:center;max-width:92%}',
     '.who{font-size:11px;font-weight:600;color:#6b7280;margin-bottom:2px}',
     '.meta{font-size:10px;opacity:.7;margin-top:2px;text-align:right}',
+    '.seen{align-self:flex-end;font-size:11px;color:#6b7280;margin-top:-4px}',
     '.msg.pending{opacity:.75}.msg.failed{opacity:1;background:#fff;color:#1f2328;border:1px solid #d1242f}',
     '.retry{display:block;margin-top:4px;font-size:12px;color:#d1242f;text-decoration:underline}',
     '.chips{display:flex;flex-wrap:wrap;gap:6px;padding:6px 14px 2px;background:#f6f7f9}',
@@ -279,6 +280,9 @@
 
   // ---- state
   var isOpen = false, order = [], seen = {}, pending = {}, status = 'open', offline = false, greetEl = null;
+  // Read receipts: the newest message an agent has read (server-side cursor), the "Seen"
+  // line under the visitor's last message up to it, and the newest read we reported.
+  var agentRead = null, seenEl = null, reported = null;
 
   function fmtTime(ts) {
     var d = new Date(ts);
@@ -315,7 +319,7 @@
   function firstPending() { return log.querySelector('.pending'); }
   function resetConversation() {
     order.forEach(function (id) { var e = seen[id]; if (e && e.parentNode) e.parentNode.removeChild(e); });
-    order = []; seen = {}; st.lastId = null; st.readId = null;
+    order = []; seen = {}; st.lastId = null; st.readId = null; agentRead = reported = null; renderSeen();
     renderChips(); updateBadge();
   }
 
@@ -337,10 +341,32 @@
     if (kind !== 'visitor') hideTyping();
     else renderChips();
     if (status === 'closed') setStatus('open');
-    markRead(); save(); updateBadge(); scrollDown();
+    markRead(); save(); updateBadge(); renderSeen(); scrollDown();
   }
   function markRead() {
     if (isOpen && !D.hidden && order.length && st.readId !== order[order.length - 1]) { st.readId = order[order.length - 1]; save(); }
+    reportRead();
+  }
+  function seqOf(id) { var m = /_(\d+)$/.exec(id || ''); return m ? +m[1] : 0; }
+  // Tells the server what the visitor has seen: only replies (the visitor has read its own
+  // messages), only forward, over the socket when it is up.
+  function reportRead() {
+    var id = st.readId;
+    if (!id || !seen[id] || seen[id].classList.contains('me') || seqOf(id) <= seqOf(reported)) return;
+    reported = id;
+    if (wsReady) wsSend({ type: 'read', messageId: id });
+    else authed('POST', '/v1/read', { messageId: id }).catch(noop);
+  }
+  function setAgentRead(id) {
+    if (id && seqOf(id) > seqOf(agentRead)) { agentRead = id; renderSeen(); }
+  }
+  // "Seen" under the visitor's last message an agent has read.
+  function renderSeen() {
+    var at = null, n = seqOf(agentRead), i = order.length - 1;
+    for (; n && i >= 0 && !at; i--) if (seqOf(order[i]) <= n && seen[order[i]].classList.contains('me')) at = seen[order[i]];
+    if (!at) { if (seenEl && seenEl.parentNode) seenEl.parentNode.removeChild(seenEl); return; }
+    if (!seenEl) seenEl = h('div', 'seen', 'Seen');
+    if (at.nextSibling !== seenEl) log.insertBefore(seenEl, at.nextSibling);
   }
   function unread() {
     var n = 0, i = order.length - 1;
@@ -472,7 +498,9 @@
       clearTimeout(pongT);
       if (f.type === 'ready') {
         ready = true; clearTimeout(guard);
-        wsReady = true; wsTries = 0;
+        setAgentRead(f.agentLastReadId);
+        if (f.visitorLastReadId && seqOf(f.visitorLastReadId) > seqOf(reported)) reported = f.visitorLastReadId;
+        wsReady = true; wsTries = 0; reportRead();
         stopPolling(); startPing(); setNet();
         if (!after) catchUp(); // nothing to resume from: fetch anything stored before we subscribed
         for (var c in pending) if (pending[c].state === 'failed' && pending[c].net) deliver(pending[c]);
@@ -521,6 +549,7 @@
     else if (f.type === 'typing') { if (d && d.author && d.author.kind !== 'visitor') showTyping(d.author); }
     else if (f.type === 'conversation:updated') { if (d && d.status && d.status !== status) setStatus(d.status); }
     else if (f.type === 'availability') { if (d) setAvailable(d.isAvailable !== false); }
+    else if (f.type === 'conversation:read') { if (d && d.reader === 'agent') setAgentRead(d.messageId); }
     else if (f.type === 'ack') acked(pending[f.clientMessageId], f.messageId);
     else if (f.type === 'error' && f.code !== 'invalid_frame') {
       // Errors do not name the message: fail the oldest one still waiting for its ack.
