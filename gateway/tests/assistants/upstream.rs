@@ -442,3 +442,51 @@ fn hmac_matches_rfc_4231_case_2() {
         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
     );
 }
+
+/// The fake server itself: chunk by chunk, held at its gate until opened, recorded.
+#[tokio::test]
+async fn the_fake_openai_server_streams_and_holds_at_its_gate() {
+    use http_body_util::{BodyExt, Full};
+    let up = Upstream::start(Script::openai_gated(&["a"], "g", &["b"])).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let req = axum::http::Request::post(up.url())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{\"stream\":true}")))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    while !text.contains("\"content\":\"a\"") {
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("the first piece in time")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(frame.data_ref().unwrap()));
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), body.frame())
+            .await
+            .is_err(),
+        "held at the gate"
+    );
+    up.open("g");
+    let rest = tokio::time::timeout(Duration::from_secs(5), body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("\"content\":\"b\""), "{rest}");
+    assert!(rest.ends_with("data: [DONE]\n\n"), "{rest}");
+    assert!(
+        rest.contains(&format!("\"total_tokens\":{TOTAL_TOKENS}")),
+        "{rest}"
+    );
+    let hits = up.wait_hits(1, Duration::from_secs(1)).await;
+    assert_eq!(hits[0].body, json!({"stream": true}));
+    assert_eq!(hits[0].path, "/v1/chat/completions");
+}
