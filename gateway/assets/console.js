@@ -19,6 +19,8 @@
   var resolved = {};                 // id -> the lastMessage id for which realLast is known current
   var lingering = new Set();         // ids that left the current filter while shown (see statusChanged)
   var sortBy = ls('confab.console.sort') === 'waiting' ? 'waiting' : 'recent';
+  var drafts = {};                   // conversationId -> { streamId -> {text, el, timer} }: bot replies streaming now
+  var botNames = {};                 // assistantId -> its name (from its messages and deltas)
 
   function ls(k, v) { try { if (v === undefined) return localStorage.getItem(k); localStorage.setItem(k, v); } catch (e) {} return null; }
   function ss(k, v) { try { if (v === undefined) return sessionStorage.getItem(k); if (v === null) sessionStorage.removeItem(k); else sessionStorage.setItem(k, v); } catch (e) {} return null; }
@@ -120,6 +122,7 @@
     if (typeof c.unreadByAgent === 'number') unread[c.id] = c.unreadByAgent;
     convs.set(c.id, c);
     var lm = c.lastMessage;
+    if (lm) learnBot(lm.author);
     if (lm && !isAuto(lm)) { noteReal(lm); resolved[c.id] = lm.id; }
     else if (lm && resolved[c.id] !== lm.id) queuePreview(c.id); // automatic: find the real preview
     if (c.id === cur) renderHead();
@@ -169,11 +172,11 @@
     var o = realLast[m.conversationId];
     if (!o || o.createdAt <= m.createdAt) realLast[m.conversationId] = m;
   }
-  // Waiting: the visitor spoke last (automatic replies aside) in an open conversation; since
-  // that message was written.
+  // Waiting: the visitor spoke last (automatic replies aside) in an open conversation that
+  // people answer (not a bot); since that message was written.
   function waitingSince(c) {
     var m = realLast[c.id];
-    return c.status === 'open' && m && m.author && m.author.kind === 'visitor' ? m.createdAt : null;
+    return c.status === 'open' && c.handler !== 'bot' && m && m.author && m.author.kind === 'visitor' ? m.createdAt : null;
   }
   function waitText(since) {
     var s = Math.max(0, (Date.now() - Date.parse(since)) / 1000), m = Math.floor(s / 60), h = Math.floor(m / 60);
@@ -252,6 +255,7 @@
       if (li.className) b.title = 'Now ' + c.status + ': listed under "' + (c.status === 'open' ? 'Open' : 'Closed') + '"';
       if (c.id === cur) b.setAttribute('aria-current', 'true');
       r1.appendChild(el('span', 'who', label(c)));
+      if (c.handler === 'bot') { var bt = el('span', 'tag bot', 'Bot'); bt.title = botName(c) + ' answers this conversation'; r1.appendChild(bt); }
       if (c.qualified) r1.appendChild(el('span', 'tag q', 'qualified'));
       if (c.status === 'closed') r1.appendChild(el('span', 'tag', 'closed'));
       var since = waitingSince(c);
@@ -264,6 +268,7 @@
       r1.appendChild(el('span', 'when', fmt(c.updatedAt)));
       var pm = realLast[c.id];
       if (typingUntil[c.id] > Date.now()) r2.appendChild(el('span', 'styping', 'typing…'));
+      else if (streaming(c.id)) r2.appendChild(el('span', 'styping', botName(c) + ' is replying…'));
       else r2.textContent = pm ? prefix(pm) + pm.body : pqBusy[c.id] || pq.indexOf(c.id) >= 0 ? '…' : 'No messages yet';
       b.appendChild(r1); b.appendChild(r2);
       b.onclick = function () { openConv(c.id, !narrow()); };
@@ -293,6 +298,7 @@
     var ch = chats.get(id);
     if (!ch) { ch = { ids: new Set(), list: [], loaded: false, buffer: [] }; chats.set(id, ch); }
     ch.list.forEach(function (m) { drawMsg(m); });
+    Object.keys(drafts[id] || {}).forEach(function (s) { $('msgs').appendChild(drafts[id][s].el); });
     Object.keys(pending).forEach(function (k) { var p = pending[k]; if (p.conv === id) $('msgs').appendChild(p.el); });
     scroll();
     if (!ch.loaded && !ch.loading) loadHistory(id, ch);
@@ -325,7 +331,7 @@
       return api('GET', '/v1/tenant/conversations/' + encodeURIComponent(id) + '/messages?limit=200' + (after ? '&after=' + encodeURIComponent(after) : ''))
         .then(function (r) {
           var ms = r.messages || [];
-          ms.forEach(function (m) { addMsg(m, true); });
+          ms.forEach(function (m) { settleDraft(m); addMsg(m, true); });
           if (ms.length) { after = ms[ms.length - 1].id; ms.forEach(noteReal); }
           if (r.hasMore && ms.length) return page();
         });
@@ -371,7 +377,7 @@
     d.appendChild(linkify(el('div', 'b'), m.body));
     if (k !== 'system') d.appendChild(el('div', 'm', fmt(m.createdAt) + (m.meta && m.meta.mode ? ' · ' + m.meta.mode : '')));
     var msgs = $('msgs');
-    msgs.insertBefore(d, msgs.querySelector('.pending'));
+    msgs.insertBefore(d, msgs.querySelector('.draft, .pending'));
   }
   function scroll() { var m = $('msgs'); m.scrollTop = m.scrollHeight; }
   function renderHead() {
@@ -381,11 +387,18 @@
     $('cstatus').textContent = c.status; $('cstatus').className = 'tag ' + c.status;
     $('closeBtn').hidden = c.status !== 'open';
     $('reopenBtn').hidden = c.status === 'open';
-    $('hint').textContent = c.status === 'closed' ? 'This conversation is closed. Replying reopens it.' : '';
+    var bot = c.handler === 'bot';
+    $('chandler').textContent = bot ? 'Bot' + (knownBot(c) ? ' · ' + knownBot(c) : '') : 'Human';
+    $('chandler').className = 'tag ' + (bot ? 'bot' : 'human');
+    $('takeBtn').hidden = !bot;
+    $('giveBtn').hidden = bot || !c.assistantId;
+    $('hint').textContent = c.status === 'closed' ? 'This conversation is closed. Replying reopens it.'
+      : bot ? botName(c) + ' (bot) answers this conversation. Replying takes it over.' : '';
     var dl = $('ctx'); dl.textContent = '';
     function row(k, v) { if (v == null || v === '') return; dl.appendChild(el('dt', null, k)); dl.appendChild(el('dd', null, String(v))); }
     var vc = c.visitorContext || {}, ct = c.contact || {};
     row('Visitor', c.visitorId); row('Status', c.status); row('Qualified', c.qualified ? 'yes' : 'no');
+    row('Handler', c.handler); row('Assistant', c.assistantId && (knownBot(c) ? knownBot(c) + ' (' + c.assistantId + ')' : c.assistantId));
     row('Name', ct.name); row('Email', ct.email); row('Customer', c.customerId); row('Locale', c.locale);
     row('Page', vc.pageUrl); row('Title', vc.pageTitle); row('Referrer', vc.referrer);
     if (vc.utm) Object.keys(vc.utm).forEach(function (k) { row('utm_' + k, vc.utm[k]); });
@@ -471,6 +484,62 @@
   $('undoBtn').onclick = function () { var id = toastConv; hideToast(); if (id) setConvStatus(id, 'reopen'); };
   function hideToast() { clearTimeout(toastT); toastConv = null; $('toast').hidden = true; }
 
+  // ---- assistants: who answers (handler), take over / give back, replies streaming live
+  // The console learns assistants' names from their messages and deltas.
+  function learnBot(a) { if (a && a.kind === 'bot' && a.id && a.name) botNames[a.id] = a.name; }
+  function knownBot(c) { return c && c.assistantId && botNames[c.assistantId]; }
+  function botName(c) { return knownBot(c) || 'The assistant'; }
+  function setHandler(id, h, b) {
+    b.disabled = true;
+    api('POST', '/v1/tenant/conversations/' + encodeURIComponent(id) + '/handler', { handler: h })
+      .then(function (c) { upsert(c); if (h !== 'bot') dropDrafts(id); renderList(); renderHead(); })
+      .catch(function (e) { alert('Could not change who answers: ' + e.message); })
+      .then(function () { b.disabled = false; });
+  }
+  $('takeBtn').onclick = function () { setHandler(cur, 'human', this); };
+  $('giveBtn').onclick = function () { setHandler(cur, 'bot', this); };
+  function streaming(id) { return Object.keys(drafts[id] || {}).some(function (s) { return drafts[id][s].el; }); }
+  // A reply as it streams: a draft (by streamId) that the stored message with the same
+  // meta.streamId replaces. Drafts are kept for every conversation, so one opened mid-reply
+  // shows what came so far.
+  function onDelta(d) {
+    if (!d || !d.conversationId || !d.streamId) return;
+    var ds = drafts[d.conversationId] = drafts[d.conversationId] || {}, x = ds[d.streamId], c = convs.get(d.conversationId);
+    learnBot(d.author);
+    if (x && !x.el) return; // its message is already here
+    var fresh = !x;
+    if (fresh) {
+      x = ds[d.streamId] = { text: '', el: el('div', 'msg out bot draft') };
+      x.el.setAttribute('data-stream-id', d.streamId);
+      x.el.appendChild(el('div', 'a', (d.author && d.author.name) || botName(c)));
+      x.el.appendChild(el('div', 'b'));
+      x.el.appendChild(el('div', 'm', 'replying…'));
+    }
+    x.text += d.delta || '';
+    x.el.querySelector('.b').textContent = x.text;
+    clearTimeout(x.timer); x.timer = setTimeout(function () { dropDraft(d.conversationId, d.streamId); }, 60000);
+    if (d.conversationId === cur) {
+      if (fresh) $('msgs').insertBefore(x.el, $('msgs').querySelector('.pending'));
+      scroll();
+    }
+    if (fresh) renderList();
+  }
+  function dropDraft(id, sid, keep) {
+    var ds = drafts[id], x = ds && ds[sid];
+    if (x) { clearTimeout(x.timer); if (x.el) x.el.remove(); }
+    if (keep) (drafts[id] = ds || {})[sid] = {}; // done: a late delta makes no new draft
+    else if (ds) delete ds[sid];
+    if (x && x.el) renderList();
+  }
+  // A bot's stored message replaces its draft; the safe fallback discards every draft.
+  function settleDraft(m) {
+    if (!m.author || m.author.kind !== 'bot') return;
+    learnBot(m.author);
+    if (m.meta && m.meta.mode === 'safe_fallback') dropDrafts(m.conversationId);
+    else if (m.meta && m.meta.streamId) dropDraft(m.conversationId, m.meta.streamId, true);
+  }
+  function dropDrafts(id) { Object.keys(drafts[id] || {}).forEach(function (s) { dropDraft(id, s); }); }
+
   // ---- tenant events (WS frames and HTTP polling share this path)
   function saveUnread() { renderList(); }
   // quiet: replayed while bootstrapping the polling cursor; state only, no unread counts.
@@ -485,10 +554,17 @@
     var d = ev.data, t = ev.type;
     if (t === 'conversation:new' || t === 'conversation:updated' || t === 'conversation:qualified') {
       var known = convs.has(d && d.id);
-      upsert(d); renderList();
+      upsert(d);
+      if (d && d.handler === 'human') dropDrafts(d.id); // handed to people: the bot's reply is dropped
+      renderList();
       if (t === 'conversation:new' && !known && !quiet && d && d.id) alertAgent(d.id, 'New conversation', label(d) + (d.visitorContext && d.visitorContext.pageTitle ? ' — ' + d.visitorContext.pageTitle : ''), d.createdAt);
+    } else if (t === 'message:delta') {
+      onDelta(d);
     } else if (t === 'message:new') {
       var c = convs.get(d.conversationId);
+      settleDraft(d);
+      // The assistant could not answer: people must (the handler is now human).
+      if (!quiet && d.meta && d.meta.mode === 'safe_fallback') alertAgent(d.conversationId, (c ? label(c) : 'A visitor') + ' needs a person', d.body, d.createdAt);
       if (!isAuto(d)) { noteReal(d); resolved[d.conversationId] = d.id; }
       else if (realLast[d.conversationId]) resolved[d.conversationId] = d.id; // followed live: the preview stays
       if (!c) fetchConv(d.conversationId);
@@ -502,7 +578,7 @@
         typingUntil[d.conversationId] = 0;
         if (d.conversationId === cur) $('typing').textContent = '';
         if (!quiet) unread[d.conversationId] = (unread[d.conversationId] || 0) + 1; // as the server counts; markRead clears it
-        if (!quiet) alertAgent(d.conversationId, c ? label(c) : 'New message', d.body, d.createdAt);
+        if (!quiet && !(c && c.handler === 'bot')) alertAgent(d.conversationId, c ? label(c) : 'New message', d.body, d.createdAt); // a bot answers it
       }
       addMsg(d, false);
       saveUnread();

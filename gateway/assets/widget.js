@@ -31,7 +31,7 @@
   var tab = SS ? rd(SS, SKEY) : {}; // out: [{c, t}], open
   tab.out = tab.out || [];
   function save() { if (LS) wr(LS, KEY, st); }
-  function saveTab() { if (SS) wr(SS, SKEY, { out: tab.out.map(function (p) { return { c: p.c, t: p.t }; }), open: tab.open }); }
+  function saveTab() { if (SS) wr(SS, SKEY, { out: tab.out.map(function (p) { return { c: p.c, t: p.t, i: p.i }; }), open: tab.open }); }
 
   function uuid() {
     try { if (W.crypto && crypto.randomUUID) return crypto.randomUUID(); } catch (e) { /* insecure context */ }
@@ -109,6 +109,7 @@
       st.visitorToken = r.visitorToken; st.sessionToken = r.sessionToken; st.expiresAt = r.expiresAt;
       st.conversationId = r.conversationId;
       if (changed) resetConversation();
+      setHandler(r.handler);
       save();
       telQ.splice(0).forEach(function (ev) { postEvent(ev); });
       if (!ws && !polling) setTimeout(boot); // a new or renewed session: (re)start the transport
@@ -143,7 +144,7 @@
   }
   function adopt(o) {
     var changed = o.conversationId && st.conversationId && o.conversationId !== st.conversationId;
-    ['visitorToken', 'sessionToken', 'expiresAt', 'conversationId', 'readId'].forEach(function (k) { st[k] = o[k]; });
+    ['visitorToken', 'sessionToken', 'expiresAt', 'conversationId', 'readId', 'handler'].forEach(function (k) { st[k] = o[k]; });
     if (changed) resetConversation();
   }
 
@@ -207,6 +208,14 @@
     'white-space:pre-wrap;overflow-wrap:anywhere;border-bottom-left-radius:4px}',
     '.msg.me{align-self:flex-end;background:var(--p);color:var(--on);border-color:transparent;border-radius:14px;border-bottom-right-radius:4px}',
     '.msg.bot{background:#eef2ff;border-color:#dfe4fb}',
+    '.ai{margin-left:5px;padding:0 4px;border-radius:4px;background:#dfe4fb;color:#3b4aa8;font-size:9px;vertical-align:1px}',
+    '.dots i{display:inline-block;width:7px;height:7px;margin:5px 2px 3px;border-radius:50%;background:#8b93a7;animation:cfd 1.2s infinite}',
+    '.dots i:nth-child(2){animation-delay:.2s}.dots i:nth-child(3){animation-delay:.4s}@keyframes cfd{0%,60%,100%{opacity:.3}30%{opacity:1}}',
+    '@media (prefers-reduced-motion:reduce){.dots i{animation:none}}',
+    '.acts{display:flex;flex-wrap:wrap;gap:6px;padding:6px 14px 2px;background:#f6f7f9}',
+    '.act{padding:4px 10px;border-radius:14px;border:1px solid #d0d7de;background:#fff;font-size:12px;color:#1f2328;text-decoration:none}',
+    '.act:hover{border-color:var(--p)}',
+    '.draft .body::after{content:"\u258d";opacity:.5}',
     '.msg.system{align-self:center;background:none;border:0;color:#6b7280;font-size:12px;text-align:center;max-width:92%}',
     '.who{font-size:11px;font-weight:600;color:#6b7280;margin-bottom:2px}',
     '.meta{font-size:10px;opacity:.7;margin-top:2px;text-align:right}',
@@ -252,6 +261,9 @@
   var chips = h('div', 'chips', null, { hidden: '' });
   var typingEl = h('div', 'typing', null, { hidden: '', 'aria-live': 'polite' });
   var note = h('div', 'note', null, { hidden: '', role: 'status' });
+  var acts = h('div', 'acts', null, { hidden: '' }), talkBtn = h('button', 'act', 'Talk to a person', { type: 'button' });
+  var callEl = h('button', 'act', 'Call us', { type: 'button' });
+  acts.appendChild(talkBtn); acts.appendChild(callEl);
   var compose = h('form', 'compose', null, { novalidate: '' });
   var input = h('textarea', null, null, { rows: '1', placeholder: 'Type a message…', 'aria-label': 'Message' });
   var sendBtn = h('button', 'send', null, { type: 'submit', 'aria-label': 'Send message' });
@@ -260,7 +272,7 @@
   var hp = h('input', 'hp', null, { type: 'text', name: 'website', tabindex: '-1', autocomplete: 'off', 'aria-hidden': 'true' });
   var contact = h('form', 'contact', null, { hidden: '', novalidate: '' });
   panel.appendChild(head); panel.appendChild(log); panel.appendChild(chips); panel.appendChild(typingEl);
-  panel.appendChild(note); panel.appendChild(compose); panel.appendChild(contact); panel.appendChild(hp);
+  panel.appendChild(note); panel.appendChild(acts); panel.appendChild(compose); panel.appendChild(contact); panel.appendChild(hp);
   cf.appendChild(launch); cf.appendChild(panel);
   var styleEl = h('style', null, CSS);
   root.appendChild(styleEl); root.appendChild(cf);
@@ -283,15 +295,21 @@
   // Read receipts: the newest message an agent has read (server-side cursor), the "Seen"
   // line under the visitor's last message up to it, and the newest read we reported.
   var agentRead = null, seenEl = null, reported = null;
+  // Assistants: who answers now (the conversation's `handler`), the config's `assistant`,
+  // the drafts of streamed replies by streamId, and the "typing" dots while a reply is awaited.
+  var handler = null, asst = null, asstName = '', team = 'Chat', drafts = {}, dotsEl = null, dotsT = 0;
 
   function fmtTime(ts) {
     var d = new Date(ts);
     return isNaN(d) ? '' : d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
   }
   function scrollDown() { log.scrollTop = log.scrollHeight; }
-  function bubble(kind, body, name, ts) {
-    var el = h('div', 'msg ' + (kind === 'visitor' ? 'me' : kind));
-    if (name && kind !== 'visitor' && kind !== 'system') el.appendChild(h('div', 'who', name));
+  function bubble(kind, body, name, ts, ai) {
+    var el = h('div', 'msg ' + (kind === 'visitor' ? 'me' : kind)), w;
+    if (name && kind !== 'visitor' && kind !== 'system') {
+      el.appendChild(w = h('div', 'who', name));
+      if (ai) w.appendChild(h('span', 'ai', 'AI', { title: 'Automated assistant' }));
+    }
     el.appendChild(linkify(h('div', 'body'), body));
     if (ts && kind !== 'system') el.appendChild(h('div', 'meta', fmtTime(ts)));
     return el;
@@ -316,10 +334,12 @@
   // Resume point: the newest message this page has rendered (history is always loaded
   // first, so it never skips what another tab saw but this one did not).
   function cursor() { return order.length ? order[order.length - 1] : null; }
-  function firstPending() { return log.querySelector('.pending'); }
+  // Stored messages go before the visitor's pending ones and the dots.
+  function anchor() { return log.querySelector('.pending,.wait'); }
   function resetConversation() {
     order.forEach(function (id) { var e = seen[id]; if (e && e.parentNode) e.parentNode.removeChild(e); });
-    order = []; seen = {}; st.lastId = null; st.readId = null; agentRead = reported = null; renderSeen();
+    order = []; seen = {}; st.lastId = null; st.readId = null; st.handler = null; agentRead = reported = null; renderSeen();
+    dropDrafts(); hideDots();
     renderChips(); updateBadge();
   }
 
@@ -329,16 +349,22 @@
     if (!m || !m.id || seen[m.id]) return;
     if (st.conversationId && m.conversationId && m.conversationId !== st.conversationId) return;
     var a = m.author || {}, kind = a.kind || 'system', p = m.clientMessageId && pending[m.clientMessageId];
+    // The safe fallback reads as a note from the team, not as the assistant.
+    var meta = m.meta || {}, fb = kind === 'bot' && meta.mode === 'safe_fallback';
     if (kind === 'visitor') {
       if (!p) for (var c in pending) if (pending[c].id === m.id) p = pending[c];
       if (p) dropPending(p);
-    }
-    var el = bubble(kind, m.body, a.name, m.createdAt);
+    } else if (kind === 'bot') {
+      if (fb) dropDrafts(); else { dropDraft(meta.streamId); asstName = a.name || asstName; }
+      if (meta.streamId && !fb) drafts[meta.streamId] = {}; // done: a late delta makes no new draft
+    } else if (kind === 'agent' && note.getAttribute('data-k') === 'handoff') showNote('');
+    var el = bubble(fb ? 'agent' : kind, m.body, fb ? team : a.name, m.createdAt, kind === 'bot' && !fb);
+    if (fb) el.classList.add('fallback');
     el.setAttribute('data-id', m.id);
     seen[m.id] = el; order.push(m.id);
-    log.insertBefore(el, firstPending());
+    log.insertBefore(el, anchor());
     st.lastId = m.id;
-    if (kind !== 'visitor') hideTyping();
+    if (kind !== 'visitor') { hideTyping(); hideDots(); }
     else renderChips();
     if (status === 'closed') setStatus('open');
     markRead(); save(); updateBadge(); renderSeen(); scrollDown();
@@ -406,14 +432,77 @@
     if (wsReady && now - lastTypingTel > 30000) { lastTypingTel = now; tel('TYPING', {}); }
   }
 
+  // ---- assistants: a reply streams into a draft (by streamId) that its stored message
+  // replaces; drafts are never stored, so a reload shows only stored messages.
+  function onDelta(d) {
+    if (!d || !d.streamId || d.conversationId !== st.conversationId) return;
+    var x = drafts[d.streamId];
+    if (x && !x.el) return x.dead && showDots(); // done, or its start was missed (a reconnect): wait for the whole
+    hideDots(); hideTyping();
+    if (!x) {
+      x = drafts[d.streamId] = { t: '', el: bubble('bot', '', (d.author && d.author.name) || asstName, null, 1) };
+      x.el.classList.add('draft'); x.el.setAttribute('aria-hidden', 'true'); // read out once stored
+      log.insertBefore(x.el, anchor());
+    }
+    x.el.lastChild.textContent = x.t += d.delta || '';
+    clearTimeout(x.tm); x.tm = setTimeout(function () { dropDraft(d.streamId); }, 60000);
+    scrollDown();
+  }
+  function dropDraft(sid) {
+    var x = drafts[sid];
+    if (!x) return;
+    clearTimeout(x.tm); delete drafts[sid];
+    if (x.el && x.el.parentNode) x.el.parentNode.removeChild(x.el);
+  }
+  function dropDrafts(dead) { Object.keys(drafts).forEach(function (s) { var l = drafts[s].el; dropDraft(s); if (dead && l) drafts[s] = { dead: 1 }; }); }
+  function showDots() {
+    if (!dotsEl) {
+      dotsEl = bubble('bot', '', asstName, null, 1);
+      dotsEl.className = 'msg bot wait';
+      dotsEl.lastChild.className = 'dots';
+      dotsEl.lastChild.setAttribute('aria-label', (asstName || 'Assistant') + ' is typing');
+      for (var i = 0; i < 3; i++) dotsEl.lastChild.appendChild(h('i'));
+    }
+    log.appendChild(dotsEl); scrollDown();
+    clearTimeout(dotsT); dotsT = setTimeout(hideDots, 60000);
+  }
+  function hideDots() { clearTimeout(dotsT); if (dotsEl && dotsEl.parentNode) log.removeChild(dotsEl); }
+  function setHandler(v) {
+    if (!v) return;
+    handler = st.handler = v; save();
+    if (v !== 'bot') { hideDots(); dropDrafts(); }
+    renderActs(); renderSub();
+  }
+  function renderActs() {
+    talkBtn.hidden = handler !== 'bot';
+    callEl.hidden = !(asst && asst.voice);
+    acts.hidden = !contact.hidden || (talkBtn.hidden && callEl.hidden);
+  }
+  talkBtn.onclick = function () {
+    talkBtn.disabled = true;
+    authed('POST', '/v1/handoff', {}).then(function (c) {
+      setHandler((c && c.handler) || 'human');
+      showNote('A person from our team will reply here.', 'handoff');
+    }, function (e) { showNote(e.message || 'Please try again.'); }).then(function () { talkBtn.disabled = false; });
+  };
+  callEl.onclick = function () {
+    var b = callEl;
+    b.disabled = true;
+    authed('POST', '/v1/voice', {}).then(function (r) {
+      var n = String(r.phoneNumber || ''), a = h('a', 'act call', 'Call ' + n, { href: 'tel:' + n.replace(/[^\d+]/g, '') });
+      acts.replaceChild(a, b); callEl = a; renderActs();
+    }, function (e) { b.disabled = false; showNote(e.message || 'Calls are unavailable right now.'); });
+  };
+
   // ---- outgoing messages: one clientMessageId per message, reused by every retry
-  function sendText(text) {
+  function sendText(text, intent) {
     text = String(text || '').trim();
     if (!text) return;
     if (text.length > maxLen) { showNote('Message is too long (max ' + maxLen + ' characters).'); return; }
-    var p = { c: uuid(), t: text };
+    var p = { c: uuid(), t: text, i: intent || undefined };
     tab.out.push(p); saveTab();
     renderPending(p); deliver(p);
+    if (handler === 'bot') showDots();
     tel('MESSAGE', { length: text.length });
     renderChips();
   }
@@ -446,7 +535,7 @@
     ensureSession().then(function () {
       if (wsReady) {
         p.ws = true;
-        wsSend({ type: 'message', message: p.t, clientMessageId: p.c });
+        wsSend({ type: 'message', message: p.t, clientMessageId: p.c, intent: p.i });
         clearTimeout(p.timer);
         p.timer = setTimeout(function () { httpSend(p); }, 8000); // no ack: retry over HTTP (idempotent)
       } else httpSend(p);
@@ -455,7 +544,7 @@
   function httpSend(p) {
     clearTimeout(p.timer); p.ws = false;
     if (!pending[p.c]) return;
-    authed('POST', '/v1/messages', { message: p.t, clientMessageId: p.c,
+    authed('POST', '/v1/messages', { message: p.t, clientMessageId: p.c, intent: p.i,
       meta: { pageUrl: location.href, pageTitle: D.title || undefined, locale: navigator.language || undefined } })
       .then(function (r) { acked(p, r.messageId); }, function (e) { failed(p, e); });
   }
@@ -498,7 +587,7 @@
       clearTimeout(pongT);
       if (f.type === 'ready') {
         ready = true; clearTimeout(guard);
-        setAgentRead(f.agentLastReadId);
+        setAgentRead(f.agentLastReadId); setHandler(f.handler);
         if (f.visitorLastReadId && seqOf(f.visitorLastReadId) > seqOf(reported)) reported = f.visitorLastReadId;
         wsReady = true; wsTries = 0; reportRead();
         stopPolling(); startPing(); setNet();
@@ -523,7 +612,7 @@
     startPolling(); retryLater();
   }
   function lost() {
-    ws = null; wsReady = false; stopPing(); setNet();
+    ws = null; wsReady = false; stopPing(); setNet(); dropDrafts(1);
     for (var c in pending) if (pending[c].ws) httpSend(pending[c]); // unacked: resend over HTTP, same id
   }
   function retryLater() {
@@ -546,8 +635,9 @@
   function onFrame(f) {
     var d = f.data;
     if (f.type === 'message:new') addMessage(d);
+    else if (f.type === 'message:delta') onDelta(d);
     else if (f.type === 'typing') { if (d && d.author && d.author.kind !== 'visitor') showTyping(d.author); }
-    else if (f.type === 'conversation:updated') { if (d && d.status && d.status !== status) setStatus(d.status); }
+    else if (f.type === 'conversation:updated') { if (d && d.status && d.status !== status) setStatus(d.status); if (d) setHandler(d.handler); }
     else if (f.type === 'availability') { if (d) setAvailable(d.isAvailable !== false); }
     else if (f.type === 'conversation:read') { if (d && d.reader === 'agent') setAgentRead(d.messageId); }
     else if (f.type === 'ack') acked(pending[f.clientMessageId], f.messageId);
@@ -667,18 +757,18 @@
     while (chips.firstChild) chips.removeChild(chips.firstChild);
     var mine = order.some(function (id) { return seen[id].classList.contains('me'); }) || Object.keys(pending).length;
     if (!cfg || mine || !contact.hidden) { chips.hidden = true; return; }
-    var items = [];
+    var items = []; // [text, intent name]: a chip sends its intent along
     (cfg.intents || []).forEach(function (it) {
       var t = it.displayLabel || it.display_label || it.name;
-      if (t) items.push(t);
+      if (t) items.push([t, it.name]);
     });
     (cfg.quickQuestions || []).forEach(function (q) {
       var pt = q.pageType || q.page_type;
-      if (q.question && (!PAGE_TYPE || !pt || pt === 'general' || pt === PAGE_TYPE)) items.push(q.question);
+      if (q.question && (!PAGE_TYPE || !pt || pt === 'general' || pt === PAGE_TYPE)) items.push([q.question, q.intentName || q.intent_name]);
     });
-    items.forEach(function (t) {
-      var b = h('button', 'chip', t, { type: 'button' });
-      b.onclick = function () { sendText(t); };
+    items.forEach(function (x) {
+      var b = h('button', 'chip', x[0], { type: 'button' });
+      b.onclick = function () { sendText(x[0], x[1]); };
       chips.appendChild(b);
     });
     chips.hidden = !items.length;
@@ -695,7 +785,8 @@
     }
     if (b.position === 'bottom-left') cf.classList.add('left');
     lbl.textContent = b.label || 'Chat with us';
-    var tname = (c.tenant && c.tenant.name) || 'Chat';
+    var tname = team = (c.tenant && c.tenant.name) || 'Chat';
+    asst = c.assistant || null; asstName = (asst && asst.name) || '';
     nameEl.textContent = tname;
     panel.setAttribute('aria-label', 'Chat with ' + tname);
     if (b.logo && /^(https?:|data:image\/)/.test(b.logo)) {
@@ -712,20 +803,22 @@
       greetEl.classList.add('greeting');
       log.insertBefore(greetEl, log.firstChild);
     }
-    // Offline and no conversation yet: a contact form instead of the chat.
-    var form = offline && !st.conversationId;
+    // Offline and no conversation yet: a contact form instead of the chat (unless an assistant answers).
+    var form = offline && !st.conversationId && !asst;
     contact.hidden = !form; compose.hidden = form; log.hidden = form;
     cIntro.textContent = (c.greeting ? c.greeting + ' ' : '') + 'We\'re offline right now. Leave your details and we\'ll get back to you.';
-    if (offline && !form) showNote('We\'re offline right now — we\'ll reply as soon as we\'re back.');
+    if (offline && !form && !asst) showNote('We\'re offline right now — we\'ll reply as soon as we\'re back.');
+    setHandler(st.conversationId && st.handler || (asst ? 'bot' : 'human'));
     renderChips(); updateBadge();
   }
 
   // The status line tells the truth: with `require_agent`, "Online" means an agent is
   // online now; the gateway sends `availability` frames when that changes.
-  function setAvailable(yes) {
-    offline = !yes;
-    sub.textContent = yes ? 'Online' : 'Away — we\'ll reply by email';
-    sub.classList.toggle('off', !yes);
+  function setAvailable(yes) { offline = !yes; renderSub(); }
+  function renderSub() {
+    var bot = handler === 'bot' && asstName;
+    sub.textContent = bot ? asstName + ' · AI assistant' : offline ? 'Away — we\'ll reply by email' : 'Online';
+    sub.classList.toggle('off', offline && !bot);
   }
 
   function start(tries) {

@@ -1,0 +1,441 @@
+// Browser tests for assistants (issue 11) in the widget and the agent console.
+//
+// The gateway (the real binary, see harness.mjs) answers the "shop" tenant's visitors with
+// an assistant of kind "openai" whose upstream is a fake OpenAI-compatible Chat Completions
+// server started here on 127.0.0.1:0: it streams Server-Sent Events chunks
+// (`data: {"choices":[{"delta":{"content":"…"}}]}` a few tens of ms apart, then a usage
+// chunk and `data: [DONE]`), records what it was asked, and can hold a reply half-way
+// until the test lets it go on, or cut the connection mid-stream (the fallback case).
+//
+// Run: cd browser-tests && node --test --test-name-pattern=assistant   (or npm test: all files)
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import { chromium } from 'playwright-core';
+import { CHROME_ARGS, START_TIMEOUT, WAIT, agentJwt, docShot, reportCspViolations, shot, startGateway } from './harness.mjs';
+
+const PK = 'pk_live_0000000000000000000000000000a5a5';
+const AGENT_SECRET = 'browser-tests-agent-secret-assistants-6e1f';
+const TENANT_NAME = 'Mugs & Co';
+const SYSTEM_PROMPT = 'You are Ava, the assistant of Mugs & Co. Answer briefly.';
+const FALLBACK = 'Sorry, our assistant cannot answer right now. A person from our team will reply here.';
+const PHONE = '+14165559999';
+const BILLING_DESCRIPTION = 'Invoices, refunds and payment methods';
+// The held reply, in two parts: the first streams when the test opens the first gate, the
+// rest when it opens the second.
+const HELD_1 = ['Hello', '! We', ' sell hand', 'made mugs'];
+const HELD_2 = [' and tea', 'pots', ', shipped', ' worldwide.'];
+const HELD = HELD_1.concat(HELD_2).join('');
+const CUT = ['Let me', ' check our'];  // streamed before the upstream drops the connection
+
+const LIMITS = `
+[tenants.rate_limits]
+sessions_per_hour_per_ip = 10000
+messages_per_hour_per_ip = 10000
+messages_per_minute_per_session = 1000
+config_per_minute_per_ip = 10000
+polls_per_minute_per_session = 10000
+events_per_minute_per_session = 10000
+`;
+
+// The first tenant is the one /demo embeds.
+const config = (upstreamUrl) => `
+allowed_origins = []
+session_secret = "browser-tests-session-secret-assistants-0123456789"
+
+[[tenants]]
+id = "shop"
+name = "${TENANT_NAME}"
+public_key = "${PK}"
+agent_secret = "${AGENT_SECRET}"
+server_key = "browser-tests-server-key-assistants"
+greeting = "Hi! Ava answers right away; a person can take over any time."
+require_init_challenge = true
+min_elapsed_ms = 800
+
+[tenants.availability]
+mode = "always"
+${LIMITS}
+[[tenants.intents]]
+name = "billing"
+display_label = "Billing question"
+description = "${BILLING_DESCRIPTION}"
+
+[[tenants.intents]]
+name = "shipping"
+display_label = "Shipping"
+description = "Delivery times and countries"
+
+[[tenants.quick_questions]]
+question = "Do you ship abroad?"
+intent_name = "shipping"
+
+[[tenants.assistants]]
+id = "ava"
+name = "Ava"
+kind = "openai"
+url = "${upstreamUrl}"
+api_key = "sk-browser-tests-fake"
+model = "fake-model"
+system_prompt = "${SYSTEM_PROMPT}"
+timeout_secs = 20
+fallback_message = "${FALLBACK}"
+phone_number = "${PHONE}"
+`;
+
+// ---------------------------------------------------------------- the fake upstream
+
+const calls = [];      // every request body the upstream received, in order
+const holdWaiters = []; // tests waiting for the next "[hold]" request
+function deferred() { let resolve; const promise = new Promise((r) => { resolve = r; }); return { promise, resolve }; }
+/** Resolves with the gates `{ first, rest }` of the next "[hold]" request once it arrives. */
+function expectHold() { const d = deferred(); holdWaiters.push(d); return d.promise; }
+const lastUser = (body) => [...(body.messages || [])].reverse().find((m) => m.role === 'user')?.content || '';
+const callFor = (text) => calls.find((b) => lastUser(b).includes(text));
+
+let upstream, upstreamUrl;
+function startUpstream() {
+  upstream = createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', async () => {
+      if (req.method !== 'POST' || req.url !== '/v1/chat/completions') { res.writeHead(404); res.end(); return; }
+      let body;
+      try { body = JSON.parse(Buffer.concat(chunks).toString()); } catch { res.writeHead(400); res.end(); return; }
+      body.authorization = req.headers.authorization;
+      calls.push(body);
+      const text = lastUser(body);
+      res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });
+      const id = `chatcmpl-${calls.length}`, created = Math.floor(Date.now() / 1000);
+      const chunk = (delta, finish = null) => res.write(`data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model: 'fake-model', choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`);
+      const pause = (ms) => new Promise((r) => setTimeout(r, ms));
+      const stream = async (pieces) => { for (const p of pieces) { chunk({ content: p }); await pause(40); } };
+      chunk({ role: 'assistant', content: '' }); // as OpenAI starts a stream
+      if (text.includes('[hold]')) {
+        const gates = { first: deferred(), rest: deferred() };
+        holdWaiters.shift()?.resolve(gates);
+        await gates.first.promise;
+        await stream(HELD_1);
+        await gates.rest.promise;
+        await stream(HELD_2);
+      } else if (text.includes('[cut]')) {
+        await stream(CUT);
+        res.destroy(); // mid-stream: no [DONE]
+        return;
+      } else {
+        await stream(['Happy', ' to help', ' with "', text.slice(0, 40), '".']);
+      }
+      chunk({}, 'stop');
+      res.write(`data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model: 'fake-model', choices: [], usage: { prompt_tokens: 30, completion_tokens: 12, total_tokens: 42 } })}\n\n`);
+      res.end('data: [DONE]\n\n');
+    });
+  });
+  return new Promise((ok) => upstream.listen(0, '127.0.0.1', () => {
+    upstreamUrl = `http://127.0.0.1:${upstream.address().port}/v1/chat/completions`;
+    ok();
+  }));
+}
+
+// ---------------------------------------------------------------- helpers
+
+let gw, browser;
+const pageErrors = [];
+const jwt = agentJwt(AGENT_SECRET, 'shop', 'agent-ana', 'Ana Agent');
+
+async function newPage(opts = {}) {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: 'en-US', ...opts });
+  ctx.setDefaultTimeout(WAIT);
+  await ctx.addInitScript(reportCspViolations);
+  const page = await ctx.newPage();
+  page.on('pageerror', (e) => pageErrors.push(`${page.url()}: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error' && !/Failed to load resource|WebSocket/.test(m.text())) pageErrors.push(`${page.url()}: console: ${m.text()}`); });
+  return page;
+}
+/** A visitor on /demo (the shop tenant's widget), panel open. */
+async function openVisitor(opts) {
+  const page = await newPage(opts);
+  await page.goto(`${gw.url}/demo`);
+  const w = widget(page);
+  await w.launcher.waitFor({ state: 'visible' });
+  await w.launcher.click();
+  await w.panel.waitFor({ state: 'visible' });
+  return { page, w };
+}
+function widget(page) {
+  const q = (sel, opts) => page.locator(`confab-widget ${sel}`, opts);
+  return {
+    launcher: q('.launch'),
+    panel: q('.panel'),
+    input: q('.compose textarea'),
+    status: q('.sub'),
+    talk: q('.acts button', { hasText: 'Talk to a person' }),
+    call: q('.acts button', { hasText: 'Call us' }),
+    dots: q('.msg.wait .dots'),
+    drafts: q('.msg.draft'),
+    botMessages: q('.msg.bot[data-id]'),
+    bot: (text) => q('.msg.bot[data-id]', { hasText: text }),
+    mine: (text) => q('.msg.me[data-id]', { hasText: text }),
+    fromAgent: (text) => q('.msg.agent[data-id]', { hasText: text }),
+    note: q('.note'),
+  };
+}
+async function send(page, text) {
+  const w = widget(page);
+  await w.input.fill(text);
+  await w.input.press('Enter');
+  await w.mine(text).waitFor();
+}
+function conversationId(page) {
+  return page.evaluate((pk) => JSON.parse(localStorage.getItem(`confab:${pk}`)).conversationId, PK);
+}
+async function openConsole() {
+  const page = await newPage();
+  await page.goto(`${gw.url}/console#token=${jwt}`);
+  await page.locator('#conn', { hasText: 'live' }).waitFor();
+  return page;
+}
+const convItem = (page, id) => page.locator(`#convs [data-conv-id="${id}"]`);
+async function api(method, path, body) {
+  const r = await fetch(gw.url + path, {
+    method, headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${jwt}` },
+    body: body ? JSON.stringify(body) : undefined, signal: AbortSignal.timeout(WAIT),
+  });
+  const text = await r.text();
+  return { status: r.status, json: text ? JSON.parse(text) : null };
+}
+async function history(id) {
+  const r = await api('GET', `/v1/tenant/conversations/${id}/messages?limit=200`);
+  assert.equal(r.status, 200, JSON.stringify(r.json));
+  return r.json.messages;
+}
+/** The console's handler label and buttons agree with `handler`. */
+async function consoleShows(page, handler) {
+  if (handler === 'bot') {
+    await page.locator('#chandler.bot', { hasText: /^Bot/ }).waitFor();
+    await page.locator('#takeBtn').waitFor({ state: 'visible' });
+    await page.locator('#giveBtn').waitFor({ state: 'hidden' });
+  } else {
+    await page.locator('#chandler.human', { hasText: 'Human' }).waitFor();
+    await page.locator('#giveBtn').waitFor({ state: 'visible' });
+    await page.locator('#takeBtn').waitFor({ state: 'hidden' });
+  }
+}
+
+before(async () => {
+  await startUpstream();
+  gw = await startGateway(config(upstreamUrl), 'assistants-gateway');
+  browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: CHROME_ARGS, timeout: START_TIMEOUT });
+});
+after(async () => {
+  for (const w of holdWaiters) w.resolve({ first: deferred(), rest: deferred() });
+  if (browser) await browser.close();
+  if (gw) await gw.stop();
+  if (upstream) { upstream.closeAllConnections(); upstream.close(); }
+});
+
+// ---------------------------------------------------------------- scenarios
+
+test('assistant: a reply streams live into the widget and the console, then is one stored bot message', { timeout: 120_000 }, async () => {
+  const agent = await openConsole();
+  const { page: v, w } = await openVisitor();
+  const cfg = await (await fetch(`${gw.url}/v1/config?pk=${PK}`, { signal: AbortSignal.timeout(WAIT) })).json();
+  assert.deepEqual(cfg.assistant, { id: 'ava', name: 'Ava', voice: true }, 'GET /v1/config names the assistant');
+  await w.status.filter({ hasText: 'Ava · AI assistant' }).waitFor();
+  await w.talk.waitFor({ state: 'visible' });
+  await w.call.waitFor({ state: 'visible' });
+
+  // The visitor writes; until the first piece arrives the widget shows Ava "typing".
+  const held = expectHold();
+  const question = 'What do you sell? [hold]';
+  await send(v, question);
+  const gates = await held;
+  await w.dots.waitFor({ state: 'visible' });
+  await shot(v, 'a01-widget-waiting-for-the-assistant');
+  const id = await conversationId(v);
+
+  // The console: a Bot badge in the list and the header, Take over offered.
+  const item = convItem(agent, id);
+  await item.locator('.tag.bot', { hasText: 'Bot' }).waitFor();
+  await item.click();
+  await agent.locator('#msgs .msg.in[data-id]', { hasText: question }).waitFor();
+  await consoleShows(agent, 'bot');
+
+  // The first part streams: a draft in both, the dots gone.
+  gates.first.resolve();
+  const draft = w.drafts.filter({ hasText: HELD_1.join('') });
+  await draft.waitFor();
+  await w.dots.waitFor({ state: 'detached' });
+  assert.equal(await w.drafts.count(), 1, 'one draft');
+  assert.equal(await draft.locator('.who').evaluate((e) => e.textContent), 'AvaAI', 'the draft is Ava\'s, marked AI');
+  await agent.locator('#msgs .msg.draft', { hasText: HELD_1.join('') }).waitFor();
+  await item.locator('.styping', { hasText: 'Ava is replying' }).waitFor();
+  await docShot(v, 'a02-widget-streaming', 'widget-assistant.png');
+  await docShot(agent, 'a03-console-streaming', 'console-assistant.png');
+
+  // The rest: the draft grows into the whole reply, which the stored message replaces.
+  gates.rest.resolve();
+  await w.bot(HELD).waitFor();
+  await w.drafts.first().waitFor({ state: 'detached' });
+  assert.equal(await w.bot('handmade mugs').count(), 1, 'exactly one bot bubble');
+  assert.equal(await w.bot(HELD).locator('.body').innerText(), HELD);
+  assert.equal(await w.bot(HELD).locator('.ai').innerText(), 'AI', 'bot messages carry the AI marker');
+  await agent.locator('#msgs .msg.bot[data-id]', { hasText: HELD }).waitFor();
+  await agent.locator('#msgs .msg.draft').waitFor({ state: 'detached' });
+  assert.equal(await agent.locator('#msgs .msg', { hasText: 'handmade mugs' }).count(), 1, 'one message in the console');
+  await item.locator('.styping').waitFor({ state: 'detached' });
+  await agent.locator('#chandler', { hasText: 'Bot · Ava' }).waitFor(); // learnt from Ava's messages
+  await shot(v, 'a04-widget-reply-stored');
+
+  // What was stored, and what the upstream was asked.
+  const reply = (await history(id)).find((m) => m.author.kind === 'bot');
+  assert.deepEqual(reply.author, { kind: 'bot', id: 'ava', name: 'Ava' });
+  assert.equal(reply.body, HELD);
+  assert.equal(reply.meta.mode, 'ai');
+  assert.equal(typeof reply.meta.streamId, 'string');
+  assert.equal(await w.bot(HELD).getAttribute('data-id'), reply.id);
+  const call = callFor(question);
+  assert.equal(call.model, 'fake-model');
+  assert.equal(call.stream, true);
+  assert.equal(call.authorization, 'Bearer sk-browser-tests-fake');
+  assert.equal(call.messages[0].role, 'system');
+  assert.match(call.messages[0].content, /You are Ava, the assistant of Mugs & Co/);
+
+  // Drafts never survive a reload: the stored reply, once.
+  await v.reload();
+  await w.launcher.waitFor({ state: 'visible' });
+  if (!(await w.panel.isVisible())) await w.launcher.click();
+  await w.bot(HELD).waitFor();
+  assert.equal(await w.botMessages.count(), 1);
+  assert.equal(await w.drafts.count(), 0);
+  await w.status.filter({ hasText: 'Ava · AI assistant' }).waitFor();
+  await agent.context().close();
+  await v.context().close();
+});
+
+test('assistant: intent chips and quick questions send their intent, and the assistant hears it', { timeout: 90_000 }, async () => {
+  const { page: v, w } = await openVisitor();
+  const chip = v.locator('confab-widget .chip', { hasText: 'Billing question' });
+  await chip.click();
+  await w.mine('Billing question').waitFor();
+  await w.bot('Happy to help with "Billing question"').waitFor();
+  const id = await conversationId(v);
+  const sent = (await history(id)).find((m) => m.author.kind === 'visitor');
+  assert.equal(sent.intent, 'billing', 'the message carries the chip\'s intent');
+  const call = callFor('Billing question');
+  assert.ok(call, 'the upstream was asked');
+  assert.match(call.messages[0].content, new RegExp(BILLING_DESCRIPTION), 'the system prompt names the intent');
+  await v.context().close();
+
+  // A quick question sends its intentName.
+  const other = await openVisitor();
+  await other.page.locator('confab-widget .chip', { hasText: 'Do you ship abroad?' }).click();
+  await other.w.bot('Happy to help with "Do you ship abroad?"').waitFor();
+  const sent2 = (await history(await conversationId(other.page))).find((m) => m.author.kind === 'visitor');
+  assert.equal(sent2.intent, 'shipping');
+  assert.match(callFor('Do you ship abroad?').messages[0].content, /Delivery times and countries/);
+  await other.page.context().close();
+});
+
+test('assistant: "Talk to a person" hands over; the console takes over and gives back', { timeout: 120_000 }, async () => {
+  const agent = await openConsole();
+  const { page: v, w } = await openVisitor();
+  await send(v, 'Hi Ava, a first question');
+  await w.bot('Happy to help with "Hi Ava, a first question"').waitFor();
+  const id = await conversationId(v);
+  const item = convItem(agent, id);
+  await item.locator('.tag.bot').waitFor();
+  await item.click();
+  await consoleShows(agent, 'bot');
+
+  // The visitor asks for a person: the action goes away, people answer.
+  await w.talk.click();
+  await w.talk.waitFor({ state: 'hidden' });
+  await w.note.filter({ hasText: 'A person from our team will reply here.' }).waitFor();
+  await w.status.filter({ hasText: /^Online$/ }).waitFor();
+  await consoleShows(agent, 'human');
+  await item.locator('.tag.bot').waitFor({ state: 'detached' });
+  assert.equal((await api('GET', `/v1/tenant/conversations/${id}`)).json.handler, 'human');
+  await shot(v, 'a05-widget-handed-over');
+
+  // The bot stays quiet: no dots, no upstream call; a person replies.
+  const quiet = 'Still there? A person, please';
+  const before = calls.length;
+  await send(v, quiet);
+  assert.equal(await w.dots.count(), 0, 'no "typing" dots for people');
+  await agent.locator('#msgs .msg.in[data-id]', { hasText: quiet }).waitFor();
+  await agent.locator('#replyText').fill('Ana here, how can I help?');
+  await agent.locator('#replyText').press('Enter');
+  await w.fromAgent('Ana here').waitFor();
+  await w.note.waitFor({ state: 'hidden' });
+  await v.waitForTimeout(1000); // a bot reply would be under way by now: give it a moment to show
+  assert.equal(calls.length, before, 'the upstream was not asked');
+  assert.equal(await w.botMessages.count(), 1, 'no bot reply after the handoff');
+
+  // Give back to the bot: the widget offers a person again, and Ava answers.
+  await agent.locator('#giveBtn').click();
+  await consoleShows(agent, 'bot');
+  await item.locator('.tag.bot').waitFor();
+  await w.talk.waitFor({ state: 'visible' });
+  await w.status.filter({ hasText: 'Ava · AI assistant' }).waitFor();
+  await send(v, 'Back to you, Ava');
+  await w.bot('Happy to help with "Back to you, Ava"').waitFor();
+  await shot(agent, 'a06-console-given-back');
+
+  // Take over: the widget hides the action again.
+  await agent.locator('#takeBtn').click();
+  await consoleShows(agent, 'human');
+  await w.talk.waitFor({ state: 'hidden' });
+  await w.status.filter({ hasText: /^Online$/ }).waitFor();
+  assert.equal((await api('GET', `/v1/tenant/conversations/${id}`)).json.handler, 'human');
+  await agent.context().close();
+  await v.context().close();
+});
+
+test('assistant: "Call us" asks for a call and shows the number', { timeout: 60_000 }, async () => {
+  const agent = await openConsole();
+  const { page: v, w } = await openVisitor();
+  await w.call.click();
+  const link = v.locator('confab-widget a.call');
+  await link.waitFor();
+  assert.equal(await link.getAttribute('href'), `tel:${PHONE}`);
+  assert.equal(await link.innerText(), `Call ${PHONE}`);
+  await w.call.waitFor({ state: 'detached' });
+  await shot(v, 'a07-widget-call-us');
+  // The team hears of it (the console's event feed).
+  await agent.locator('#events li', { hasText: 'voice:requested' }).filter({ hasText: PHONE }).waitFor();
+  await agent.context().close();
+  await v.context().close();
+});
+
+test('assistant: when the upstream fails mid-reply, the visitor gets the fallback from the team and people take over', { timeout: 90_000 }, async () => {
+  const agent = await openConsole();
+  const { page: v, w } = await openVisitor();
+  const question = 'Tell me everything [cut]';
+  await send(v, question);
+  const id = await conversationId(v);
+  await convItem(agent, id).click();
+  const fallback = v.locator('confab-widget .msg.fallback[data-id]', { hasText: FALLBACK });
+  await fallback.waitFor();
+  // It reads as a note from the team: the team's name, no AI marker; the partial reply is gone.
+  assert.equal(await fallback.locator('.who').innerText(), TENANT_NAME);
+  assert.equal(await fallback.locator('.ai').count(), 0);
+  assert.equal(await w.drafts.count(), 0, 'the partial reply is discarded');
+  assert.equal(await v.locator('confab-widget .msg', { hasText: CUT.join('') }).count(), 0);
+  await w.talk.waitFor({ state: 'hidden' });
+  await w.status.filter({ hasText: /^Online$/ }).waitFor();
+  await shot(v, 'a08-widget-fallback');
+
+  await agent.locator('#msgs .msg.bot[data-id]', { hasText: FALLBACK }).locator('.m', { hasText: 'safe_fallback' }).waitFor();
+  await consoleShows(agent, 'human');
+  await agent.locator('#msgs .msg.draft').waitFor({ state: 'detached' });
+  const msgs = await history(id);
+  assert.deepEqual(msgs.map((m) => [m.author.kind, m.body]), [['visitor', question], ['bot', FALLBACK]], 'nothing partial is stored');
+  assert.equal(msgs[1].meta.mode, 'safe_fallback');
+  await agent.context().close();
+  await v.context().close();
+});
+
+test('assistant pages: no JavaScript errors, no CSP violations', () => {
+  assert.deepEqual(pageErrors, []);
+});
