@@ -111,6 +111,109 @@ pub struct TenantConfig {
     /// `[[tenants.webhooks]]`: where the tenant's events are POSTed.
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    /// `[[tenants.assistants]]`: who may answer visitors for the tenant (the first is the
+    /// default). See docs/assistants.md.
+    #[serde(default)]
+    pub assistants: Vec<AssistantConfig>,
+}
+
+/// One `[[tenants.assistants]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssistantConfig {
+    /// 1–64 of `[A-Za-z0-9_-]`, unique within the tenant.
+    pub id: String,
+    /// The author name of its messages.
+    pub name: String,
+    pub kind: AssistantKind,
+    /// `http://` or `https://`: the `…/chat/completions` URL, or the bot's webhook.
+    pub url: String,
+    /// openai: the bearer key (optional); webhook: the signing key (required).
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// openai only (required there).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// openai only.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    #[serde(default)]
+    pub answers: Answers,
+    /// Messages sent as context, the new one included.
+    #[serde(default = "default_context_messages")]
+    pub context_messages: usize,
+    /// For the whole reply.
+    #[serde(default = "default_assistant_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default = "default_fallback_message")]
+    pub fallback_message: String,
+    /// Voice calls (`POST /v1/voice`).
+    #[serde(default)]
+    pub phone_number: Option<String>,
+}
+
+/// The upstream dialect of an assistant.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AssistantKind {
+    /// An OpenAI-compatible Chat Completions endpoint, streamed over SSE.
+    Openai,
+    /// The tenant's own bot: a signed POST answered with JSON or SSE.
+    Webhook,
+}
+
+/// When an assistant answers.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Answers {
+    #[default]
+    Always,
+    /// Only while the tenant is not available (outside hours, offline, no agent online).
+    WhenUnavailable,
+}
+
+/// The demo tenant's assistant, when the environment names an OpenAI-compatible endpoint
+/// (`CONFAB_DEMO_OPENAI_URL`, `…_MODEL`, `…_KEY`): e.g. a local Ollama or llama.cpp server.
+fn demo_assistant() -> Option<AssistantConfig> {
+    let url = std::env::var("CONFAB_DEMO_OPENAI_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())?;
+    Some(AssistantConfig {
+        id: "demo-ai".into(),
+        name: "Demo AI".into(),
+        kind: AssistantKind::Openai,
+        url: url.trim().to_owned(),
+        api_key: std::env::var("CONFAB_DEMO_OPENAI_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
+        model: Some(
+            std::env::var("CONFAB_DEMO_OPENAI_MODEL")
+                .ok()
+                .filter(|m| !m.trim().is_empty())
+                .unwrap_or_else(|| "llama3.2".into()),
+        ),
+        system_prompt: Some(
+            "You are the friendly assistant of Demo Inc, answering website visitors in a chat \
+             widget. Keep answers short. If you cannot help, say that a person from the team \
+             will reply."
+                .into(),
+        ),
+        answers: Answers::WhenUnavailable,
+        context_messages: default_context_messages(),
+        timeout_secs: default_assistant_timeout(),
+        fallback_message: default_fallback_message(),
+        phone_number: None,
+    })
+}
+
+fn default_context_messages() -> usize {
+    20
+}
+fn default_assistant_timeout() -> u64 {
+    30
+}
+fn default_fallback_message() -> String {
+    "Sorry, I can't answer right now. A person from our team will reply here.".into()
 }
 
 /// One `[[tenants.webhooks]]` table.
@@ -311,6 +414,13 @@ impl Config {
         ))
         .expect("the demo tenant parses");
         tenant.rate_limits.sessions_per_hour_per_ip = 100;
+        if let Some(a) = demo_assistant() {
+            // The assistant answers, so the automatic reply would only be in its way.
+            tenant.auto_reply = None;
+            // "Unavailable" = no agent online: the AI takes over when the console closes.
+            tenant.availability.require_agent = true;
+            tenant.assistants.push(a);
+        }
         config.tenants.push(tenant);
         config
     }

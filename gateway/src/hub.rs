@@ -348,7 +348,7 @@ impl EventSink for Hub {
                     class: Class::Durable,
                 });
             }
-            Published::Typing { channel, frame } => self.local_ephemeral(&channel, &frame),
+            Published::Ephemeral { channel, frame } => self.local_ephemeral(&channel, &frame),
             Published::Resync => {
                 let channels: Vec<Channel> =
                     self.channels.iter().map(|e| e.key().clone()).collect();
@@ -429,7 +429,7 @@ mod tests {
             hub.publish(event(i));
         }
         // Typing on a full queue is dropped, not a reason to kick.
-        hub.publish(Published::Typing {
+        hub.publish(Published::Ephemeral {
             channel: ch.clone(),
             frame: "{}".into(),
         });

@@ -39,6 +39,15 @@ pub struct Metrics {
     pub accept_errors: AtomicU64,
     /// (tenant, webhook index) → its delivery counters.
     webhooks: DashMap<(String, usize), Arc<WebhookStats>>,
+    /// `meta.mode` (or `silent`) → assistant replies settled.
+    assistant_replies: DashMap<&'static str, AtomicU64>,
+    /// Cause → safe fallbacks stored.
+    assistant_fallbacks: DashMap<&'static str, AtomicU64>,
+    /// From asking an assistant to its first streamed piece, and to its whole answer.
+    pub assistant_first_delta: Histogram,
+    pub assistant_reply_latency: Histogram,
+    /// Owed replies this node claimed.
+    assistant_claims: AtomicU64,
 }
 
 /// One webhook's counters (this node's deliveries of it).
@@ -85,6 +94,11 @@ impl Default for Metrics {
             connection_timeouts: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
             webhooks: DashMap::new(),
+            assistant_replies: DashMap::new(),
+            assistant_fallbacks: DashMap::new(),
+            assistant_first_delta: Histogram::latency(),
+            assistant_reply_latency: Histogram::latency(),
+            assistant_claims: AtomicU64::new(0),
         }
     }
 }
@@ -211,12 +225,94 @@ impl Metrics {
         }
     }
 
+    pub fn assistant_reply(&self, mode: &'static str) {
+        bump(&self.assistant_replies, mode);
+    }
+
+    pub fn assistant_fallback(&self, cause: &'static str) {
+        bump(&self.assistant_fallbacks, cause);
+    }
+
+    pub fn assistant_claims(&self) {
+        self.assistant_claims.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render_assistants(&self, out: &mut String, open_circuits: &[(String, String)]) {
+        header(
+            out,
+            "confab_assistant_replies_total",
+            "counter",
+            "Assistant replies settled, by meta.mode (silent: a webhook bot chose not to answer).",
+        );
+        for e in self.assistant_replies.iter() {
+            let _ = writeln!(
+                out,
+                "confab_assistant_replies_total{{mode=\"{}\"}} {}",
+                e.key(),
+                e.value().load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
+            "confab_assistant_fallbacks_total",
+            "counter",
+            "Safe fallbacks stored instead of a reply, by cause.",
+        );
+        for e in self.assistant_fallbacks.iter() {
+            let _ = writeln!(
+                out,
+                "confab_assistant_fallbacks_total{{cause=\"{}\"}} {}",
+                e.key(),
+                e.value().load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
+            "confab_assistant_first_delta_seconds",
+            "histogram",
+            "From asking an assistant to its first streamed piece.",
+        );
+        self.assistant_first_delta
+            .render(out, "confab_assistant_first_delta_seconds", "");
+        header(
+            out,
+            "confab_assistant_reply_seconds",
+            "histogram",
+            "From asking an assistant to its complete answer (or failure).",
+        );
+        self.assistant_reply_latency
+            .render(out, "confab_assistant_reply_seconds", "");
+        header(
+            out,
+            "confab_assistant_circuit_open",
+            "gauge",
+            "1 for each assistant whose circuit is open on this node.",
+        );
+        for (tenant, assistant) in open_circuits {
+            let _ = writeln!(
+                out,
+                "confab_assistant_circuit_open{{tenant=\"{tenant}\",assistant=\"{assistant}\"}} 1"
+            );
+        }
+        header(
+            out,
+            "confab_assistant_owed_claims_total",
+            "counter",
+            "Owed replies this node claimed (the ones its visitors' messages made, and after a lease lapsed, any).",
+        );
+        let _ = writeln!(
+            out,
+            "confab_assistant_owed_claims_total {}",
+            self.assistant_claims.load(Ordering::Relaxed)
+        );
+    }
+
     pub fn widget_event(&self, kind: &'static str) {
         bump(&self.widget_events, kind);
     }
 
     /// The exposition text.
-    pub fn render(&self, hub: &Hub) -> String {
+    pub fn render(&self, hub: &Hub, open_circuits: &[(String, String)]) -> String {
         let mut out = String::with_capacity(2048);
         header(
             &mut out,
@@ -361,6 +457,7 @@ impl Metrics {
             let _ = writeln!(out, "{name} {v}");
         }
         self.render_webhooks(&mut out);
+        self.render_assistants(&mut out, open_circuits);
         out
     }
 }

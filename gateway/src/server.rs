@@ -55,6 +55,8 @@ pub struct Options {
     pub keep_alive_timeout: Duration,
     /// Webhook attempt timeout, retry gaps and lease length.
     pub webhooks: WebhookTiming,
+    /// Owed-reply lease and poll, and the assistants' circuit breaker.
+    pub assistants: crate::service::assistants::AssistantTiming,
 }
 
 impl Default for Options {
@@ -67,6 +69,7 @@ impl Default for Options {
             body_timeout: Timeouts::default().body_stall,
             keep_alive_timeout: Timeouts::default().keep_alive,
             webhooks: WebhookTiming::default(),
+            assistants: Default::default(),
         }
     }
 }
@@ -104,11 +107,20 @@ pub fn tenant_summary(t: &Tenant) -> String {
     let pii = format!("{:?}", c.pii_retention).to_ascii_lowercase();
     format!(
         "tenant {:?} ({}): public key {}, origins {origins}, availability {availability}, \
-         webhooks {}, pii {pii}, init challenge {}",
+         webhooks {}, assistants {}, pii {pii}, init challenge {}",
         c.id,
         c.name,
         c.public_key,
         t.webhooks.len(),
+        if t.assistants.is_empty() {
+            "none".to_owned()
+        } else {
+            t.assistants
+                .iter()
+                .map(|a| a.cfg.id.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        },
         if c.require_init_challenge {
             "required"
         } else {
@@ -161,6 +173,7 @@ pub async fn run(
         hub,
         options.clock,
         options.webhooks,
+        options.assistants,
     );
 
     let addr = listener.local_addr()?;
@@ -173,6 +186,7 @@ pub async fn run(
     }
     let maintenance = tokio::spawn(maintain(state.clone(), options.maintenance_every));
     crate::service::webhooks::start(&state).await;
+    crate::service::assistants::start(&state);
     state
         .background
         .spawn(crate::service::presence::run(state.clone()));
@@ -284,4 +298,16 @@ fn print_demo_banner(state: &AppState, addr: SocketAddr) {
         "  config:       curl '{base}/v1/config?pk={}'",
         t.public_key
     );
+    match t.assistants.first() {
+        Some(a) => tracing::info!(
+            "  assistant:    {:?} ({}, model {}) answers while no agent is online",
+            a.name,
+            a.url,
+            a.model.as_deref().unwrap_or_default()
+        ),
+        None => tracing::info!(
+            "  assistant:    none — set CONFAB_DEMO_OPENAI_URL (e.g. http://127.0.0.1:11434/v1/chat/completions \
+             for Ollama; CONFAB_DEMO_OPENAI_MODEL, CONFAB_DEMO_OPENAI_KEY) for an AI that answers while no agent is online"
+        ),
+    }
 }

@@ -11,7 +11,7 @@ use confab_protocol::validate::{is_event_type, is_public_key, MAX_MESSAGE_CHARS}
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, TenantConfig, MAX_TTL_SECS};
+use crate::config::{AssistantConfig, AssistantKind, Config, TenantConfig, MAX_TTL_SECS};
 use crate::policy::availability::Schedule;
 use crate::policy::limits::parse_cidr;
 use crate::policy::origin::{check_pattern, OriginPolicy};
@@ -32,6 +32,27 @@ pub struct Tenant {
     pub policy: OriginPolicy,
     pub schedule: Schedule,
     pub webhooks: Vec<Arc<Webhook>>,
+    /// In the file's order: the first is the default.
+    pub assistants: Vec<Arc<Assistant>>,
+}
+
+impl Tenant {
+    pub fn assistant(&self, id: &str) -> Option<&Arc<Assistant>> {
+        self.assistants.iter().find(|a| a.cfg.id == id)
+    }
+
+    pub fn default_assistant(&self) -> Option<&Arc<Assistant>> {
+        self.assistants.first()
+    }
+}
+
+/// An assistant, compiled.
+#[derive(Debug)]
+pub struct Assistant {
+    pub cfg: AssistantConfig,
+    pub url: reqwest::Url,
+    /// Its place in the tenant's list.
+    pub index: usize,
 }
 
 /// A webhook, compiled.
@@ -99,6 +120,7 @@ impl Settings {
             }
             tenants.push(Tenant {
                 webhooks: compile_webhooks(t).map_err(|e| format!("{at}: webhooks: {e}"))?,
+                assistants: compile_assistants(t).map_err(|e| format!("{at}: assistants: {e}"))?,
                 policy: OriginPolicy::for_tenant(&config.allowed_origins, &t.allowed_origins),
                 schedule: Schedule::parse(&t.availability)
                     .map_err(|e| format!("{at}: availability: {e}"))?,
@@ -126,6 +148,7 @@ impl Settings {
                 policy: t.policy.clone(),
                 schedule: t.schedule.clone(),
                 webhooks: t.webhooks.clone(),
+                assistants: t.assistants.clone(),
             }
         });
         self.tenants = Tenants::index(tenants.collect());
@@ -230,6 +253,91 @@ fn compile_webhooks(t: &TenantConfig) -> Result<Vec<Arc<Webhook>>, String> {
             secret: w.secret.clone(),
             events: w.events.clone(),
             key: format!("wh_{key}"),
+            index,
+        }));
+    }
+    Ok(out)
+}
+
+/// Longest `timeout_secs` of an assistant (10 minutes).
+pub const MAX_ASSISTANT_TIMEOUT_SECS: u64 = 600;
+/// Most `context_messages` of an assistant (one history page).
+pub const MAX_CONTEXT_MESSAGES: usize = 200;
+
+fn compile_assistants(t: &TenantConfig) -> Result<Vec<Arc<Assistant>>, String> {
+    let mut ids = HashSet::new();
+    let mut out = Vec::with_capacity(t.assistants.len());
+    for (index, a) in t.assistants.iter().enumerate() {
+        let at = format!("{:?}", a.id);
+        if a.id.is_empty()
+            || a.id.len() > 64
+            || !a
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!("{at}: id must be 1-64 characters of [A-Za-z0-9_-]"));
+        }
+        if !ids.insert(&a.id) {
+            return Err(format!("{at}: duplicate assistant id"));
+        }
+        if a.name.trim().is_empty() || a.name.chars().count() > 100 {
+            return Err(format!("{at}: name must be 1-100 characters"));
+        }
+        let url = reqwest::Url::parse(&a.url).map_err(|e| format!("{at}: url {:?}: {e}", a.url))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!("{at}: url: only http:// and https:// URLs"));
+        }
+        match a.kind {
+            AssistantKind::Openai => {
+                if a.model.as_deref().is_none_or(|m| m.trim().is_empty()) {
+                    return Err(format!("{at}: kind = \"openai\" needs a model"));
+                }
+            }
+            AssistantKind::Webhook => {
+                if a.api_key
+                    .as_deref()
+                    .is_none_or(|k| k.chars().count() < MIN_WEBHOOK_SECRET)
+                {
+                    return Err(format!(
+                        "{at}: kind = \"webhook\" needs an api_key (its signing key) of at least {MIN_WEBHOOK_SECRET} characters"
+                    ));
+                }
+                if a.model.is_some() || a.system_prompt.is_some() {
+                    return Err(format!(
+                        "{at}: model and system_prompt are for kind = \"openai\""
+                    ));
+                }
+            }
+        }
+        if !(1..=MAX_CONTEXT_MESSAGES).contains(&a.context_messages) {
+            return Err(format!(
+                "{at}: context_messages must be 1..={MAX_CONTEXT_MESSAGES}"
+            ));
+        }
+        if !(1..=MAX_ASSISTANT_TIMEOUT_SECS).contains(&a.timeout_secs) {
+            return Err(format!(
+                "{at}: timeout_secs must be 1..={MAX_ASSISTANT_TIMEOUT_SECS}"
+            ));
+        }
+        let fallback = a.fallback_message.trim();
+        if fallback.is_empty() || fallback.chars().count() > MAX_MESSAGE_CHARS {
+            return Err(format!(
+                "{at}: fallback_message must be 1..={MAX_MESSAGE_CHARS} characters"
+            ));
+        }
+        if let Some(p) = &a.phone_number {
+            let digits = p.strip_prefix('+').unwrap_or(p);
+            if digits.len() < 3 || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(format!(
+                    "{at}: phone_number must be E.164, e.g. +14165559999"
+                ));
+            }
+        }
+        out.push(Arc::new(Assistant {
+            cfg: a.clone(),
+            url,
             index,
         }));
     }

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::policy::limits::KeyedCap;
+use crate::service::assistants::AssistantTiming;
 use crate::service::presence::Presence;
 use crate::service::webhooks::WebhookTiming;
 use crate::settings::{Settings, Tenants};
@@ -76,10 +77,13 @@ pub struct Inner {
     /// This process's name as a lease holder: random at each start, so a restarted node
     /// never mistakes a lease of its previous life for its own.
     pub node_id: String,
-    /// The node's one client for outgoing HTTP (webhooks): pooled keep-alive
+    /// The node's one client for outgoing HTTP (webhooks, assistants): pooled keep-alive
     /// connections, HTTP/2 where offered, no redirects followed.
     pub http: reqwest::Client,
     pub webhook_timing: WebhookTiming,
+    pub assistant_timing: AssistantTiming,
+    /// The replies this node is producing, and each assistant's circuit.
+    pub assistants: crate::service::assistants::Runtime,
     /// Agents online (this node's and, as last read, every node's).
     pub presence: Presence,
     /// Open connections per client IP (`max_connections_per_ip`), taken at accept.
@@ -97,6 +101,7 @@ impl AppState {
         hub: Arc<Hub>,
         clock: Clock,
         webhook_timing: WebhookTiming,
+        assistant_timing: AssistantTiming,
     ) -> AppState {
         let Settings {
             config,
@@ -110,7 +115,7 @@ impl AppState {
         } = backend;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent("Confab-Webhooks/1")
+            .user_agent("Confab/1")
             .connect_timeout(std::time::Duration::from_secs(5))
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .build()
@@ -137,6 +142,8 @@ impl AppState {
             node_id: confab_protocol::token::random_id("node_", 12),
             http,
             webhook_timing,
+            assistant_timing,
+            assistants: Default::default(),
             presence: Presence::default(),
         }))
     }

@@ -36,6 +36,8 @@ pub enum ErrorCode {
     ConversationNotFound,
     /// 404: no such route.
     NotFound,
+    /// 404: the assistant has no phone number (`POST /v1/voice`).
+    VoiceUnavailable,
     /// 405: the route exists, the method does not.
     MethodNotAllowed,
     /// 429: over a rate limit (`Retry-After` says when to try again).
@@ -59,7 +61,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, once (for tests and documentation that must cover them all).
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::InvalidJson,
         ErrorCode::BadRequest,
         ErrorCode::ValidationFailed,
@@ -73,6 +75,7 @@ impl ErrorCode {
         ErrorCode::UnknownPublicKey,
         ErrorCode::ConversationNotFound,
         ErrorCode::NotFound,
+        ErrorCode::VoiceUnavailable,
         ErrorCode::MethodNotAllowed,
         ErrorCode::RateLimited,
         ErrorCode::StoreUnavailable,
@@ -100,6 +103,7 @@ impl ErrorCode {
             ErrorCode::UnknownPublicKey => "unknown_public_key",
             ErrorCode::ConversationNotFound => "conversation_not_found",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::VoiceUnavailable => "voice_unavailable",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::StoreUnavailable => "store_unavailable",
@@ -121,9 +125,10 @@ impl ErrorCode {
             | ErrorCode::InvalidChallenge
             | ErrorCode::BotSuspected
             | ErrorCode::OriginNotAllowed => 403,
-            ErrorCode::UnknownPublicKey | ErrorCode::ConversationNotFound | ErrorCode::NotFound => {
-                404
-            }
+            ErrorCode::UnknownPublicKey
+            | ErrorCode::ConversationNotFound
+            | ErrorCode::NotFound
+            | ErrorCode::VoiceUnavailable => 404,
             ErrorCode::MethodNotAllowed => 405,
             // Never an HTTP answer; `Gone` is what it means.
             ErrorCode::NotRecovered => 410,

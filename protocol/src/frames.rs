@@ -23,6 +23,9 @@ pub enum ClientFrame {
         message: String,
         #[serde(default, rename = "clientMessageId")]
         client_message_id: Option<String>,
+        /// The name of one of the tenant's intents.
+        #[serde(default)]
+        intent: Option<String>,
     },
     /// Visitor (no conversation id) or agent (with one) is typing.
     Typing {
@@ -90,6 +93,19 @@ pub fn visitor_conversation_read(read_json: &str) -> String {
 pub fn tenant_event(kind: &str, offset: u64, data_json: &str) -> String {
     let kind = serde_json::to_string(kind).unwrap_or_else(|_| "\"\"".into());
     format!(r#"{{"type":{kind},"offset":"{offset}","data":{data_json}}}"#)
+}
+
+/// `{"type":"message:delta","data":{"conversationId","streamId","delta","author"}}` — a
+/// piece of an assistant's reply as it streams; ephemeral, no offset (both channels).
+pub fn message_delta(
+    conversation_id: &str,
+    stream_id: &str,
+    delta: &str,
+    author: &Author,
+) -> String {
+    json!({"type": "message:delta", "data": {"conversationId": conversation_id, "streamId": stream_id,
+           "delta": delta, "author": author}})
+    .to_string()
 }
 
 /// `{"type":"typing","data":{"conversationId","author"}}` — ephemeral, no offset.

@@ -495,12 +495,13 @@ mod frames {
         prop_oneof![
             (tricky_string(30), opt_string())
                 .prop_map(|(token, after)| ClientFrame::Auth { token, after }),
-            (tricky_string(30), opt_string()).prop_map(|(message, client_message_id)| {
-                ClientFrame::Message {
+            (tricky_string(30), opt_string(), opt_string()).prop_map(
+                |(message, client_message_id, intent)| ClientFrame::Message {
                     message,
                     client_message_id,
+                    intent,
                 }
-            }),
+            ),
             opt_string().prop_map(|conversation_id| ClientFrame::Typing { conversation_id }),
             Just(ClientFrame::Ping),
             (tricky_string(20), tricky_string(30), opt_string()).prop_map(
@@ -535,8 +536,9 @@ mod frames {
             ClientFrame::Message {
                 message,
                 client_message_id,
+                intent,
             } => {
-                json!({"type": "message", "message": message, "clientMessageId": client_message_id})
+                json!({"type": "message", "message": message, "clientMessageId": client_message_id, "intent": intent})
             }
             ClientFrame::Typing { conversation_id } => {
                 json!({"type": "typing", "conversationId": conversation_id})

@@ -14,7 +14,8 @@ use serde_json::{json, Map};
 
 use crate::{
     Backend, Channel, ConversationCursor, Cursor, EventSink, NewConversation, NewMessage,
-    PresenceEntry, ProfileUpdate, Published, ReadEvent, ReadMark, Retention, WebhookState,
+    OwedReply, PresenceEntry, ProfileUpdate, Published, ReadEvent, ReadMark, ReplyOutcome,
+    Retention, WebhookState,
 };
 
 /// Opens a fresh backend with the given retention.
@@ -112,6 +113,7 @@ pub async fn run_all(factory: Factory) {
     presence_expires_unless_renewed(&factory).await;
     handler_changes(&factory).await;
     read_cursors_move_forward(&factory).await;
+    owed_replies_are_claimed_once_and_settled(&factory).await;
 }
 
 async fn secret_first_writer_wins(f: &Factory) {
@@ -1092,4 +1094,235 @@ async fn read_cursors_move_forward(f: &Factory) {
                 == 3
         })
         .await;
+}
+
+fn bot_msg(tenant: &str, conv: &str, body: &str) -> NewMessage {
+    let mut m = visitor_msg(tenant, conv, body, None);
+    m.direction = Direction::Outbound;
+    m.author = Author {
+        kind: AuthorKind::Bot,
+        id: "ava".into(),
+        name: Some("Ava".into()),
+    };
+    m
+}
+
+/// A visitor message to a bot-handled conversation makes a reply owed in the same commit;
+/// one holder at a time claims it; completing stores the reply once, and keeps the record
+/// owed when more visitor messages arrived meanwhile.
+async fn owed_replies_are_claimed_once_and_settled(f: &Factory) {
+    let b = f(Retention::default()).await;
+    let t = tenant();
+    let mut new = new_conv(&t);
+    new.assistant_id = Some("ava".into());
+    new.handler = Handler::Bot;
+    let conv = b.store.start_conversation(new).await.unwrap();
+    let id = conv.id.as_str();
+    const LEASE: i64 = 60_000;
+    assert!(
+        b.store
+            .claim_reply(&t, None, "n1", LEASE)
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing owed yet"
+    );
+    let a = b
+        .store
+        .append_message(visitor_msg(&t, id, "hi bot", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(a.reply_owed);
+    let agent_note = b
+        .store
+        .append_message(agent_msg(&t, id, "just watching"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !agent_note.reply_owed,
+        "only visitor messages are owed a reply"
+    );
+    let owed = OwedReply {
+        conversation_id: id.to_owned(),
+        through_seq: 1,
+    };
+    assert_eq!(
+        b.store.claim_reply(&t, None, "n1", LEASE).await.unwrap(),
+        Some(owed.clone())
+    );
+    assert!(
+        b.store
+            .claim_reply(&t, None, "n2", LEASE)
+            .await
+            .unwrap()
+            .is_none(),
+        "leased"
+    );
+    assert!(
+        b.store
+            .claim_reply(&t, Some(id), "n2", LEASE)
+            .await
+            .unwrap()
+            .is_none(),
+        "leased"
+    );
+    assert_eq!(
+        b.store
+            .claim_reply(&t, Some(id), "n1", LEASE)
+            .await
+            .unwrap(),
+        Some(owed),
+        "the holder may claim again"
+    );
+    assert!(b.store.renew_reply(&t, id, "n1", LEASE).await.unwrap());
+    assert!(!b.store.renew_reply(&t, id, "n2", LEASE).await.unwrap());
+
+    // The visitor writes again meanwhile: still n1's, and owed through 3 now.
+    b.store
+        .append_message(visitor_msg(&t, id, "are you there?", None))
+        .await
+        .unwrap();
+    assert!(b
+        .store
+        .claim_reply(&t, None, "n2", LEASE)
+        .await
+        .unwrap()
+        .is_none());
+    let lost = b
+        .store
+        .complete_reply(&t, id, "n2", 1, Some(bot_msg(&t, id, "x")))
+        .await
+        .unwrap();
+    assert!(matches!(lost, ReplyOutcome::Lost), "{lost:?}");
+    let mut reply = bot_msg(&t, id, "Hello! How can I help?");
+    reply.client_message_id = Some("reply-1".into());
+    let ReplyOutcome::Stored(stored) = b
+        .store
+        .complete_reply(&t, id, "n1", 1, Some(reply.clone()))
+        .await
+        .unwrap()
+    else {
+        panic!("the holder's reply is stored");
+    };
+    assert_eq!(stored.message.body, "Hello! How can I help?");
+    assert!(!stored.reply_owed);
+    // Messages 3 ("are you there?") is still owed, and free for anyone.
+    let again = b.store.claim_reply(&t, None, "n2", LEASE).await.unwrap();
+    assert_eq!(
+        again,
+        Some(OwedReply {
+            conversation_id: id.to_owned(),
+            through_seq: 3
+        })
+    );
+    let silent = b.store.complete_reply(&t, id, "n2", 3, None).await.unwrap();
+    assert!(matches!(silent, ReplyOutcome::Silent), "{silent:?}");
+    assert!(
+        b.store
+            .claim_reply(&t, None, "n1", LEASE)
+            .await
+            .unwrap()
+            .is_none(),
+        "settled"
+    );
+    let page = b.store.messages(&t, id, Cursor::Start, 100).await.unwrap();
+    assert_eq!(
+        page.messages.len(),
+        4,
+        "visitor, agent, visitor, one reply; silence stores nothing"
+    );
+
+    // An expired lease is anyone's.
+    b.store
+        .append_message(visitor_msg(&t, id, "hello?", None))
+        .await
+        .unwrap();
+    assert!(b
+        .store
+        .claim_reply(&t, Some(id), "n1", 1)
+        .await
+        .unwrap()
+        .is_some());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        b.store
+            .claim_reply(&t, None, "n2", LEASE)
+            .await
+            .unwrap()
+            .is_some(),
+        "taken over"
+    );
+    let lost = b
+        .store
+        .complete_reply(&t, id, "n1", 6, Some(bot_msg(&t, id, "late")))
+        .await
+        .unwrap();
+    assert!(
+        matches!(lost, ReplyOutcome::Lost),
+        "the first holder lost it: {lost:?}"
+    );
+
+    // Handed to people meanwhile: nothing stored, nothing owed.
+    b.store.set_handler(&t, id, Handler::Human).await.unwrap();
+    let handed = b
+        .store
+        .complete_reply(&t, id, "n2", 6, Some(bot_msg(&t, id, "too late")))
+        .await
+        .unwrap();
+    assert!(matches!(handed, ReplyOutcome::HandedOver), "{handed:?}");
+    assert!(b
+        .store
+        .claim_reply(&t, None, "n1", LEASE)
+        .await
+        .unwrap()
+        .is_none());
+    let human = b
+        .store
+        .append_message(visitor_msg(&t, id, "a person please", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!human.reply_owed, "people answer now");
+    assert_eq!(
+        b.store
+            .messages(&t, id, Cursor::Start, 100)
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        6
+    );
+
+    // A fallback hands over in the same commit.
+    b.store.set_handler(&t, id, Handler::Bot).await.unwrap();
+    b.store
+        .append_message(visitor_msg(&t, id, "bot again", None))
+        .await
+        .unwrap();
+    let claimed = b
+        .store
+        .claim_reply(&t, None, "n1", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut fallback = bot_msg(&t, id, "Sorry, a person will reply.");
+    fallback.handler = Some(Handler::Human);
+    let ReplyOutcome::Stored(_) = b
+        .store
+        .complete_reply(&t, id, "n1", claimed.through_seq, Some(fallback))
+        .await
+        .unwrap()
+    else {
+        panic!("the fallback is stored");
+    };
+    let c = b.store.conversation(&t, id).await.unwrap().unwrap();
+    assert_eq!(c.handler, Handler::Human);
+    assert!(b
+        .store
+        .claim_reply(&t, None, "n1", LEASE)
+        .await
+        .unwrap()
+        .is_none());
 }

@@ -240,6 +240,31 @@ pub struct Appended {
     pub duplicate: bool,
     /// True when this was the first message of the conversation.
     pub first_in_conversation: bool,
+    /// True when this (visitor) message made a reply owed: the conversation's handler is
+    /// `bot` (see [`Store::claim_reply`]).
+    pub reply_owed: bool,
+}
+
+/// An owed reply this node claimed: answer the conversation's visitor messages up to
+/// `through_seq` (see [`Store::claim_reply`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwedReply {
+    pub conversation_id: String,
+    pub through_seq: u64,
+}
+
+/// The outcome of [`Store::complete_reply`].
+#[derive(Debug, Clone)]
+pub enum ReplyOutcome {
+    /// The reply was stored (it may be a duplicate of one stored by an earlier attempt).
+    Stored(Box<Appended>),
+    /// Nothing to store (deliberate silence), and the record was settled.
+    Silent,
+    /// This node no longer held the lease (another node took the reply over): nothing
+    /// was stored.
+    Lost,
+    /// The conversation was handed to people meanwhile: nothing stored, nothing owed.
+    HandedOver,
 }
 
 /// Where a history read starts (all exclusive).
@@ -482,6 +507,41 @@ pub trait Store: Send + Sync + 'static {
         seq: u64,
     ) -> Result<Option<ReadMark>>;
 
+    /// Claims an owed reply for `holder` with a lease of `lease_ms`: the given
+    /// conversation's (when it is owed and its lease is free, expired or already
+    /// `holder`'s), or any owed one of the tenant whose lease is free or expired. A visitor
+    /// message appended while the conversation's handler is `bot` makes its reply owed in
+    /// the same commit; the record stays until [`Store::complete_reply`] settles it.
+    async fn claim_reply(
+        &self,
+        tenant: &str,
+        conversation_id: Option<&str>,
+        holder: &str,
+        lease_ms: i64,
+    ) -> Result<Option<OwedReply>>;
+
+    /// Extends `holder`'s lease; false when it no longer holds it.
+    async fn renew_reply(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        holder: &str,
+        lease_ms: i64,
+    ) -> Result<bool>;
+
+    /// Settles a claimed reply in one commit: checks that `holder` still holds it and that
+    /// the conversation's handler is still `bot`, appends `reply` (None: silence), and
+    /// deletes the record — or releases it, still owed, when visitor messages after
+    /// `through_seq` arrived meanwhile (they are answered together by the next reply).
+    async fn complete_reply(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        holder: &str,
+        through_seq: u64,
+        reply: Option<NewMessage>,
+    ) -> Result<ReplyOutcome>;
+
     /// Appends a custom event. `conversation:qualified` with a conversation id also sets
     /// that conversation's `qualified` flag and carries the conversation as `data`.
     /// `None` when the named conversation does not exist in this tenant.
@@ -580,8 +640,9 @@ pub enum Published {
         conversation_id: Arc<str>,
         json: Arc<str>,
     },
-    /// Ephemeral: never stored, never replayed. `frame` is the encoded `typing` frame.
-    Typing { channel: Channel, frame: Arc<str> },
+    /// Ephemeral: never stored, never replayed, dropped first under back-pressure. `frame`
+    /// is the encoded frame (`typing`, `message:delta`).
+    Ephemeral { channel: Channel, frame: Arc<str> },
     /// The broker may have missed publications (pub/sub reconnected): every subscriber
     /// must re-read the log after the last id/offset it delivered.
     Resync,
@@ -615,7 +676,7 @@ pub trait Broker: Send + Sync + 'static {
     async fn subscribed(&self, _channel: &Channel) -> Result<()> {
         Ok(())
     }
-    /// Publishes an ephemeral event (typing) to every node.
+    /// Publishes an ephemeral event (typing, message:delta) to every node.
     async fn publish_ephemeral(&self, event: Published) -> Result<()>;
     /// False while the broker knows its subscription is broken (for `/readyz`).
     fn healthy(&self) -> bool {

@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use confab_protocol::model::{Conversation, Handler, Message, Reader, Status, TenantEvent};
+use confab_protocol::model::{
+    Conversation, Direction, Handler, Message, Reader, Status, TenantEvent,
+};
 use confab_protocol::time::format_ms;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -34,9 +36,9 @@ use crate::domain::{
 };
 use crate::{
     message_id, Appended, Broker, Channel, Clock, ConversationCursor, ConversationPage, Cursor,
-    EventSink, EventsPage, MessagePage, NewConversation, NewMessage, PresenceEntry, ProfileUpdate,
-    Published, ReadEvent, ReadMark, Result, Retention, Store, StoreError, StoredMessage,
-    VisitorRecord, WebhookState,
+    EventSink, EventsPage, MessagePage, NewConversation, NewMessage, OwedReply, PresenceEntry,
+    ProfileUpdate, Published, ReadEvent, ReadMark, ReplyOutcome, Result, Retention, Store,
+    StoreError, StoredMessage, VisitorRecord, WebhookState,
 };
 
 /// When a commit is durable (`sqlite:PATH?synchronous=…`).
@@ -88,6 +90,11 @@ CREATE TABLE IF NOT EXISTS webhooks (
     PRIMARY KEY (tenant, webhook)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL) WITHOUT ROWID;
+-- Owed assistant replies: the visitor messages up to through_seq await one; holder/lease_until
+-- say who is producing it ('' / 0: nobody).
+CREATE TABLE IF NOT EXISTS replies (
+    tenant TEXT NOT NULL, conversation_id TEXT NOT NULL, through_seq INTEGER NOT NULL,
+    holder TEXT NOT NULL, lease_until INTEGER NOT NULL, PRIMARY KEY (tenant, conversation_id)) WITHOUT ROWID;
 PRAGMA user_version = 1;
 "#;
 
@@ -234,6 +241,8 @@ impl SqliteStore {
         // This process is the database's only user (`lock_exclusively`): every lease in it
         // was held by a process that is gone.
         conn.execute("DELETE FROM leases", []).map_err(db_err)?;
+        conn.execute("UPDATE replies SET holder = '', lease_until = 0", [])
+            .map_err(db_err)?;
         // rusqlite keeps 16 by default; the writer uses more distinct statements than that,
         // and a miss re-prepares (parses and plans) the statement on every message.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -493,6 +502,88 @@ fn save_conversation(
     Ok(json)
 }
 
+/// The commit of one message (inside the writer's transaction): idempotency, the message,
+/// its events, the conversation, and the owed reply a visitor message to a bot makes.
+fn append_tx(
+    c: &Connection,
+    outbox: &mut Vec<Published>,
+    now: i64,
+    new: &NewMessage,
+) -> Result<Option<Appended>> {
+    let Some((mut conv, last_seq, last_created)) =
+        load_conversation(c, &new.tenant, &new.conversation_id)?
+    else {
+        return Ok(None);
+    };
+    let idempotency_key = new.idempotency_key();
+    if let Some(key) = &idempotency_key {
+        let existing: Option<String> = c
+            .prepare_cached(
+                "SELECT json FROM messages WHERE conversation_id = ?1 AND idempotency_key = ?2",
+            )
+            .map_err(db_err)?
+            .query_row(params![new.conversation_id, key], |r| r.get(0))
+            .optional()
+            .map_err(db_err)?;
+        if let Some(json) = existing {
+            let message: Message = serde_json::from_str(&json).map_err(json_err)?;
+            return Ok(Some(Appended {
+                message,
+                duplicate: true,
+                first_in_conversation: false,
+                reply_owed: false,
+            }));
+        }
+    }
+    let seq = last_seq + 1;
+    let created = now.max(last_created);
+    let message = new_message(new, seq, created);
+    let json = to_json(&message);
+    c.prepare_cached(
+        "INSERT INTO messages (conversation_id, seq, tenant, created_ms, idempotency_key, json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .map_err(db_err)?
+    .execute(params![
+        new.conversation_id,
+        seq as i64,
+        new.tenant,
+        created,
+        idempotency_key,
+        json
+    ])
+    .map_err(db_err)?;
+    let json: Arc<str> = json.into();
+    outbox.push(Published::Message {
+        tenant: new.tenant.as_str().into(),
+        conversation_id: new.conversation_id.as_str().into(),
+        seq,
+        json: json.clone(),
+    });
+    append_event_tx(c, outbox, &new.tenant, "message:new", json.to_string(), now)?;
+    if record_message(&mut conv, &message, new.handler) {
+        conversation_updated(c, outbox, &conv, seq, created, now)?;
+    } else {
+        save_conversation(c, &conv, seq, created, now)?;
+    }
+    let reply_owed = new.direction == Direction::Inbound && conv.handler == Handler::Bot;
+    if reply_owed {
+        c.prepare_cached(
+            "INSERT INTO replies (tenant, conversation_id, through_seq, holder, lease_until) VALUES (?1, ?2, ?3, '', 0)
+             ON CONFLICT (tenant, conversation_id) DO UPDATE SET through_seq = excluded.through_seq",
+        )
+        .map_err(db_err)?
+        .execute(params![new.tenant, new.conversation_id, seq as i64])
+        .map_err(db_err)?;
+    }
+    Ok(Some(Appended {
+        message,
+        duplicate: false,
+        first_in_conversation: seq == 1,
+        reply_owed,
+    }))
+}
+
 fn append_event_tx(
     conn: &Connection,
     outbox: &mut Vec<Published>,
@@ -654,51 +745,8 @@ impl Store for SqliteStore {
 
     async fn append_message(&self, new: NewMessage) -> Result<Option<Appended>> {
         let clock = self.clock.clone();
-        self.write(move |c, outbox| {
-            let Some((mut conv, last_seq, last_created)) = load_conversation(c, &new.tenant, &new.conversation_id)? else {
-                return Ok(None);
-            };
-            let idempotency_key = new.idempotency_key();
-            if let Some(key) = &idempotency_key {
-                let existing: Option<String> = c
-                    .prepare_cached("SELECT json FROM messages WHERE conversation_id = ?1 AND idempotency_key = ?2")
-                    .map_err(db_err)?
-                    .query_row(params![new.conversation_id, key], |r| r.get(0))
-                    .optional()
-                    .map_err(db_err)?;
-                if let Some(json) = existing {
-                    let message: Message = serde_json::from_str(&json).map_err(json_err)?;
-                    return Ok(Some(Appended { message, duplicate: true, first_in_conversation: false }));
-                }
-            }
-            let now = clock.now_ms();
-            let seq = last_seq + 1;
-            let created = now.max(last_created);
-            let message = new_message(&new, seq, created);
-            let json = to_json(&message);
-            c.prepare_cached(
-                "INSERT INTO messages (conversation_id, seq, tenant, created_ms, idempotency_key, json)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(db_err)?
-            .execute(params![new.conversation_id, seq as i64, new.tenant, created, idempotency_key, json])
-            .map_err(db_err)?;
-            let json: Arc<str> = json.into();
-            outbox.push(Published::Message {
-                tenant: new.tenant.as_str().into(),
-                conversation_id: new.conversation_id.as_str().into(),
-                seq,
-                json: json.clone(),
-            });
-            append_event_tx(c, outbox, &new.tenant, "message:new", json.to_string(), now)?;
-            if record_message(&mut conv, &message, new.handler) {
-                conversation_updated(c, outbox, &conv, seq, created, now)?;
-            } else {
-                save_conversation(c, &conv, seq, created, now)?;
-            }
-            Ok(Some(Appended { message, duplicate: false, first_in_conversation: seq == 1 }))
-        })
-        .await
+        self.write(move |c, outbox| append_tx(c, outbox, clock.now_ms(), &new))
+            .await
     }
 
     async fn find_duplicate(&self, new: &NewMessage) -> Result<Option<Message>> {
@@ -935,6 +983,123 @@ impl Store for SqliteStore {
                 json: data.into(),
             });
             Ok(Some(ReadMark::Moved(conv)))
+        })
+        .await
+    }
+
+    async fn claim_reply(
+        &self,
+        tenant: &str,
+        conversation_id: Option<&str>,
+        holder: &str,
+        lease_ms: i64,
+    ) -> Result<Option<OwedReply>> {
+        let (tenant, conv, holder) = (
+            tenant.to_owned(),
+            conversation_id.map(str::to_owned),
+            holder.to_owned(),
+        );
+        let clock = self.clock.clone();
+        self.write(move |c, _| {
+            let now = clock.now_ms();
+            let target: Option<String> = match conv {
+                Some(id) => Some(id),
+                None => c
+                    .prepare_cached(
+                        "SELECT conversation_id FROM replies WHERE tenant = ?1 AND lease_until <= ?2
+                         ORDER BY lease_until LIMIT 1",
+                    )
+                    .map_err(db_err)?
+                    .query_row(params![tenant, now], |r| r.get(0))
+                    .optional()
+                    .map_err(db_err)?,
+            };
+            let Some(id) = target else { return Ok(None) };
+            let through: Option<i64> = c
+                .prepare_cached(
+                    "UPDATE replies SET holder = ?3, lease_until = ?4
+                     WHERE tenant = ?1 AND conversation_id = ?2 AND (lease_until <= ?5 OR holder = ?3)
+                     RETURNING through_seq",
+                )
+                .map_err(db_err)?
+                .query_row(params![tenant, id, holder, now + lease_ms, now], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?;
+            Ok(through.map(|t| OwedReply { conversation_id: id, through_seq: t as u64 }))
+        })
+        .await
+    }
+
+    async fn renew_reply(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        holder: &str,
+        lease_ms: i64,
+    ) -> Result<bool> {
+        let (tenant, id, holder) = (
+            tenant.to_owned(),
+            conversation_id.to_owned(),
+            holder.to_owned(),
+        );
+        let clock = self.clock.clone();
+        self.write(move |c, _| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE replies SET lease_until = ?4 WHERE tenant = ?1 AND conversation_id = ?2 AND holder = ?3",
+                )
+                .map_err(db_err)?
+                .execute(params![tenant, id, holder, clock.now_ms() + lease_ms])
+                .map_err(db_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn complete_reply(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        holder: &str,
+        through_seq: u64,
+        reply: Option<NewMessage>,
+    ) -> Result<ReplyOutcome> {
+        let (tenant, id, holder) = (
+            tenant.to_owned(),
+            conversation_id.to_owned(),
+            holder.to_owned(),
+        );
+        let clock = self.clock.clone();
+        self.write(move |c, outbox| {
+            let record: Option<(i64, String)> = c
+                .prepare_cached("SELECT through_seq, holder FROM replies WHERE tenant = ?1 AND conversation_id = ?2")
+                .map_err(db_err)?
+                .query_row(params![tenant, id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(db_err)?;
+            let Some((through, _)) = record.filter(|(_, owner)| *owner == holder) else {
+                return Ok(ReplyOutcome::Lost);
+            };
+            let handled_by_bot = load_conversation(c, &tenant, &id)?
+                .is_some_and(|(conv, _, _)| conv.handler == Handler::Bot);
+            let outcome = if !handled_by_bot {
+                ReplyOutcome::HandedOver
+            } else if let Some(new) = &reply {
+                match append_tx(c, outbox, clock.now_ms(), new)? {
+                    Some(a) => ReplyOutcome::Stored(Box::new(a)),
+                    None => ReplyOutcome::HandedOver,
+                }
+            } else {
+                ReplyOutcome::Silent
+            };
+            let more = through as u64 > through_seq && matches!(outcome, ReplyOutcome::Stored(_) | ReplyOutcome::Silent);
+            let sql = if more {
+                "UPDATE replies SET holder = '', lease_until = 0 WHERE tenant = ?1 AND conversation_id = ?2"
+            } else {
+                "DELETE FROM replies WHERE tenant = ?1 AND conversation_id = ?2"
+            };
+            c.prepare_cached(sql).map_err(db_err)?.execute(params![tenant, id]).map_err(db_err)?;
+            Ok(outcome)
         })
         .await
     }

@@ -47,6 +47,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(visitor::history, visitor::send))
         .routes(routes!(visitor::events))
         .routes(routes!(visitor::read))
+        .routes(routes!(visitor::handoff))
+        .routes(routes!(visitor::voice))
         .routes(routes!(crate::ws::visitor::upgrade))
         .routes(routes!(crate::ws::tenant::upgrade))
         .routes(routes!(tenant::list))
@@ -55,6 +57,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tenant::close))
         .routes(routes!(tenant::reopen))
         .routes(routes!(tenant::read))
+        .routes(routes!(tenant::handler))
         .routes(routes!(tenant::events, tenant::publish))
         .routes(routes!(tenant::webhooks))
         .routes(routes!(ops::landing))
@@ -236,10 +239,23 @@ pub struct Sent {
     pub created_at: String,
     /// True when this `clientMessageId` was already stored: nothing new was stored.
     pub duplicate: bool,
+    /// Only with `awaitReply: true`: the assistant's reply (or its safe fallback) once
+    /// stored; null when people answer, the bot stayed silent, or the wait ran out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<confab_protocol::model::Message>)]
+    pub reply: Option<Option<confab_protocol::model::Message>>,
 }
 
 /// The answer to a send: 201 when stored, 200 for a duplicate `clientMessageId`.
 pub fn sent(a: &confab_store::Appended) -> Response {
+    sent_with(a, None)
+}
+
+/// [`sent`], with `reply` for `awaitReply`.
+pub fn sent_with(
+    a: &confab_store::Appended,
+    reply: Option<Option<confab_protocol::model::Message>>,
+) -> Response {
     let status = if a.duplicate {
         axum::http::StatusCode::OK
     } else {
@@ -250,6 +266,7 @@ pub fn sent(a: &confab_store::Appended) -> Response {
         message_id: a.message.id.clone(),
         created_at: a.message.created_at.clone(),
         duplicate: a.duplicate,
+        reply,
     };
     json_text(status, serde_json::to_string(&body).unwrap_or_default())
 }

@@ -76,7 +76,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, ct)],
-        state.metrics.render(&state.hub),
+        state
+            .metrics
+            .render(&state.hub, &state.assistants.open_circuits()),
     )
         .into_response()
 }

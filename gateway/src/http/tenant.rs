@@ -388,6 +388,48 @@ pub async fn reopen(
     set_status(state, headers, id, Status::Open).await
 }
 
+/// `POST /v1/tenant/conversations/{id}/handler`: who answers.
+#[derive(Deserialize, ToSchema)]
+pub struct HandlerBody {
+    /// `human` (agents) or `bot` (the conversation's assistant; 422 without one).
+    pub handler: confab_protocol::model::Handler,
+}
+
+/// `POST /v1/tenant/conversations/{id}/handler` → the conversation: hand it to people or
+/// give it back to its assistant. Emits `conversation:updated` when it changed.
+#[utoipa::path(
+    post,
+    path = "/v1/tenant/conversations/{id}/handler",
+    operation_id = "setHandler",
+    tag = "tenant",
+    params(("id" = String, Path, description = "The conversation's id (a UUID).")),
+    request_body = HandlerBody,
+    security(("agentJwt" = []), ("serverKey" = [])),
+    responses(
+        (status = 200, description = "The conversation with its new handler.", body = Conversation),
+        (status = 400, response = InvalidJson),
+        (status = 401, response = InvalidCredentials),
+        (status = 403, response = OriginNotAllowed),
+        (status = 404, response = ConversationNotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = StoreUnavailable),
+    ),
+)]
+pub async fn handler(
+    State(state): State<crate::state::AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<HandlerBody>,
+) -> HandlerResult<Response> {
+    let auth = auth(&state, &headers)?;
+    let conv = service::agent::set_handler(&state, &auth.tenant, &id, body.handler).await?;
+    Ok(json_text(
+        StatusCode::OK,
+        serde_json::to_string(&conv).unwrap_or_default(),
+    ))
+}
+
 /// `POST /v1/tenant/conversations/{id}/read` → the conversation: an agent has read it up
 /// to `messageId`. Recounts `unreadByAgent`; emits `conversation:read` when the cursor moved.
 #[utoipa::path(

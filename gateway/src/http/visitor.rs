@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use confab_protocol::model::{Intent, QuickQuestion};
+use confab_protocol::model::{Handler, Intent, QuickQuestion};
 use confab_protocol::time::format_ms;
 use confab_protocol::token;
 use confab_protocol::validate;
@@ -83,6 +83,17 @@ pub struct TenantConfig {
     /// The widget waits this long before starting a session; `botSignals.elapsedMs` below
     /// it is a bot (an addition to the SPEC; 0: no check).
     pub min_elapsed_ms: u64,
+    /// The tenant's default assistant, when it answers now (else null).
+    pub assistant: Option<AssistantInfo>,
+}
+
+/// The assistant a new conversation gets, as the widget shows it.
+#[derive(Serialize, ToSchema)]
+pub struct AssistantInfo {
+    pub id: String,
+    pub name: String,
+    /// It has a phone number: `POST /v1/voice` works.
+    pub voice: bool,
 }
 
 /// The tenant's id and display name.
@@ -217,6 +228,14 @@ fn tenant_config(t: &Tenant, is_available: bool) -> TenantConfig {
         // Not a secret: a bot can always wait; the point is to make every automated
         // session cost that time.
         min_elapsed_ms: c.min_elapsed_ms,
+        assistant: t
+            .default_assistant()
+            .filter(|a| crate::service::assistants::answers_now(a, is_available))
+            .map(|a| AssistantInfo {
+                id: a.cfg.id.clone(),
+                name: a.cfg.name.clone(),
+                voice: a.cfg.phone_number.is_some(),
+            }),
     }
 }
 
@@ -380,6 +399,11 @@ pub struct SessionBody {
     #[serde(default)]
     #[schema(max_length = 64)]
     client_message_id: Option<String>,
+    /// The assistant that answers a new conversation (one of the tenant's
+    /// `[[tenants.assistants]]` ids; unknown: 422); default: the tenant's first.
+    #[serde(default)]
+    #[schema(max_length = 64, example = "ava")]
+    assistant_id: Option<String>,
 }
 
 /// The answer to `POST /v1/sessions` (201, also when resumed).
@@ -404,6 +428,10 @@ pub struct SessionStarted {
     pub quick_questions: Vec<QuickQuestion>,
     /// The tenant's automatic reply, when the first `message` triggered it.
     pub auto_reply: Option<String>,
+    /// The assistant of the conversation, if any.
+    pub assistant_id: Option<String>,
+    /// Who answers now: `bot` (the assistant) or `human`.
+    pub handler: Handler,
 }
 
 /// The widget's launcher label.
@@ -498,6 +526,7 @@ pub async fn sessions(
         elapsed_ms,
         message: body.message,
         client_message_id: body.client_message_id,
+        assistant_id: body.assistant_id,
     };
     let started = sessions::start(&state, &tenant, ip, request).await?;
     let (intents, quick_questions) = widget_lists(&tenant);
@@ -514,6 +543,8 @@ pub async fn sessions(
         intents,
         quick_questions,
         auto_reply: started.auto_reply,
+        assistant_id: started.conversation.assistant_id,
+        handler: started.conversation.handler,
     };
     Ok(json_text(
         StatusCode::CREATED,
@@ -605,6 +636,15 @@ pub struct SendBody {
     /// Legacy clients (seed 000) put the session token in the body.
     #[serde(default)]
     session_token: Option<String>,
+    /// The `name` of one of the tenant's intents (seed 004): stored on the message and
+    /// passed to the assistant; anything else is 422.
+    #[serde(default)]
+    #[schema(example = "billing")]
+    intent: Option<String>,
+    /// Answer only once the assistant's reply is stored (at most its `timeout_secs` + 5 s),
+    /// with it as `reply` (seed 003's synchronous chat).
+    #[serde(default)]
+    await_reply: bool,
 }
 
 /// `POST /v1/messages`: the visitor sends. The answer comes once the message is durably
@@ -654,8 +694,13 @@ pub async fn send(
         &body.message,
         body.client_message_id,
         body.meta,
+        body.intent,
     )
     .await?;
+    if body.await_reply {
+        let reply = service::visitor::await_reply(&state, &session, &a).await?;
+        return Ok(crate::http::sent_with(&a, Some(reply)));
+    }
     Ok(sent(&a))
 }
 
@@ -785,6 +830,73 @@ pub async fn read(
     ))
 }
 
+/// `POST /v1/handoff`: the visitor asks for a person.
+#[utoipa::path(
+    post,
+    path = "/v1/handoff",
+    operation_id = "handoff",
+    tag = "widget",
+    security(("visitorSession" = [])),
+    responses(
+        (status = 200, description = "The conversation, with `handler: \"human\"`; emits `conversation:updated` when it changed.", body = confab_protocol::model::Conversation),
+        (status = 401, response = InvalidSession),
+        (status = 403, response = OriginNotAllowed),
+        (status = 503, response = StoreUnavailable),
+    ),
+)]
+pub async fn handoff(State(state): State<AppState>, headers: HeaderMap) -> HandlerResult<Response> {
+    let session = session_of(&state, &headers, None)?;
+    let conv = service::visitor::handoff(&state, &session).await?;
+    Ok(json_text(
+        StatusCode::OK,
+        serde_json::to_string(&conv).unwrap_or_default(),
+    ))
+}
+
+/// `POST /v1/voice`: which assistant's number to call.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct VoiceBody {
+    /// One of the tenant's assistants; default: the conversation's.
+    #[serde(default)]
+    #[schema(example = "ava")]
+    pub assistant_id: Option<String>,
+}
+
+/// `POST /v1/voice`: the visitor wants to call the assistant (seed 003's voice start);
+/// emits the tenant event `voice:requested`.
+#[utoipa::path(
+    post,
+    path = "/v1/voice",
+    operation_id = "startVoice",
+    tag = "widget",
+    request_body = VoiceBody,
+    security(("visitorSession" = [])),
+    responses(
+        (status = 201, description = "The number to call.", body = service::visitor::VoiceCall),
+        (status = 400, response = InvalidJson),
+        (status = 401, response = InvalidSession),
+        (status = 403, response = OriginNotAllowed),
+        (status = 404, description = "`voice_unavailable`: that assistant has no phone number.", body = confab_protocol::ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = ValidationFailed),
+        (status = 429, response = RateLimited),
+        (status = 503, response = StoreUnavailable),
+    ),
+)]
+pub async fn voice(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<VoiceBody>,
+) -> HandlerResult<Response> {
+    let session = session_of(&state, &headers, None)?;
+    let call = service::visitor::voice(&state, &session, body.assistant_id.as_deref()).await?;
+    Ok(json_text(
+        StatusCode::CREATED,
+        serde_json::to_string(&call).unwrap_or_default(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -817,6 +929,7 @@ mod tests {
             },
             require_init_challenge: true,
             min_elapsed_ms: 800,
+            assistant: None,
         };
         let challenge = || InitChallenge {
             token: "c1.abc".into(),

@@ -73,7 +73,7 @@ pub async fn typing(
         tenant: tenant.cfg.id.as_str().into(),
         conversation_id: conversation_id.into(),
     };
-    super::publish_typing(state, channel, frame).await;
+    super::publish_ephemeral(state, channel, frame).await;
     Ok(())
 }
 
@@ -101,6 +101,35 @@ pub async fn conversation(
     state
         .store
         .conversation(&tenant.cfg.id, conversation_id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(not_found)
+}
+
+/// Sets who answers a conversation; `bot` needs the conversation to have an assistant.
+pub async fn set_handler(
+    state: &AppState,
+    tenant: &Tenant,
+    conversation_id: &str,
+    handler: Handler,
+) -> Result<Conversation, ApiError> {
+    if handler == Handler::Bot {
+        let conv = conversation(state, tenant, conversation_id).await?;
+        if conv
+            .assistant_id
+            .as_deref()
+            .and_then(|id| tenant.assistant(id))
+            .is_none()
+        {
+            return Err(ApiError::invalid(
+                "handler",
+                "the conversation has no assistant: only people can answer it",
+            ));
+        }
+    }
+    state
+        .store
+        .set_handler(&tenant.cfg.id, conversation_id, handler)
         .await
         .map_err(store_error)?
         .ok_or_else(not_found)

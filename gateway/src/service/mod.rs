@@ -11,8 +11,11 @@
 //! - [`events`] — the tenant event log: pages (long-polled), resume points, custom events.
 //! - [`webhooks`] — delivering the tenant event log to the tenant's webhooks.
 //! - [`presence`] — which agents are online, and the availability that follows.
+//! - [`assistants`] — AI and bot replies: owed replies, upstream dialects, streaming.
 //!
 //! - [`limits`] — charging requests against the rate limits.
+
+use std::sync::Arc;
 
 use confab_protocol::model::{Conversation, Reader};
 use confab_protocol::{ApiError, ErrorCode};
@@ -21,6 +24,7 @@ use confab_store::{Appended, Channel, NewMessage, Published, ReadMark};
 use crate::state::AppState;
 
 pub mod agent;
+pub mod assistants;
 pub mod events;
 pub mod limits;
 pub mod presence;
@@ -77,16 +81,17 @@ async fn mark_read(
     }
 }
 
-async fn publish_typing(state: &AppState, channel: Channel, frame: String) {
+/// Publishes an ephemeral frame (typing, message:delta) on `channel`, on every node.
+async fn publish_ephemeral(state: &AppState, channel: Channel, frame: impl Into<Arc<str>>) {
     if let Err(e) = state
         .broker
-        .publish_ephemeral(Published::Typing {
+        .publish_ephemeral(Published::Ephemeral {
             channel,
             frame: frame.into(),
         })
         .await
     {
-        tracing::debug!(error = %e, "typing not published");
+        tracing::debug!(error = %e, "ephemeral frame not published");
     }
 }
 

@@ -41,6 +41,8 @@ pub struct StartSession {
     /// An optional first message and its idempotency key.
     pub message: Option<String>,
     pub client_message_id: Option<String>,
+    /// The assistant that should answer a new conversation (else the tenant's first).
+    pub assistant_id: Option<String>,
 }
 
 /// A started or resumed session.
@@ -172,8 +174,15 @@ pub async fn start(
             &m,
             r.client_message_id.take(),
             None,
+            None,
         )?),
         None => None,
+    };
+    let assistant = match r.assistant_id.as_deref() {
+        Some(id) => Some(tenant.assistant(id).ok_or_else(|| {
+            ApiError::invalid("assistantId", "not one of the tenant's assistants")
+        })?),
+        None => tenant.default_assistant(),
     };
     check_bot_signals(tenant, &r)?;
     let now = state.now_ms();
@@ -249,6 +258,12 @@ pub async fn start(
         }
         None => {
             let tok = token::new_visitor_token();
+            let bot = assistant.is_some_and(|a| {
+                crate::service::assistants::answers_now(
+                    a,
+                    crate::service::presence::is_available(state, tenant),
+                )
+            });
             let conv = state
                 .store
                 .start_conversation(NewConversation {
@@ -259,8 +274,8 @@ pub async fn start(
                     contact: profile.contact.unwrap_or_default(),
                     variables: profile.variables.unwrap_or_default(),
                     visitor_context: profile.visitor_context.unwrap_or_default(),
-                    assistant_id: None,
-                    handler: Handler::Human,
+                    assistant_id: assistant.map(|a| a.cfg.id.clone()),
+                    handler: if bot { Handler::Bot } else { Handler::Human },
                 })
                 .await
                 .map_err(store_error)?;
@@ -280,7 +295,7 @@ pub async fn start(
     let mut auto_reply = None;
     if let Some(draft) = first_message {
         let appended = visitor::store_admitted(state, &session, draft, !resumed).await?;
-        if appended.first_in_conversation {
+        if appended.first_in_conversation && !appended.reply_owed {
             auto_reply = tenant.cfg.auto_reply.clone();
         }
     }

@@ -4,7 +4,9 @@
 
 use std::net::IpAddr;
 
-use confab_protocol::model::{Author, AuthorKind, Conversation, Direction, Reader};
+use confab_protocol::model::{
+    Author, AuthorKind, Conversation, Direction, Handler, Message, Reader,
+};
 use confab_protocol::validate;
 use confab_protocol::{frames, ApiError};
 use confab_store::{Appended, Channel, Cursor, MessagePage, NewMessage};
@@ -137,6 +139,7 @@ pub struct VisitorDraft {
     body: String,
     client_message_id: Option<String>,
     meta: Option<Value>,
+    intent: Option<String>,
 }
 
 impl VisitorDraft {
@@ -147,15 +150,25 @@ impl VisitorDraft {
         message: &str,
         client_message_id: Option<String>,
         meta: Option<Value>,
+        intent: Option<String>,
     ) -> Result<VisitorDraft, ApiError> {
         let body = validate::message_body(field, message, tenant.cfg.max_message_length)?;
         if let Some(id) = &client_message_id {
             validate::client_message_id(id)?;
         }
+        if let Some(name) = &intent {
+            if !tenant.cfg.intents.iter().any(|i| &i.name == name) {
+                return Err(ApiError::invalid(
+                    "intent",
+                    "not the name of one of the tenant's intents",
+                ));
+            }
+        }
         Ok(VisitorDraft {
             body,
             client_message_id,
             meta: visitor_meta(tenant, meta)?,
+            intent,
         })
     }
 
@@ -169,7 +182,7 @@ impl VisitorDraft {
             body: self.body,
             client_message_id: self.client_message_id,
             meta: self.meta,
-            intent: None,
+            intent: self.intent,
             handler: None,
         }
     }
@@ -182,8 +195,16 @@ pub async fn send(
     message: &str,
     client_message_id: Option<String>,
     meta: Option<Value>,
+    intent: Option<String>,
 ) -> Result<Appended, ApiError> {
-    let draft = VisitorDraft::check(&session.tenant, "message", message, client_message_id, meta)?;
+    let draft = VisitorDraft::check(
+        &session.tenant,
+        "message",
+        message,
+        client_message_id,
+        meta,
+        intent,
+    )?;
     admit_and_store(state, session, ip, draft).await
 }
 
@@ -234,6 +255,7 @@ pub async fn admit(
                 message,
                 duplicate: true,
                 first_in_conversation: false,
+                reply_owed: false,
             }));
         }
     }
@@ -265,17 +287,50 @@ pub async fn store_admitted(
 async fn store_visitor_message(
     state: &AppState,
     session: &VisitorSession,
-    new: NewMessage,
+    mut new: NewMessage,
 ) -> Result<Appended, ApiError> {
     let tenant = &session.tenant;
+    new.handler = bot_takes_over(state, session).await?;
     let appended = super::append(state, new).await?;
-    if !appended.duplicate && appended.first_in_conversation && tenant.cfg.auto_reply.is_some() {
+    if appended.reply_owed {
+        // The assistant answers (and the automatic reply would only be in its way).
+        super::assistants::kick(state, tenant, &session.claims.conversation_id);
+    } else if !appended.duplicate
+        && appended.first_in_conversation
+        && tenant.cfg.auto_reply.is_some()
+    {
         // After the answer, not before: the visitor's ack must not wait on it.
         let (state, tenant) = (state.clone(), tenant.clone());
         let conv = session.claims.conversation_id.clone();
         tokio::spawn(async move { auto_reply(&state, &tenant, &conv).await });
     }
     Ok(appended)
+}
+
+/// `Some(Bot)` when the conversation's assistant answers `when_unavailable`, nobody is
+/// available and people handle it now: the bot takes the visitor's message. Reads the
+/// conversation only in that situation (a tenant with such an assistant, unavailable).
+async fn bot_takes_over(
+    state: &AppState,
+    session: &VisitorSession,
+) -> Result<Option<Handler>, ApiError> {
+    let tenant = &session.tenant;
+    let may = tenant
+        .assistants
+        .iter()
+        .any(|a| a.cfg.answers == crate::config::Answers::WhenUnavailable);
+    if !may || super::presence::is_available(state, tenant) {
+        return Ok(None);
+    }
+    let Some(conv) = conversation(state, session).await? else {
+        return Ok(None);
+    };
+    let answers = conv
+        .assistant_id
+        .as_deref()
+        .and_then(|id| tenant.assistant(id))
+        .is_some_and(|a| super::assistants::answers_now(a, false));
+    Ok((answers && conv.handler == Handler::Human).then_some(Handler::Bot))
 }
 
 async fn auto_reply(state: &AppState, tenant: &Tenant, conversation_id: &str) {
@@ -307,7 +362,56 @@ pub async fn typing(state: &AppState, session: &VisitorSession) {
     let channel = Channel::Tenant {
         tenant: session.tenant.cfg.id.as_str().into(),
     };
-    super::publish_typing(state, channel, frame).await;
+    super::publish_ephemeral(state, channel, frame).await;
+}
+
+/// `awaitReply`: waits (at most the assistant's `timeout_secs` + 5 s) for the assistant's
+/// reply to `sent` — the first message of the conversation's assistant after it — and
+/// returns it; `None` when people answer the conversation or nothing came in time.
+pub async fn await_reply(
+    state: &AppState,
+    session: &VisitorSession,
+    sent: &Appended,
+) -> Result<Option<Message>, ApiError> {
+    let Some(conv) = conversation(state, session).await? else {
+        return Ok(None);
+    };
+    let Some(assistant) = conv
+        .assistant_id
+        .as_deref()
+        .and_then(|id| session.tenant.assistant(id))
+    else {
+        return Ok(None);
+    };
+    if !sent.reply_owed && conv.handler != Handler::Bot {
+        return Ok(None);
+    }
+    let after = confab_store::seq_of_message_id(&sent.message.id).unwrap_or(0);
+    let wait = assistant.cfg.timeout_secs + 5;
+    let c = &session.claims;
+    let channel = Channel::Conversation {
+        tenant: c.tenant.as_str().into(),
+        conversation_id: c.conversation_id.as_str().into(),
+    };
+    let reply_of = |page: &MessagePage| {
+        page.messages.iter().find_map(|m| {
+            let msg: Message = serde_json::from_str(&m.json).ok()?;
+            (msg.author.kind == AuthorKind::Bot && msg.author.id == assistant.cfg.id).then_some(msg)
+        })
+    };
+    let page = super::long_poll(
+        state,
+        channel,
+        wait,
+        |p: &MessagePage| reply_of(p).is_none(),
+        || {
+            state
+                .store
+                .messages(&c.tenant, &c.conversation_id, Cursor::After(after), 200)
+        },
+    )
+    .await?;
+    Ok(reply_of(&page))
 }
 
 /// A page of a conversation's history, long-polled for up to `wait` seconds.
@@ -344,6 +448,71 @@ pub async fn conversation(
         .conversation(&c.tenant, &c.conversation_id)
         .await
         .map_err(crate::error::store_error)
+}
+
+/// The visitor asks for a person: the conversation's handler becomes `human`.
+pub async fn handoff(state: &AppState, session: &VisitorSession) -> Result<Conversation, ApiError> {
+    let c = &session.claims;
+    state
+        .store
+        .set_handler(&c.tenant, &c.conversation_id, Handler::Human)
+        .await
+        .map_err(crate::error::store_error)?
+        .ok_or_else(super::not_found)
+}
+
+/// A voice call the visitor asked for (seed 003): the assistant's number.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VoiceCall {
+    pub conversation_id: String,
+    pub assistant_id: String,
+    #[schema(example = "+14165559999")]
+    pub phone_number: String,
+}
+
+/// `POST /v1/voice`: the number of `assistant_id` (else the conversation's assistant, else
+/// the tenant's default); emits `voice:requested`. Counted in the session's events limit.
+pub async fn voice(
+    state: &AppState,
+    session: &VisitorSession,
+    assistant_id: Option<&str>,
+) -> Result<VoiceCall, ApiError> {
+    let tenant = &session.tenant;
+    let c = &session.claims;
+    let assistant = match assistant_id {
+        Some(id) => Some(tenant.assistant(id).ok_or_else(|| {
+            ApiError::invalid("assistantId", "not one of the tenant's assistants")
+        })?),
+        None => {
+            let conv = conversation(state, session).await?;
+            conv.and_then(|cv| cv.assistant_id)
+                .and_then(|id| tenant.assistant(&id))
+                .or(tenant.default_assistant())
+        }
+    };
+    crate::service::limits::charge(state, tenant, Limit::EventsPerSession, &c.visitor_id).await?;
+    let Some((assistant, phone)) =
+        assistant.and_then(|a| a.cfg.phone_number.as_ref().map(|p| (a, p)))
+    else {
+        return Err(ApiError::new(
+            confab_protocol::ErrorCode::VoiceUnavailable,
+            "no voice number for this assistant",
+        ));
+    };
+    let call = VoiceCall {
+        conversation_id: c.conversation_id.clone(),
+        assistant_id: assistant.cfg.id.clone(),
+        phone_number: phone.clone(),
+    };
+    let data = serde_json::to_value(&call).unwrap_or_default();
+    state
+        .store
+        .append_event(&c.tenant, "voice:requested", data, Some(&c.conversation_id))
+        .await
+        .map_err(crate::error::store_error)?
+        .ok_or_else(super::not_found)?;
+    Ok(call)
 }
 
 /// The sequence number of a conversation's last message (0 when it has none).

@@ -759,6 +759,7 @@ mod tests {
             hub,
             clock,
             Default::default(),
+            Default::default(),
         )
     }
 

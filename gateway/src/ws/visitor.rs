@@ -54,6 +54,7 @@ impl ChannelLogic for Visitor {
             ClientFrame::Message {
                 message,
                 client_message_id,
+                intent,
             } => {
                 let cmid = client_message_id.clone();
                 match crate::service::visitor::send(
@@ -63,6 +64,7 @@ impl ChannelLogic for Visitor {
                     &message,
                     client_message_id,
                     None,
+                    intent,
                 )
                 .await
                 {

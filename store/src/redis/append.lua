@@ -1,50 +1,7 @@
--- append_message: the whole commit of one message, in one round trip.
--- KEYS: conv, msgs, idem, list:open, list:closed, meta, log
--- ARGV: conv_id, now, now_fmt, m1, m2, m3, idempotency key: author + clientMessageId ('' = none), min_events, min_age,
---       conv_chan, tenant_chan, inbound ('1' | '0'), handler ('' = keep)
--- Returns {'none'} | {'dup', first_message_json} | {'ok', seq, created_ms}.
-local id, now, now_fmt, cmid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[7]
-local min_events, min_age = tonumber(ARGV[8]), tonumber(ARGV[9])
+-- append_message: the whole commit of one message, in one round trip (see append_fn.lua).
+-- Returns {'none'} | {'dup', first_message_json} | {'ok', seq, created_ms, reply_owed}.
 local c = load_conv(KEYS[1])
 if not c then
   return {'none'}
 end
-if cmid ~= '' then
-  local first = redis.call('HGET', KEYS[3], cmid)
-  if first then
-    local e = redis.call('XRANGE', KEYS[2], first, first)
-    if not e[1] then
-      return redis.error_reply('confab: clientMessageId points at a missing message')
-    end
-    return {'dup', e[1][2][2]}
-  end
-end
-local seq = c.seq + 1
-local created, created_fmt = now, now_fmt
-if c.lcm > now then
-  created, created_fmt = c.lcm, c.lca
-end
-local json = ARGV[4] .. int(seq) .. ARGV[5] .. created_fmt .. ARGV[6]
-redis.call('XADD', KEYS[2], int(seq) .. '-' .. int(created), 'm', json)
-if cmid ~= '' then
-  redis.call('HSET', KEYS[3], cmid, int(seq))
-end
-redis.call('PUBLISH', ARGV[10], 'm|' .. int(seq) .. '|' .. json)
-append_event(KEYS[6], KEYS[7], ARGV[11], now, 'message:new', json, min_events, min_age)
-local changed = c.st == 'closed' or (ARGV[13] ~= '' and ARGV[13] ~= c.h)
-relist({open = KEYS[4], closed = KEYS[5]}, id, c.st, c.um, 'open', now)
-c.st, c.ua, c.um, c.lm = 'open', created_fmt, now, json
-if ARGV[12] == '1' then
-  c.ur = int(tonumber(c.ur) + 1)
-end
-if ARGV[13] ~= '' then
-  c.h = ARGV[13]
-end
-redis.call('HSET', KEYS[1], 'st', c.st, 'ua', c.ua, 'um', int(now), 'lm', json, 'seq', int(seq),
-  'lcm', int(created), 'lca', created_fmt, 'ur', c.ur, 'h', c.h)
-if changed then
-  local cj = conv_json(c)
-  append_event(KEYS[6], KEYS[7], ARGV[11], now, 'conversation:updated', cj, min_events, min_age)
-  redis.call('PUBLISH', ARGV[10], 'u|' .. cj)
-end
-return {'ok', seq, created}
+return append_message(c)

@@ -102,6 +102,16 @@ impl TenantKeys {
         format!("{}:idem:{}", self.base, seg(id))
     }
 
+    /// HASH conversation id → `THROUGH_SEQ|HOLDER` of each owed assistant reply.
+    pub(crate) fn owed(&self) -> String {
+        format!("{}:owed", self.base)
+    }
+
+    /// ZSET of the owed replies, score = the end of the holder's lease (0: free).
+    pub(crate) fn owed_due(&self) -> String {
+        format!("{}:owed:due", self.base)
+    }
+
     /// ZSET of presence entries, member `NODE|AGENT`, score = expiry (epoch ms).
     pub(crate) fn presence(&self) -> String {
         format!("{}:presence", self.base)

@@ -157,8 +157,8 @@ use serde_json::Value as Json;
 use crate::domain::{new_conversation, new_conversation_id, new_message, new_visitor_id, to_json};
 use crate::{
     message_id, Appended, Backend, Clock, ConversationCursor, ConversationPage, Cursor, EventsPage,
-    MessagePage, NewConversation, NewMessage, PresenceEntry, ProfileUpdate, ReadMark, Result,
-    Retention, Store, StoreError, StoredMessage, VisitorRecord, WebhookState,
+    MessagePage, NewConversation, NewMessage, OwedReply, PresenceEntry, ProfileUpdate, ReadMark,
+    ReplyOutcome, Result, Retention, Store, StoreError, StoredMessage, VisitorRecord, WebhookState,
 };
 
 mod codec;
@@ -421,6 +421,39 @@ fn assemble(fields: Vec<Option<String>>) -> Result<Option<(Conversation, String)
     )))
 }
 
+/// `append_fn.lua`'s answer: `{'dup', json}` or `{'ok', seq, created_ms, owed}`.
+fn appended(new: &NewMessage, reply: &[Value]) -> Result<Appended> {
+    match reply.first().and_then(text).as_deref() {
+        Some("dup") => {
+            let json = reply
+                .get(1)
+                .and_then(text)
+                .ok_or_else(|| unexpected("append", reply))?;
+            Ok(Appended {
+                message: parse_message(&json)?,
+                duplicate: true,
+                first_in_conversation: false,
+                reply_owed: false,
+            })
+        }
+        Some("ok") => {
+            let (Some(seq), Some(created)) =
+                (reply.get(1).and_then(int), reply.get(2).and_then(int))
+            else {
+                return Err(unexpected("append", reply));
+            };
+            let seq = seq as u64;
+            Ok(Appended {
+                message: new_message(new, seq, created),
+                duplicate: false,
+                first_in_conversation: seq == 1,
+                reply_owed: reply.get(3).and_then(int) == Some(1),
+            })
+        }
+        _ => Err(unexpected("append", reply)),
+    }
+}
+
 /// The Redis [`Store`].
 pub struct RedisStore {
     conn: Arc<Conn>,
@@ -454,6 +487,45 @@ impl RedisStore {
             .query(redis::cmd("HMGET").arg(key).arg(&CONV_READ[..]).to_owned())
             .await?;
         assemble(fields)
+    }
+
+    /// The keys and arguments of `append_fn.lua` (the append and complete_reply scripts).
+    fn append_invocation<'a>(
+        &self,
+        script: &'a redis::Script,
+        new: &NewMessage,
+    ) -> Result<ScriptInvocation<'a>> {
+        let t = message_template(new)?;
+        let k = TenantKeys::new(&new.tenant);
+        let id = &new.conversation_id;
+        let (min_events, min_age) = self.retention_args();
+        let now = self.clock.now_ms();
+        let mut inv = script.prepare_invoke();
+        inv.key(k.conversation(id))
+            .key(k.messages(id))
+            .key(k.idempotency(id));
+        inv.key(k.list("open"))
+            .key(k.list("closed"))
+            .key(k.meta())
+            .key(k.log())
+            .key(k.owed())
+            .key(k.owed_due());
+        inv.arg(id)
+            .arg(now)
+            .arg(format_ms(now))
+            .arg(&t[..])
+            .arg(new.idempotency_key().unwrap_or_default());
+        inv.arg(min_events)
+            .arg(min_age)
+            .arg(self.channels.conversation(&new.tenant, id))
+            .arg(self.channels.tenant(&new.tenant))
+            .arg(if new.direction == Direction::Inbound {
+                "1"
+            } else {
+                "0"
+            })
+            .arg(new.handler.map_or("", Handler::as_str));
+        Ok(inv)
     }
 
     /// `set_status` and `set_handler` (`""` keeps the field as it is).
@@ -634,63 +706,11 @@ impl Store for RedisStore {
     }
 
     async fn append_message(&self, new: NewMessage) -> Result<Option<Appended>> {
-        let t = message_template(&new)?;
-        self.register(&new.tenant).await?;
-        let k = TenantKeys::new(&new.tenant);
-        let id = &new.conversation_id;
-        let (min_events, min_age) = self.retention_args();
-        let now = self.clock.now_ms();
-        let mut inv = scripts::APPEND.prepare_invoke();
-        inv.key(k.conversation(id))
-            .key(k.messages(id))
-            .key(k.idempotency(id));
-        inv.key(k.list("open"))
-            .key(k.list("closed"))
-            .key(k.meta())
-            .key(k.log());
-        inv.arg(id)
-            .arg(now)
-            .arg(format_ms(now))
-            .arg(&t[..])
-            .arg(new.idempotency_key().unwrap_or_default());
-        inv.arg(min_events)
-            .arg(min_age)
-            .arg(self.channels.conversation(&new.tenant, id))
-            .arg(self.channels.tenant(&new.tenant))
-            .arg(if new.direction == Direction::Inbound {
-                "1"
-            } else {
-                "0"
-            })
-            .arg(new.handler.map_or("", Handler::as_str));
+        let inv = self.append_invocation(&scripts::APPEND, &new)?;
         let reply: Vec<Value> = self.conn.eval(inv).await?;
         match reply.first().and_then(text).as_deref() {
             Some("none") => Ok(None),
-            Some("dup") => {
-                let json = reply
-                    .get(1)
-                    .and_then(text)
-                    .ok_or_else(|| unexpected("append", &reply))?;
-                Ok(Some(Appended {
-                    message: parse_message(&json)?,
-                    duplicate: true,
-                    first_in_conversation: false,
-                }))
-            }
-            Some("ok") => {
-                let (Some(seq), Some(created)) =
-                    (reply.get(1).and_then(int), reply.get(2).and_then(int))
-                else {
-                    return Err(unexpected("append", &reply));
-                };
-                let seq = seq as u64;
-                Ok(Some(Appended {
-                    message: new_message(&new, seq, created),
-                    duplicate: false,
-                    first_in_conversation: seq == 1,
-                }))
-            }
-            _ => Err(unexpected("append", &reply)),
+            _ => appended(&new, &reply).map(Some),
         }
     }
 
@@ -921,6 +941,89 @@ impl Store for RedisStore {
             Some("same") => Ok(Some(ReadMark::Unchanged(conv()?))),
             Some("moved") => Ok(Some(ReadMark::Moved(conv()?))),
             _ => Err(unexpected("read", &reply)),
+        }
+    }
+
+    async fn claim_reply(
+        &self,
+        tenant: &str,
+        conversation_id: Option<&str>,
+        holder: &str,
+        lease_ms: i64,
+    ) -> Result<Option<OwedReply>> {
+        let k = TenantKeys::new(tenant);
+        let mut inv = scripts::CLAIM.prepare_invoke();
+        inv.key(k.owed()).key(k.owed_due());
+        inv.arg(conversation_id.unwrap_or(""))
+            .arg(holder)
+            .arg(self.clock.now_ms())
+            .arg(lease_ms);
+        let reply: Vec<Value> = self.conn.eval(inv).await?;
+        if reply.is_empty() {
+            return Ok(None);
+        }
+        match (reply.first().and_then(text), reply.get(1).and_then(text)) {
+            (Some(id), Some(through)) => Ok(Some(OwedReply {
+                conversation_id: id,
+                through_seq: through.parse().map_err(|_| unexpected("claim", &reply))?,
+            })),
+            _ => Err(unexpected("claim", &reply)),
+        }
+    }
+
+    async fn renew_reply(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        holder: &str,
+        lease_ms: i64,
+    ) -> Result<bool> {
+        let k = TenantKeys::new(tenant);
+        let mut inv = scripts::RENEW.prepare_invoke();
+        inv.key(k.owed()).key(k.owed_due());
+        inv.arg(conversation_id)
+            .arg(holder)
+            .arg(self.clock.now_ms() + lease_ms);
+        let renewed: i64 = self.conn.eval(inv).await?;
+        Ok(renewed == 1)
+    }
+
+    async fn complete_reply(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        holder: &str,
+        through_seq: u64,
+        reply: Option<NewMessage>,
+    ) -> Result<ReplyOutcome> {
+        // Without a message the append part of the script is not run; it still needs the
+        // same keys and arguments, so an empty message to this conversation fills them.
+        let new = reply.clone().unwrap_or_else(|| NewMessage {
+            tenant: tenant.to_owned(),
+            conversation_id: conversation_id.to_owned(),
+            direction: Direction::Outbound,
+            author: confab_protocol::model::Author {
+                kind: confab_protocol::model::AuthorKind::Bot,
+                id: String::new(),
+                name: None,
+            },
+            body: String::new(),
+            client_message_id: None,
+            meta: None,
+            intent: None,
+            handler: None,
+        });
+        self.register(tenant).await?;
+        let mut inv = self.append_invocation(&scripts::COMPLETE, &new)?;
+        inv.arg(holder)
+            .arg(through_seq)
+            .arg(if reply.is_some() { "1" } else { "0" });
+        let answer: Vec<Value> = self.conn.eval(inv).await?;
+        match answer.first().and_then(text).as_deref() {
+            Some("lost") => Ok(ReplyOutcome::Lost),
+            Some("handed") => Ok(ReplyOutcome::HandedOver),
+            Some("silent") => Ok(ReplyOutcome::Silent),
+            _ => appended(&new, &answer).map(|a| ReplyOutcome::Stored(Box::new(a))),
         }
     }
 

@@ -166,7 +166,7 @@ impl Shared {
                     created_ms,
                 }),
             },
-            (Payload::Typing { frame }, channel) => Published::Typing {
+            (Payload::Typing { frame }, channel) => Published::Ephemeral {
                 channel,
                 frame: frame.into(),
             },
@@ -283,7 +283,7 @@ impl Broker for RedisBroker {
     }
 
     async fn publish_ephemeral(&self, event: Published) -> Result<()> {
-        let Published::Typing { channel, frame } = event else {
+        let Published::Ephemeral { channel, frame } = event else {
             return Err(StoreError::Internal(
                 "only typing is published without being stored".into(),
             ));

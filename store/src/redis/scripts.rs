@@ -16,10 +16,27 @@ macro_rules! script {
     };
 }
 
+/// The shared helpers, `append_fn.lua`'s `append_message`, then the script.
+fn with_append(body: &str) -> Script {
+    Script::new(&format!(
+        "{}\n{}\n{body}",
+        include_str!("lib.lua"),
+        include_str!("append_fn.lua")
+    ))
+}
+
 /// `start_conversation`.
 pub(crate) static START: LazyLock<Script> = script!("start.lua");
 /// `append_message`: the one-round-trip commit of a message.
-pub(crate) static APPEND: LazyLock<Script> = script!("append.lua");
+pub(crate) static APPEND: LazyLock<Script> =
+    LazyLock::new(|| with_append(include_str!("append.lua")));
+/// `complete_reply`: the lease check, the reply's commit and the record, in one script.
+pub(crate) static COMPLETE: LazyLock<Script> =
+    LazyLock::new(|| with_append(include_str!("complete.lua")));
+/// `claim_reply`.
+pub(crate) static CLAIM: LazyLock<Script> = script!("claim.lua");
+/// `renew_reply`.
+pub(crate) static RENEW: LazyLock<Script> = script!("renew.lua");
 /// `set_status` and `set_handler`.
 pub(crate) static STATE: LazyLock<Script> = script!("state.lua");
 /// `mark_read`.
