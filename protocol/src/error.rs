@@ -18,6 +18,9 @@ pub enum ErrorCode {
     ValidationFailed,
     /// 413: body over 64 KiB.
     PayloadTooLarge,
+    /// 415: an uploaded file's type (sniffed from its bytes) is not in the tenant's
+    /// `allowed_types`.
+    UnsupportedMediaType,
     /// 401: missing, tampered or expired session token.
     InvalidSession,
     /// 401: missing or invalid agent JWT / server key on a tenant route.
@@ -59,8 +62,9 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, once (for tests and documentation that must cover them all).
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::InvalidJson,
+        ErrorCode::UnsupportedMediaType,
         ErrorCode::BadRequest,
         ErrorCode::ValidationFailed,
         ErrorCode::PayloadTooLarge,
@@ -91,6 +95,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::ValidationFailed => "validation_failed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::InvalidSession => "invalid_session",
             ErrorCode::InvalidCredentials => "invalid_credentials",
             ErrorCode::Forbidden => "forbidden",
@@ -129,6 +134,7 @@ impl ErrorCode {
             ErrorCode::NotRecovered => 410,
             ErrorCode::RequestTimeout => 408,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::ValidationFailed => 422,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,

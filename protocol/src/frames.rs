@@ -20,9 +20,14 @@ pub enum ClientFrame {
     },
     /// Visitor sends a message.
     Message {
+        /// May be empty when `attachments` is not.
+        #[serde(default)]
         message: String,
         #[serde(default, rename = "clientMessageId")]
         client_message_id: Option<String>,
+        /// Ids of files uploaded in this conversation and not sent yet (at most 10).
+        #[serde(default)]
+        attachments: Vec<String>,
     },
     /// Visitor (no conversation id) or agent (with one) is typing.
     Typing {
@@ -34,9 +39,12 @@ pub enum ClientFrame {
     Reply {
         #[serde(rename = "conversationId")]
         conversation_id: String,
+        #[serde(default)]
         message: String,
         #[serde(default, rename = "clientMessageId")]
         client_message_id: Option<String>,
+        #[serde(default)]
+        attachments: Vec<String>,
     },
     /// Agent closes a conversation.
     Close {

@@ -53,6 +53,7 @@ pub fn new_message(new: &NewMessage, seq: u64, created_ms: i64) -> Message {
         created_at: format_ms(created_ms),
         client_message_id: new.client_message_id.clone(),
         meta: new.meta.clone(),
+        attachments: new.attachments.clone(),
     }
 }
 

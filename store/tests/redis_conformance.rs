@@ -73,6 +73,7 @@ fn message(tenant: &str, conv: &str, body: &str, cmid: Option<&str>) -> NewMessa
         body: body.to_owned(),
         client_message_id: cmid.map(str::to_owned),
         meta: Some(json!({"pageUrl": "https://x.test/é/1", "big": 12345678901234567u64})),
+        attachments: Vec::new(),
     }
 }
 

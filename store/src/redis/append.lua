@@ -1,8 +1,8 @@
 -- append_message: the whole commit of one message, in one round trip.
--- KEYS: conv, msgs, idem, list:open, list:closed, meta, log
+-- KEYS: conv, msgs, idem, list:open, list:closed, meta, log, att-unsent, then one upload hash per attachment
 -- ARGV: conv_id, now, now_fmt, m1, m2, m3, idempotency key: author + clientMessageId ('' = none), min_events, min_age,
---       conv_chan, tenant_chan
--- Returns {'none'} | {'dup', first_message_json} | {'ok', seq, created_ms}.
+--       conv_chan, tenant_chan, message id prefix, attachment count N, then the N attachment ids
+-- Returns {'none'} | {'dup', first_message_json} | {'att', index, reason} | {'ok', seq, created_ms}.
 local id, now, now_fmt, cmid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[7]
 local min_events, min_age = tonumber(ARGV[8]), tonumber(ARGV[9])
 local c = load_conv(KEYS[1])
@@ -19,7 +19,25 @@ if cmid ~= '' then
     return {'dup', e[1][2][2]}
   end
 end
+-- Each attachment must be an unsent upload of this conversation; checked before any write.
+local natt = tonumber(ARGV[13])
+for i = 1, natt do
+  local h = redis.call('HMGET', KEYS[8 + i], 'conv', 'msg')
+  if not h[1] then
+    return {'att', i - 1, 'no such upload'}
+  end
+  if h[1] ~= id then
+    return {'att', i - 1, 'uploaded in another conversation'}
+  end
+  if h[2] then
+    return {'att', i - 1, 'already sent'}
+  end
+end
 local seq = c.seq + 1
+for i = 1, natt do
+  redis.call('HSET', KEYS[8 + i], 'msg', ARGV[12] .. int(seq))
+  redis.call('ZREM', KEYS[8], ARGV[13 + i])
+end
 local created, created_fmt = now, now_fmt
 if c.lcm > now then
   created, created_fmt = c.lcm, c.lca

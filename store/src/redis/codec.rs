@@ -259,6 +259,7 @@ mod tests {
             body: body.into(),
             client_message_id: cmid.map(str::to_owned),
             meta,
+            attachments: Vec::new(),
         }
     }
 

@@ -156,9 +156,9 @@ use serde_json::Value as Json;
 
 use crate::domain::{new_conversation, new_conversation_id, new_message, new_visitor_id, to_json};
 use crate::{
-    Appended, Backend, Clock, ConversationCursor, ConversationPage, Cursor, EventsPage,
-    MessagePage, NewConversation, NewMessage, PresenceEntry, ProfileUpdate, Result, Retention,
-    Store, StoreError, StoredMessage, VisitorRecord, WebhookState,
+    Appended, AttachmentRecord, Backend, Clock, ConversationCursor, ConversationPage, Cursor,
+    EventsPage, MessagePage, NewConversation, NewMessage, PresenceEntry, ProfileUpdate, Result,
+    Retention, Store, StoreError, StoredMessage, VisitorRecord, WebhookState,
 };
 
 mod codec;
@@ -601,9 +601,26 @@ impl Store for RedisStore {
             .arg(min_age)
             .arg(self.channels.conversation(&new.tenant, id))
             .arg(self.channels.tenant(&new.tenant));
+        inv.key(k.unsent_attachments());
+        inv.arg(crate::message_id_prefix(id))
+            .arg(new.attachments.len());
+        for a in &new.attachments {
+            inv.key(k.attachment(&a.id)).arg(&a.id);
+        }
         let reply: Vec<Value> = self.conn.eval(inv).await?;
         match reply.first().and_then(text).as_deref() {
             Some("none") => Ok(None),
+            Some("att") => {
+                let (Some(i), Some(reason)) =
+                    (reply.get(1).and_then(int), reply.get(2).and_then(text))
+                else {
+                    return Err(unexpected("append", &reply));
+                };
+                Err(StoreError::Invalid {
+                    field: format!("attachments[{i}]"),
+                    message: reason,
+                })
+            }
             Some("dup") => {
                 let json = reply
                     .get(1)
@@ -1054,6 +1071,111 @@ impl Store for RedisStore {
         inv.key(keys::lease(name)).arg(holder);
         let _: i64 = self.conn.eval(inv).await?;
         Ok(())
+    }
+
+    async fn create_attachment(&self, record: &AttachmentRecord) -> Result<()> {
+        self.register(&record.tenant).await?;
+        let k = TenantKeys::new(&record.tenant);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(k.attachment(&record.id))
+            .arg("r")
+            .arg(to_json(record))
+            .arg("conv")
+            .arg(&record.conversation_id)
+            .ignore()
+            .cmd("ZADD")
+            .arg(k.unsent_attachments())
+            .arg(record.created_ms)
+            .arg(&record.id)
+            .ignore();
+        self.conn.pipe::<()>(pipe).await
+    }
+
+    async fn attachment(&self, tenant: &str, id: &str) -> Result<Option<AttachmentRecord>> {
+        let key = TenantKeys::new(tenant).attachment(id);
+        let (r, msg): (Option<String>, Option<String>) = self
+            .conn
+            .query(redis::cmd("HMGET").arg(key).arg("r").arg("msg").to_owned())
+            .await?;
+        let Some(r) = r else { return Ok(None) };
+        let mut record: AttachmentRecord = serde_json::from_str(&r)
+            .map_err(|e| StoreError::Internal(format!("corrupt attachment record: {e}")))?;
+        record.message_id = msg;
+        Ok(Some(record))
+    }
+
+    async fn stale_attachments(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<AttachmentRecord>> {
+        let mut out = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, tenants): (u64, Vec<String>) = self
+                .conn
+                .query(
+                    redis::cmd("SSCAN")
+                        .arg(keys::TENANTS)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(200)
+                        .to_owned(),
+                )
+                .await?;
+            for tenant in tenants {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let k = TenantKeys::new(&tenant);
+                let ids: Vec<String> = self
+                    .conn
+                    .query(
+                        redis::cmd("ZRANGEBYSCORE")
+                            .arg(k.unsent_attachments())
+                            .arg("-inf")
+                            .arg(format!("({before_ms}"))
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(limit - out.len())
+                            .to_owned(),
+                    )
+                    .await?;
+                for id in ids {
+                    match self.attachment(&tenant, &id).await? {
+                        Some(r) if r.message_id.is_none() => out.push(r),
+                        // A record gone or sent whose index entry lingered: drop the entry.
+                        _ => {
+                            let _: i64 = self
+                                .conn
+                                .query(
+                                    redis::cmd("ZREM")
+                                        .arg(k.unsent_attachments())
+                                        .arg(&id)
+                                        .to_owned(),
+                                )
+                                .await?;
+                        }
+                    }
+                }
+            }
+            if next == 0 || out.len() >= limit {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn delete_unsent_attachment(&self, tenant: &str, id: &str) -> Result<bool> {
+        let k = TenantKeys::new(tenant);
+        let mut inv = scripts::DELETE_UNSENT.prepare_invoke();
+        inv.key(k.attachment(id))
+            .key(k.unsent_attachments())
+            .arg(id);
+        let deleted: i64 = self.conn.eval(inv).await?;
+        Ok(deleted == 1)
     }
 
     async fn presence_beat(
