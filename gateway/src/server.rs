@@ -152,6 +152,9 @@ pub async fn run(
     } else {
         settings
     };
+    let blobs = crate::blobs::Location::of(&settings.config)
+        .and_then(|l| crate::blobs::Blobs::open(&l))
+        .map_err(std::io::Error::other)?;
     let hub = Arc::new(Hub::default());
     backend.broker.set_sink(hub.clone());
     let state = AppState::new(
@@ -161,6 +164,7 @@ pub async fn run(
         hub,
         options.clock,
         options.webhooks,
+        blobs,
     );
 
     let addr = listener.local_addr()?;
@@ -258,6 +262,7 @@ async fn maintain(state: AppState, every: Duration) {
             tracing::warn!(error = %e, "maintenance failed");
         }
         state.limiter.sweep(now).await;
+        crate::service::attachments::sweep(&state).await;
     }
 }
 

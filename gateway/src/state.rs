@@ -84,6 +84,8 @@ pub struct Inner {
     pub presence: Presence,
     /// Open connections per client IP (`max_connections_per_ip`), taken at accept.
     pub per_ip: KeyedCap<IpAddr>,
+    /// Attachment bytes and the signer of their links.
+    pub attachments: crate::service::attachments::Attachments,
     /// Open visitor sockets per visitor (`max_sockets_per_visitor`), taken after auth; keyed
     /// by [`visitor_key`] so that a held place costs no heap strings.
     pub per_visitor: KeyedCap<[u8; 16]>,
@@ -97,6 +99,7 @@ impl AppState {
         hub: Arc<Hub>,
         clock: Clock,
         webhook_timing: WebhookTiming,
+        blobs: crate::blobs::Blobs,
     ) -> AppState {
         let Settings {
             config,
@@ -116,7 +119,14 @@ impl AppState {
             .build()
             // Only fails when the TLS backend cannot initialise: nothing could be sent.
             .expect("the HTTP client starts");
+        let links = Arc::new(crate::service::attachments::Links::new(
+            keys.clone(),
+            config.attachment_url_ttl_secs,
+            clock.clone(),
+        ));
+        hub.set_links(links.clone());
         AppState(Arc::new(Inner {
+            attachments: crate::service::attachments::Attachments { blobs, links },
             tenants,
             connections: Arc::new(Semaphore::new(config.max_connections)),
             per_ip: KeyedCap::new(config.max_connections_per_ip),

@@ -495,21 +495,36 @@ mod frames {
         prop_oneof![
             (tricky_string(30), opt_string())
                 .prop_map(|(token, after)| ClientFrame::Auth { token, after }),
-            (tricky_string(30), opt_string()).prop_map(|(message, client_message_id)| {
-                ClientFrame::Message {
-                    message,
-                    client_message_id,
-                }
-            }),
+            (
+                tricky_string(30),
+                opt_string(),
+                prop::collection::vec(tricky_string(10), 0..3)
+            )
+                .prop_map(|(message, client_message_id, attachments)| {
+                    ClientFrame::Message {
+                        message,
+                        client_message_id,
+                        attachments,
+                    }
+                }),
             opt_string().prop_map(|conversation_id| ClientFrame::Typing { conversation_id }),
             Just(ClientFrame::Ping),
-            (tricky_string(20), tricky_string(30), opt_string()).prop_map(
-                |(conversation_id, message, client_message_id)| ClientFrame::Reply {
-                    conversation_id,
-                    message,
-                    client_message_id
-                }
-            ),
+            (
+                tricky_string(20),
+                tricky_string(30),
+                opt_string(),
+                prop::collection::vec(tricky_string(10), 0..3)
+            )
+                .prop_map(
+                    |(conversation_id, message, client_message_id, attachments)| {
+                        ClientFrame::Reply {
+                            conversation_id,
+                            message,
+                            client_message_id,
+                            attachments,
+                        }
+                    }
+                ),
             tricky_string(20).prop_map(|conversation_id| ClientFrame::Close { conversation_id }),
             prop::sample::select(vec![
                 PresenceStatus::Online,
@@ -529,8 +544,9 @@ mod frames {
             ClientFrame::Message {
                 message,
                 client_message_id,
+                attachments,
             } => {
-                json!({"type": "message", "message": message, "clientMessageId": client_message_id})
+                json!({"type": "message", "message": message, "clientMessageId": client_message_id, "attachments": attachments})
             }
             ClientFrame::Typing { conversation_id } => {
                 json!({"type": "typing", "conversationId": conversation_id})
@@ -540,8 +556,9 @@ mod frames {
                 conversation_id,
                 message,
                 client_message_id,
+                attachments,
             } => {
-                json!({"type": "reply", "conversationId": conversation_id, "message": message, "clientMessageId": client_message_id})
+                json!({"type": "reply", "conversationId": conversation_id, "message": message, "clientMessageId": client_message_id, "attachments": attachments})
             }
             ClientFrame::Close { conversation_id } => {
                 json!({"type": "close", "conversationId": conversation_id})

@@ -10,6 +10,7 @@
 //! - [`webhooks`] — delivering the tenant event log to the tenant's webhooks.
 //! - [`presence`] — which agents are online, and the availability that follows.
 //!
+//! - [`attachments`] — uploads, signed links on served messages, downloads, the sweep.
 //! - [`limits`] — charging requests against the rate limits.
 
 use confab_protocol::{ApiError, ErrorCode};
@@ -18,6 +19,7 @@ use confab_store::{Appended, Channel, NewMessage, Published};
 use crate::state::AppState;
 
 pub mod agent;
+pub mod attachments;
 pub mod events;
 pub mod limits;
 pub mod presence;

@@ -137,6 +137,8 @@ pub struct VisitorDraft {
     body: String,
     client_message_id: Option<String>,
     meta: Option<Value>,
+    /// Files to send with it (already found in the conversation; claimed by the store).
+    files: Vec<confab_protocol::model::Attachment>,
 }
 
 impl VisitorDraft {
@@ -148,7 +150,24 @@ impl VisitorDraft {
         client_message_id: Option<String>,
         meta: Option<Value>,
     ) -> Result<VisitorDraft, ApiError> {
-        let body = validate::message_body(field, message, tenant.cfg.max_message_length)?;
+        Self::check_with_files(tenant, field, message, client_message_id, meta, false)
+    }
+
+    /// As [`check`](Self::check); with `has_files` the text may be empty.
+    pub fn check_with_files(
+        tenant: &Tenant,
+        field: &str,
+        message: &str,
+        client_message_id: Option<String>,
+        meta: Option<Value>,
+        has_files: bool,
+    ) -> Result<VisitorDraft, ApiError> {
+        let body = validate::message_body_or_files(
+            field,
+            message,
+            tenant.cfg.max_message_length,
+            has_files,
+        )?;
         if let Some(id) = &client_message_id {
             validate::client_message_id(id)?;
         }
@@ -156,6 +175,7 @@ impl VisitorDraft {
             body,
             client_message_id,
             meta: visitor_meta(tenant, meta)?,
+            files: Vec::new(),
         })
     }
 
@@ -169,10 +189,13 @@ impl VisitorDraft {
             body: self.body,
             client_message_id: self.client_message_id,
             meta: self.meta,
+            attachments: self.files,
         }
     }
 }
 
+/// A visitor's message with the ids of files uploaded in its conversation (`attachments`).
+#[allow(clippy::too_many_arguments)]
 pub async fn send(
     state: &AppState,
     session: &VisitorSession,
@@ -180,8 +203,22 @@ pub async fn send(
     message: &str,
     client_message_id: Option<String>,
     meta: Option<Value>,
+    attachments: &[String],
 ) -> Result<Appended, ApiError> {
-    let draft = VisitorDraft::check(&session.tenant, "message", message, client_message_id, meta)?;
+    let mut draft = VisitorDraft::check_with_files(
+        &session.tenant,
+        "message",
+        message,
+        client_message_id,
+        meta,
+        !attachments.is_empty(),
+    )?;
+    if !attachments.is_empty() {
+        let c = &session.claims;
+        draft.files =
+            super::attachments::for_message(state, &c.tenant, &c.conversation_id, attachments)
+                .await?;
+    }
     admit_and_store(state, session, ip, draft).await
 }
 
@@ -292,6 +329,7 @@ async fn auto_reply(state: &AppState, tenant: &Tenant, conversation_id: &str) {
         body: text.clone(),
         client_message_id: Some("auto_reply".into()),
         meta: Some(json!({"mode": "flow"})),
+        attachments: Vec::new(),
     };
     if let Err(e) = state.store.append_message(new).await {
         tracing::warn!(error = %e, conversation_id, "auto-reply not stored");

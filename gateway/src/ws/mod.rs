@@ -759,6 +759,7 @@ mod tests {
             hub,
             clock,
             Default::default(),
+            crate::blobs::Blobs::open(&crate::blobs::Location::Memory).unwrap(),
         )
     }
 

@@ -44,7 +44,10 @@ impl ChannelLogic for Visitor {
         let items = page
             .messages
             .iter()
-            .map(|m| (m.seq, frames::visitor_message_new(&m.json).into()))
+            .map(|m| {
+                let json = state.attachments.links.message_json(&c.tenant, &m.json);
+                (m.seq, frames::visitor_message_new(&json).into())
+            })
             .collect();
         Ok(Some((items, page.has_more)))
     }
@@ -54,6 +57,7 @@ impl ChannelLogic for Visitor {
             ClientFrame::Message {
                 message,
                 client_message_id,
+                attachments,
             } => {
                 let cmid = client_message_id.clone();
                 match crate::service::visitor::send(
@@ -63,6 +67,7 @@ impl ChannelLogic for Visitor {
                     &message,
                     client_message_id,
                     None,
+                    &attachments,
                 )
                 .await
                 {
