@@ -124,7 +124,7 @@ pub fn sanitize_filename(raw: &str) -> String {
         .chars()
         .filter(|c| {
             !c.is_control()
-                && !is_invisible(*c)
+                && (*c == ' ' || !is_invisible(*c))
                 && !matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
         })
         .collect();
