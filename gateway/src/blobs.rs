@@ -50,6 +50,8 @@ pub enum Location {
     },
     /// In the process (with `store = "memory"` only).
     Memory,
+    /// Redis mode without `attachments_store`: uploads are refused (503).
+    Unconfigured,
 }
 
 impl Location {
@@ -59,9 +61,9 @@ impl Location {
         let redis = c.store.starts_with("redis://") || c.store.starts_with("rediss://");
         let Some(url) = &c.attachments_store else {
             if redis {
-                return Err("attachments_store: Redis mode needs an S3-compatible store \
-                            (\"s3://BUCKET?endpoint=http://HOST:PORT&region=…\"): the nodes share no disk"
-                    .into());
+                // Nodes share no disk: without an S3 store there is nowhere to put files.
+                // The gateway runs, and uploads answer 503 saying what to configure.
+                return Ok(Location::Unconfigured);
             }
             if let Some(rest) = c.store.strip_prefix("sqlite:") {
                 let db = rest.split('?').next().unwrap_or(rest);
@@ -154,16 +156,25 @@ pub struct Blobs {
     /// The directory of a `file:` store: what gets fsynced after a write.
     local: Option<PathBuf>,
     part: usize,
+    /// False in Redis mode without `attachments_store`: every write is refused.
+    enabled: bool,
 }
 
 impl Blobs {
     /// Opens the store at `location` (creating a local directory).
     pub fn open(location: &Location) -> Result<Blobs, String> {
         match location {
+            Location::Unconfigured => Ok(Blobs {
+                store: Arc::new(object_store::memory::InMemory::new()),
+                local: None,
+                part: FILE_PART,
+                enabled: false,
+            }),
             Location::Memory => Ok(Blobs {
                 store: Arc::new(object_store::memory::InMemory::new()),
                 local: None,
                 part: FILE_PART,
+                enabled: true,
             }),
             Location::File(dir) => {
                 std::fs::create_dir_all(dir)
@@ -177,6 +188,7 @@ impl Blobs {
                     store: Arc::new(fs),
                     local: Some(dir),
                     part: FILE_PART,
+                    enabled: true,
                 })
             }
             Location::S3 {
@@ -196,6 +208,7 @@ impl Blobs {
                     store: Arc::new(s3),
                     local: None,
                     part: S3_PART,
+                    enabled: true,
                 })
             }
         }
@@ -208,6 +221,11 @@ impl Blobs {
 
     /// Starts writing an object; nothing is visible under its name until `finish`.
     pub async fn writer(&self, tenant: &str, id: &str) -> Result<BlobWriter, BlobError> {
+        if !self.enabled {
+            return Err(BlobError::Store(
+                "no attachments_store: Redis mode needs an s3:// store for attachments".into(),
+            ));
+        }
         let path = Self::path(tenant, id);
         let upload = self.store.put_multipart(&path).await?;
         Ok(BlobWriter {
@@ -315,7 +333,10 @@ mod tests {
             Location::of(&cfg("memory", None)).unwrap(),
             Location::Memory
         );
-        assert!(Location::of(&cfg("redis://127.0.0.1/0", None)).is_err());
+        assert_eq!(
+            Location::of(&cfg("redis://127.0.0.1/0", None)).unwrap(),
+            Location::Unconfigured
+        );
         assert!(Location::of(&cfg("redis://127.0.0.1/0", Some("file:x"))).is_err());
         assert_eq!(
             Location::of(&cfg(

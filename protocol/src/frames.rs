@@ -20,8 +20,7 @@ pub enum ClientFrame {
     },
     /// Visitor sends a message.
     Message {
-        /// May be empty when `attachments` is not.
-        #[serde(default)]
+        /// May be empty (`""`) when `attachments` is not.
         message: String,
         #[serde(default, rename = "clientMessageId")]
         client_message_id: Option<String>,
@@ -39,7 +38,6 @@ pub enum ClientFrame {
     Reply {
         #[serde(rename = "conversationId")]
         conversation_id: String,
-        #[serde(default)]
         message: String,
         #[serde(default, rename = "clientMessageId")]
         client_message_id: Option<String>,

@@ -568,6 +568,12 @@ mod frames {
         if !nulls {
             v.as_object_mut().unwrap().retain(|_, x| !x.is_null());
         }
+        // `attachments` defaults to `[]`: a client leaves an empty list out.
+        if v.get("attachments")
+            .is_some_and(|a| a.as_array().is_some_and(|a| a.is_empty()))
+        {
+            v.as_object_mut().unwrap().remove("attachments");
+        }
         v
     }
 
