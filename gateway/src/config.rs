@@ -60,6 +60,14 @@ pub struct Config {
     /// token cannot take the node's WebSocket slots. Counted per node.
     #[serde(default = "default_max_sockets_per_visitor")]
     pub max_sockets_per_visitor: usize,
+    /// Where attachment bytes are stored: `file:DIR`, or `s3://BUCKET?endpoint=…&region=…`
+    /// (required in Redis mode: nodes share no disk). Default: `attachments/` beside the
+    /// SQLite file; in memory for `store = "memory"`. See `crate::blobs`.
+    #[serde(default)]
+    pub attachments_store: Option<String>,
+    /// How long a signed attachment link (a Message's `attachments[].url`) stays valid.
+    #[serde(default = "default_attachment_url_ttl")]
+    pub attachment_url_ttl_secs: u64,
     /// Seconds a shutting-down node waits for in-flight work before exiting anyway.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
@@ -108,6 +116,9 @@ pub struct TenantConfig {
     pub intents: Vec<Intent>,
     #[serde(default)]
     pub quick_questions: Vec<QuickQuestion>,
+    /// `[tenants.attachments]`: upload size and type rules.
+    #[serde(default)]
+    pub attachments: AttachmentsConfig,
     /// `[[tenants.webhooks]]`: where the tenant's events are POSTed.
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
@@ -216,6 +227,35 @@ fn default_fallback_message() -> String {
     "Sorry, I can't answer right now. A person from our team will reply here.".into()
 }
 
+/// `[tenants.attachments]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttachmentsConfig {
+    /// Largest upload, in bytes (checked while the body streams in).
+    pub max_bytes: u64,
+    /// Types (as sniffed from the bytes) that may be uploaded. HTML and SVG are not in the
+    /// default list: a browser could run them.
+    pub allowed_types: Vec<String>,
+}
+
+impl Default for AttachmentsConfig {
+    fn default() -> Self {
+        AttachmentsConfig {
+            max_bytes: 10 * 1024 * 1024,
+            allowed_types: [
+                "image/png",
+                "image/jpeg",
+                "image/gif",
+                "image/webp",
+                "application/pdf",
+                "text/plain",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
 /// One `[[tenants.webhooks]]` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -301,6 +341,9 @@ fn default_max_connections_per_ip() -> usize {
 }
 fn default_max_sockets_per_visitor() -> usize {
     10
+}
+fn default_attachment_url_ttl() -> u64 {
+    3600
 }
 fn default_shutdown_grace() -> u64 {
     10

@@ -55,6 +55,7 @@ pub fn store_error(e: StoreError) -> ApiError {
             tracing::error!(%msg, "store error");
             ApiError::new(ErrorCode::Internal, "internal error")
         }
+        StoreError::Invalid { field, message } => ApiError::invalid(field, message),
     }
 }
 

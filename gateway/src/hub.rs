@@ -91,6 +91,9 @@ pub struct Hub {
     pub kicks: AtomicU64,
     /// Typing frames dropped on full queues.
     pub dropped_ephemeral: AtomicU64,
+    /// Signs attachment links in the messages it encodes (set once at start; unset in unit
+    /// tests, where messages go out as stored).
+    links: std::sync::OnceLock<Arc<crate::service::attachments::Links>>,
     /// Frames already queued for a subscriber when one more is added (for `/metrics`:
     /// how close consumers run to their bound).
     pub queue_depth: Histogram,
@@ -104,7 +107,24 @@ impl Default for Hub {
             deliveries: AtomicU64::new(0),
             kicks: AtomicU64::new(0),
             dropped_ephemeral: AtomicU64::new(0),
+            links: std::sync::OnceLock::new(),
             queue_depth: Histogram::depth(),
+        }
+    }
+}
+
+impl Hub {
+    /// Gives the hub the node's link signer (once; later calls are ignored).
+    pub fn set_links(&self, links: Arc<crate::service::attachments::Links>) {
+        let _ = self.links.set(links);
+    }
+
+    /// A message's JSON with fresh attachment links (see `service::attachments`): minted
+    /// once per encoded frame, which every subscriber then shares.
+    fn signed<'a>(&self, tenant: &str, json: &'a str) -> std::borrow::Cow<'a, str> {
+        match self.links.get() {
+            Some(l) => l.message_json(tenant, json),
+            None => json.into(),
         }
     }
 }
@@ -301,21 +321,29 @@ impl EventSink for Hub {
                 seq,
                 json,
             } => {
+                let t = tenant.clone();
                 let ch = Channel::Conversation {
                     tenant,
                     conversation_id,
                 };
                 self.deliver(&ch, || Outbound {
-                    text: frames::visitor_message_new(&json).into(),
+                    text: frames::visitor_message_new(&self.signed(&t, &json)).into(),
                     seq: Some(seq),
                     class: Class::Durable,
                 });
             }
             Published::Event { tenant, event } => {
-                self.deliver(&Channel::Tenant { tenant }, || Outbound {
-                    text: frames::tenant_event(&event.kind, event.offset, &event.data).into(),
-                    seq: Some(event.offset),
-                    class: Class::Durable,
+                let t = tenant.clone();
+                self.deliver(&Channel::Tenant { tenant }, || {
+                    let data = match self.links.get() {
+                        Some(l) => l.event_data(&t, &event.kind, &event.data),
+                        None => event.data.as_str().into(),
+                    };
+                    Outbound {
+                        text: frames::tenant_event(&event.kind, event.offset, &data).into(),
+                        seq: Some(event.offset),
+                        class: Class::Durable,
+                    }
                 });
             }
             Published::ConversationUpdated {

@@ -20,6 +20,7 @@
 //! - [`policy`] — pure rules: origin allowlists, business hours, the rate-limit table,
 //!   the client-IP rule, open-connection caps.
 //! - [`error`] — the error body, status mapping and request extractors.
+//! - [`blobs`] — where attachment bytes live (`object_store`: local files, S3, memory).
 //! - [`metrics`] — counters and histograms for `/metrics`.
 //! - [`histogram`] — the fixed-bucket histogram they use.
 //!
@@ -30,6 +31,7 @@
 //! is read once at start and compiled by `settings` into `state`.
 
 pub mod auth;
+pub mod blobs;
 pub mod cli;
 pub mod config;
 pub mod connections;

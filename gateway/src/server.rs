@@ -164,17 +164,12 @@ pub async fn run(
     } else {
         settings
     };
+    let blobs = crate::blobs::Location::of(&settings.config)
+        .and_then(|l| crate::blobs::Blobs::open(&l))
+        .map_err(std::io::Error::other)?;
     let hub = Arc::new(Hub::default());
     backend.broker.set_sink(hub.clone());
-    let state = AppState::new(
-        settings,
-        keys,
-        backend,
-        hub,
-        options.clock,
-        options.webhooks,
-        options.assistants,
-    );
+    let state = AppState::new(settings, keys, backend, hub, blobs, &options);
 
     let addr = listener.local_addr()?;
     if state.config.demo {
@@ -272,6 +267,7 @@ async fn maintain(state: AppState, every: Duration) {
             tracing::warn!(error = %e, "maintenance failed");
         }
         state.limiter.sweep(now).await;
+        crate::service::attachments::sweep(&state).await;
     }
 }
 

@@ -174,6 +174,12 @@ fn check_globals(c: &Config) -> Result<(), String> {
     if c.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
         return Err("max_connections must be below 2^61".into());
     }
+    crate::blobs::Location::of(c)?;
+    if !(1..=MAX_TTL_SECS).contains(&c.attachment_url_ttl_secs) {
+        return Err(format!(
+            "attachment_url_ttl_secs must be 1..={MAX_TTL_SECS}"
+        ));
+    }
     if c.max_connections == 0 || c.max_connections_per_ip == 0 || c.max_sockets_per_visitor == 0 {
         return Err(
             "max_connections, max_connections_per_ip and max_sockets_per_visitor must be positive"
@@ -184,6 +190,24 @@ fn check_globals(c: &Config) -> Result<(), String> {
 }
 
 fn check_tenant(t: &TenantConfig, demo: bool) -> Result<(), String> {
+    let a = &t.attachments;
+    if a.max_bytes == 0 || a.max_bytes > 5 * 1024 * 1024 * 1024 {
+        return Err("attachments.max_bytes must be 1 to 5 GiB".into());
+    }
+    for ty in &a.allowed_types {
+        let ok = ty.split_once('/').is_some_and(|(x, y)| {
+            !x.is_empty()
+                && !y.is_empty()
+                && ty
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"/.+-".contains(&b))
+        });
+        if !ok {
+            return Err(format!(
+                "attachments.allowed_types: {ty:?} is not a lowercase type/subtype"
+            ));
+        }
+    }
     if t.id.is_empty()
         || t.id.len() > 64
         || !t

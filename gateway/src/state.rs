@@ -88,6 +88,8 @@ pub struct Inner {
     pub presence: Presence,
     /// Open connections per client IP (`max_connections_per_ip`), taken at accept.
     pub per_ip: KeyedCap<IpAddr>,
+    /// Attachment bytes and the signer of their links.
+    pub attachments: crate::service::attachments::Attachments,
     /// Open visitor sockets per visitor (`max_sockets_per_visitor`), taken after auth; keyed
     /// by [`visitor_key`] so that a held place costs no heap strings.
     pub per_visitor: KeyedCap<[u8; 16]>,
@@ -99,10 +101,11 @@ impl AppState {
         keys: Keyring,
         backend: Backend,
         hub: Arc<Hub>,
-        clock: Clock,
-        webhook_timing: WebhookTiming,
-        assistant_timing: AssistantTiming,
+        blobs: crate::blobs::Blobs,
+        options: &crate::server::Options,
     ) -> AppState {
+        let clock = options.clock.clone();
+        let (webhook_timing, assistant_timing) = (options.webhooks, options.assistants);
         let Settings {
             config,
             tenants,
@@ -121,7 +124,14 @@ impl AppState {
             .build()
             // Only fails when the TLS backend cannot initialise: nothing could be sent.
             .expect("the HTTP client starts");
+        let links = Arc::new(crate::service::attachments::Links::new(
+            keys.clone(),
+            config.attachment_url_ttl_secs,
+            clock.clone(),
+        ));
+        hub.set_links(links.clone());
         AppState(Arc::new(Inner {
+            attachments: crate::service::attachments::Attachments { blobs, links },
             tenants,
             connections: Arc::new(Semaphore::new(config.max_connections)),
             per_ip: KeyedCap::new(config.max_connections_per_ip),

@@ -89,6 +89,7 @@ async fn send_and_read_have_the_spec_shapes() {
                 "conversationId",
                 "direction",
                 "author",
+                "attachments",
                 "body",
                 "createdAt",
                 "clientMessageId",

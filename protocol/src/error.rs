@@ -18,6 +18,11 @@ pub enum ErrorCode {
     ValidationFailed,
     /// 413: body over 64 KiB.
     PayloadTooLarge,
+    /// 415: an uploaded file's type (sniffed from its bytes) is not in the tenant's
+    /// `allowed_types`.
+    UnsupportedMediaType,
+    /// 416: a download's `Range` lies outside the file.
+    RangeNotSatisfiable,
     /// 401: missing, tampered or expired session token.
     InvalidSession,
     /// 401: missing or invalid agent JWT / server key on a tenant route.
@@ -61,8 +66,10 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, once (for tests and documentation that must cover them all).
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::InvalidJson,
+        ErrorCode::RangeNotSatisfiable,
+        ErrorCode::UnsupportedMediaType,
         ErrorCode::BadRequest,
         ErrorCode::ValidationFailed,
         ErrorCode::PayloadTooLarge,
@@ -94,6 +101,8 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::ValidationFailed => "validation_failed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::RangeNotSatisfiable => "range_not_satisfiable",
             ErrorCode::InvalidSession => "invalid_session",
             ErrorCode::InvalidCredentials => "invalid_credentials",
             ErrorCode::Forbidden => "forbidden",
@@ -134,6 +143,8 @@ impl ErrorCode {
             ErrorCode::NotRecovered => 410,
             ErrorCode::RequestTimeout => 408,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::RangeNotSatisfiable => 416,
             ErrorCode::ValidationFailed => 422,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,

@@ -20,12 +20,16 @@ pub enum ClientFrame {
     },
     /// Visitor sends a message.
     Message {
+        /// May be empty (`""`) when `attachments` is not.
         message: String,
         #[serde(default, rename = "clientMessageId")]
         client_message_id: Option<String>,
         /// The name of one of the tenant's intents.
         #[serde(default)]
         intent: Option<String>,
+        /// Ids of files uploaded in this conversation and not sent yet (at most 10).
+        #[serde(default)]
+        attachments: Vec<String>,
     },
     /// Visitor (no conversation id) or agent (with one) is typing.
     Typing {
@@ -40,6 +44,8 @@ pub enum ClientFrame {
         message: String,
         #[serde(default, rename = "clientMessageId")]
         client_message_id: Option<String>,
+        #[serde(default)]
+        attachments: Vec<String>,
     },
     /// Agent closes a conversation.
     Close {

@@ -57,6 +57,44 @@ pub struct Message {
     /// else null.
     #[serde(default)]
     pub intent: Option<String>,
+    /// Files sent with the message (at most 10); always present, maybe empty. Stored
+    /// without links: each `url` is minted when the message is served. Last field on
+    /// purpose: a stored message without files ends with `"attachments":[]}`, which is
+    /// how servers skip the link pass cheaply.
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A file sent with a message (SPEC "Attachments").
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    /// `att_` + 32 hex digits.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(example = "att_0123456789abcdef0123456789abcdef")
+    )]
+    pub id: String,
+    /// Sanitised: no path, no control characters, at most 200 characters.
+    #[cfg_attr(feature = "openapi", schema(example = "invoice.pdf"))]
+    pub filename: String,
+    /// Decided by sniffing the bytes, never by what the uploader said.
+    #[cfg_attr(feature = "openapi", schema(example = "application/pdf"))]
+    pub content_type: String,
+    /// Bytes.
+    pub size: u64,
+    /// A signed link, `/v1/attachments/{id}?exp=…&sig=…`, valid for
+    /// `attachment_url_ttl_secs`: minted each time the message is served (empty in
+    /// stored data and in a conversation's `lastMessage`).
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            example = "/v1/attachments/att_0123456789abcdef0123456789abcdef?exp=1700003600&sig=…"
+        )
+    )]
+    pub url: String,
 }
 
 /// `open` or `closed`; a closed conversation reopens when either side writes.

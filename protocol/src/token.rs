@@ -157,6 +157,44 @@ pub fn verify_session(
     Ok(claims)
 }
 
+/// The `sig` of an attachment link: HMAC-SHA256 with the session secret over (tenant, id,
+/// expiry in unix seconds), URL-safe base64. The tenant is covered because the link names
+/// it (`t=`): the store keeps uploads per tenant.
+pub fn sign_attachment_link(keys: &Keyring, tenant: &str, id: &str, exp_secs: i64) -> String {
+    let (_, key) = keys.current();
+    URL_SAFE_NO_PAD.encode(mac(
+        key,
+        "confab-attachment",
+        &format!("{tenant}\0{id}\0{exp_secs}"),
+    ))
+}
+
+/// Whether `sig` is a link signature of (tenant, id, exp) by any key of the ring and
+/// `exp` has not passed at `now_ms`.
+pub fn verify_attachment_link(
+    keys: &Keyring,
+    tenant: &str,
+    id: &str,
+    exp_secs: i64,
+    sig: &str,
+    now_ms: i64,
+) -> bool {
+    if exp_secs.saturating_mul(1000) <= now_ms {
+        return false;
+    }
+    let Ok(given) = URL_SAFE_NO_PAD.decode(sig) else {
+        return false;
+    };
+    let body = format!("{tenant}\0{id}\0{exp_secs}");
+    keys.keys.iter().any(|(_, key)| {
+        bool::from(
+            mac(key, "confab-attachment", &body)
+                .as_slice()
+                .ct_eq(given.as_slice()),
+        )
+    })
+}
+
 /// What an init challenge carries.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ChallengeClaims {

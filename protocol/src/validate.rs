@@ -60,6 +60,94 @@ pub fn message_body(field: &str, text: &str, max: usize) -> Result<String, ApiEr
     Ok(trimmed.to_owned())
 }
 
+/// A message body that may be empty because files go with it (`attachments`): the
+/// trimmed text, `""` when nothing visible is left and `has_files`.
+pub fn message_body_or_files(
+    field: &str,
+    text: &str,
+    max: usize,
+    has_files: bool,
+) -> Result<String, ApiError> {
+    if has_files && text.trim().chars().all(is_invisible) {
+        return Ok(String::new());
+    }
+    message_body(field, text, max)
+}
+
+/// Most files one message may carry.
+pub const MAX_ATTACHMENTS: usize = 10;
+
+/// Longest sanitised file name, in characters.
+pub const MAX_FILENAME_CHARS: usize = 200;
+
+/// Whether `id` has the form of an attachment id: `att_` and 32 lowercase hex digits.
+pub fn is_attachment_id(id: &str) -> bool {
+    id.strip_prefix("att_").is_some_and(|h| {
+        h.len() == 32
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// A message's `attachments`: at most [`MAX_ATTACHMENTS`] well-formed ids, none twice.
+/// Errors name the offending entry (`attachments[2]`).
+pub fn attachment_ids(ids: &[String]) -> Result<(), ApiError> {
+    if ids.len() > MAX_ATTACHMENTS {
+        return Err(ApiError::invalid(
+            "attachments",
+            format!("at most {MAX_ATTACHMENTS} attachments per message"),
+        ));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        if !is_attachment_id(id) {
+            return Err(ApiError::invalid(
+                format!("attachments[{i}]"),
+                "not an attachment id",
+            ));
+        }
+        if ids[..i].contains(id) {
+            return Err(ApiError::invalid(
+                format!("attachments[{i}]"),
+                "the same attachment twice",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A file name as Confab keeps it: the last path component (either slash), without
+/// control or invisible characters and surrounding dots and spaces, cut to
+/// [`MAX_FILENAME_CHARS`] keeping the extension; `"file"` when nothing is left.
+pub fn sanitize_filename(raw: &str) -> String {
+    let base = raw.rsplit(['/', '\\']).next().unwrap_or("");
+    let clean: String = base
+        .chars()
+        .filter(|c| {
+            !c.is_control()
+                && (*c == ' ' || !is_invisible(*c))
+                && !matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect();
+    let clean = clean.trim_matches(|c: char| c == '.' || c.is_whitespace());
+    if clean.is_empty() {
+        return "file".to_owned();
+    }
+    if chars(clean) <= MAX_FILENAME_CHARS {
+        return clean.to_owned();
+    }
+    // Keep a short extension: `….pdf` stays a PDF to whoever saves it.
+    let ext = clean
+        .rsplit_once('.')
+        .map(|(_, e)| e)
+        .filter(|e| !e.is_empty() && chars(e) <= 16)
+        .map(|e| format!(".{e}"))
+        .unwrap_or_default();
+    let keep = MAX_FILENAME_CHARS - chars(&ext);
+    let mut out: String = clean.chars().take(keep).collect();
+    out.push_str(&ext);
+    out
+}
+
 /// `clientMessageId`: 1..=64 characters, no control characters.
 pub fn client_message_id(id: &str) -> Result<(), ApiError> {
     if id.is_empty() || chars(id) > MAX_CLIENT_MESSAGE_ID_CHARS || id.chars().any(char::is_control)
@@ -217,6 +305,11 @@ mod tests {
     fn bodies_count_characters_not_bytes() {
         let ten_k_emoji = "😀".repeat(MAX_MESSAGE_CHARS);
         assert!(message_body("message", &ten_k_emoji, MAX_MESSAGE_CHARS).is_ok());
+        assert_eq!(
+            message_body_or_files("message", " \u{200B} ", 10, true).unwrap(),
+            ""
+        );
+        assert!(message_body_or_files("message", " ", 10, false).is_err());
         assert!(message_body("message", &format!("{ten_k_emoji}x"), MAX_MESSAGE_CHARS).is_err());
         assert!(message_body("message", "   \n", MAX_MESSAGE_CHARS).is_err());
         // Zero-width characters render as nothing: such a message is empty too.
@@ -299,5 +392,43 @@ mod tests {
             .into_iter()
             .collect();
         assert!(variables(&big).is_err());
+    }
+
+    #[test]
+    fn filenames_are_sanitised() {
+        assert_eq!(sanitize_filename("../../etc/passwd"), "passwd");
+        assert_eq!(sanitize_filename("C:\\Users\\x\\report.pdf"), "report.pdf");
+        assert_eq!(sanitize_filename("a\u{0}b\nc.txt"), "abc.txt");
+        assert_eq!(sanitize_filename("evil\u{202E}gnp.exe"), "evilgnp.exe");
+        assert_eq!(sanitize_filename(".."), "file");
+        assert_eq!(sanitize_filename(""), "file");
+        let long = format!("{}.pdf", "é".repeat(300));
+        let s = sanitize_filename(&long);
+        assert_eq!(s.chars().count(), MAX_FILENAME_CHARS);
+        assert!(s.ends_with(".pdf"));
+    }
+
+    #[test]
+    fn attachment_id_lists() {
+        let id = |n: u8| {
+            format!(
+                "att_{}",
+                format!("{n:x}")
+                    .repeat(32)
+                    .chars()
+                    .take(32)
+                    .collect::<String>()
+            )
+        };
+        assert!(attachment_ids(&[id(1), id(2)]).is_ok());
+        let e = attachment_ids(&[id(1), "x".into()]).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("attachments[1]"));
+        let e = attachment_ids(&[id(1), id(1)]).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("attachments[1]"));
+        let many: Vec<String> = (1..=11).map(|n| id(n % 10 + 1)).collect();
+        assert_eq!(
+            attachment_ids(&many).unwrap_err().field.as_deref(),
+            Some("attachments")
+        );
     }
 }

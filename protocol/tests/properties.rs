@@ -495,22 +495,38 @@ mod frames {
         prop_oneof![
             (tricky_string(30), opt_string())
                 .prop_map(|(token, after)| ClientFrame::Auth { token, after }),
-            (tricky_string(30), opt_string(), opt_string()).prop_map(
-                |(message, client_message_id, intent)| ClientFrame::Message {
-                    message,
-                    client_message_id,
-                    intent,
-                }
-            ),
+            (
+                tricky_string(30),
+                opt_string(),
+                opt_string(),
+                prop::collection::vec(tricky_string(10), 0..3)
+            )
+                .prop_map(|(message, client_message_id, intent, attachments)| {
+                    ClientFrame::Message {
+                        message,
+                        client_message_id,
+                        intent,
+                        attachments,
+                    }
+                }),
             opt_string().prop_map(|conversation_id| ClientFrame::Typing { conversation_id }),
             Just(ClientFrame::Ping),
-            (tricky_string(20), tricky_string(30), opt_string()).prop_map(
-                |(conversation_id, message, client_message_id)| ClientFrame::Reply {
-                    conversation_id,
-                    message,
-                    client_message_id
-                }
-            ),
+            (
+                tricky_string(20),
+                tricky_string(30),
+                opt_string(),
+                prop::collection::vec(tricky_string(10), 0..3)
+            )
+                .prop_map(
+                    |(conversation_id, message, client_message_id, attachments)| {
+                        ClientFrame::Reply {
+                            conversation_id,
+                            message,
+                            client_message_id,
+                            attachments,
+                        }
+                    }
+                ),
             tricky_string(20).prop_map(|conversation_id| ClientFrame::Close { conversation_id }),
             prop::sample::select(vec![
                 PresenceStatus::Online,
@@ -537,8 +553,9 @@ mod frames {
                 message,
                 client_message_id,
                 intent,
+                attachments,
             } => {
-                json!({"type": "message", "message": message, "clientMessageId": client_message_id, "intent": intent})
+                json!({"type": "message", "message": message, "clientMessageId": client_message_id, "intent": intent, "attachments": attachments})
             }
             ClientFrame::Typing { conversation_id } => {
                 json!({"type": "typing", "conversationId": conversation_id})
@@ -548,8 +565,9 @@ mod frames {
                 conversation_id,
                 message,
                 client_message_id,
+                attachments,
             } => {
-                json!({"type": "reply", "conversationId": conversation_id, "message": message, "clientMessageId": client_message_id})
+                json!({"type": "reply", "conversationId": conversation_id, "message": message, "clientMessageId": client_message_id, "attachments": attachments})
             }
             ClientFrame::Close { conversation_id } => {
                 json!({"type": "close", "conversationId": conversation_id})
@@ -564,6 +582,12 @@ mod frames {
         };
         if !nulls {
             v.as_object_mut().unwrap().retain(|_, x| !x.is_null());
+        }
+        // `attachments` defaults to `[]`: a client leaves an empty list out.
+        if v.get("attachments")
+            .is_some_and(|a| a.as_array().is_some_and(|a| a.is_empty()))
+        {
+            v.as_object_mut().unwrap().remove("attachments");
         }
         v
     }

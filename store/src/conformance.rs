@@ -7,7 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_protocol::model::{Author, AuthorKind, Contact, Direction, Handler, Reader, Status};
+use confab_protocol::model::{
+    Author, AuthorKind, Contact, Direction, Handler, Message, Reader, Status,
+};
 use confab_protocol::time::parse_ms;
 use parking_lot::Mutex;
 use serde_json::{json, Map};
@@ -91,6 +93,7 @@ fn visitor_msg(tenant: &str, conv: &str, body: &str, cmid: Option<&str>) -> NewM
         meta: None,
         intent: None,
         handler: None,
+        attachments: Vec::new(),
     }
 }
 
@@ -114,6 +117,143 @@ pub async fn run_all(factory: Factory) {
     handler_changes(&factory).await;
     read_cursors_move_forward(&factory).await;
     owed_replies_are_claimed_once_and_settled(&factory).await;
+    attachments_are_claimed_once(&factory).await;
+}
+
+fn upload(t: &str, conv: &str, created_ms: i64) -> crate::AttachmentRecord {
+    crate::AttachmentRecord {
+        id: format!("att_{:032x}", rand::random::<u128>()),
+        tenant: t.to_owned(),
+        conversation_id: conv.to_owned(),
+        filename: "shot \"1\".png".into(),
+        content_type: "image/png".into(),
+        size: 42,
+        sha256: "ab".repeat(32),
+        created_ms,
+        message_id: None,
+    }
+}
+
+/// Uploads are recorded, claimed by exactly one message of their own conversation
+/// (atomically with it: a refused claim stores nothing), survive as sent, and unsent ones
+/// are listed for the sweep and deleted only while unsent.
+async fn attachments_are_claimed_once(f: &Factory) {
+    let b = f(Retention::default()).await;
+    let t = tenant();
+    let conv = b.store.start_conversation(new_conv(&t)).await.unwrap();
+    let other = b.store.start_conversation(new_conv(&t)).await.unwrap();
+    let now = confab_protocol::time::now_ms();
+    let (a1, a2) = (upload(&t, &conv.id, now), upload(&t, &conv.id, now));
+    let foreign = upload(&t, &other.id, now);
+    for a in [&a1, &a2, &foreign] {
+        b.store.create_attachment(a).await.unwrap();
+    }
+    assert_eq!(
+        b.store.attachment(&t, &a1.id).await.unwrap().as_ref(),
+        Some(&a1)
+    );
+    assert!(
+        b.store.attachment("other", &a1.id).await.unwrap().is_none(),
+        "tenant-scoped"
+    );
+
+    // Another conversation's upload: refused, nothing stored.
+    let mut m = visitor_msg(&t, &conv.id, "files", Some("c1"));
+    m.attachments = vec![a1.wire(), foreign.wire()];
+    match b.store.append_message(m.clone()).await {
+        Err(crate::StoreError::Invalid { field, .. }) => assert_eq!(field, "attachments[1]"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert!(b
+        .store
+        .messages(&t, &conv.id, Cursor::Start, 10)
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
+    assert!(b
+        .store
+        .attachment(&t, &a1.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .message_id
+        .is_none());
+
+    // Sent once, with the files on the message.
+    m.attachments = vec![a1.wire(), a2.wire()];
+    let sent = b.store.append_message(m.clone()).await.unwrap().unwrap();
+    assert!(!sent.duplicate);
+    assert_eq!(sent.message.attachments, vec![a1.wire(), a2.wire()]);
+    let page = b
+        .store
+        .messages(&t, &conv.id, Cursor::Start, 10)
+        .await
+        .unwrap();
+    let stored: Message = serde_json::from_str(&page.messages[0].json).unwrap();
+    assert_eq!(stored.attachments, vec![a1.wire(), a2.wire()]);
+    assert!(
+        page.messages[0].json.ends_with(r#""url":""}]}"#),
+        "{}",
+        page.messages[0].json
+    );
+    let rec = b.store.attachment(&t, &a2.id).await.unwrap().unwrap();
+    assert_eq!(rec.message_id.as_deref(), Some(sent.message.id.as_str()));
+
+    // The same clientMessageId again: the duplicate answer, not a claim error.
+    let again = b.store.append_message(m.clone()).await.unwrap().unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message.id, sent.message.id);
+
+    // Sending a sent file again: refused, nothing stored.
+    let mut m2 = visitor_msg(&t, &conv.id, "again", Some("c2"));
+    m2.attachments = vec![a2.wire()];
+    match b.store.append_message(m2).await {
+        Err(crate::StoreError::Invalid { field, .. }) => assert_eq!(field, "attachments[0]"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert_eq!(
+        b.store
+            .messages(&t, &conv.id, Cursor::Start, 10)
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+    // Without files, messages end the way the gateway's link pass relies on.
+    let plain = b
+        .store
+        .append_message(visitor_msg(&t, &conv.id, "plain", None))
+        .await
+        .unwrap()
+        .unwrap();
+    let page = b
+        .store
+        .messages(&t, &conv.id, Cursor::After(1), 10)
+        .await
+        .unwrap();
+    assert!(page.messages[0].json.ends_with(r#""attachments":[]}"#));
+    assert!(plain.message.attachments.is_empty());
+
+    // The sweep: only unsent uploads older than the cut, deleted only while unsent.
+    let old = upload(&t, &conv.id, now - 25 * 3600 * 1000);
+    b.store.create_attachment(&old).await.unwrap();
+    let stale = b
+        .store
+        .stale_attachments(now - 24 * 3600 * 1000, 100)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = stale.iter().map(|r| r.id.as_str()).collect();
+    assert!(ids.contains(&old.id.as_str()), "{ids:?}");
+    assert!(!ids.contains(&foreign.id.as_str()) && !ids.contains(&a1.id.as_str()));
+    assert!(b.store.delete_unsent_attachment(&t, &old.id).await.unwrap());
+    assert!(b.store.attachment(&t, &old.id).await.unwrap().is_none());
+    assert!(
+        !b.store.delete_unsent_attachment(&t, &a1.id).await.unwrap(),
+        "a sent file stays"
+    );
+    assert!(b.store.attachment(&t, &a1.id).await.unwrap().is_some());
 }
 
 async fn secret_first_writer_wins(f: &Factory) {

@@ -59,6 +59,7 @@ pub fn new_message(new: &NewMessage, seq: u64, created_ms: i64) -> Message {
         client_message_id: new.client_message_id.clone(),
         meta: new.meta.clone(),
         intent: new.intent.clone(),
+        attachments: new.attachments.clone(),
     }
 }
 

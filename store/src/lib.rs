@@ -24,7 +24,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use confab_protocol::model::{
-    Author, Contact, Conversation, Direction, Handler, Message, Reader, Status, TenantEvent,
+    Attachment, Author, Contact, Conversation, Direction, Handler, Message, Reader, Status,
+    TenantEvent,
 };
 use serde_json::{Map, Value};
 
@@ -72,6 +73,10 @@ pub enum StoreError {
     /// A bug or corrupt data.
     #[error("store internal error: {0}")]
     Internal(String),
+    /// The request breaks a rule only the store can check atomically (an attachment
+    /// already sent by a concurrent message); `field` names it. Nothing was stored.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -212,6 +217,10 @@ pub struct NewMessage {
     /// Sets the conversation's handler in the same commit (an agent's reply: `human`);
     /// `None` leaves it.
     pub handler: Option<Handler>,
+    /// Files sent with it, as the message will show them (`url` empty). Each is claimed
+    /// atomically with the append: it must be an unsent upload of this conversation, else
+    /// [`StoreError::Invalid`] names it (`attachments[i]`) and nothing is stored.
+    pub attachments: Vec<Attachment>,
 }
 
 impl NewMessage {
@@ -228,6 +237,39 @@ impl NewMessage {
         self.client_message_id
             .as_ref()
             .map(|id| format!("{kind}:{}:{id}", self.author.id))
+    }
+}
+
+/// An uploaded file as the store keeps it (the bytes live in the gateway's object store).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentRecord {
+    /// `att_` + 32 hex digits.
+    pub id: String,
+    pub tenant: String,
+    /// The conversation it was uploaded in: the only one it may be sent in.
+    pub conversation_id: String,
+    pub filename: String,
+    pub content_type: String,
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the bytes (the download's `ETag`).
+    pub sha256: String,
+    pub created_ms: i64,
+    /// The message that sent it; `None` while unsent (deleted after 24 h).
+    #[serde(default)]
+    pub message_id: Option<String>,
+}
+
+impl AttachmentRecord {
+    /// The file as a message shows it (without its link).
+    pub fn wire(&self) -> Attachment {
+        Attachment {
+            id: self.id.clone(),
+            filename: self.filename.clone(),
+            content_type: self.content_type.clone(),
+            size: self.size,
+            url: String::new(),
+        }
     }
 }
 
@@ -583,6 +625,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// Gives the lease up, if `holder` holds it.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
+
+    /// Records an upload, unsent, once its bytes are durably stored.
+    async fn create_attachment(&self, record: &AttachmentRecord) -> Result<()>;
+
+    /// One upload of the tenant (sent or not).
+    async fn attachment(&self, tenant: &str, id: &str) -> Result<Option<AttachmentRecord>>;
+
+    /// Uploads never sent and created before `before_ms`, at most `limit`, across tenants:
+    /// what the 24 h sweep deletes.
+    async fn stale_attachments(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<AttachmentRecord>>;
+
+    /// Deletes an upload's record if it is still unsent; true when it was deleted (then,
+    /// and only then, may its bytes go: a concurrent send either claimed it first or
+    /// finds it gone).
+    async fn delete_unsent_attachment(&self, tenant: &str, id: &str) -> Result<bool>;
 
     /// Presence (volatile, never persisted beyond `expires_ms`): records `entries` — agents
     /// with sockets on one node — replacing that node's earlier word on each.

@@ -35,10 +35,10 @@ use crate::domain::{
     record_message, to_json,
 };
 use crate::{
-    message_id, Appended, Broker, Channel, Clock, ConversationCursor, ConversationPage, Cursor,
-    EventSink, EventsPage, MessagePage, NewConversation, NewMessage, OwedReply, PresenceEntry,
-    ProfileUpdate, Published, ReadEvent, ReadMark, ReplyOutcome, Result, Retention, Store,
-    StoreError, StoredMessage, VisitorRecord, WebhookState,
+    message_id, Appended, AttachmentRecord, Broker, Channel, Clock, ConversationCursor,
+    ConversationPage, Cursor, EventSink, EventsPage, MessagePage, NewConversation, NewMessage,
+    OwedReply, PresenceEntry, ProfileUpdate, Published, ReadEvent, ReadMark, ReplyOutcome, Result,
+    Retention, Store, StoreError, StoredMessage, VisitorRecord, WebhookState,
 };
 
 /// When a commit is durable (`sqlite:PATH?synchronous=…`).
@@ -95,6 +95,12 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE TABLE IF NOT EXISTS replies (
     tenant TEXT NOT NULL, conversation_id TEXT NOT NULL, through_seq INTEGER NOT NULL,
     holder TEXT NOT NULL, lease_until INTEGER NOT NULL, PRIMARY KEY (tenant, conversation_id)) WITHOUT ROWID;
+-- Uploads: `message_seq` is NULL until a message sends it (the 24 h sweep reads the
+-- partial index of unsent ones only).
+CREATE TABLE IF NOT EXISTS attachments (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, conversation_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    message_seq INTEGER, json TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS attachments_unsent ON attachments (created_ms) WHERE message_seq IS NULL;
 PRAGMA user_version = 1;
 "#;
 
@@ -538,6 +544,7 @@ fn append_tx(
     let seq = last_seq + 1;
     let created = now.max(last_created);
     let message = new_message(new, seq, created);
+    claim_attachments(c, new, seq, &message.id)?;
     let json = to_json(&message);
     c.prepare_cached(
         "INSERT INTO messages (conversation_id, seq, tenant, created_ms, idempotency_key, json)
@@ -640,6 +647,45 @@ fn conversation_updated(
         conversation_id: c.id.as_str().into(),
         json: json.into(),
     });
+    Ok(())
+}
+
+/// Marks each attachment of `new` as sent by message `seq` — only if it is an unsent
+/// upload of that conversation; otherwise the whole write rolls back (its savepoint).
+fn claim_attachments(
+    conn: &Connection,
+    new: &NewMessage,
+    seq: u64,
+    message_id: &str,
+) -> Result<()> {
+    for (i, a) in new.attachments.iter().enumerate() {
+        let row: Option<(String, Option<i64>, String)> = conn
+            .prepare_cached("SELECT conversation_id, message_seq, json FROM attachments WHERE id = ?1 AND tenant = ?2")
+            .map_err(db_err)?
+            .query_row(params![a.id, new.tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()
+            .map_err(db_err)?;
+        let field = format!("attachments[{i}]");
+        let refuse = |message: &str| StoreError::Invalid {
+            field: field.clone(),
+            message: message.to_owned(),
+        };
+        let Some((conv, sent, json)) = row else {
+            return Err(refuse("no such upload"));
+        };
+        if conv != new.conversation_id {
+            return Err(refuse("uploaded in another conversation"));
+        }
+        if sent.is_some() {
+            return Err(refuse("already sent"));
+        }
+        let mut record: AttachmentRecord = serde_json::from_str(&json).map_err(json_err)?;
+        record.message_id = Some(message_id.to_owned());
+        conn.prepare_cached("UPDATE attachments SET message_seq = ?1, json = ?2 WHERE id = ?3")
+            .map_err(db_err)?
+            .execute(params![seq as i64, to_json(&record), a.id])
+            .map_err(db_err)?;
+    }
     Ok(())
 }
 
@@ -1290,6 +1336,75 @@ impl Store for SqliteStore {
             )
             .map_err(db_err)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn create_attachment(&self, record: &AttachmentRecord) -> Result<()> {
+        let record = record.clone();
+        self.write(move |c, _| {
+            c.prepare_cached(
+                "INSERT INTO attachments (id, tenant, conversation_id, created_ms, message_seq, json)
+                 VALUES (?1, ?2, ?3, ?4, NULL, ?5)",
+            )
+            .map_err(db_err)?
+            .execute(params![record.id, record.tenant, record.conversation_id, record.created_ms, to_json(&record)])
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn attachment(&self, tenant: &str, id: &str) -> Result<Option<AttachmentRecord>> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        self.read(move |c| {
+            let json: Option<String> = c
+                .prepare_cached("SELECT json FROM attachments WHERE id = ?1 AND tenant = ?2")
+                .map_err(db_err)?
+                .query_row(params![id, tenant], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?;
+            json.map(|j| serde_json::from_str(&j).map_err(json_err))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn stale_attachments(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<AttachmentRecord>> {
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT json FROM attachments WHERE message_seq IS NULL AND created_ms < ?1
+                     ORDER BY created_ms LIMIT ?2",
+                )
+                .map_err(db_err)?;
+            let rows = st
+                .query_map(params![before_ms, limit as i64], |r| r.get::<_, String>(0))
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
+            rows.iter()
+                .map(|j| serde_json::from_str(j).map_err(json_err))
+                .collect()
+        })
+        .await
+    }
+
+    async fn delete_unsent_attachment(&self, tenant: &str, id: &str) -> Result<bool> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        self.write(move |c, _| {
+            let n = c
+                .prepare_cached(
+                    "DELETE FROM attachments WHERE id = ?1 AND tenant = ?2 AND message_seq IS NULL",
+                )
+                .map_err(db_err)?
+                .execute(params![id, tenant])
+                .map_err(db_err)?;
+            Ok(n == 1)
         })
         .await
     }

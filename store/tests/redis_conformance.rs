@@ -77,6 +77,7 @@ fn message(tenant: &str, conv: &str, body: &str, cmid: Option<&str>) -> NewMessa
         meta: Some(json!({"pageUrl": "https://x.test/é/1", "big": 12345678901234567u64})),
         intent: Some("billing".into()),
         handler: None,
+        attachments: Vec::new(),
     }
 }
 

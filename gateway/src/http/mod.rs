@@ -3,6 +3,7 @@
 //!
 //! - [`visitor`] — the visitor-facing API: config, sessions, messages, telemetry.
 //! - [`tenant`] — the agent-dashboard / tenant-backend API.
+//! - [`attachments`] — uploads (streamed; not under the 64 KiB JSON limit) and downloads.
 //! - [`ops`] — health, readiness, metrics, and the static pages (widget, demo, console).
 //! - [`openapi`] — `GET /openapi.json`, the description of all of the above, generated from
 //!   the handlers' annotations and the types they read and write.
@@ -29,6 +30,7 @@ use utoipa_axum::routes;
 use crate::error::{error_response, Params};
 use crate::state::AppState;
 
+pub mod attachments;
 pub mod cors;
 pub mod openapi;
 pub mod ops;
@@ -49,6 +51,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(visitor::read))
         .routes(routes!(visitor::handoff))
         .routes(routes!(visitor::voice))
+        .routes(routes!(attachments::upload))
+        .routes(routes!(attachments::download))
+        .routes(routes!(attachments::tenant_upload))
         .routes(routes!(crate::ws::visitor::upgrade))
         .routes(routes!(crate::ws::tenant::upgrade))
         .routes(routes!(tenant::list))
@@ -352,8 +357,14 @@ pub fn limit_and_wait(p: &Params) -> Result<(usize, u64), ApiError> {
     Ok((limit, wait))
 }
 
-/// `{ "messages": [...], "hasMore": …, "nextCursor": … }`, concatenating the stored JSON.
-pub fn history_body(page: &MessagePage, conversation_id: &str, echo: Option<String>) -> String {
+/// `{ "messages": [...], "hasMore": …, "nextCursor": … }`, concatenating the stored JSON
+/// as `serve` gives it (with fresh attachment links).
+pub fn history_body<'a>(
+    page: &'a MessagePage,
+    conversation_id: &str,
+    echo: Option<String>,
+    serve: impl Fn(&'a str) -> std::borrow::Cow<'a, str>,
+) -> String {
     let mut s = String::with_capacity(
         64 + page
             .messages
@@ -366,7 +377,7 @@ pub fn history_body(page: &MessagePage, conversation_id: &str, echo: Option<Stri
         if i > 0 {
             s.push(',');
         }
-        s.push_str(&m.json);
+        s.push_str(&serve(&m.json));
     }
     let next = page
         .messages

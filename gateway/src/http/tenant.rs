@@ -167,7 +167,12 @@ pub async fn history(
     let (cursor, echo) = history_cursor(&params, &id)?;
     let (limit, wait) = limit_and_wait(&params)?;
     let page = service::agent::history(&state, &auth.tenant, &id, cursor, limit, wait).await?;
-    Ok(json_text(StatusCode::OK, history_body(&page, &id, echo)))
+    Ok(json_text(
+        StatusCode::OK,
+        history_body(&page, &id, echo, |j| {
+            state.attachments.links.message_json(&auth.tenant.cfg.id, j)
+        }),
+    ))
 }
 
 /// Who a message from the tenant's backend is from.
@@ -190,13 +195,16 @@ pub struct AuthorIn {
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplyBody {
-    /// 1–10,000 characters after trimming.
-    #[schema(
-        min_length = 1,
-        max_length = 10000,
-        example = "Hello Jane, let me check."
-    )]
+    /// 1–10,000 characters after trimming; may be empty (or left out) when
+    /// `attachments` is not.
+    #[serde(default)]
+    #[schema(max_length = 10000, example = "Hello Jane, let me check.")]
     message: String,
+    /// Up to 10 ids of files uploaded in this conversation
+    /// (`POST /v1/tenant/conversations/{id}/attachments`) and not sent yet.
+    #[serde(default)]
+    #[schema(max_items = 10)]
+    attachments: Vec<String>,
     /// Idempotency key, at most 64 characters.
     #[serde(default)]
     #[schema(max_length = 64, example = "a-1")]
@@ -321,6 +329,7 @@ pub async fn reply(
         &body.message,
         body.client_message_id,
         meta,
+        &body.attachments,
     )
     .await?;
     Ok(sent(&a))
@@ -531,8 +540,12 @@ pub async fn events(
         if i > 0 {
             s.push(',');
         }
+        let data = state
+            .attachments
+            .links
+            .event_data(&auth.tenant.cfg.id, &e.kind, &e.data);
         s.push_str(&confab_protocol::frames::tenant_event(
-            &e.kind, e.offset, &e.data,
+            &e.kind, e.offset, &data,
         ));
     }
     let next = page

@@ -608,7 +608,12 @@ pub async fn history(
     .await?;
     Ok(json_text(
         StatusCode::OK,
-        history_body(&page, &session.claims.conversation_id, echo),
+        history_body(&page, &session.claims.conversation_id, echo, |j| {
+            state
+                .attachments
+                .links
+                .message_json(&session.tenant.cfg.id, j)
+        }),
     ))
 }
 
@@ -617,13 +622,15 @@ pub async fn history(
 #[serde(rename_all = "camelCase")]
 pub struct SendBody {
     /// 1–10,000 characters (the tenant's `maxMessageLength`) after trimming whitespace
-    /// and zero-width characters.
-    #[schema(
-        min_length = 1,
-        max_length = 10000,
-        example = "Hi! Where is my invoice?"
-    )]
+    /// and zero-width characters; may be empty (or left out) when `attachments` is not.
+    #[serde(default)]
+    #[schema(max_length = 10000, example = "Hi! Where is my invoice?")]
     message: String,
+    /// Up to 10 ids of files uploaded in this conversation (`POST /v1/attachments`) and
+    /// not sent yet.
+    #[serde(default)]
+    #[schema(max_items = 10)]
+    attachments: Vec<String>,
     /// Idempotency key, at most 64 characters: the same key again in this conversation
     /// answers 200 with the first message's id and stores nothing.
     #[serde(default)]
@@ -695,6 +702,7 @@ pub async fn send(
         body.client_message_id,
         body.meta,
         body.intent,
+        &body.attachments,
     )
     .await?;
     if body.await_reply {

@@ -30,6 +30,7 @@ pub struct RateLimits {
     pub config_per_minute_per_ip: u32,
     pub polls_per_minute_per_session: u32,
     pub events_per_minute_per_session: u32,
+    pub uploads_per_hour_per_session: u32,
 }
 
 impl Default for RateLimits {
@@ -41,6 +42,7 @@ impl Default for RateLimits {
             config_per_minute_per_ip: 60,
             polls_per_minute_per_session: 120,
             events_per_minute_per_session: 120,
+            uploads_per_hour_per_session: 20,
         }
     }
 }
@@ -54,6 +56,7 @@ pub enum Limit {
     ConfigPerIp,
     PollsPerSession,
     EventsPerSession,
+    UploadsPerSession,
 }
 
 impl Limit {
@@ -68,6 +71,7 @@ impl Limit {
             Limit::ConfigPerIp => (r.config_per_minute_per_ip, MINUTE, "cfg-ip"),
             Limit::PollsPerSession => (r.polls_per_minute_per_session, MINUTE, "poll-vis"),
             Limit::EventsPerSession => (r.events_per_minute_per_session, MINUTE, "evt-vis"),
+            Limit::UploadsPerSession => (r.uploads_per_hour_per_session, HOUR, "upl-vis"),
         }
     }
 }

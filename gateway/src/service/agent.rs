@@ -16,6 +16,7 @@ use crate::error::store_error;
 use crate::settings::Tenant;
 use crate::state::AppState;
 
+#[allow(clippy::too_many_arguments)]
 pub async fn reply(
     state: &AppState,
     tenant: &Tenant,
@@ -24,11 +25,22 @@ pub async fn reply(
     message: &str,
     client_message_id: Option<String>,
     meta: Option<Value>,
+    attachments: &[String],
 ) -> Result<Appended, ApiError> {
-    let body = validate::message_body("message", message, validate::MAX_MESSAGE_CHARS)?;
+    let body = validate::message_body_or_files(
+        "message",
+        message,
+        validate::MAX_MESSAGE_CHARS,
+        !attachments.is_empty(),
+    )?;
     if let Some(id) = &client_message_id {
         validate::client_message_id(id)?;
     }
+    let files = if attachments.is_empty() {
+        Vec::new()
+    } else {
+        super::attachments::for_message(state, &tenant.cfg.id, conversation_id, attachments).await?
+    };
     let new = NewMessage {
         tenant: tenant.cfg.id.clone(),
         conversation_id: conversation_id.to_owned(),
@@ -41,6 +53,7 @@ pub async fn reply(
         // the tenant's backend posts does not).
         handler: (author.kind == AuthorKind::Agent).then_some(Handler::Human),
         author,
+        attachments: files,
     };
     super::append(state, new).await
 }

@@ -13,6 +13,7 @@
 //! - [`presence`] — which agents are online, and the availability that follows.
 //! - [`assistants`] — AI and bot replies: owed replies, upstream dialects, streaming.
 //!
+//! - [`attachments`] — uploads, signed links on served messages, downloads, the sweep.
 //! - [`limits`] — charging requests against the rate limits.
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::state::AppState;
 
 pub mod agent;
 pub mod assistants;
+pub mod attachments;
 pub mod events;
 pub mod limits;
 pub mod presence;

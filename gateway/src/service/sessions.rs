@@ -175,6 +175,7 @@ pub async fn start(
             r.client_message_id.take(),
             None,
             None,
+            false,
         )?),
         None => None,
     };

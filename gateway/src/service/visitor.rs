@@ -140,10 +140,13 @@ pub struct VisitorDraft {
     client_message_id: Option<String>,
     meta: Option<Value>,
     intent: Option<String>,
+    /// Files to send with it (already found in the conversation; claimed by the store).
+    files: Vec<confab_protocol::model::Attachment>,
 }
 
 impl VisitorDraft {
-    /// Checks a visitor message; `field` names the body's field in errors.
+    /// Checks a visitor message; `field` names the body's field in errors. With
+    /// `has_files` the text may be empty.
     pub fn check(
         tenant: &Tenant,
         field: &str,
@@ -151,8 +154,14 @@ impl VisitorDraft {
         client_message_id: Option<String>,
         meta: Option<Value>,
         intent: Option<String>,
+        has_files: bool,
     ) -> Result<VisitorDraft, ApiError> {
-        let body = validate::message_body(field, message, tenant.cfg.max_message_length)?;
+        let body = validate::message_body_or_files(
+            field,
+            message,
+            tenant.cfg.max_message_length,
+            has_files,
+        )?;
         if let Some(id) = &client_message_id {
             validate::client_message_id(id)?;
         }
@@ -169,6 +178,7 @@ impl VisitorDraft {
             client_message_id,
             meta: visitor_meta(tenant, meta)?,
             intent,
+            files: Vec::new(),
         })
     }
 
@@ -184,10 +194,13 @@ impl VisitorDraft {
             meta: self.meta,
             intent: self.intent,
             handler: None,
+            attachments: self.files,
         }
     }
 }
 
+/// A visitor's message with the ids of files uploaded in its conversation (`attachments`).
+#[allow(clippy::too_many_arguments)]
 pub async fn send(
     state: &AppState,
     session: &VisitorSession,
@@ -196,15 +209,23 @@ pub async fn send(
     client_message_id: Option<String>,
     meta: Option<Value>,
     intent: Option<String>,
+    attachments: &[String],
 ) -> Result<Appended, ApiError> {
-    let draft = VisitorDraft::check(
+    let mut draft = VisitorDraft::check(
         &session.tenant,
         "message",
         message,
         client_message_id,
         meta,
         intent,
+        !attachments.is_empty(),
     )?;
+    if !attachments.is_empty() {
+        let c = &session.claims;
+        draft.files =
+            super::attachments::for_message(state, &c.tenant, &c.conversation_id, attachments)
+                .await?;
+    }
     admit_and_store(state, session, ip, draft).await
 }
 
@@ -351,6 +372,7 @@ async fn auto_reply(state: &AppState, tenant: &Tenant, conversation_id: &str) {
         meta: Some(json!({"mode": "flow"})),
         intent: None,
         handler: None,
+        attachments: Vec::new(),
     };
     if let Err(e) = state.store.append_message(new).await {
         tracing::warn!(error = %e, conversation_id, "auto-reply not stored");

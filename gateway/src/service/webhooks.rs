@@ -329,6 +329,20 @@ impl Deliverer<'_> {
     /// Delivers one event, retrying until a 2xx, or until it leaves retention.
     async fn deliver(&mut self, st: &mut WebhookState, ev: &TenantEvent) -> Result<(), Stop> {
         let id = delivery_id(&self.hook.key, ev.offset);
+        // Attachment links are minted when the delivery starts (valid for the link TTL).
+        let signed;
+        let ev = match self
+            .state
+            .attachments
+            .links
+            .event_data(self.tenant_id(), &ev.kind, &ev.data)
+        {
+            std::borrow::Cow::Borrowed(_) => ev,
+            std::borrow::Cow::Owned(data) => {
+                signed = TenantEvent { data, ..ev.clone() };
+                &signed
+            }
+        };
         let body = payload(self.tenant_id(), &id, ev);
         let timing = self.state.webhook_timing;
         let mut failures = 0u32;

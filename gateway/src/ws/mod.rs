@@ -757,9 +757,11 @@ mod tests {
             Keyring::new(b"unit-test-secret", &[]),
             backend,
             hub,
-            clock,
-            Default::default(),
-            Default::default(),
+            crate::blobs::Blobs::open(&crate::blobs::Location::Memory).unwrap(),
+            &crate::server::Options {
+                clock,
+                ..Default::default()
+            },
         )
     }
 

@@ -44,9 +44,14 @@ impl ChannelLogic for Agent {
             .events
             .iter()
             .map(|e| {
+                let data =
+                    state
+                        .attachments
+                        .links
+                        .event_data(&self.tenant.cfg.id, &e.kind, &e.data);
                 (
                     e.offset,
-                    frames::tenant_event(&e.kind, e.offset, &e.data).into(),
+                    frames::tenant_event(&e.kind, e.offset, &data).into(),
                 )
             })
             .collect();
@@ -59,6 +64,7 @@ impl ChannelLogic for Agent {
                 conversation_id,
                 message,
                 client_message_id,
+                attachments,
             } => {
                 let cmid = client_message_id.clone();
                 let result = crate::service::agent::reply(
@@ -69,6 +75,7 @@ impl ChannelLogic for Agent {
                     &message,
                     client_message_id,
                     None,
+                    &attachments,
                 )
                 .await;
                 match result {

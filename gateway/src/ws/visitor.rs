@@ -44,7 +44,10 @@ impl ChannelLogic for Visitor {
         let items = page
             .messages
             .iter()
-            .map(|m| (m.seq, frames::visitor_message_new(&m.json).into()))
+            .map(|m| {
+                let json = state.attachments.links.message_json(&c.tenant, &m.json);
+                (m.seq, frames::visitor_message_new(&json).into())
+            })
             .collect();
         Ok(Some((items, page.has_more)))
     }
@@ -55,6 +58,7 @@ impl ChannelLogic for Visitor {
                 message,
                 client_message_id,
                 intent,
+                attachments,
             } => {
                 let cmid = client_message_id.clone();
                 match crate::service::visitor::send(
@@ -65,6 +69,7 @@ impl ChannelLogic for Visitor {
                     client_message_id,
                     None,
                     intent,
+                    &attachments,
                 )
                 .await
                 {

@@ -1,9 +1,12 @@
 -- append_message(c): the whole commit of one message to the loaded conversation `c`; shared
 -- by the append and complete_reply scripts.
--- KEYS: conv, msgs, idem, list:open, list:closed, meta, log, owed (HASH), owed:due (ZSET)
+-- KEYS: conv, msgs, idem, list:open, list:closed, meta, log, owed (HASH), owed:due (ZSET),
+--       att-unsent, then one upload hash per attachment
 -- ARGV: conv_id, now, now_fmt, m1, m2, m3, idempotency key: author + clientMessageId ('' = none), min_events, min_age,
---       conv_chan, tenant_chan, inbound ('1' | '0'), handler ('' = keep)
--- Returns {'dup', first_message_json} | {'ok', seq, created_ms, reply_owed (0 | 1)}.
+--       conv_chan, tenant_chan, inbound ('1' | '0'), handler ('' = keep),
+--       [complete_reply's holder, claimed through_seq, has_message],
+--       message id prefix, attachment count N, then the N attachment ids
+-- Returns {'dup', first_message_json} | {'att', index, reason} | {'ok', seq, created_ms, reply_owed (0 | 1)}.
 -- A visitor message to a conversation the bot handles makes its reply owed: owed[C] =
 -- 'THROUGH|HOLDER' (HOLDER '' = nobody), owed:due[C] = the lease's end (0 = free), kept by
 -- a lease already running.
@@ -20,7 +23,25 @@ local function append_message(c)
       return {'dup', e[1][2][2]}
     end
   end
+  -- Each attachment must be an unsent upload of this conversation; checked before any write.
+  local natt = tonumber(ARGV[18])
+  for i = 1, natt do
+    local h = redis.call('HMGET', KEYS[10 + i], 'conv', 'msg')
+    if not h[1] then
+      return {'att', i - 1, 'no such upload'}
+    end
+    if h[1] ~= id then
+      return {'att', i - 1, 'uploaded in another conversation'}
+    end
+    if h[2] then
+      return {'att', i - 1, 'already sent'}
+    end
+  end
   local seq = c.seq + 1
+  for i = 1, natt do
+    redis.call('HSET', KEYS[10 + i], 'msg', ARGV[17] .. int(seq))
+    redis.call('ZREM', KEYS[10], ARGV[18 + i])
+  end
   local created, created_fmt = now, now_fmt
   if c.lcm > now then
     created, created_fmt = c.lcm, c.lca

@@ -313,6 +313,7 @@ mod tests {
             meta,
             intent: None,
             handler: None,
+            attachments: Vec::new(),
         }
     }
 

@@ -1,6 +1,6 @@
--- complete_reply: settles a claimed reply (see append_fn.lua for KEYS and ARGV 1-13).
--- ARGV: …, holder, claimed through_seq, has_message ('1' | '0')
--- Returns {'lost'} | {'handed'} | {'silent'} | {'dup', json} | {'ok', seq, created_ms, 0}.
+-- complete_reply: settles a claimed reply (see append_fn.lua for KEYS and ARGV).
+-- ARGV 14-16: holder, claimed through_seq, has_message ('1' | '0')
+-- Returns {'lost'} | {'handed'} | {'silent'} | {'att', …} | {'dup', json} | {'ok', seq, created_ms, 0}.
 local id = ARGV[1]
 local rec = redis.call('HGET', KEYS[8], id)
 local through, owner
@@ -18,6 +18,9 @@ elseif ARGV[16] == '1' then
   result = append_message(c)
 else
   result = {'silent'}
+end
+if result[1] == 'att' then
+  return result
 end
 if result[1] ~= 'handed' and tonumber(through) > tonumber(ARGV[15]) then
   redis.call('HSET', KEYS[8], id, through .. '|')

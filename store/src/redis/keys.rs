@@ -112,6 +112,18 @@ impl TenantKeys {
         format!("{}:owed:due", self.base)
     }
 
+    /// HASH of one upload: `r` (the record's JSON as uploaded), `conv` (its conversation),
+    /// `msg` (the id of the message that sent it; absent while unsent).
+    pub(crate) fn attachment(&self, id: &str) -> String {
+        format!("{}:att:{}", self.base, seg(id))
+    }
+
+    /// ZSET of the tenant's unsent uploads, member id, score = created (epoch ms): what
+    /// the 24 h sweep reads.
+    pub(crate) fn unsent_attachments(&self) -> String {
+        format!("{}:att-unsent", self.base)
+    }
+
     /// ZSET of presence entries, member `NODE|AGENT`, score = expiry (epoch ms).
     pub(crate) fn presence(&self) -> String {
         format!("{}:presence", self.base)
@@ -199,6 +211,8 @@ mod tests {
             k.webhook("w"),
             k.presence(),
             k.presence_info(),
+            k.attachment("att_x"),
+            k.unsent_attachments(),
         ] {
             assert!(key.starts_with("confab:{t:demo}:"), "{key}");
             assert_eq!(key.matches('{').count(), 1);

@@ -156,9 +156,10 @@ use serde_json::Value as Json;
 
 use crate::domain::{new_conversation, new_conversation_id, new_message, new_visitor_id, to_json};
 use crate::{
-    message_id, Appended, Backend, Clock, ConversationCursor, ConversationPage, Cursor, EventsPage,
-    MessagePage, NewConversation, NewMessage, OwedReply, PresenceEntry, ProfileUpdate, ReadMark,
-    ReplyOutcome, Result, Retention, Store, StoreError, StoredMessage, VisitorRecord, WebhookState,
+    message_id, Appended, AttachmentRecord, Backend, Clock, ConversationCursor, ConversationPage,
+    Cursor, EventsPage, MessagePage, NewConversation, NewMessage, OwedReply, PresenceEntry,
+    ProfileUpdate, ReadMark, ReplyOutcome, Result, Retention, Store, StoreError, StoredMessage,
+    VisitorRecord, WebhookState,
 };
 
 mod codec;
@@ -421,9 +422,20 @@ fn assemble(fields: Vec<Option<String>>) -> Result<Option<(Conversation, String)
     )))
 }
 
-/// `append_fn.lua`'s answer: `{'dup', json}` or `{'ok', seq, created_ms, owed}`.
+/// `append_fn.lua`'s answer: `{'dup', json}`, `{'att', index, reason}` or
+/// `{'ok', seq, created_ms, owed}`.
 fn appended(new: &NewMessage, reply: &[Value]) -> Result<Appended> {
     match reply.first().and_then(text).as_deref() {
+        Some("att") => {
+            let (Some(i), Some(reason)) = (reply.get(1).and_then(int), reply.get(2).and_then(text))
+            else {
+                return Err(unexpected("append", reply));
+            };
+            Err(StoreError::Invalid {
+                field: format!("attachments[{i}]"),
+                message: reason,
+            })
+        }
         Some("dup") => {
             let json = reply
                 .get(1)
@@ -494,6 +506,7 @@ impl RedisStore {
         &self,
         script: &'a redis::Script,
         new: &NewMessage,
+        complete: Option<(&str, u64, bool)>,
     ) -> Result<ScriptInvocation<'a>> {
         let t = message_template(new)?;
         let k = TenantKeys::new(&new.tenant);
@@ -509,7 +522,8 @@ impl RedisStore {
             .key(k.meta())
             .key(k.log())
             .key(k.owed())
-            .key(k.owed_due());
+            .key(k.owed_due())
+            .key(k.unsent_attachments());
         inv.arg(id)
             .arg(now)
             .arg(format_ms(now))
@@ -525,6 +539,16 @@ impl RedisStore {
                 "0"
             })
             .arg(new.handler.map_or("", Handler::as_str));
+        // ARGV 14-16: complete_reply's holder, claimed through_seq and has_message.
+        let (holder, through, has_message) = complete.unwrap_or(("", 0, false));
+        inv.arg(holder)
+            .arg(through)
+            .arg(if has_message { "1" } else { "0" });
+        inv.arg(crate::message_id_prefix(id))
+            .arg(new.attachments.len());
+        for a in &new.attachments {
+            inv.key(k.attachment(&a.id)).arg(&a.id);
+        }
         Ok(inv)
     }
 
@@ -706,7 +730,7 @@ impl Store for RedisStore {
     }
 
     async fn append_message(&self, new: NewMessage) -> Result<Option<Appended>> {
-        let inv = self.append_invocation(&scripts::APPEND, &new)?;
+        let inv = self.append_invocation(&scripts::APPEND, &new, None)?;
         let reply: Vec<Value> = self.conn.eval(inv).await?;
         match reply.first().and_then(text).as_deref() {
             Some("none") => Ok(None),
@@ -1012,12 +1036,14 @@ impl Store for RedisStore {
             meta: None,
             intent: None,
             handler: None,
+            attachments: Vec::new(),
         });
         self.register(tenant).await?;
-        let mut inv = self.append_invocation(&scripts::COMPLETE, &new)?;
-        inv.arg(holder)
-            .arg(through_seq)
-            .arg(if reply.is_some() { "1" } else { "0" });
+        let inv = self.append_invocation(
+            &scripts::COMPLETE,
+            &new,
+            Some((holder, through_seq, reply.is_some())),
+        )?;
         let answer: Vec<Value> = self.conn.eval(inv).await?;
         match answer.first().and_then(text).as_deref() {
             Some("lost") => Ok(ReplyOutcome::Lost),
@@ -1247,6 +1273,111 @@ impl Store for RedisStore {
         inv.key(keys::lease(name)).arg(holder);
         let _: i64 = self.conn.eval(inv).await?;
         Ok(())
+    }
+
+    async fn create_attachment(&self, record: &AttachmentRecord) -> Result<()> {
+        self.register(&record.tenant).await?;
+        let k = TenantKeys::new(&record.tenant);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(k.attachment(&record.id))
+            .arg("r")
+            .arg(to_json(record))
+            .arg("conv")
+            .arg(&record.conversation_id)
+            .ignore()
+            .cmd("ZADD")
+            .arg(k.unsent_attachments())
+            .arg(record.created_ms)
+            .arg(&record.id)
+            .ignore();
+        self.conn.pipe::<()>(pipe).await
+    }
+
+    async fn attachment(&self, tenant: &str, id: &str) -> Result<Option<AttachmentRecord>> {
+        let key = TenantKeys::new(tenant).attachment(id);
+        let (r, msg): (Option<String>, Option<String>) = self
+            .conn
+            .query(redis::cmd("HMGET").arg(key).arg("r").arg("msg").to_owned())
+            .await?;
+        let Some(r) = r else { return Ok(None) };
+        let mut record: AttachmentRecord = serde_json::from_str(&r)
+            .map_err(|e| StoreError::Internal(format!("corrupt attachment record: {e}")))?;
+        record.message_id = msg;
+        Ok(Some(record))
+    }
+
+    async fn stale_attachments(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<AttachmentRecord>> {
+        let mut out = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, tenants): (u64, Vec<String>) = self
+                .conn
+                .query(
+                    redis::cmd("SSCAN")
+                        .arg(keys::TENANTS)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(200)
+                        .to_owned(),
+                )
+                .await?;
+            for tenant in tenants {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let k = TenantKeys::new(&tenant);
+                let ids: Vec<String> = self
+                    .conn
+                    .query(
+                        redis::cmd("ZRANGEBYSCORE")
+                            .arg(k.unsent_attachments())
+                            .arg("-inf")
+                            .arg(format!("({before_ms}"))
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(limit - out.len())
+                            .to_owned(),
+                    )
+                    .await?;
+                for id in ids {
+                    match self.attachment(&tenant, &id).await? {
+                        Some(r) if r.message_id.is_none() => out.push(r),
+                        // A record gone or sent whose index entry lingered: drop the entry.
+                        _ => {
+                            let _: i64 = self
+                                .conn
+                                .query(
+                                    redis::cmd("ZREM")
+                                        .arg(k.unsent_attachments())
+                                        .arg(&id)
+                                        .to_owned(),
+                                )
+                                .await?;
+                        }
+                    }
+                }
+            }
+            if next == 0 || out.len() >= limit {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn delete_unsent_attachment(&self, tenant: &str, id: &str) -> Result<bool> {
+        let k = TenantKeys::new(tenant);
+        let mut inv = scripts::DELETE_UNSENT.prepare_invoke();
+        inv.key(k.attachment(id))
+            .key(k.unsent_attachments())
+            .arg(id);
+        let deleted: i64 = self.conn.eval(inv).await?;
+        Ok(deleted == 1)
     }
 
     async fn presence_beat(

@@ -67,6 +67,14 @@ pub(crate) static LEASE: LazyLock<Script> = LazyLock::new(|| {
          return 0",
     )
 });
+/// `delete_unsent_attachment`: deletes an upload only while no message has claimed it.
+pub(crate) static DELETE_UNSENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local h = redis.call('HMGET', KEYS[1], 'r', 'msg') \
+         if not h[1] or h[2] then return 0 end \
+         redis.call('DEL', KEYS[1]) redis.call('ZREM', KEYS[2], ARGV[1]) return 1",
+    )
+});
 /// `release_lease`: delete it only when ours.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(

@@ -404,6 +404,7 @@ fn reply_message(
         meta: Some(meta),
         intent: None,
         handler,
+        attachments: Vec::new(),
     }
 }
 
