@@ -5,7 +5,8 @@
 // server started here on 127.0.0.1:0: it streams Server-Sent Events chunks
 // (`data: {"choices":[{"delta":{"content":"…"}}]}` a few tens of ms apart, then a usage
 // chunk and `data: [DONE]`), records what it was asked, and can hold a reply half-way
-// until the test lets it go on, or cut the connection mid-stream (the fallback case).
+// until the test lets it go on, or cut the connection mid-stream (the fallback case),
+// depending on the visitor's words.
 //
 // Run: cd browser-tests && node --test --test-name-pattern=assistant   (or npm test: all files)
 
@@ -28,6 +29,9 @@ const HELD_1 = ['Hello', '! We', ' sell hand', 'made mugs'];
 const HELD_2 = [' and tea', 'pots', ', shipped', ' worldwide.'];
 const HELD = HELD_1.concat(HELD_2).join('');
 const CUT = ['Let me', ' check our'];  // streamed before the upstream drops the connection
+// What the visitor writes decides what the upstream does.
+const HOLD_Q = 'What do you sell?';          // the held reply
+const CUT_Q = 'Where is my order #1042?';    // a reply cut off mid-stream
 
 const LIMITS = `
 [tenants.rate_limits]
@@ -87,9 +91,9 @@ phone_number = "${PHONE}"
 // ---------------------------------------------------------------- the fake upstream
 
 const calls = [];      // every request body the upstream received, in order
-const holdWaiters = []; // tests waiting for the next "[hold]" request
+const holdWaiters = []; // tests waiting for the next held request
 function deferred() { let resolve; const promise = new Promise((r) => { resolve = r; }); return { promise, resolve }; }
-/** Resolves with the gates `{ first, rest }` of the next "[hold]" request once it arrives. */
+/** Resolves with the gates `{ first, rest }` of the next held request once it arrives. */
 function expectHold() { const d = deferred(); holdWaiters.push(d); return d.promise; }
 const lastUser = (body) => [...(body.messages || [])].reverse().find((m) => m.role === 'user')?.content || '';
 const callFor = (text) => calls.find((b) => lastUser(b).includes(text));
@@ -112,14 +116,14 @@ function startUpstream() {
       const pause = (ms) => new Promise((r) => setTimeout(r, ms));
       const stream = async (pieces) => { for (const p of pieces) { chunk({ content: p }); await pause(40); } };
       chunk({ role: 'assistant', content: '' }); // as OpenAI starts a stream
-      if (text.includes('[hold]')) {
+      if (text.includes(HOLD_Q)) {
         const gates = { first: deferred(), rest: deferred() };
         holdWaiters.shift()?.resolve(gates);
         await gates.first.promise;
         await stream(HELD_1);
         await gates.rest.promise;
         await stream(HELD_2);
-      } else if (text.includes('[cut]')) {
+      } else if (text.includes(CUT_Q)) {
         await stream(CUT);
         res.destroy(); // mid-stream: no [DONE]
         return;
@@ -247,7 +251,7 @@ test('assistant: a reply streams live into the widget and the console, then is o
 
   // The visitor writes; until the first piece arrives the widget shows Ava "typing".
   const held = expectHold();
-  const question = 'What do you sell? [hold]';
+  const question = HOLD_Q;
   await send(v, question);
   const gates = await held;
   await w.dots.waitFor({ state: 'visible' });
@@ -260,6 +264,15 @@ test('assistant: a reply streams live into the widget and the console, then is o
   await item.click();
   await agent.locator('#msgs .msg.in[data-id]', { hasText: question }).waitFor();
   await consoleShows(agent, 'bot');
+
+  // Every text the widget's draft shows, in order.
+  await v.evaluate(() => {
+    const root = document.querySelector('confab-widget').shadowRoot, seen = window.__draftTexts = [];
+    new MutationObserver(() => {
+      const t = root.querySelector('.msg.draft .body')?.textContent;
+      if (t && seen[seen.length - 1] !== t) seen.push(t);
+    }).observe(root, { subtree: true, childList: true, characterData: true });
+  });
 
   // The first part streams: a draft in both, the dots gone.
   gates.first.resolve();
@@ -280,6 +293,12 @@ test('assistant: a reply streams live into the widget and the console, then is o
   assert.equal(await w.bot('handmade mugs').count(), 1, 'exactly one bot bubble');
   assert.equal(await w.bot(HELD).locator('.body').innerText(), HELD);
   assert.equal(await w.bot(HELD).locator('.ai').innerText(), 'AI', 'bot messages carry the AI marker');
+  const texts = await v.evaluate(() => window.__draftTexts);
+  assert.ok(texts.length >= 4, `the draft grew piece by piece: ${JSON.stringify(texts)}`);
+  texts.forEach((t, i) => {
+    assert.ok(HELD.startsWith(t), `each draft is the start of the reply: ${JSON.stringify(t)}`);
+    if (i) assert.ok(t.length > texts[i - 1].length, `and longer than the one before: ${JSON.stringify(texts)}`);
+  });
   await agent.locator('#msgs .msg.bot[data-id]', { hasText: HELD }).waitFor();
   await agent.locator('#msgs .msg.draft').waitFor({ state: 'detached' });
   assert.equal(await agent.locator('#msgs .msg', { hasText: 'handmade mugs' }).count(), 1, 'one message in the console');
@@ -411,7 +430,7 @@ test('assistant: "Call us" asks for a call and shows the number', { timeout: 60_
 test('assistant: when the upstream fails mid-reply, the visitor gets the fallback from the team and people take over', { timeout: 90_000 }, async () => {
   const agent = await openConsole();
   const { page: v, w } = await openVisitor();
-  const question = 'Tell me everything [cut]';
+  const question = CUT_Q;
   await send(v, question);
   const id = await conversationId(v);
   await convItem(agent, id).click();
@@ -434,6 +453,48 @@ test('assistant: when the upstream fails mid-reply, the visitor gets the fallbac
   assert.equal(msgs[1].meta.mode, 'safe_fallback');
   await agent.context().close();
   await v.context().close();
+});
+
+test('assistant: with WebSockets blocked the reply arrives whole by long-polling, and a fallback hands over', { timeout: 90_000 }, async () => {
+  const page = await newPage();
+  await page.routeWebSocket(/\/v1\/visitor\/ws/, (ws) => ws.close());
+  await page.goto(`${gw.url}/demo`);
+  const w = widget(page);
+  await w.launcher.click();
+  await w.panel.waitFor({ state: 'visible' });
+  await send(page, 'Polling along');
+  await w.bot('Happy to help with "Polling along"').waitFor();
+  assert.equal(await w.drafts.count(), 0);
+  await w.talk.waitFor({ state: 'visible' });
+  // No conversation:updated without the socket: the fallback itself tells the widget.
+  await send(page, CUT_Q);
+  await page.locator('confab-widget .msg.fallback[data-id]', { hasText: FALLBACK }).waitFor();
+  await w.talk.waitFor({ state: 'hidden' });
+  await w.status.filter({ hasText: /^Online$/ }).waitFor();
+  await w.dots.waitFor({ state: 'detached' });
+  await page.context().close();
+});
+
+// The widget keeps the handler it last heard of in localStorage; a change it did not hear
+// (the tab was closed) reaches it with the visitor channel's `ready` frame, which must carry
+// the conversation's `handler` (an addition to the SPEC's `ready`). Drop `todo` once it does.
+test('assistant: a widget opened again learns who answers now from the ready frame', { timeout: 60_000,
+  todo: 'the visitor ready frame does not carry handler yet' }, async () => {
+  const { page: v, w } = await openVisitor();
+  await send(v, 'Hello, quick one');
+  await w.bot('Happy to help with "Hello, quick one"').waitFor();
+  const id = await conversationId(v);
+  const ctx = v.context();
+  await v.close();
+  assert.equal((await api('POST', `/v1/tenant/conversations/${id}/handler`, { handler: 'human' })).status, 200);
+  const again = await ctx.newPage();
+  await again.goto(`${gw.url}/demo`);
+  const w2 = widget(again);
+  await w2.launcher.click();
+  await w2.mine('Hello, quick one').waitFor();
+  await w2.status.filter({ hasText: /^Online$/ }).waitFor();
+  await w2.talk.waitFor({ state: 'hidden' });
+  await ctx.close();
 });
 
 test('assistant pages: no JavaScript errors, no CSP violations', () => {

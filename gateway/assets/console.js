@@ -298,7 +298,7 @@
     var ch = chats.get(id);
     if (!ch) { ch = { ids: new Set(), list: [], loaded: false, buffer: [] }; chats.set(id, ch); }
     ch.list.forEach(function (m) { drawMsg(m); });
-    Object.keys(drafts[id] || {}).forEach(function (s) { $('msgs').appendChild(drafts[id][s].el); });
+    Object.keys(drafts[id] || {}).forEach(function (s) { if (drafts[id][s].el) $('msgs').appendChild(drafts[id][s].el); });
     Object.keys(pending).forEach(function (k) { var p = pending[k]; if (p.conv === id) $('msgs').appendChild(p.el); });
     scroll();
     if (!ch.loaded && !ch.loading) loadHistory(id, ch);

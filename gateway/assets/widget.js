@@ -664,7 +664,12 @@
       .then(function (r) {
         if (!polling || pollAbort !== ac) return;
         pollErrs = 0; setNet();
-        (r.messages || []).forEach(addMessage);
+        (r.messages || []).forEach(function (m) {
+          addMessage(m);
+          // No conversation:updated without the socket: an agent's reply or the fallback means people answer.
+          var k = m.author && m.author.kind;
+          if (k === 'agent' || (k === 'bot' && m.meta && m.meta.mode === 'safe_fallback')) setHandler('human');
+        });
         for (var c in pending) if (pending[c].state === 'failed' && pending[c].net) deliver(pending[c]);
         pollTimer = setTimeout(poll, r.hasMore ? 0 : Math.max(0, 1000 - (Date.now() - t)));
       }, function (e) {
