@@ -84,6 +84,48 @@ async fn start(tables: &str) -> (Gateway, Client) {
     (gw, c)
 }
 
+/// Where a gateway in these tests keeps its data.
+#[derive(Clone, Copy, Debug)]
+enum Store {
+    Memory,
+    Sqlite,
+    Redis,
+}
+
+/// What must live as long as the gateway (its SQLite directory, its redis-server).
+struct Backing {
+    _dir: Option<tempfile::TempDir>,
+    _redis: Option<confab_store::redis::testing::RedisServer>,
+}
+
+/// An in-process gateway on `store`; `None` when `redis-server` is not installed (the
+/// skip is printed).
+async fn start_on(store: Store, tables: &str, test: &str) -> Option<(Gateway, Client, Backing)> {
+    let mut backing = Backing {
+        _dir: None,
+        _redis: None,
+    };
+    let url = match store {
+        Store::Memory => "memory".to_owned(),
+        Store::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite:{}", dir.path().join("confab.db").display());
+            backing._dir = Some(dir);
+            url
+        }
+        Store::Redis => {
+            let redis = confab_store::redis::testing::RedisServer::start_or_skip(test).await?;
+            let url = redis.url();
+            backing._redis = Some(redis);
+            url
+        }
+    };
+    let toml = config(tables).replace("store = \"memory\"", &format!("store = \"{url}\""));
+    let gw = Gateway::start(&toml).await;
+    let c = gw.client();
+    Some((gw, c, backing))
+}
+
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
@@ -236,14 +278,32 @@ async fn assistant_metrics(c: &Client) -> String {
         .join("\n")
 }
 
-/// The value of one series (`name{labels}` exactly as exposed), if present.
-async fn series(c: &Client, name: &str) -> Option<f64> {
+/// `name{k="v",…}` → (name, [k="v", …]).
+fn split_series(s: &str) -> (&str, Vec<&str>) {
+    match s.split_once('{') {
+        Some((name, rest)) => (
+            name,
+            rest.trim_end_matches('}')
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .collect(),
+        ),
+        None => (s, Vec::new()),
+    }
+}
+
+/// The value of the series `query` (`name` or `name{k="v",…}`) in `/metrics`: the first
+/// series of that name whose labels include the query's (others, e.g. `tenant`, may be
+/// there too), if present.
+async fn series(c: &Client, query: &str) -> Option<f64> {
+    let (name, want) = split_series(query);
     let r = c.get("/metrics", &[]).await;
     assert_eq!(r.status, 200);
     r.text.lines().find_map(|l| {
-        l.strip_prefix(name)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .map(|v| v.trim().parse().unwrap())
+        let (s, value) = l.rsplit_once(' ')?;
+        let (n, labels) = split_series(s);
+        (n == name && want.iter().all(|w| labels.contains(w)))
+            .then(|| value.trim().parse().unwrap())
     })
 }
 
@@ -282,6 +342,16 @@ async fn openai_reply_streams_to_both_channels_then_is_stored() {
     let s = c.session(PK).await;
     let (mut visitor, _) = Ws::open(gw.addr, VISITOR_WS, &s.token, None).await;
     let (mut agent, _) = Ws::open(gw.addr, TENANT_WS, &acme_agent("ann"), None).await;
+    // Neither another visitor nor another tenant's agents hear the stream.
+    let other = c.session(PK).await;
+    let (mut other_visitor, _) = Ws::open(gw.addr, VISITOR_WS, &other.token, None).await;
+    let (mut globex_agent, _) = Ws::open(
+        gw.addr,
+        TENANT_WS,
+        &agent_jwt(AGENT_SECRET2, "globex", "gus"),
+        None,
+    )
+    .await;
     let r = send(&c, &s, json!({"message": "Do you sell anvils?"})).await;
     assert_eq!(r.status, 201, "{}", r.text);
     let first_id = r.json["messageId"].as_str().unwrap().to_owned();
@@ -341,6 +411,10 @@ async fn openai_reply_streams_to_both_channels_then_is_stored() {
     let history = c.history(&s).await;
     assert_eq!(history.len(), 2, "{:#}", json!(history));
     assert_eq!(history[1], stored, "the stored reply is what was delivered");
+    for ws in [&mut other_visitor, &mut globex_agent] {
+        let frames = frames_until_pong(ws).await;
+        assert!(deltas(&frames).is_empty(), "{:#}", json!(frames));
+    }
 
     // What the upstream received.
     let hits = up.hits();
@@ -541,25 +615,31 @@ async fn webhook_sse_answer_streams_then_is_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_null_reply_is_deliberate_silence() {
-    let bot = Upstream::start_signed(
-        BOT_KEY,
-        Script::json(json!({"reply": null, "mode": "flow", "handoff": false, "metadata": {}})),
-    )
-    .await;
-    // A stream without any delta is silence too.
-    bot.set_default(Script::sse(&[
+    let silent = json!({"reply": null, "mode": "flow", "handoff": false, "metadata": {}});
+    let bot = Upstream::start_signed(BOT_KEY, Script::json(silent.clone())).await;
+    // A stream without any delta is silence too; then silence that hands over.
+    bot.then(Script::json(silent));
+    bot.then(Script::sse(&[
         json!({"done": true, "mode": "flow", "handoff": false, "metadata": {}}),
     ]));
     bot.then(Script::json(
-        json!({"reply": null, "mode": "flow", "handoff": false, "metadata": {}}),
+        json!({"reply": null, "mode": "flow", "handoff": true, "metadata": {}}),
     ));
-    let (gw, c) = start(&webhook("flowbot", &bot.bot_url(), "")).await;
+    let (gw, c) = start(&webhook("flowbot", &bot.bot_url(), "timeout_secs = 3")).await;
     let s = c.session(PK).await;
-    let r = send_await(&c, &s, "Just saying hi").await;
-    assert_eq!(r.json["reply"], Value::Null, "{}", r.text);
-    let r = send_await(&c, &s, "Still here").await;
-    assert_eq!(r.json["reply"], Value::Null, "{}", r.text);
-    assert_eq!(bot.hit_count(), 2, "the bot was asked both times");
+    let (mut agent, _) = Ws::open(gw.addr, TENANT_WS, &acme_agent("ann"), None).await;
+    for (i, text) in ["Just saying hi", "Still here"].into_iter().enumerate() {
+        let t0 = std::time::Instant::now();
+        let r = send_await(&c, &s, text).await;
+        assert_eq!(r.json["reply"], Value::Null, "{}", r.text);
+        assert_eq!(bot.hit_count(), i + 1, "the bot was asked");
+        // Known at once: not when the wait (timeout_secs + 5 s) runs out.
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "awaitReply took {:?} to report deliberate silence",
+            t0.elapsed()
+        );
+    }
     let history = c.history(&s).await;
     assert_eq!(history.len(), 2, "nothing stored: {:#}", json!(history));
     assert!(history.iter().all(|m| m["author"]["kind"] == "visitor"));
@@ -569,6 +649,25 @@ async fn webhook_null_reply_is_deliberate_silence() {
         "silence is no handoff"
     );
     assert_series(&c, "confab_assistant_replies_total{mode=\"silent\"}", 2.0).await;
+    // Silence with `handoff: true`: nothing stored, the conversation goes to people.
+    assert_eq!(
+        send(&c, &s, json!({"message": "Human please"}))
+            .await
+            .status,
+        201
+    );
+    frames_until(
+        &mut agent,
+        "conversation:updated (human)",
+        Duration::from_secs(10),
+        is_handler_update(&s.conversation_id, "human"),
+    )
+    .await;
+    assert_eq!(
+        conversation(&c, &s.conversation_id).await["handler"],
+        "human"
+    );
+    assert_eq!(bot_messages(&c, &s).await.len(), 0);
     gw.shutdown().await;
 }
 
@@ -672,9 +771,7 @@ async fn falls_back(dialect: Dialect, script: Option<Script>, cause: &str, strea
     assert_eq!(history[1], fallback);
     for piece in streamed {
         assert!(
-            !history
-                .iter()
-                .any(|m| m["body"].as_str().unwrap().contains(piece)),
+            !history[1]["body"].as_str().unwrap().contains(piece),
             "partial {piece:?} stored"
         );
     }
@@ -761,14 +858,44 @@ async fn webhook_other_content_type_falls_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_stream_without_done_falls_back() {
-    let script = Script::sse(&[json!({"delta": "Almost "}), json!({"delta": "there"})]);
+    let script = Script::sse(&[json!({"delta": "Almost "}), json!({"delta": "finished"})]);
     falls_back(
         Dialect::Webhook,
         Some(script),
         "malformed",
-        &["Almost ", "there"],
+        &["Almost ", "finished"],
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_secs_bounds_the_whole_reply_not_each_read() {
+    // A piece every 250 ms for 3 s: every read is quick, the whole is too slow.
+    let mut steps = Vec::new();
+    for i in 0..12 {
+        steps.push(Step::Sleep(Duration::from_millis(250)));
+        steps.push(upstream::openai_piece(&format!("w{i} ")));
+    }
+    steps.extend(upstream::openai_end(TOTAL_TOKENS));
+    let up = Upstream::start(Script::openai_then(&[], steps)).await;
+    let (gw, c) = start(&openai("ava", &up.url(), "timeout_secs = 1")).await;
+    let s = c.session(PK).await;
+    let t0 = std::time::Instant::now();
+    let r = send_await(&c, &s, "slowly please").await;
+    let took = t0.elapsed();
+    assert_is_fallback(&r.json["reply"], "ava");
+    assert!(
+        took < Duration::from_millis(2500),
+        "the fallback came after {took:?}"
+    );
+    assert_series(
+        &c,
+        "confab_assistant_fallbacks_total{cause=\"timeout\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(bot_messages(&c, &s).await.len(), 1);
+    gw.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -817,9 +944,29 @@ async fn the_circuit_opens_after_five_consecutive_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_sent_while_a_reply_streams_are_answered_together() {
+    coalescing_on(Store::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_while_a_reply_streams_are_answered_together_on_sqlite() {
+    coalescing_on(Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_while_a_reply_streams_are_answered_together_on_redis() {
+    coalescing_on(Store::Redis).await;
+}
+
+/// Three visitor messages, the 2nd and 3rd sent while the 1st one's reply streams: two
+/// replies, the second made from both.
+async fn coalescing_on(store: Store) {
     let up = Upstream::start(Script::openai(&["Answer ", "two."])).await;
     up.then(Script::openai_gated(&["Answer "], "first", &["one."]));
-    let (gw, c) = start(&openai("ava", &up.url(), "")).await;
+    let Some((gw, c, _backing)) =
+        start_on(store, &openai("ava", &up.url(), ""), "coalescing_on_redis").await
+    else {
+        return;
+    };
     let s = c.session(PK).await;
     let (mut visitor, _) = Ws::open(gw.addr, VISITOR_WS, &s.token, None).await;
     assert_eq!(
@@ -837,13 +984,31 @@ async fn messages_sent_while_a_reply_streams_are_answered_together() {
         |v| v["type"] == "message:delta",
     )
     .await;
-    // … while two more arrive.
-    assert_eq!(
-        send(&c, &s, json!({"message": "second question"}))
+    // … while two more arrive, the first of them waiting for its reply.
+    let waiting = {
+        let (c, s) = (c.clone(), s.clone());
+        tokio::spawn(async move {
+            send(
+                &c,
+                &s,
+                json!({"message": "second question", "awaitReply": true}),
+            )
             .await
-            .status,
-        201
-    );
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !c
+        .history(&s)
+        .await
+        .iter()
+        .any(|m| m["body"] == "second question")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "second question not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         send(&c, &s, json!({"message": "third question"}))
             .await
@@ -865,6 +1030,7 @@ async fn messages_sent_while_a_reply_streams_are_answered_together() {
             .collect()
     };
     assert_eq!(users(&hits[0]), ["first question"]);
+    eprintln!("the coalesced request: {:?}", hits[1].chat());
     let second = users(&hits[1]);
     assert!(
         second.contains(&"second question".to_owned())
@@ -891,8 +1057,63 @@ async fn messages_sent_while_a_reply_streams_are_answered_together() {
         "{:#}",
         json!(history)
     );
+    // The second question's reply is the one that answers it, not the first reply
+    // (stored after it, but made without it).
+    let r = waiting.await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(
+        r.json["reply"]["body"], "Answer two.",
+        "awaitReply of a coalesced message: {}",
+        r.text
+    );
     assert_series(&c, "confab_assistant_replies_total{mode=\"ai\"}", 2.0).await;
     assert_eq!(up.hit_count(), 2);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coalesced_request_ends_with_the_visitors_turn() {
+    // Reply 1 is stored after message 2 (its id is later), but it answers message 1: the
+    // next request must still end with the visitor's turn, or an OpenAI-compatible
+    // server continues the assistant's last message instead of answering.
+    let up = Upstream::start(Script::openai(&["Answer ", "two."])).await;
+    up.then(Script::openai_gated(&["Answer "], "first", &["one."]));
+    let (gw, c) = start(&openai("ava", &up.url(), "")).await;
+    let s = c.session(PK).await;
+    let (mut visitor, _) = Ws::open(gw.addr, VISITOR_WS, &s.token, None).await;
+    assert_eq!(
+        send(&c, &s, json!({"message": "first question"}))
+            .await
+            .status,
+        201
+    );
+    frames_until(
+        &mut visitor,
+        "the first delta",
+        Duration::from_secs(10),
+        |v| v["type"] == "message:delta",
+    )
+    .await;
+    assert_eq!(
+        send(&c, &s, json!({"message": "second question"}))
+            .await
+            .status,
+        201
+    );
+    up.open("first");
+    wait_bot_messages(&c, &s, 2, Duration::from_secs(10)).await;
+    let chat = up.hits()[1].chat();
+    let at = |m: (&str, &str)| {
+        chat.iter()
+            .position(|(r, t)| r == m.0 && t == m.1)
+            .unwrap_or_else(|| panic!("{m:?} missing: {chat:?}"))
+    };
+    assert!(
+        at(("user", "first question")) < at(("assistant", "Answer one."))
+            && at(("assistant", "Answer one.")) < at(("user", "second question")),
+        "each reply after the messages it answers: {chat:?}"
+    );
+    assert_eq!(chat.last().unwrap().0, "user", "{chat:?}");
     gw.shutdown().await;
 }
 
@@ -905,30 +1126,103 @@ async fn an_agent_reply_takes_over_and_the_bot_stops_answering() {
     let up = Upstream::start(Script::openai(&["Bot ", "answer."])).await;
     let (gw, c) = start(&openai("ava", &up.url(), "")).await;
     let s = c.session(PK).await;
+    let conv = s.conversation_id.clone();
     let (mut agent, _) = Ws::open(gw.addr, TENANT_WS, &acme_agent("ann"), None).await;
     let r = send_await(&c, &s, "Hello").await;
     assert_eq!(r.json["reply"]["body"], "Bot answer.");
-    agent_reply(&c, &s.conversation_id, "Ann here, I'll take it.").await;
+    // A bot message the tenant's backend posts is no agent's reply: the bot keeps it.
+    let r = c
+        .post_auth(
+            &format!("/v1/tenant/conversations/{conv}/messages"),
+            SERVER_KEY,
+            &json!({"message": "Your order #12 shipped.", "author": {"kind": "bot", "name": "Orders"},
+                "meta": {"mode": "flow"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(conversation(&c, &conv).await["handler"], "bot");
+    let r = send_await(&c, &s, "Great").await;
+    assert_eq!(r.json["reply"]["body"], "Bot answer.");
+    assert_eq!(up.hit_count(), 2);
+    // An agent's reply over the tenant channel takes over.
+    agent
+        .send_json(
+            &json!({"type": "reply", "conversationId": conv, "message": "Ann here, I'll take it.",
+            "clientMessageId": "ann-1"}),
+        )
+        .await;
     let frames = frames_until(
         &mut agent,
         "conversation:updated (human)",
         Duration::from_secs(10),
-        is_handler_update(&s.conversation_id, "human"),
+        is_handler_update(&conv, "human"),
     )
     .await;
     assert!(
         frames.last().unwrap().get("offset").is_some(),
         "a stored event"
     );
+    assert_eq!(conversation(&c, &conv).await["handler"], "human");
+    let r = send_await(&c, &s, "Thanks Ann").await;
+    assert_eq!(r.json["reply"], Value::Null, "people answer now");
+    assert_eq!(up.hit_count(), 2, "the bot is not asked again");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_still_streaming_when_people_take_over_is_dropped() {
+    dropped_on(Store::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_still_streaming_when_people_take_over_is_dropped_on_sqlite() {
+    dropped_on(Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_still_streaming_when_people_take_over_is_dropped_on_redis() {
+    dropped_on(Store::Redis).await;
+}
+
+/// An agent replies while the bot's reply streams: the reply is not stored.
+async fn dropped_on(store: Store) {
+    let up = Upstream::start(Script::openai(&["Later."])).await;
+    up.then(Script::openai_gated(
+        &["The bot was "],
+        "g",
+        &["saying this."],
+    ));
+    let Some((gw, c, _backing)) =
+        start_on(store, &openai("ava", &up.url(), ""), "dropped_on_redis").await
+    else {
+        return;
+    };
+    let s = c.session(PK).await;
+    let (mut visitor, _) = Ws::open(gw.addr, VISITOR_WS, &s.token, None).await;
+    assert_eq!(send(&c, &s, json!({"message": "Hi"})).await.status, 201);
+    frames_until(
+        &mut visitor,
+        "the first delta",
+        Duration::from_secs(10),
+        |v| v["type"] == "message:delta",
+    )
+    .await;
+    agent_reply(&c, &s.conversation_id, "Ann takes this one.").await;
+    up.open("g");
+    // The upstream's answer was read to its end; nothing of it is stored, and the
+    // conversation stays with people.
+    up.wait_finished(1, Duration::from_secs(10)).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < until {
+        assert_eq!(bot_messages(&c, &s).await, Vec::<Value>::new());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         conversation(&c, &s.conversation_id).await["handler"],
         "human"
     );
-    let r = send_await(&c, &s, "Thanks Ann").await;
-    assert_eq!(r.json["reply"], Value::Null, "people answer now");
-    assert_eq!(up.hit_count(), 1, "the bot is not asked again");
-    // A bot message the tenant's backend posts is not an agent's reply: not tested here
-    // (the SPEC has no route for it beyond the agent's).
+    assert_eq!(send_await(&c, &s, "ok").await.json["reply"], Value::Null);
+    assert_eq!(up.hit_count(), 1);
     gw.shutdown().await;
 }
 
@@ -1188,6 +1482,19 @@ async fn sessions_and_config_name_the_assistant() {
     assert_eq!(r.json["resumed"], true);
     assert_eq!(r.json["conversationId"], s.conversation_id.as_str());
     assert_eq!(r.json["assistantId"], "max");
+
+    // The session's first message is answered too.
+    let r = c.session_with(PK, json!({"message": "first words"})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let first = Session {
+        token: r.json["sessionToken"].as_str().unwrap().into(),
+        visitor_token: String::new(),
+        conversation_id: r.json["conversationId"].as_str().unwrap().into(),
+        visitor_id: String::new(),
+    };
+    let bots = wait_bot_messages(&c, &first, 1, Duration::from_secs(10)).await;
+    assert_eq!(bots[0]["body"], "Ava here.");
+    assert_eq!(ava.hit_count(), 1);
 
     // An unknown one: 422.
     let r = c.session_with(PK, json!({"assistantId": "nobody"})).await;

@@ -36,6 +36,8 @@ pub enum Step {
     Gate(&'static str),
     /// Never continues; the body stays open until the upstream stops.
     Stall,
+    /// Pauses this long.
+    Sleep(Duration),
 }
 
 /// How the upstream answers one request.
@@ -213,6 +215,8 @@ struct Shared {
     queue: Mutex<VecDeque<Script>>,
     default: Mutex<Script>,
     gates: Mutex<HashSet<&'static str>>,
+    /// Answers whose body was sent to the end.
+    finished: Mutex<usize>,
     notify: Notify,
     stop: CancellationToken,
 }
@@ -241,6 +245,7 @@ impl Upstream {
             queue: Mutex::new(VecDeque::new()),
             default: Mutex::new(default),
             gates: Mutex::new(HashSet::new()),
+            finished: Mutex::new(0),
             notify: Notify::new(),
             stop: CancellationToken::new(),
         });
@@ -288,6 +293,20 @@ impl Upstream {
 
     pub fn hit_count(&self) -> usize {
         self.shared.hits.lock().len()
+    }
+
+    /// Waits until at least `n` answers were sent to their end (the client read them).
+    pub async fn wait_finished(&self, n: usize, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.shared.notify.notified();
+            if *self.shared.finished.lock() >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("upstream: {n} answers not read to the end within {within:?}");
+            }
+        }
     }
 
     /// Waits until at least `n` requests have arrived; returns them all.
@@ -359,7 +378,12 @@ async fn answer(
     let steps: VecDeque<Step> = script.steps.into();
     let stream = futures_util::stream::unfold((steps, shared), |(mut steps, shared)| async move {
         loop {
-            match steps.pop_front()? {
+            let Some(step) = steps.pop_front() else {
+                *shared.finished.lock() += 1;
+                shared.notify.notify_waiters();
+                return None;
+            };
+            match step {
                 Step::Send(s) => {
                     return Some((Ok::<Bytes, std::io::Error>(Bytes::from(s)), (steps, shared)))
                 }
@@ -374,6 +398,7 @@ async fn answer(
                     shared.stop.cancelled().await;
                     return None;
                 }
+                Step::Sleep(d) => tokio::time::sleep(d).await,
             }
         }
     });
