@@ -18,6 +18,9 @@ import { CHROME_ARGS, START_TIMEOUT, WAIT, agentJwt, docShot, reportCspViolation
 
 const PK = 'pk_live_0000000000000000000000000000a5a5';
 const AGENT_SECRET = 'browser-tests-agent-secret-assistants-6e1f';
+// The "night" tenant's assistant answers only while nobody of the team is online.
+const PK_NIGHT = 'pk_live_0000000000000000000000000000b6b6';
+const AGENT_SECRET_NIGHT = 'browser-tests-agent-secret-night-2d7a';
 const TENANT_NAME = 'Mugs & Co';
 const SYSTEM_PROMPT = 'You are Ava, the assistant of Mugs & Co. Answer briefly.';
 const FALLBACK = 'Sorry, our assistant cannot answer right now. A person from our team will reply here.';
@@ -86,6 +89,27 @@ system_prompt = "${SYSTEM_PROMPT}"
 timeout_secs = 20
 fallback_message = "${FALLBACK}"
 phone_number = "${PHONE}"
+
+[[tenants]]
+id = "night"
+name = "Night Owls"
+public_key = "${PK_NIGHT}"
+agent_secret = "${AGENT_SECRET_NIGHT}"
+server_key = "browser-tests-server-key-night"
+min_elapsed_ms = 800
+
+[tenants.availability]
+mode = "always"
+require_agent = true
+${LIMITS}
+[[tenants.assistants]]
+id = "nova"
+name = "Nova"
+kind = "openai"
+url = "${upstreamUrl}"
+model = "fake-model"
+answers = "when_unavailable"
+timeout_secs = 20
 `;
 
 // ---------------------------------------------------------------- the fake upstream
@@ -143,7 +167,7 @@ function startUpstream() {
 
 // ---------------------------------------------------------------- helpers
 
-let gw, browser;
+let gw, browser, hostServer, HOST; // HOST: another loopback origin serving the night tenant's page
 const pageErrors = [];
 const jwt = agentJwt(AGENT_SECRET, 'shop', 'agent-ana', 'Ana Agent');
 
@@ -226,9 +250,19 @@ async function consoleShows(page, handler) {
   }
 }
 
+function startHostServer() {
+  hostServer = createServer((req, res) => {
+    res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
+    res.end(`<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Night Owls</title></head>
+<body><h1>Night Owls</h1><script src="${gw.url}/widget.js" data-pk="${PK_NIGHT}" defer></script></body></html>`);
+  });
+  return new Promise((ok) => hostServer.listen(0, '127.0.0.1', () => { HOST = `http://127.0.0.1:${hostServer.address().port}`; ok(); }));
+}
+
 before(async () => {
   await startUpstream();
   gw = await startGateway(config(upstreamUrl), 'assistants-gateway');
+  await startHostServer();
   browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: CHROME_ARGS, timeout: START_TIMEOUT });
 });
 after(async () => {
@@ -236,6 +270,7 @@ after(async () => {
   if (browser) await browser.close();
   if (gw) await gw.stop();
   if (upstream) { upstream.closeAllConnections(); upstream.close(); }
+  if (hostServer) hostServer.close();
 });
 
 // ---------------------------------------------------------------- scenarios
@@ -346,12 +381,23 @@ test('assistant: intent chips and quick questions send their intent, and the ass
   assert.match(call.messages[0].content, new RegExp(BILLING_DESCRIPTION), 'the system prompt names the intent');
   await v.context().close();
 
-  // A quick question sends its intentName.
+  // A quick question sends its intentName — this time over the WebSocket: the session and
+  // the socket are up first ("Call us" starts them), then the chip is clicked.
   const other = await openVisitor();
+  const framesSent = [];
+  const socketReady = new Promise((ok) => other.page.on('websocket', (ws) => {
+    ws.on('framesent', (f) => framesSent.push(String(f.payload)));
+    ws.on('framereceived', (f) => { if (/"type":"ready"/.test(String(f.payload))) ok(); });
+  }));
+  await other.w.call.click();
+  await other.page.locator('confab-widget a.call').waitFor();
+  await socketReady;
   await other.page.locator('confab-widget .chip', { hasText: 'Do you ship abroad?' }).click();
   await other.w.bot('Happy to help with "Do you ship abroad?"').waitFor();
   const sent2 = (await history(await conversationId(other.page))).find((m) => m.author.kind === 'visitor');
   assert.equal(sent2.intent, 'shipping');
+  const frame = framesSent.map((f) => JSON.parse(f)).find((f) => f.type === 'message');
+  assert.deepEqual([frame.message, frame.intent], ['Do you ship abroad?', 'shipping'], 'sent over the socket with its intent');
   assert.match(callFor('Do you ship abroad?').messages[0].content, /Delivery times and countries/);
   await other.page.context().close();
 });
@@ -401,7 +447,18 @@ test('assistant: "Talk to a person" hands over; the console takes over and gives
   await w.bot('Happy to help with "Back to you, Ava"').waitFor();
   await shot(agent, 'a06-console-given-back');
 
-  // Take over: the widget hides the action again.
+  // An agent's reply takes the conversation over…
+  await agent.locator('#replyText').fill('Ana again: I will take it from here.');
+  await agent.locator('#replyText').press('Enter');
+  await w.fromAgent('Ana again').waitFor();
+  await consoleShows(agent, 'human');
+  await w.talk.waitFor({ state: 'hidden' });
+  await w.status.filter({ hasText: /^Online$/ }).waitFor();
+
+  // …and so does Take over, after a Give back.
+  await agent.locator('#giveBtn').click();
+  await consoleShows(agent, 'bot');
+  await w.talk.waitFor({ state: 'visible' });
   await agent.locator('#takeBtn').click();
   await consoleShows(agent, 'human');
   await w.talk.waitFor({ state: 'hidden' });
@@ -473,6 +530,57 @@ test('assistant: with WebSockets blocked the reply arrives whole by long-polling
   await w.status.filter({ hasText: /^Online$/ }).waitFor();
   await w.dots.waitFor({ state: 'detached' });
   await page.context().close();
+});
+
+test('assistant: "when_unavailable" — the assistant answers while nobody is online, until a person takes over', { timeout: 120_000 }, async () => {
+  const nightJwt = agentJwt(AGENT_SECRET_NIGHT, 'night', 'agent-nia', 'Nia Night');
+  const openNight = async () => {
+    const page = await newPage();
+    await page.goto(`${HOST}/night.html`);
+    const w = widget(page);
+    await w.launcher.click();
+    await w.panel.waitFor({ state: 'visible' });
+    return { page, w };
+  };
+  // Nobody of the team is online: Nova answers.
+  const a = await openNight();
+  await a.w.status.filter({ hasText: 'Nova · AI assistant' }).waitFor();
+  await send(a.page, 'Anyone awake?');
+  await a.w.bot('Happy to help with "Anyone awake?"').waitFor();
+  await a.w.talk.waitFor({ state: 'visible' });
+  await a.w.call.waitFor({ state: 'hidden' }); // no phone_number
+
+  // An agent comes online: the conversation stays with Nova until the agent takes it.
+  const agent = await newPage();
+  await agent.goto(`${gw.url}/console#token=${nightJwt}`);
+  await agent.locator('#conn', { hasText: 'live' }).waitFor();
+  const id = await a.page.evaluate((pk) => JSON.parse(localStorage.getItem(`confab:${pk}`)).conversationId, PK_NIGHT);
+  const item = convItem(agent, id);
+  await item.locator('.tag.bot').waitFor();
+  await item.click();
+  await agent.locator('#chandler', { hasText: 'Bot · Nova' }).waitFor();
+  await a.w.status.filter({ hasText: 'Nova · AI assistant' }).waitFor();
+  await agent.locator('#takeBtn').click();
+  await consoleShows(agent, 'human');
+  await a.w.status.filter({ hasText: /^Online$/ }).waitFor();
+  await a.w.talk.waitFor({ state: 'hidden' });
+
+  // A new visitor while the agent is online: people answer (the session says so, whatever
+  // a cached config said), Nova is not asked.
+  const b = await openNight();
+  const before = calls.length;
+  await send(b.page, 'Hello, day shift?');
+  await b.w.status.filter({ hasText: /^Online$/ }).waitFor();
+  await b.w.talk.waitFor({ state: 'hidden' });
+  await b.w.dots.waitFor({ state: 'detached' });
+  const bid = await b.page.evaluate((pk) => JSON.parse(localStorage.getItem(`confab:${pk}`)).conversationId, PK_NIGHT);
+  await convItem(agent, bid).click();
+  await agent.locator('#msgs .msg.in[data-id]', { hasText: 'Hello, day shift?' }).waitFor();
+  await consoleShows(agent, 'human');
+  await convItem(agent, bid).locator('.tag.wait').waitFor(); // a person owes the answer
+  assert.equal(calls.length, before, 'the assistant was not asked');
+  await shot(agent, 'a09-console-night-shift');
+  for (const p of [a.page, b.page, agent]) await p.context().close();
 });
 
 // The widget keeps the handler it last heard of in localStorage; a change it did not hear

@@ -355,7 +355,7 @@
       if (!p) for (var c in pending) if (pending[c].id === m.id) p = pending[c];
       if (p) dropPending(p);
     } else if (kind === 'bot') {
-      if (fb) dropDrafts(); else { dropDraft(meta.streamId); asstName = a.name || asstName; }
+      if (fb) dropDrafts(); else { dropDraft(meta.streamId); asstName = a.name || asstName; renderSub(); }
       if (meta.streamId && !fb) drafts[meta.streamId] = {}; // done: a late delta makes no new draft
     } else if (kind === 'agent' && note.getAttribute('data-k') === 'handoff') showNote('');
     var el = bubble(fb ? 'agent' : kind, m.body, fb ? team : a.name, m.createdAt, kind === 'bot' && !fb);
