@@ -272,6 +272,30 @@ impl SqliteStore {
         })
     }
 
+    /// Applies `change` to a conversation (true: it changed something); a change stamps
+    /// `updatedAt` and records `conversation:updated`. `None` when it does not exist.
+    async fn change(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        change: impl FnOnce(&mut Conversation) -> bool + Send + 'static,
+    ) -> Result<Option<Conversation>> {
+        let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
+        let clock = self.clock.clone();
+        self.write(move |c, outbox| {
+            let Some((mut conv, seq, created)) = load_conversation(c, &tenant, &id)? else {
+                return Ok(None);
+            };
+            if change(&mut conv) {
+                let now = clock.now_ms();
+                conv.updated_at = format_ms(now);
+                conversation_updated(c, outbox, &conv, seq, created, now)?;
+            }
+            Ok(Some(conv))
+        })
+        .await
+    }
+
     /// Runs `f` in the writer's transaction, in its own savepoint; answers after commit.
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
@@ -773,20 +797,8 @@ impl Store for SqliteStore {
         conversation_id: &str,
         update: ProfileUpdate,
     ) -> Result<Option<Conversation>> {
-        let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
-        let clock = self.clock.clone();
-        self.write(move |c, outbox| {
-            let Some((mut conv, seq, created)) = load_conversation(c, &tenant, &id)? else {
-                return Ok(None);
-            };
-            if update.apply(&mut conv) {
-                let now = clock.now_ms();
-                conv.updated_at = format_ms(now);
-                conversation_updated(c, outbox, &conv, seq, created, now)?;
-            }
-            Ok(Some(conv))
-        })
-        .await
+        self.change(tenant, conversation_id, move |c| update.apply(c))
+            .await
     }
 
     async fn append_message(&self, new: NewMessage) -> Result<Option<Appended>> {
@@ -931,19 +943,8 @@ impl Store for SqliteStore {
         conversation_id: &str,
         status: Status,
     ) -> Result<Option<Conversation>> {
-        let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
-        let clock = self.clock.clone();
-        self.write(move |c, outbox| {
-            let Some((mut conv, seq, created)) = load_conversation(c, &tenant, &id)? else {
-                return Ok(None);
-            };
-            if conv.status != status {
-                let now = clock.now_ms();
-                conv.status = status;
-                conv.updated_at = format_ms(now);
-                conversation_updated(c, outbox, &conv, seq, created, now)?;
-            }
-            Ok(Some(conv))
+        self.change(tenant, conversation_id, move |c| {
+            std::mem::replace(&mut c.status, status) != status
         })
         .await
     }
@@ -954,19 +955,8 @@ impl Store for SqliteStore {
         conversation_id: &str,
         handler: Handler,
     ) -> Result<Option<Conversation>> {
-        let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
-        let clock = self.clock.clone();
-        self.write(move |c, outbox| {
-            let Some((mut conv, seq, created)) = load_conversation(c, &tenant, &id)? else {
-                return Ok(None);
-            };
-            if conv.handler != handler {
-                let now = clock.now_ms();
-                conv.handler = handler;
-                conv.updated_at = format_ms(now);
-                conversation_updated(c, outbox, &conv, seq, created, now)?;
-            }
-            Ok(Some(conv))
+        self.change(tenant, conversation_id, move |c| {
+            std::mem::replace(&mut c.handler, handler) != handler
         })
         .await
     }
