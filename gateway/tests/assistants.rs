@@ -628,17 +628,13 @@ async fn webhook_null_reply_is_deliberate_silence() {
     let (gw, c) = start(&webhook("flowbot", &bot.bot_url(), "timeout_secs = 3")).await;
     let s = c.session(PK).await;
     let (mut agent, _) = Ws::open(gw.addr, TENANT_WS, &acme_agent("ann"), None).await;
+    let mut took = Vec::new();
     for (i, text) in ["Just saying hi", "Still here"].into_iter().enumerate() {
         let t0 = std::time::Instant::now();
         let r = send_await(&c, &s, text).await;
+        took.push(t0.elapsed());
         assert_eq!(r.json["reply"], Value::Null, "{}", r.text);
         assert_eq!(bot.hit_count(), i + 1, "the bot was asked");
-        // Known at once: not when the wait (timeout_secs + 5 s) runs out.
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "awaitReply took {:?} to report deliberate silence",
-            t0.elapsed()
-        );
     }
     let history = c.history(&s).await;
     assert_eq!(history.len(), 2, "nothing stored: {:#}", json!(history));
@@ -668,6 +664,11 @@ async fn webhook_null_reply_is_deliberate_silence() {
         "human"
     );
     assert_eq!(bot_messages(&c, &s).await.len(), 0);
+    // awaitReply knew it at once, not when its wait (timeout_secs + 5 s) ran out.
+    assert!(
+        took.iter().all(|t| *t < Duration::from_secs(3)),
+        "awaitReply took {took:?} to report deliberate silence"
+    );
     gw.shutdown().await;
 }
 
@@ -1223,6 +1224,39 @@ async fn dropped_on(store: Store) {
     );
     assert_eq!(send_await(&c, &s, "ok").await.json["reply"], Value::Null);
     assert_eq!(up.hit_count(), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn await_reply_ends_when_people_take_over() {
+    let up = Upstream::start(Script::openai(&["Later."])).await;
+    up.then(Script::openai_gated(
+        &["The bot was "],
+        "g",
+        &["saying this."],
+    ));
+    let (gw, c) = start(&openai("ava", &up.url(), "timeout_secs = 5")).await;
+    let s = c.session(PK).await;
+    let waiting = {
+        let (c, s) = (c.clone(), s.clone());
+        tokio::spawn(
+            async move { send(&c, &s, json!({"message": "Hi", "awaitReply": true})).await },
+        )
+    };
+    up.wait_hits(1, Duration::from_secs(10)).await;
+    agent_reply(&c, &s.conversation_id, "Ann takes this one.").await;
+    up.open("g");
+    let t0 = std::time::Instant::now();
+    let r = waiting.await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["reply"], Value::Null, "{}", r.text);
+    // Once the reply is dropped nothing more can come: not when the wait (timeout_secs +
+    // 5 s) runs out.
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "awaitReply answered {:?} after the dropped reply",
+        t0.elapsed()
+    );
     gw.shutdown().await;
 }
 
