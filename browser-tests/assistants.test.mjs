@@ -585,9 +585,8 @@ test('assistant: "when_unavailable" — the assistant answers while nobody is on
 
 // The widget keeps the handler it last heard of in localStorage; a change it did not hear
 // (the tab was closed) reaches it with the visitor channel's `ready` frame, which must carry
-// the conversation's `handler` (an addition to the SPEC's `ready`). Drop `todo` once it does.
-test('assistant: a widget opened again learns who answers now from the ready frame', { timeout: 60_000,
-  todo: 'the visitor ready frame does not carry handler yet' }, async () => {
+// the conversation's `handler` (an addition to the SPEC's `ready`).
+test('assistant: a widget opened again learns who answers now from the ready frame', { timeout: 60_000 }, async () => {
   const { page: v, w } = await openVisitor();
   await send(v, 'Hello, quick one');
   await w.bot('Happy to help with "Hello, quick one"').waitFor();

@@ -121,11 +121,12 @@ pub fn typing(conversation_id: &str, author: &Author) -> String {
 }
 
 /// The visitor channel's `ready`, with where both read cursors stand (the widget's
-/// "Seen" after a reload).
+/// "Seen" after a reload) and who answers now.
 pub fn ready_visitor(conversation: &Conversation) -> String {
     let c = conversation;
     json!({"type": "ready", "conversationId": c.id, "visitorId": c.visitor_id,
-           "visitorLastReadId": c.visitor_last_read_id, "agentLastReadId": c.agent_last_read_id})
+           "visitorLastReadId": c.visitor_last_read_id, "agentLastReadId": c.agent_last_read_id,
+           "assistantId": c.assistant_id, "handler": c.handler})
     .to_string()
 }
 
