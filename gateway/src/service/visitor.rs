@@ -387,9 +387,9 @@ pub async fn typing(state: &AppState, session: &VisitorSession) {
     super::publish_ephemeral(state, channel, frame).await;
 }
 
-/// `awaitReply`: waits (at most the assistant's `timeout_secs` + 5 s) for the assistant's
-/// reply to `sent` — the first message of the conversation's assistant after it — and
-/// returns it; `None` when people answer the conversation or nothing came in time.
+/// `awaitReply`: the assistant's reply to `sent` (or its fallback) once stored; `None`
+/// when people answer the conversation, the bot stayed silent or took too long (see
+/// [`super::assistants::await_reply`]).
 pub async fn await_reply(
     state: &AppState,
     session: &VisitorSession,
@@ -398,42 +398,11 @@ pub async fn await_reply(
     let Some(conv) = conversation(state, session).await? else {
         return Ok(None);
     };
-    let Some(assistant) = conv
-        .assistant_id
-        .as_deref()
-        .and_then(|id| session.tenant.assistant(id))
-    else {
-        return Ok(None);
-    };
     if !sent.reply_owed && conv.handler != Handler::Bot {
         return Ok(None);
     }
-    let after = confab_store::seq_of_message_id(&sent.message.id).unwrap_or(0);
-    let wait = assistant.cfg.timeout_secs + 5;
-    let c = &session.claims;
-    let channel = Channel::Conversation {
-        tenant: c.tenant.as_str().into(),
-        conversation_id: c.conversation_id.as_str().into(),
-    };
-    let reply_of = |page: &MessagePage| {
-        page.messages.iter().find_map(|m| {
-            let msg: Message = serde_json::from_str(&m.json).ok()?;
-            (msg.author.kind == AuthorKind::Bot && msg.author.id == assistant.cfg.id).then_some(msg)
-        })
-    };
-    let page = super::long_poll(
-        state,
-        channel,
-        wait,
-        |p: &MessagePage| reply_of(p).is_none(),
-        || {
-            state
-                .store
-                .messages(&c.tenant, &c.conversation_id, Cursor::After(after), 200)
-        },
-    )
-    .await?;
-    Ok(reply_of(&page))
+    let seq = confab_store::seq_of_message_id(&sent.message.id).unwrap_or(0);
+    super::assistants::await_reply(state, &session.tenant, &conv, seq).await
 }
 
 /// A page of a conversation's history, long-polled for up to `wait` seconds.

@@ -61,14 +61,34 @@ impl Default for AssistantTiming {
     }
 }
 
-/// What a node keeps about assistants: the conversations it is answering and each
-/// assistant's circuit.
-#[derive(Default)]
+/// What a node keeps about assistants: the conversations it is answering, each
+/// assistant's circuit, and word of each settled reply for `awaitReply` requests.
 pub struct Runtime {
     /// (tenant, conversation) being answered by a task of this node.
     in_flight: DashMap<(String, String), ()>,
     /// (tenant, assistant) → its circuit.
     breakers: DashMap<(String, String), Breaker>,
+    /// Every reply this node settled, stored or not.
+    settled: tokio::sync::broadcast::Sender<Settled>,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            in_flight: DashMap::new(),
+            breakers: DashMap::new(),
+            settled: tokio::sync::broadcast::channel(1024).0,
+        }
+    }
+}
+
+/// A reply settled by this node: the visitor messages up to `through_seq` of a
+/// conversation have their outcome.
+#[derive(Debug, Clone)]
+struct Settled {
+    tenant: String,
+    conversation_id: String,
+    through_seq: u64,
 }
 
 #[derive(Default)]
@@ -400,7 +420,7 @@ fn reply_message(
         direction: Direction::Outbound,
         author,
         body,
-        client_message_id: Some(format!("reply-{}", owed.through_seq)),
+        client_message_id: Some(reply_key(owed.through_seq)),
         meta: Some(meta),
         intent: None,
         handler,
@@ -431,16 +451,16 @@ async fn settle(state: &AppState, tenant: &Tenant, owed: &OwedReply, reply: Opti
                         .messages_stored
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                return;
+                return announce(state, tid, owed);
             }
-            Ok(ReplyOutcome::Silent) => return,
+            Ok(ReplyOutcome::Silent) => return announce(state, tid, owed),
             Ok(ReplyOutcome::HandedOver) => {
                 tracing::debug!(
                     tenant = tid,
                     conversation_id = owed.conversation_id,
                     "reply dropped: the conversation was handed to people"
                 );
-                return;
+                return announce(state, tid, owed);
             }
             Ok(ReplyOutcome::Lost) => {
                 tracing::warn!(
@@ -454,6 +474,109 @@ async fn settle(state: &AppState, tenant: &Tenant, owed: &OwedReply, reply: Opti
                 tracing::warn!(tenant = tid, conversation_id = owed.conversation_id, attempt, error = %e, "reply not stored yet");
                 tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
             }
+        }
+    }
+}
+
+/// Tells this node's `awaitReply` requests that the messages up to `owed.through_seq` have
+/// their outcome (no receiver: nobody waits).
+fn announce(state: &AppState, tenant: &str, owed: &OwedReply) {
+    let _ = state.assistants.settled.send(Settled {
+        tenant: tenant.to_owned(),
+        conversation_id: owed.conversation_id.clone(),
+        through_seq: owed.through_seq,
+    });
+}
+
+/// The idempotency key of the reply to the visitor messages up to `through_seq`: also its
+/// `clientMessageId`, which tells clients (and `awaitReply`) which messages it answers.
+fn reply_key(through_seq: u64) -> String {
+    format!("reply-{through_seq}")
+}
+
+/// The last visitor message a stored reply answers (from its `clientMessageId`).
+fn answered_through(m: &Message) -> Option<u64> {
+    if m.author.kind != AuthorKind::Bot {
+        return None;
+    }
+    m.client_message_id
+        .as_deref()?
+        .strip_prefix("reply-")?
+        .parse()
+        .ok()
+}
+
+/// `awaitReply`: waits, at most the assistant's `timeout_secs` + 5 s, for the outcome of
+/// the visitor message `seq`: the stored reply (or fallback) that answers it; `None` when
+/// it was settled without one (silence, people took over), when people answer the
+/// conversation, or when the time is up. Silence decided on another node is only seen as
+/// the time running out.
+pub async fn await_reply(
+    state: &AppState,
+    tenant: &Tenant,
+    conv: &Conversation,
+    seq: u64,
+) -> Result<Option<Message>, confab_protocol::ApiError> {
+    let Some(assistant) = conv
+        .assistant_id
+        .as_deref()
+        .and_then(|id| tenant.assistant(id))
+    else {
+        return Ok(None);
+    };
+    let tid = tenant.cfg.id.as_str();
+    let deadline = Instant::now() + Duration::from_secs(assistant.cfg.timeout_secs + 5);
+    // Subscribed before the first read: nothing settled in between is missed.
+    let mut settled = state.assistants.settled.subscribe();
+    let mut published = state
+        .hub
+        .subscribe_live(
+            &state.broker,
+            Channel::Conversation {
+                tenant: tid.into(),
+                conversation_id: conv.id.as_str().into(),
+            },
+            1,
+            true,
+        )
+        .await;
+    let mut without_reply = false;
+    loop {
+        let page = state
+            .store
+            .messages(tid, &conv.id, Cursor::After(seq), 200)
+            .await
+            .map_err(crate::error::store_error)?;
+        let reply = page
+            .messages
+            .iter()
+            .filter_map(|m| serde_json::from_str::<Message>(&m.json).ok())
+            .find(|m| {
+                m.author.id == assistant.cfg.id && answered_through(m).is_some_and(|t| t >= seq)
+            });
+        if reply.is_some() || without_reply {
+            return Ok(reply);
+        }
+        let now = state
+            .store
+            .conversation(tid, &conv.id)
+            .await
+            .map_err(crate::error::store_error)?;
+        if now.is_none_or(|c| c.handler != Handler::Bot) {
+            // A fallback hands over in the commit that stores it: read once more.
+            without_reply = true;
+            continue;
+        }
+        tokio::select! {
+            _ = published.rx.recv() => {}
+            s = settled.recv() => {
+                // Settled without a stored reply covering it: one last read, then null.
+                if let Ok(s) = s {
+                    without_reply = s.tenant == tid && s.conversation_id == conv.id && s.through_seq >= seq;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return Ok(None),
+            _ = state.shutdown.cancelled() => return Ok(None),
         }
     }
 }
@@ -570,12 +693,20 @@ async fn context(
             n,
         )
         .await?;
-    Ok(page
+    let mut messages: Vec<(u64, Message)> = page
         .messages
         .iter()
         .filter(|m| m.seq <= last)
-        .filter_map(|m| serde_json::from_str::<Message>(&m.json).ok())
-        .collect())
+        .filter_map(|m| Some((m.seq, serde_json::from_str::<Message>(&m.json).ok()?)))
+        .collect();
+    // A reply comes after the messages it answers, even when more visitor messages were
+    // stored before it (they are what this request answers): the request then ends with
+    // the visitor's turn, which is what a chat model continues from.
+    messages.sort_by_key(|(seq, m)| match answered_through(m) {
+        Some(t) if t < *seq => (t, 1),
+        _ => (*seq, 0),
+    });
+    Ok(messages.into_iter().map(|(_, m)| m).collect())
 }
 
 /// The intent of the newest visitor message that chose one (among those being answered
