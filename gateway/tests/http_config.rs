@@ -65,7 +65,14 @@ async fn config_has_the_spec_shape() {
         v["telemetry"],
         json!({"eventTypes": ["OPEN", "CLOSE", "TYPING", "ERROR", "MESSAGE"], "sampleRate": 1.0})
     );
-    assert_eq!(v["limits"], json!({"maxMessageLength": 10000}));
+    assert_eq!(
+        v["limits"],
+        json!({
+            "maxMessageLength": 10000,
+            "maxAttachmentBytes": 10485760,
+            "attachmentTypes": ["image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf", "text/plain"]
+        })
+    );
 
     // The other tenant gets its own settings.
     let r = c.get(&format!("/v1/config?pk={PK2}"), &[]).await;
@@ -86,6 +93,9 @@ primary_color = "#000000"
 position = "bottom-left"
 label = "Talk to us"
 logo = "https://cdn.example/logo.png"
+[tenants.attachments]
+max_bytes = 2048
+allowed_types = ["image/png", "application/pdf"]
 "##;
     let gw = Gateway::start(&config_toml(extra)).await;
     let v = config(&gw.client()).await;
@@ -96,6 +106,12 @@ logo = "https://cdn.example/logo.png"
     );
     assert_eq!(v["telemetry"]["sampleRate"], 0.25);
     assert_eq!(v["limits"]["maxMessageLength"], 500);
+    // The widget checks a file against the tenant's attachment limits before uploading it.
+    assert_eq!(v["limits"]["maxAttachmentBytes"], 2048);
+    assert_eq!(
+        v["limits"]["attachmentTypes"],
+        json!(["image/png", "application/pdf"])
+    );
     gw.shutdown().await;
 }
 

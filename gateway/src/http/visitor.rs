@@ -134,6 +134,12 @@ pub struct Telemetry {
 pub struct WidgetLimits {
     /// In Unicode characters.
     pub max_message_length: usize,
+    /// The largest file `POST /v1/attachments` accepts, in bytes (the tenant's
+    /// `attachments.max_bytes`).
+    pub max_attachment_bytes: u64,
+    /// The types (as sniffed from the bytes) an upload may have (the tenant's
+    /// `attachments.allowed_types`).
+    pub attachment_types: Vec<String>,
 }
 
 /// A signed, single-use init challenge.
@@ -223,6 +229,8 @@ fn tenant_config(t: &Tenant, is_available: bool) -> TenantConfig {
         },
         limits: WidgetLimits {
             max_message_length: c.max_message_length,
+            max_attachment_bytes: c.attachments.max_bytes,
+            attachment_types: c.attachments.allowed_types.clone(),
         },
         require_init_challenge: c.require_init_challenge,
         // Not a secret: a bot can always wait; the point is to make every automated
@@ -934,6 +942,8 @@ mod tests {
             },
             limits: WidgetLimits {
                 max_message_length: 10_000,
+                max_attachment_bytes: 1024,
+                attachment_types: vec!["image/png".into()],
             },
             require_init_challenge: true,
             min_elapsed_ms: 800,
