@@ -269,12 +269,17 @@
       var pm = realLast[c.id];
       if (typingUntil[c.id] > Date.now()) r2.appendChild(el('span', 'styping', 'typing…'));
       else if (streaming(c.id)) r2.appendChild(el('span', 'styping', botName(c) + ' is replying…'));
-      else r2.textContent = pm ? prefix(pm) + pm.body : pqBusy[c.id] || pq.indexOf(c.id) >= 0 ? '…' : 'No messages yet';
+      else r2.textContent = pm ? prefix(pm) + text(pm) : pqBusy[c.id] || pq.indexOf(c.id) >= 0 ? '…' : 'No messages yet';
       b.appendChild(r1); b.appendChild(r2);
       b.onclick = function () { openConv(c.id, !narrow()); };
       li.appendChild(b); ul.appendChild(li);
       if (c.id === focused) b.focus();
     });
+  }
+  // A message as one line of text: its body, or the names of its files.
+  function text(m) {
+    var as = m.attachments || [];
+    return m.body || (as.length ? (as.length > 1 ? 'Files: ' : 'File: ') + as.map(function (a) { return a.filename; }).join(', ') : '');
   }
   function narrow() { return !!window.matchMedia && window.matchMedia('(max-width: 600px)').matches; }
   Array.prototype.forEach.call(document.querySelectorAll('.filters button'), function (b) {
@@ -294,7 +299,7 @@
     $('app').classList.add('show-conv');
     $('empty').hidden = true; $('conv').hidden = false;
     $('msgs').textContent = ''; $('typing').textContent = '';
-    renderHead(); renderList();
+    renderHead(); renderList(); renderTray(); fileErr('');
     var ch = chats.get(id);
     if (!ch) { ch = { ids: new Set(), list: [], loaded: false, buffer: [] }; chats.set(id, ch); }
     ch.list.forEach(function (m) { drawMsg(m); });
@@ -374,7 +379,9 @@
     d.setAttribute('data-id', m.id);
     var c = convs.get(m.conversationId);
     if (k !== 'system') d.appendChild(el('div', 'a', (m.author && m.author.name) || (k === 'visitor' && c ? label(c) : k === 'bot' ? 'Bot' : 'Agent')));
+    var as = m.attachments || [];
     d.appendChild(linkify(el('div', 'b'), m.body));
+    if (as.length) d.appendChild(attList(as));
     if (k !== 'system') d.appendChild(el('div', 'm', fmt(m.createdAt) + (m.meta && m.meta.mode ? ' · ' + m.meta.mode : '')));
     var msgs = $('msgs');
     msgs.insertBefore(d, msgs.querySelector('.draft, .pending'));
@@ -408,14 +415,25 @@
   }
 
   // ---- replies: one clientMessageId per reply, reused by retries (idempotent)
+  // Files still uploading: the reply leaves when they are done (without those that failed).
   function sendReply() {
-    var t = $('replyText').value.trim();
-    if (!t || !cur) return;
+    var t = $('replyText').value.trim(), conv = cur, us = trays[conv] || [];
+    if ((!t && !us.length) || !conv) return;
+    if (us.some(function (u) { return !u.a; })) {
+      if (!$('sendBtn').disabled) {
+        $('sendBtn').disabled = true;
+        Promise.all(us.map(function (u) { return u.p; })).then(function () { $('sendBtn').disabled = false; if (cur === conv) sendReply(); });
+      }
+      return;
+    }
+    var atts = us.map(function (u) { return u.a; });
+    trays[conv] = []; renderTray(); fileErr('');
     $('replyText').value = '';
-    var p = { c: uuid(), conv: cur, text: t };
+    var p = { c: uuid(), conv: conv, text: t, a: atts };
     p.el = el('div', 'msg out pending');
     p.el.setAttribute('data-client-id', p.c);
     p.el.appendChild(linkify(el('div', 'b'), t));
+    if (atts.length) p.el.appendChild(attList(atts));
     pending[p.c] = p;
     $('msgs').appendChild(p.el); scroll();
     deliver(p);
@@ -433,15 +451,16 @@
     setState(p, 'sending');
     if (wsReady) {
       p.ws = true;
-      ws.send(JSON.stringify({ type: 'reply', conversationId: p.conv, message: p.text, clientMessageId: p.c }));
+      ws.send(JSON.stringify({ type: 'reply', conversationId: p.conv, message: p.text, clientMessageId: p.c, attachments: ids(p) }));
       clearTimeout(p.timer);
       p.timer = setTimeout(function () { httpReply(p); }, 8000);
     } else httpReply(p);
   }
+  function ids(p) { return p.a.length ? p.a.map(function (a) { return a.id; }) : undefined; }
   function httpReply(p) {
     clearTimeout(p.timer); p.ws = false;
     if (!pending[p.c]) return;
-    api('POST', '/v1/tenant/conversations/' + encodeURIComponent(p.conv) + '/messages', { message: p.text, clientMessageId: p.c })
+    api('POST', '/v1/tenant/conversations/' + encodeURIComponent(p.conv) + '/messages', { message: p.text, clientMessageId: p.c, attachments: ids(p) })
       .then(function (r) { acked(p, r.messageId); }, function (e) { failed(p, e.message); });
   }
   function acked(p, id) {
@@ -483,6 +502,103 @@
   $('reopenBtn').onclick = function () { setConvStatus(cur, 'reopen', this); };
   $('undoBtn').onclick = function () { var id = toastConv; hideToast(); if (id) setConvStatus(id, 'reopen'); };
   function hideToast() { clearTimeout(toastT); toastConv = null; $('toast').hidden = true; }
+
+  // ---- attachments: a file uploads into the open conversation as soon as it is picked,
+  // dropped or pasted (progress in the tray above the reply box, one tray per
+  // conversation); the reply names the ids. Files show as thumbnails (raster images, through
+  // the signed link) or download chips.
+  var IMG = /^image\/(png|jpeg|gif|webp)$/, trays = {}, dragN = 0;
+  function fmtSize(n) { return n < 1024 ? n + ' B' : n < 1048576 ? Math.round(n / 1024) + ' KB' : (n / 1048576).toFixed(1).replace(/\.0$/, '') + ' MB'; }
+  function fileErr(t) { $('fileErr').textContent = t; }
+  function renderTray() {
+    var t = $('tray'), us = trays[cur] || [];
+    t.textContent = '';
+    us.forEach(function (u) { t.appendChild(u.el); });
+    t.hidden = !us.length;
+  }
+  function addFiles(list) {
+    if (!cur || !list || !list.length) return;
+    var errs = [], us = trays[cur] = trays[cur] || [];
+    Array.prototype.forEach.call(list, function (f) {
+      if (us.length >= 10) errs.push('Up to 10 files per reply: \u201c' + f.name + '\u201d was not added.');
+      else if (!f.size) errs.push('\u201c' + f.name + '\u201d is empty.');
+      else upload(cur, f);
+    });
+    fileErr(errs.join(' ')); renderTray();
+  }
+  function upload(conv, f) {
+    var u = { conv: conv, f: f, el: el('div', 'up'), bar: el('progress') }, x = el('button', null, '\u00d7');
+    u.el.setAttribute('role', 'listitem');
+    u.bar.max = 100; u.bar.value = 0; u.bar.setAttribute('aria-label', 'Uploading ' + f.name);
+    x.type = 'button'; x.title = 'Remove'; x.setAttribute('aria-label', 'Remove ' + f.name);
+    x.onclick = function () { dropUp(u); $('replyText').focus(); };
+    var n = el('span', null, f.name); n.title = f.name;
+    u.el.appendChild(n); u.el.appendChild(el('small', null, fmtSize(f.size))); u.el.appendChild(u.bar); u.el.appendChild(x);
+    trays[conv].push(u);
+    u.p = new Promise(function (ok, ko) {
+      var r = u.x = new XMLHttpRequest();
+      r.open('POST', '/v1/tenant/conversations/' + encodeURIComponent(conv) + '/attachments?filename=' + encodeURIComponent(f.name));
+      r.setRequestHeader('Authorization', 'Bearer ' + token);
+      r.upload.onprogress = function (e) { if (e.lengthComputable) u.bar.value = Math.round(100 * e.loaded / e.total); };
+      r.onload = function () {
+        var j = null; try { j = JSON.parse(r.responseText); } catch (e) {}
+        if (r.status === 201 && j && j.id) return ok(j);
+        var er = (j && j.error) || {}, e = new Error(er.message || 'HTTP ' + r.status); e.status = r.status;
+        if (r.status === 401) signOut('Token rejected (' + (er.code || 401) + '). Paste a valid agent token.');
+        ko(e);
+      };
+      r.onerror = r.onabort = function () { ko(new Error('the connection failed')); };
+      r.send(f);
+    }).then(function (a) { u.a = a; u.bar.remove(); u.el.classList.add('ok'); }, function (e) {
+      if ((trays[conv] || []).indexOf(u) < 0) return; // removed
+      dropUp(u);
+      fileErr('\u201c' + f.name + '\u201d was not sent: ' + (e.status === 413 ? 'it is too large' : e.status === 415 ? 'this type of file is not allowed' : e.message) + '.');
+    });
+  }
+  function dropUp(u) {
+    trays[u.conv] = (trays[u.conv] || []).filter(function (v) { return v !== u; });
+    if (u.x && !u.a) u.x.abort();
+    if (u.conv === cur) renderTray();
+  }
+  function icon() { // a document
+    var NS = 'http://www.w3.org/2000/svg', s = document.createElementNS(NS, 'svg'), p = document.createElementNS(NS, 'path');
+    s.setAttribute('viewBox', '0 0 24 24'); s.setAttribute('aria-hidden', 'true'); s.setAttribute('class', 'fi');
+    p.setAttribute('d', 'M6 2h8l6 6v12a2 2 0 0 1-2 2H6a2 2 0 0 1-2-2V4a2 2 0 0 1 2-2zm7 1.5V9h5.5z'); p.setAttribute('fill', 'currentColor');
+    s.appendChild(p); return s;
+  }
+  function attList(as) {
+    var box = el('div', 'att');
+    as.forEach(function (a) {
+      var l, img;
+      if (IMG.test(a.contentType) && a.url) {
+        var url = a.url + (/\?/.test(a.url) ? '&' : '?') + 'disposition=inline';
+        l = el('a', 'thumb'); l.href = url; l.target = '_blank'; l.rel = 'noopener noreferrer'; l.title = a.filename;
+        img = el('img'); img.src = url; img.alt = a.filename;
+        img.onload = function () { var m = $('msgs'); if (m.scrollHeight - m.scrollTop - m.clientHeight < img.offsetHeight + 80) scroll(); };
+        l.appendChild(img);
+      } else {
+        l = el(a.url ? 'a' : 'span', 'file');
+        if (a.url) { l.href = a.url; l.download = a.filename; l.setAttribute('aria-label', 'Download ' + a.filename + ', ' + fmtSize(a.size || 0)); }
+        l.appendChild(icon()); l.appendChild(el('span', null, a.filename)); l.appendChild(el('small', null, fmtSize(a.size || 0)));
+      }
+      box.appendChild(l);
+    });
+    return box;
+  }
+  $('attachBtn').onclick = function () { fileErr(''); $('fileIn').click(); };
+  $('fileIn').onchange = function () { addFiles(this.files); this.value = ''; };
+  $('replyText').addEventListener('paste', function (e) {
+    var fs = e.clipboardData && e.clipboardData.files;
+    if (fs && fs.length) { e.preventDefault(); addFiles(fs); }
+  });
+  function dragged(e) { var t = e.dataTransfer && e.dataTransfer.types; return !!cur && !!t && Array.prototype.indexOf.call(t, 'Files') >= 0; }
+  $('conv').addEventListener('dragenter', function (e) { if (dragged(e)) { dragN++; this.classList.add('drop'); } });
+  $('conv').addEventListener('dragleave', function () { if (dragN && !--dragN) this.classList.remove('drop'); });
+  $('conv').addEventListener('dragover', function (e) { if (dragged(e)) { e.preventDefault(); e.dataTransfer.dropEffect = 'copy'; } });
+  $('conv').addEventListener('drop', function (e) {
+    dragN = 0; this.classList.remove('drop');
+    if (dragged(e)) { e.preventDefault(); addFiles(e.dataTransfer.files); }
+  });
 
   // ---- assistants: who answers (handler), take over / give back, replies streaming live
   // The console learns assistants' names from their messages and deltas.
@@ -564,7 +680,7 @@
       var c = convs.get(d.conversationId);
       settleDraft(d);
       // The assistant could not answer: people must (the handler is now human).
-      if (!quiet && d.meta && d.meta.mode === 'safe_fallback') alertAgent(d.conversationId, (c ? label(c) : 'A visitor') + ' needs a person', d.body, d.createdAt);
+      if (!quiet && d.meta && d.meta.mode === 'safe_fallback') alertAgent(d.conversationId, (c ? label(c) : 'A visitor') + ' needs a person', text(d), d.createdAt);
       if (!isAuto(d)) { noteReal(d); resolved[d.conversationId] = d.id; }
       else if (realLast[d.conversationId]) resolved[d.conversationId] = d.id; // followed live: the preview stays
       if (!c) fetchConv(d.conversationId);
@@ -578,7 +694,7 @@
         typingUntil[d.conversationId] = 0;
         if (d.conversationId === cur) $('typing').textContent = '';
         if (!quiet) unread[d.conversationId] = (unread[d.conversationId] || 0) + 1; // as the server counts; markRead clears it
-        if (!quiet && !(c && c.handler === 'bot')) alertAgent(d.conversationId, c ? label(c) : 'New message', d.body, d.createdAt); // a bot answers it
+        if (!quiet && !(c && c.handler === 'bot')) alertAgent(d.conversationId, c ? label(c) : 'New message', text(d), d.createdAt); // a bot answers it
       }
       addMsg(d, false);
       saveUnread();

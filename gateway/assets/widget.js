@@ -28,10 +28,10 @@
   var LS = null, SS = null;
   try { LS = W.localStorage; SS = W.sessionStorage; } catch (e) { /* storage blocked */ }
   var st = LS ? rd(LS, KEY) : {};   // visitorToken, sessionToken, expiresAt, conversationId, lastId, readId
-  var tab = SS ? rd(SS, SKEY) : {}; // out: [{c, t}], open
+  var tab = SS ? rd(SS, SKEY) : {}; // out: [{c, t, i, a}], open
   tab.out = tab.out || [];
   function save() { if (LS) wr(LS, KEY, st); }
-  function saveTab() { if (SS) wr(SS, SKEY, { out: tab.out.map(function (p) { return { c: p.c, t: p.t, i: p.i }; }), open: tab.open }); }
+  function saveTab() { if (SS) wr(SS, SKEY, { out: tab.out.map(function (p) { return { c: p.c, t: p.t, i: p.i, a: p.a }; }), open: tab.open }); }
 
   function uuid() {
     try { if (W.crypto && crypto.randomUUID) return crypto.randomUUID(); } catch (e) { /* insecure context */ }
@@ -175,6 +175,8 @@
   var ICON_CHAT = 'M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H8l-4 4V6a2 2 0 0 1 2-2z';
   var ICON_SEND = 'M3 20l18-8L3 4v6l12 2-12 2z';
   var ICON_X = 'M6.4 5 5 6.4 10.6 12 5 17.6 6.4 19l5.6-5.6 5.6 5.6 1.4-1.4-5.6-5.6L19 6.4 17.6 5 12 10.6z';
+  var ICON_CLIP = 'M16.5 6v11.5a4 4 0 0 1-8 0V5a2.5 2.5 0 0 1 5 0v10.5a1 1 0 0 1-2 0V6H10v9.5a2.5 2.5 0 0 0 5 0V5a4 4 0 0 0-8 0v12.5a5.5 5.5 0 0 0 11 0V6z';
+  var ICON_FILE = 'M6 2h8l6 6v12a2 2 0 0 1-2 2H6a2 2 0 0 1-2-2V4a2 2 0 0 1 2-2zm7 1.5V9h5.5z';
 
   var CSS = [
     ':host{all:initial!important;display:block!important;position:fixed!important;z-index:2147483000!important;',
@@ -234,6 +236,19 @@
     '.msg a{color:inherit;text-decoration:underline}',
     '.send{width:40px;height:40px;border-radius:10px;background:var(--p);color:var(--on);display:grid;place-items:center}',
     '.send svg{width:20px;height:20px}',
+    '.clip{width:40px;height:40px;border-radius:10px;display:grid;place-items:center;color:#57606a}.clip:hover{background:#f0f2f5}.clip svg{width:22px;height:22px}',
+    '.tray{display:flex;flex-wrap:wrap;gap:6px;padding:8px 12px 0;background:#fff;border-top:1px solid #e4e6ea}',
+    '.up{display:flex;align-items:center;gap:6px;max-width:100%;padding:3px 4px 3px 10px;border:1px solid #d0d7de;border-radius:8px;font-size:12px}',
+    '.up span,.file span{overflow:hidden;text-overflow:ellipsis;white-space:nowrap;max-width:170px}.up small,.file small{opacity:.7;white-space:nowrap}',
+    '.up progress{width:56px;height:6px;accent-color:var(--p)}.up.ok{border-color:var(--p)}',
+    '.up button{width:22px;height:22px;border-radius:6px;display:grid;place-items:center}.up button:hover{background:#f0f2f5}.up svg{width:14px;height:14px}',
+    '.ferr{padding:6px 14px 0;font-size:12px;color:#d1242f;background:#fff}',
+    '.panel.drop::after{content:"Drop files to send";position:absolute;inset:0;display:grid;place-items:center;background:rgba(255,255,255,.88);',
+    'border:2px dashed var(--p);border-radius:inherit;font-weight:600;color:var(--p);pointer-events:none}',
+    '.att{display:flex;flex-direction:column;align-items:flex-start;gap:4px;margin:2px 0}',
+    '.thumb{display:block;border-radius:8px;overflow:hidden;background:#fff}.thumb img{display:block;max-width:100%;max-height:180px;min-width:24px;min-height:24px}',
+    '.file{display:flex;align-items:center;gap:6px;max-width:100%;padding:6px 10px;border-radius:8px;background:rgba(0,0,0,.07);font-size:13px;text-decoration:none!important}',
+    '.file svg{width:16px;height:16px;flex:none}',
     '.contact{flex:1;overflow-y:auto;padding:16px;display:flex;flex-direction:column;gap:10px}',
     '.contact p{margin:0;color:#4b5563}.contact label{display:flex;flex-direction:column;gap:4px;font-size:13px;font-weight:600}',
     '.contact input,.contact textarea{border:1px solid #d0d7de;border-radius:8px;padding:8px 10px;font-weight:400;background:#fff}',
@@ -268,11 +283,16 @@
   var input = h('textarea', null, null, { rows: '1', placeholder: 'Type a message…', 'aria-label': 'Message' });
   var sendBtn = h('button', 'send', null, { type: 'submit', 'aria-label': 'Send message' });
   sendBtn.appendChild(svg(ICON_SEND));
-  compose.appendChild(input); compose.appendChild(sendBtn);
+  var clip = h('button', 'clip', null, { type: 'button', 'aria-label': 'Attach files', title: 'Attach files' });
+  clip.appendChild(svg(ICON_CLIP));
+  var fileIn = h('input', null, null, { type: 'file', multiple: '', hidden: '', tabindex: '-1', 'aria-hidden': 'true' });
+  compose.appendChild(clip); compose.appendChild(input); compose.appendChild(sendBtn); compose.appendChild(fileIn);
+  var tray = h('div', 'tray', null, { hidden: '', role: 'list', 'aria-label': 'Files to send' });
+  var ferr = h('div', 'ferr', null, { hidden: '', role: 'alert' });
   var hp = h('input', 'hp', null, { type: 'text', name: 'website', tabindex: '-1', autocomplete: 'off', 'aria-hidden': 'true' });
   var contact = h('form', 'contact', null, { hidden: '', novalidate: '' });
   panel.appendChild(head); panel.appendChild(log); panel.appendChild(chips); panel.appendChild(typingEl);
-  panel.appendChild(note); panel.appendChild(acts); panel.appendChild(compose); panel.appendChild(contact); panel.appendChild(hp);
+  panel.appendChild(note); panel.appendChild(acts); panel.appendChild(ferr); panel.appendChild(tray); panel.appendChild(compose); panel.appendChild(contact); panel.appendChild(hp);
   cf.appendChild(launch); cf.appendChild(panel);
   var styleEl = h('style', null, CSS);
   root.appendChild(styleEl); root.appendChild(cf);
@@ -304,13 +324,14 @@
     return isNaN(d) ? '' : d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
   }
   function scrollDown() { log.scrollTop = log.scrollHeight; }
-  function bubble(kind, body, name, ts, ai) {
+  function bubble(kind, body, name, ts, ai, atts) {
     var el = h('div', 'msg ' + (kind === 'visitor' ? 'me' : kind)), w;
     if (name && kind !== 'visitor' && kind !== 'system') {
       el.appendChild(w = h('div', 'who', name));
       if (ai) w.appendChild(h('span', 'ai', 'AI', { title: 'Automated assistant' }));
     }
     el.appendChild(linkify(h('div', 'body'), body));
+    if (atts && atts.length) el.appendChild(attList(atts));
     if (ts && kind !== 'system') el.appendChild(h('div', 'meta', fmtTime(ts)));
     return el;
   }
@@ -339,7 +360,7 @@
   function resetConversation() {
     order.forEach(function (id) { var e = seen[id]; if (e && e.parentNode) e.parentNode.removeChild(e); });
     order = []; seen = {}; st.lastId = null; st.readId = null; st.handler = null; agentRead = reported = null; renderSeen();
-    dropDrafts(); hideDots();
+    dropDrafts(); hideDots(); ups.slice().forEach(dropUp);
     renderChips(); updateBadge();
   }
 
@@ -358,7 +379,7 @@
       if (fb) dropDrafts(); else { dropDraft(meta.streamId); asstName = a.name || asstName; renderSub(); }
       if (meta.streamId && !fb) drafts[meta.streamId] = {}; // done: a late delta makes no new draft
     } else if (kind === 'agent' && note.getAttribute('data-k') === 'handoff') showNote('');
-    var el = bubble(fb ? 'agent' : kind, m.body, fb ? team : a.name, m.createdAt, kind === 'bot' && !fb);
+    var el = bubble(fb ? 'agent' : kind, m.body, fb ? team : a.name, m.createdAt, kind === 'bot' && !fb, m.attachments);
     if (fb) el.classList.add('fallback');
     el.setAttribute('data-id', m.id);
     seen[m.id] = el; order.push(m.id);
@@ -495,11 +516,11 @@
   };
 
   // ---- outgoing messages: one clientMessageId per message, reused by every retry
-  function sendText(text, intent) {
+  function sendText(text, intent, atts) {
     text = String(text || '').trim();
-    if (!text) return;
+    if (!text && !(atts && atts.length)) return;
     if (text.length > maxLen) { showNote('Message is too long (max ' + maxLen + ' characters).'); return; }
-    var p = { c: uuid(), t: text, i: intent || undefined };
+    var p = { c: uuid(), t: text, i: intent || undefined, a: atts && atts.length ? atts : undefined };
     tab.out.push(p); saveTab();
     renderPending(p); deliver(p);
     if (handler === 'bot') showDots();
@@ -507,7 +528,7 @@
     renderChips();
   }
   function renderPending(p) {
-    p.el = bubble('visitor', p.t);
+    p.el = bubble('visitor', p.t, null, null, 0, p.a);
     p.el.classList.add('pending');
     p.el.setAttribute('data-client-id', p.c);
     pending[p.c] = p;
@@ -535,16 +556,17 @@
     ensureSession().then(function () {
       if (wsReady) {
         p.ws = true;
-        wsSend({ type: 'message', message: p.t, clientMessageId: p.c, intent: p.i });
+        wsSend({ type: 'message', message: p.t, clientMessageId: p.c, intent: p.i, attachments: ids(p) });
         clearTimeout(p.timer);
         p.timer = setTimeout(function () { httpSend(p); }, 8000); // no ack: retry over HTTP (idempotent)
       } else httpSend(p);
     }).catch(function (e) { failed(p, e); });
   }
+  function ids(p) { return p.a && p.a.map(function (a) { return a.id; }); }
   function httpSend(p) {
     clearTimeout(p.timer); p.ws = false;
     if (!pending[p.c]) return;
-    authed('POST', '/v1/messages', { message: p.t, clientMessageId: p.c, intent: p.i,
+    authed('POST', '/v1/messages', { message: p.t, clientMessageId: p.c, intent: p.i, attachments: ids(p),
       meta: { pageUrl: location.href, pageTitle: D.title || undefined, locale: navigator.language || undefined } })
       .then(function (r) { acked(p, r.messageId); }, function (e) { failed(p, e); });
   }
@@ -735,12 +757,120 @@
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); submit(); }
   });
   compose.onsubmit = function (e) { e.preventDefault(); submit(); };
+  // Files still uploading: the message leaves when they are done (without those that failed).
   function submit() {
     var t = input.value;
-    if (!t.trim()) return;
+    if (!t.trim() && !ups.length) return;
+    if (ups.some(function (u) { return !u.a; })) {
+      if (!sendBtn.disabled) {
+        sendBtn.disabled = true;
+        Promise.all(ups.map(function (u) { return u.p; })).then(function () { sendBtn.disabled = false; submit(); });
+      }
+      return;
+    }
+    var atts = ups.map(function (u) { return u.a; });
+    ups.slice().forEach(dropUp); fileErr('');
     input.value = ''; onInput();
-    sendText(t);
+    sendText(t, null, atts);
   }
+
+  // ---- attachments: a file uploads as soon as it is picked, dropped or pasted (progress in
+  // the tray above the composer); the message names the ids. Received files show as
+  // thumbnails (raster images, through the signed link) or download chips.
+  var IMG = /^image\/(png|jpeg|gif|webp)$/, maxBytes = 0, types = null, ups = [], dragN = 0;
+  function fmtSize(n) { return n < 1024 ? n + ' B' : n < 1048576 ? Math.round(n / 1024) + ' KB' : (n / 1048576).toFixed(1).replace(/\.0$/, '') + ' MB'; }
+  function fileErr(t) { ferr.textContent = t; ferr.hidden = !t; }
+  function typeOk(t) { return !types || !t || types.indexOf(t) >= 0 || (/^text\/(?!html|xml)|json$/.test(t) && types.indexOf('text/plain') >= 0); }
+  function addFiles(list) {
+    var errs = [];
+    Array.prototype.forEach.call(list || [], function (f) {
+      var q = '\u201c' + f.name + '\u201d ', e = ups.length >= 10 ? 'Up to 10 files per message: ' + q + 'was not added.'
+        : maxBytes && f.size > maxBytes ? q + 'is too large (' + fmtSize(f.size) + '; the limit is ' + fmtSize(maxBytes) + ').'
+        : !typeOk(f.type) ? q + 'cannot be sent: this type of file (' + f.type + ') is not allowed.'
+        : !f.size ? q + 'is empty.' : '';
+      if (e) errs.push(e); else upload(f);
+    });
+    fileErr(errs.join(' '));
+  }
+  function upload(f) {
+    var u = { f: f, el: h('div', 'up', null, { role: 'listitem' }), bar: h('progress', null, null, { max: '100', value: '0', 'aria-label': 'Uploading ' + f.name }) };
+    var x = h('button', null, null, { type: 'button', 'aria-label': 'Remove ' + f.name, title: 'Remove' });
+    x.appendChild(svg(ICON_X));
+    x.onclick = function () { dropUp(u); input.focus(); };
+    u.el.appendChild(h('span', null, f.name, { title: f.name })); u.el.appendChild(h('small', null, fmtSize(f.size)));
+    u.el.appendChild(u.bar); u.el.appendChild(x);
+    ups.push(u); tray.appendChild(u.el); tray.hidden = false;
+    u.p = ensureSession().then(function () { return xhrUp(u); }).then(function (a) {
+      u.a = a; u.bar.hidden = true; u.el.classList.add('ok');
+    }, function (e) {
+      if (ups.indexOf(u) < 0) return; // removed
+      dropUp(u);
+      fileErr('\u201c' + f.name + '\u201d was not sent: ' + (e.status === 413 ? 'it is too large' + (maxBytes ? ' (the limit is ' + fmtSize(maxBytes) + ')' : '') + '.'
+        : e.status === 415 ? 'this type of file is not allowed.' : e.status === 429 ? 'too many uploads, please try again later.' : e.message || 'the upload failed.'));
+      tel('ERROR', { where: 'upload', code: e.code || 'network' });
+    });
+  }
+  // A raw-body upload over XMLHttpRequest (fetch reports no upload progress); a 401 renews
+  // the session once.
+  function xhrUp(u, again) {
+    return new Promise(function (ok, ko) {
+      var x = u.x = new XMLHttpRequest();
+      x.open('POST', API + '/v1/attachments?filename=' + enc(u.f.name));
+      x.setRequestHeader('Authorization', 'Bearer ' + st.sessionToken);
+      x.upload.onprogress = function (e) { if (e.lengthComputable) u.bar.value = Math.round(100 * e.loaded / e.total); };
+      x.onload = function () {
+        var j = null, er, e;
+        try { j = JSON.parse(x.responseText); } catch (e2) { /* not json */ }
+        if (x.status === 201 && j && j.id) return ok(j);
+        er = (j && j.error) || {}; e = new Error(er.message || 'HTTP ' + x.status); e.status = x.status; e.code = er.code;
+        ko(e);
+      };
+      x.onerror = x.onabort = function () { ko(new Error('the connection failed.')); };
+      x.send(u.f);
+    }).catch(function (e) {
+      if (e.status !== 401 || again) throw e;
+      dropSession();
+      return ensureSession().then(function () { return xhrUp(u, 1); });
+    });
+  }
+  function dropUp(u) {
+    ups = ups.filter(function (v) { return v !== u; });
+    if (u.x && !u.a) u.x.abort();
+    if (u.el.parentNode) tray.removeChild(u.el);
+    tray.hidden = !ups.length;
+  }
+  function attList(as) {
+    var box = h('div', 'att');
+    as.forEach(function (a) {
+      var url = a.url ? API + a.url : '', l, img;
+      if (IMG.test(a.contentType) && url) {
+        url += (/\?/.test(url) ? '&' : '?') + 'disposition=inline';
+        l = h('a', 'thumb', null, { href: url, target: '_blank', rel: 'noopener noreferrer', title: a.filename });
+        l.appendChild(img = h('img', null, null, { src: url, alt: a.filename }));
+        img.onload = function () { if (log.scrollHeight - log.scrollTop - log.clientHeight < img.offsetHeight + 80) scrollDown(); };
+      } else {
+        l = h(url ? 'a' : 'span', 'file', null, url ? { href: url, target: '_blank', rel: 'noopener noreferrer', download: a.filename } : {});
+        l.appendChild(svg(ICON_FILE)); l.appendChild(h('span', null, a.filename)); l.appendChild(h('small', null, fmtSize(a.size || 0)));
+        l.setAttribute('aria-label', 'Download ' + a.filename + ', ' + fmtSize(a.size || 0));
+      }
+      box.appendChild(l);
+    });
+    return box;
+  }
+  clip.onclick = function () { fileErr(''); fileIn.click(); };
+  fileIn.onchange = function () { addFiles(fileIn.files); fileIn.value = ''; };
+  input.addEventListener('paste', function (e) {
+    var fs = e.clipboardData && e.clipboardData.files;
+    if (fs && fs.length && !clip.hidden) { e.preventDefault(); addFiles(fs); }
+  });
+  function dragged(e) { var t = e.dataTransfer && e.dataTransfer.types; return !compose.hidden && !clip.hidden && !!t && Array.prototype.indexOf.call(t, 'Files') >= 0; }
+  panel.addEventListener('dragenter', function (e) { if (dragged(e)) { dragN++; panel.classList.add('drop'); } });
+  panel.addEventListener('dragleave', function () { if (dragN && !--dragN) panel.classList.remove('drop'); });
+  panel.addEventListener('dragover', function (e) { if (dragged(e)) { e.preventDefault(); e.dataTransfer.dropEffect = 'copy'; } });
+  panel.addEventListener('drop', function (e) {
+    dragN = 0; panel.classList.remove('drop');
+    if (dragged(e)) { e.preventDefault(); addFiles(e.dataTransfer.files); }
+  });
   contact.onsubmit = function (e) {
     e.preventDefault();
     cErr.textContent = '';
@@ -800,7 +930,11 @@
     }
     setAvailable(c.isAvailable !== false);
     sampleRate = c.telemetry && typeof c.telemetry.sampleRate === 'number' ? c.telemetry.sampleRate : 1;
-    maxLen = (c.limits && c.limits.maxMessageLength) || maxLen;
+    var L = c.limits || {};
+    maxLen = L.maxMessageLength || maxLen;
+    maxBytes = L.maxAttachmentBytes || 0; types = L.attachmentTypes || null;
+    if (types) fileIn.setAttribute('accept', types.join(','));
+    clip.hidden = !!types && !types.length;
     input.setAttribute('maxlength', String(maxLen));
     cMsg.setAttribute('maxlength', String(maxLen));
     if (c.greeting) {
