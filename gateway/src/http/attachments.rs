@@ -298,9 +298,10 @@ async fn authorised(
     security((), ("visitorSession" = []), ("agentJwt" = []), ("serverKey" = [])),
     responses(
         (status = 200, description = "The file, with `Content-Disposition` (RFC 6266 `filename*`), \
-`ETag`, `Content-Security-Policy: sandbox` and `X-Content-Type-Options: nosniff`.",
-            content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 206, description = "The requested range (`Content-Range`).", content_type = "application/octet-stream", body = Vec<u8>),
+`ETag`, `Content-Security-Policy: sandbox` and `X-Content-Type-Options: nosniff`; its \
+`Content-Type` is the sniffed type of the file.",
+            content_type = "*/*", body = Vec<u8>),
+        (status = 206, description = "The requested range (`Content-Range`), in the file's type.", content_type = "*/*", body = Vec<u8>),
         (status = 304, description = "`If-None-Match` matched the `ETag`."),
         (status = 404, description = "`not_found`: no such attachment, or no right to it.", body = confab_protocol::ErrorBody),
         (status = 416, description = "`range_not_satisfiable`: the `Range` lies outside the file.", body = confab_protocol::ErrorBody),
