@@ -32,7 +32,6 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -143,61 +142,62 @@ impl Shard {
     }
 }
 
-/// The masters and their slots (`CLUSTER SLOTS`), sorted by address.
+/// The masters, their slots and replicas (`CLUSTER NODES`: unlike `CLUSTER SLOTS` it lists
+/// a replica that is still loading its first copy), sorted by address.
 pub(crate) async fn topology(conn: &Conn) -> Result<Vec<Shard>> {
-    let reply: Value = conn.query(redis::cmd("CLUSTER").arg("SLOTS").to_owned()).await?;
-    parse_slots(&reply)
-        .ok_or_else(|| StoreError::Internal(format!("redis: unexpected CLUSTER SLOTS {reply:?}")))
+    let reply: String = conn
+        .query(redis::cmd("CLUSTER").arg("NODES").to_owned())
+        .await?;
+    Ok(parse_nodes(&reply))
 }
 
-fn parse_slots(reply: &Value) -> Option<Vec<Shard>> {
-    let Value::Array(ranges) = reply else {
-        return None;
-    };
-    let mut shards: Vec<Shard> = Vec::new();
-    for r in ranges {
-        let Value::Array(r) = r else { return None };
-        let (start, end) = (int(r.first()?)?, int(r.get(1)?)?);
-        let Value::Array(master) = r.get(2)? else {
-            return None;
-        };
-        let host = text(master.first()?)?;
-        let port = u16::try_from(int(master.get(1)?)?).ok()?;
-        let range = (u16::try_from(start).ok()?, u16::try_from(end).ok()?);
-        let replicas = r.len().saturating_sub(3);
-        match shards.iter_mut().find(|s| s.host == host && s.port == port) {
-            Some(s) => {
-                s.ranges.push(range);
-                s.replicas = s.replicas.max(replicas);
-            }
-            None => shards.push(Shard {
-                host,
-                port,
-                ranges: vec![range],
-                replicas,
-            }),
+fn parse_nodes(text: &str) -> Vec<Shard> {
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() >= 8 && !f[2].split(',').any(|flag| flag == "fail"))
+        .collect();
+    let mut shards: Vec<(String, Shard)> = Vec::new();
+    for f in &rows {
+        if !f[2].split(',').any(|flag| flag == "master") {
+            continue;
         }
+        // `IP:PORT@BUSPORT[,HOSTNAME]`
+        let addr = f[1].split('@').next().unwrap_or_default();
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            continue;
+        };
+        let Ok(port) = port.parse() else { continue };
+        let mut ranges: Vec<(u16, u16)> = f[8..]
+            .iter()
+            // `[SLOT->-NODE]`/`[SLOT-<-NODE]`: a migration in progress, not ownership.
+            .filter(|s| !s.starts_with('['))
+            .filter_map(|s| match s.split_once('-') {
+                Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                None => s.parse().ok().map(|x| (x, x)),
+            })
+            .collect();
+        if ranges.is_empty() {
+            continue;
+        }
+        ranges.sort_unstable();
+        let replicas = rows
+            .iter()
+            .filter(|r| r[3] == f[0] && r[2].split(',').any(|flag| flag == "slave"))
+            .count();
+        shards.push((
+            f[0].to_owned(),
+            Shard {
+                host: host.to_owned(),
+                port,
+                ranges,
+                replicas,
+            },
+        ));
     }
-    for s in &mut shards {
-        s.ranges.sort_unstable();
-    }
+    let mut shards: Vec<Shard> = shards.into_iter().map(|(_, s)| s).collect();
     shards.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
-    Some(shards)
-}
-
-fn int(v: &Value) -> Option<i64> {
-    match v {
-        Value::Int(n) => Some(*n),
-        _ => None,
-    }
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
+    shards
 }
 
 /// Whether the map serves every slot (while it does not, the cluster is down or changing).
@@ -704,6 +704,21 @@ mod tests {
             parse(b"-MOVED 1 x:2\r\n").unwrap().unwrap().0,
             Frame::Error(e) if e.starts_with("MOVED")
         ));
+    }
+
+    #[test]
+    fn cluster_nodes() {
+        let text = "f3 127.0.0.1:32105@42105 slave 90 0 1 1 connected\n\
+            90 127.0.0.1:32101@42101 myself,master - 0 0 1 connected 0-5460 [5461->-fe]\n\
+            21 127.0.0.1:32103@42103 master - 0 1 3 connected 10923-16383\n\
+            fe 127.0.0.1:32102@42102 master - 0 1 2 connected 5461-10922\n\
+            dd 127.0.0.1:32109@42109 master,fail - 0 1 2 disconnected\n";
+        let shards = parse_nodes(text);
+        assert_eq!(shards.len(), 3);
+        assert_eq!((shards[0].port, shards[0].replicas), (32101, 1));
+        assert_eq!(shards[0].ranges, [(0, 5460)]);
+        assert_eq!(shards[1].replicas, 0);
+        assert!(complete(&shards));
     }
 
     #[test]

@@ -460,21 +460,68 @@ impl Conn {
     }
 
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T> {
-        self.run(|mut c| async move { cmd.query_async(&mut c).await })
-            .await
+        let once = || {
+            self.run_raw(|mut c| {
+                let cmd = &cmd;
+                async move { cmd.query_async(&mut c).await }
+            })
+        };
+        once().await.or_else_moved(once).await
     }
 
     pub(crate) async fn pipe<T: FromRedisValue>(&self, pipe: redis::Pipeline) -> Result<T> {
-        self.run(|mut c| async move { pipe.query_async(&mut c).await })
+        let once = || self.pipe_once(&pipe);
+        once().await.or_else_moved(once).await
+    }
+
+    async fn pipe_once<T: FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> std::result::Result<T, Redirected> {
+        self.run_raw(|mut c| async move { pipe.query_async(&mut c).await })
             .await
+    }
+
+    /// [`run`](Self::run), but a redirection (`MOVED`/`ASK`, which redis-rs's cluster
+    /// connection hands back for pipelines) is told apart: the slot map this connection
+    /// holds is stale (a failover, a slot migration), so the connection is replaced (the
+    /// new one reads the map afresh) and the caller may try once more — a redirected
+    /// command did not run.
+    async fn run_raw<T, F, Fut>(&self, f: F) -> std::result::Result<T, Redirected>
+    where
+        F: FnOnce(Handle) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let mut generation = None;
+        let r = self
+            .run(|c| {
+                generation = Some(self.current.read().0);
+                f(c)
+            })
+            .await;
+        match r {
+            Err(StoreError::Internal(msg)) if msg.starts_with(REDIRECTED) => {
+                if let Some(g) = generation {
+                    self.renew(g);
+                }
+                Err(Redirected::Moved(StoreError::Unavailable(msg)))
+            }
+            Err(e) => Err(Redirected::Other(e)),
+            Ok(v) => Ok(v),
+        }
     }
 
     pub(crate) async fn eval<T: FromRedisValue>(
         &self,
         inv: ScriptInvocation<'static>,
     ) -> Result<T> {
-        self.run(|mut c| async move { inv.invoke_async(&mut c).await })
-            .await
+        let once = || {
+            self.run_raw(|mut c| {
+                let inv = &inv;
+                async move { inv.invoke_async(&mut c).await }
+            })
+        };
+        once().await.or_else_moved(once).await
     }
 
     /// Runs a write script, then `WAIT replicas` on the *same connection* (one pipeline):
@@ -491,18 +538,24 @@ impl Conn {
             .cmd("WAIT")
             .arg(replicas)
             .arg(REPLICA_ACK_TIMEOUT.as_millis() as u64);
-        self.run(|mut c| async move {
-            use redis::{ErrorKind, ServerErrorKind};
-            match pipe.query_async::<(Value, u32)>(&mut c).await {
-                // After a restart or a failover to a replica without it: load, run again.
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    inv.load_async(&mut c).await?;
-                    pipe.query_async(&mut c).await
+        let once = || {
+            self.run_raw(|mut c| {
+                let pipe = &pipe;
+                async move {
+                    use redis::{ErrorKind, ServerErrorKind};
+                    match pipe.query_async::<(Value, u32)>(&mut c).await {
+                        // After a restart or a failover to a replica without it: load, run
+                        // again.
+                        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                            inv.load_async(&mut c).await?;
+                            pipe.query_async(&mut c).await
+                        }
+                        r => r,
+                    }
                 }
-                r => r,
-            }
-        })
-        .await
+            })
+        };
+        once().await.or_else_moved(once).await
     }
 
     /// `SET KEY` + `WAIT replicas` in one pipeline: makes the connection's replication
@@ -523,10 +576,47 @@ impl Conn {
     }
 }
 
+/// How `map_err` words a redirection (`MOVED`/`ASK`) that reached us.
+const REDIRECTED: &str = "redis: redirected: ";
+
+/// A call's failure, telling apart a redirection (retry once on a fresh slot map).
+enum Redirected {
+    Moved(StoreError),
+    Other(StoreError),
+}
+
+trait OrElseMoved<T> {
+    /// Tries `again` after a redirection; gives the error otherwise.
+    async fn or_else_moved<F, Fut>(self, again: F) -> Result<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, Redirected>>;
+}
+
+impl<T> OrElseMoved<T> for std::result::Result<T, Redirected> {
+    async fn or_else_moved<F, Fut>(self, again: F) -> Result<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, Redirected>>,
+    {
+        match self {
+            Ok(v) => Ok(v),
+            Err(Redirected::Other(e)) => Err(e),
+            Err(Redirected::Moved(_)) => match again().await {
+                Ok(v) => Ok(v),
+                Err(Redirected::Moved(e) | Redirected::Other(e)) => Err(e),
+            },
+        }
+    }
+}
+
 /// Who is at fault: Redis being away or busy is `Unavailable`; anything else (a script
 /// error, an unexpected reply) is a bug or corrupt data.
 fn map_err(e: RedisError) -> StoreError {
     use redis::{ErrorKind, ServerErrorKind as S};
+    if matches!(e.kind(), ErrorKind::Server(S::Moved | S::Ask)) {
+        return StoreError::Internal(format!("{REDIRECTED}{e}"));
+    }
     let unavailable = match e.kind() {
         ErrorKind::Io | ErrorKind::AuthenticationFailed | ErrorKind::ClusterConnectionNotFound => {
             true
