@@ -480,6 +480,15 @@ impl RedisCluster {
         }
     }
 
+    /// Starts the node on `port` again (empty: it rejoins from its `nodes.conf`, as a
+    /// replica of whoever took over its slots, and copies their data).
+    pub async fn restart(&mut self, port: u16) -> io::Result<()> {
+        match self.nodes.iter_mut().find(|n| n.port() == port) {
+            Some(n) => n.restart().await,
+            None => Err(io::Error::other("no such node")),
+        }
+    }
+
     fn alive(&self) -> impl Iterator<Item = &RedisServer> {
         self.nodes.iter().filter(|n| n.child.is_some())
     }
