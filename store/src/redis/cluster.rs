@@ -311,7 +311,10 @@ pub(super) async fn canaries(conn: Arc<Conn>, channels: Arc<Mutex<Vec<String>>>)
         let sends = targets.into_iter().map(|c| {
             let conn = conn.clone();
             async move {
-                let cmd = redis::cmd("SPUBLISH").arg(&c).arg(format!("p|{n}")).to_owned();
+                let cmd = redis::cmd("SPUBLISH")
+                    .arg(&c)
+                    .arg(format!("p|{n}"))
+                    .to_owned();
                 if let Err(e) = conn.query::<i64>(cmd).await {
                     tracing::debug!(error = %e, channel = c, "redis cluster: canary not published");
                 }
@@ -417,8 +420,7 @@ impl Session<'_> {
         index: usize,
     ) -> Ended {
         let addr = format!("{}:{}", self.shard.host, self.shard.port);
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await
-        {
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Ended::Connect(e.to_string()),
             Err(_) => return Ended::Connect("timed out".into()),
@@ -634,7 +636,9 @@ fn parse(buf: &[u8]) -> std::result::Result<Option<(Frame, usize)>, String> {
     };
     let line = || String::from_utf8_lossy(&buf[1..end]).into_owned();
     let number = || -> std::result::Result<i64, String> {
-        line().parse().map_err(|_| format!("bad length {:?}", line()))
+        line()
+            .parse()
+            .map_err(|_| format!("bad length {:?}", line()))
     };
     match buf.first() {
         Some(b'+') => Ok(Some((Frame::Simple(line()), end + 2))),

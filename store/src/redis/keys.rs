@@ -58,7 +58,10 @@ pub(crate) fn rate(key: &str) -> String {
 /// that the several limits one request checks at once (`check_all`, one script) share a
 /// slot. A key without that shape is its own tag.
 pub(crate) fn rate_clustered(key: &str) -> String {
-    let tag = key.split(':').nth(1).filter(|_| key.matches(':').count() >= 2);
+    let tag = key
+        .split(':')
+        .nth(1)
+        .filter(|_| key.matches(':').count() >= 2);
     format!("confab:rl:{{r:{}}}:{key}", seg(tag.unwrap_or(key)))
 }
 
@@ -274,7 +277,11 @@ mod tests {
         assert_eq!(slot("foo"), 12182);
         assert_eq!(slot("123456789"), 12739);
         assert_eq!(slot("confab:{t:demo}:meta"), slot("t:demo"));
-        assert_eq!(slot("a{}b"), slot("a{}b"), "an empty tag hashes the whole key");
+        assert_eq!(
+            slot("a{}b"),
+            slot("a{}b"),
+            "an empty tag hashes the whole key"
+        );
         let k = TenantKeys::new("demo");
         let ch = Channels::new(0);
         assert_eq!(slot(&k.log()), slot(&ch.tenant("demo")));
@@ -287,7 +294,10 @@ mod tests {
         let b = rate_clustered("ip:demo:10.0.0.1");
         assert_eq!(slot(&a), slot(&b));
         assert_eq!(a, "confab:rl:{r:demo}:msg:demo:v_1");
-        assert_eq!(rate_clustered("cfg-ip:?:1.2.3.4"), "confab:rl:{r:~3f}:cfg-ip:?:1.2.3.4");
+        assert_eq!(
+            rate_clustered("cfg-ip:?:1.2.3.4"),
+            "confab:rl:{r:~3f}:cfg-ip:?:1.2.3.4"
+        );
         assert_eq!(rate_clustered("plain"), "confab:rl:{r:plain}:plain");
     }
 }

@@ -124,8 +124,12 @@
 //! - `appendfsync no` / RDB snapshots only: acknowledged messages since the last
 //!   flush/snapshot can be lost. Fine for a cache, not for chat history.
 //!
-//! With replicas, a failover can lose writes the replica had not received; Redis 7.2's
-//! `WAITAOF` could make the acknowledgement wait for them (not done here).
+//! With replicas, a failover can lose writes the replica had not received. With
+//! `replica_acks = N` ([`RedisOptions`]) a commit is acknowledged only once `WAIT N`
+//! (sent in the same pipeline as the script, so on the same connection) says N replicas
+//! have it; otherwise the caller gets `Unavailable` — a retry with the same
+//! clientMessageId is safe. A duplicate answer first writes `{t:T}:sync` so that its
+//! `WAIT` covers the original write.
 //!
 //! ## Cluster
 //!
@@ -134,12 +138,14 @@
 //! a message's commit (conversation + tenant log) atomic in one script; the cost is that
 //! one tenant's load cannot be spread over shards, which suits chat widgets (many modest
 //! tenants). Scripts declare every key they touch in `KEYS`. The global keys
-//! (`confab:tenants`, `confab:secret`, nonces, limiter keys) are used by single commands.
-//! This module speaks to one Redis (standalone, or behind a proxy/Sentinel address);
-//! running on Cluster needs a cluster client and `SPUBLISH`/`SSUBSCRIBE` (sharded pub/sub:
-//! the channel names already carry the tenant's hash tag) — not done yet.
+//! (`confab:tenants`, `confab:secret`, nonces, leases) are used by single-key commands or
+//! single-key scripts; the limiter's keys get the tag `{r:TENANT}` on a cluster so that
+//! one request's limits (one script) share a slot.
+//! `redis-cluster://` (see `cluster.rs`) uses redis-rs's cluster connection for commands,
+//! `SPUBLISH` in the scripts (channels carry the tenant's tag, so they stay in the slot)
+//! and one `SSUBSCRIBE` session per master.
 //!
-//! Requires Redis ≥ 6.2 (`XTRIM MINID`).
+//! Requires Redis ≥ 6.2 (`XTRIM MINID`); Redis Cluster needs Redis ≥ 7 (sharded pub/sub).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -178,8 +184,8 @@ use codec::{
     conversation_template, fill_conversation, message_template, parse_conversation, parse_message,
     ConvSlots, LEGACY_TAIL, PIECES,
 };
-use keys::{Channels, TenantKeys};
 pub use keys::slot;
+use keys::{Channels, TenantKeys};
 pub use limiter::RedisRateLimiter;
 pub use pubsub::RedisBroker;
 
