@@ -351,7 +351,7 @@ impl redis::aio::ConnectionLike for Handle {
 /// Where new connections come from.
 enum Source {
     Single(redis::Client),
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 /// The command connection: one multiplexed connection (per Redis node) shared by every
@@ -386,7 +386,7 @@ impl Conn {
 
     async fn new_cluster(client: ClusterClient) -> Result<Conn> {
         let conn = Conn {
-            source: Source::Cluster(client),
+            source: Source::Cluster(Box::new(client)),
             current: RwLock::new((0, None)),
         };
         conn.handle().await?;
