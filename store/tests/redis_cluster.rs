@@ -44,7 +44,12 @@ async fn cluster_backend_conforms() {
 async fn tenant_on(cluster: &RedisCluster, port: u16) -> String {
     loop {
         let t = format!("t{}", rand::random::<u64>());
-        if cluster.master_of(slot(&format!("{{t:{t}}}"))).await.unwrap() == port {
+        if cluster
+            .master_of(slot(&format!("{{t:{t}}}")))
+            .await
+            .unwrap()
+            == port
+        {
             return t;
         }
     }
@@ -95,7 +100,8 @@ impl EventSink for ChanSink {
 /// and publications reach a node subscribed through the shard that owns them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_pubsub_spreads_over_the_masters() {
-    let Some(cluster) = RedisCluster::start_or_skip("sharded_pubsub_spreads_over_the_masters").await
+    let Some(cluster) =
+        RedisCluster::start_or_skip("sharded_pubsub_spreads_over_the_masters").await
     else {
         return;
     };
@@ -284,12 +290,12 @@ async fn a_master_failover_loses_no_acknowledged_message() {
          back after {:?}",
         killed_at.elapsed()
     );
-    cluster
-        .wait_serving(Duration::from_secs(20))
-        .await
-        .unwrap();
+    cluster.wait_serving(Duration::from_secs(20)).await.unwrap();
     assert_ne!(
-        cluster.master_of(slot(&format!("{{t:{t}}}"))).await.unwrap(),
+        cluster
+            .master_of(slot(&format!("{{t:{t}}}")))
+            .await
+            .unwrap(),
         victim,
         "a replica took over"
     );
@@ -309,7 +315,10 @@ async fn a_master_failover_loses_no_acknowledged_message() {
             )
         })
         .collect();
-    assert_eq!(history, acked, "every acked message once, in order, nothing else");
+    assert_eq!(
+        history, acked,
+        "every acked message once, in order, nothing else"
+    );
     assert_eq!(
         delivered,
         (1..=N as u64).collect::<Vec<_>>(),

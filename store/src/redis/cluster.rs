@@ -696,7 +696,7 @@ mod tests {
 
     #[test]
     fn frames() {
-        let msg = b"*3\r\n$8\r\nsmessage\r\n$2\r\nch\r\n$3\r\na\r\nb\r\n";
+        let msg = b"*3\r\n$8\r\nsmessage\r\n$2\r\nch\r\n$4\r\na\r\nb\r\n";
         let (f, used) = parse(msg).unwrap().unwrap();
         assert_eq!(used, msg.len());
         let Frame::Array(items) = f else {
