@@ -58,7 +58,9 @@ impl Location {
     /// Where a configuration keeps its attachments; `Err` explains a bad or missing
     /// `attachments_store` (Redis mode needs an S3 store: its nodes share no disk).
     pub fn of(c: &Config) -> Result<Location, String> {
-        let redis = c.store.starts_with("redis://") || c.store.starts_with("rediss://");
+        let redis = c.store.starts_with("redis://")
+            || c.store.starts_with("rediss://")
+            || c.store.starts_with("redis-cluster://");
         let Some(url) = &c.attachments_store else {
             if redis {
                 // Nodes share no disk: without an S3 store there is nowhere to put files.

@@ -56,7 +56,8 @@ pub struct ServeArgs {
     /// Address to listen on (overrides `listen`; env CONFAB_LISTEN).
     #[arg(long)]
     pub listen: Option<String>,
-    /// Store URL: `sqlite:PATH`, `memory` or `redis://HOST:PORT/DB` (env CONFAB_STORE).
+    /// Store URL: `sqlite:PATH`, `memory`, `redis://HOST:PORT/DB` or
+    /// `redis-cluster://HOST:PORT,HOST:PORT,…` (env CONFAB_STORE).
     #[arg(long)]
     pub store: Option<String>,
 }

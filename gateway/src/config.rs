@@ -30,6 +30,11 @@ pub struct Config {
     pub listen: String,
     #[serde(default = "default_store")]
     pub store: String,
+    /// Redis modes: an ack also waits until this many replicas hold the write (`WAIT`);
+    /// too few in time → 503 `store_unavailable`. Absent: 1 on a `redis-cluster://` store
+    /// whose shards have replicas, 0 otherwise.
+    #[serde(default)]
+    pub redis_replica_acks: Option<u32>,
     /// Global origin allowlist; empty = any origin.
     #[serde(default)]
     pub allowed_origins: Vec<String>,

@@ -137,9 +137,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let config = &settings.config;
-    let backend =
-        confab_store::open_with_clock(&config.store, options.retention, options.clock.clone())
-            .await?;
+    let redis = confab_store::redis::RedisOptions {
+        replica_acks: config.redis_replica_acks,
+    };
+    let backend = confab_store::open_with_options(
+        &config.store,
+        options.retention,
+        options.clock.clone(),
+        &redis,
+    )
+    .await?;
     let secret = match &config.session_secret {
         Some(s) => s.as_bytes().to_vec(),
         None => {

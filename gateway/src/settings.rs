@@ -159,6 +159,12 @@ impl Settings {
 }
 
 fn check_globals(c: &Config) -> Result<(), String> {
+    let redis = ["redis://", "rediss://", "redis-cluster://"]
+        .iter()
+        .any(|p| c.store.starts_with(p));
+    if c.redis_replica_acks.is_some_and(|n| n > 0) && !redis {
+        return Err("redis_replica_acks applies to Redis stores only".into());
+    }
     if c.tenants.is_empty() {
         return Err("no tenants configured: add at least one [[tenants]] table".into());
     }

@@ -751,12 +751,14 @@ async fn retention_and_recovery(f: &Factory) {
         tail.events.iter().map(|e| e.offset).collect::<Vec<_>>(),
         vec![8, 9, 10]
     );
-    // The age floor protects young events whatever their number.
+    // The age floor protects young events whatever their number. (A tenant of its own:
+    // backends on a cluster share one keyspace.)
     let b = f(Retention {
         min_events: 3,
         min_age_ms: 3_600_000,
     })
     .await;
+    let t = tenant();
     for i in 0..10 {
         b.store
             .append_event(&t, "campaign:progress", json!({"i": i}), None)

@@ -761,6 +761,18 @@ pub async fn open(url: &str, retention: Retention) -> Result<Backend> {
 
 /// Opens a backend from its URL, stamping time with the node's `clock`.
 pub async fn open_with_clock(url: &str, retention: Retention, clock: Clock) -> Result<Backend> {
+    open_with_options(url, retention, clock, &redis::RedisOptions::default()).await
+}
+
+/// Opens a backend from its URL (`memory`, `sqlite:PATH`, `redis://…` or
+/// `redis-cluster://HOST:PORT,HOST:PORT,…`), stamping time with the node's `clock`;
+/// `redis` applies to the Redis backends only.
+pub async fn open_with_options(
+    url: &str,
+    retention: Retention,
+    clock: Clock,
+    redis: &redis::RedisOptions,
+) -> Result<Backend> {
     if url == "memory" {
         let s = Arc::new(sqlite::SqliteStore::open_memory(retention, clock)?);
         return Ok(Backend {
@@ -792,10 +804,13 @@ pub async fn open_with_clock(url: &str, retention: Retention, clock: Clock) -> R
             limiter: Arc::new(ratelimit::MemoryRateLimiter::default()),
         });
     }
-    if url.starts_with("redis://") || url.starts_with("rediss://") {
-        return redis::open(url, retention, clock).await;
+    if url.starts_with("redis://")
+        || url.starts_with("rediss://")
+        || url.starts_with("redis-cluster://")
+    {
+        return redis::open(url, retention, clock, redis).await;
     }
     Err(StoreError::Internal(format!(
-        "unknown store URL {url:?}: use memory, sqlite:PATH or redis://HOST:PORT/DB"
+        "unknown store URL {url:?}: use memory, sqlite:PATH, redis://HOST:PORT/DB or redis-cluster://HOST:PORT,HOST:PORT,…"
     )))
 }

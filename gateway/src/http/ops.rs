@@ -38,7 +38,8 @@ pub async fn healthz() -> Response {
     json_text(StatusCode::OK, r#"{"status":"ok"}"#.into())
 }
 
-/// `GET /readyz`: the store answers (and, in Redis mode, the subscription is alive).
+/// `GET /readyz`: the store answers (on a Redis Cluster: every master answers `PING`) and,
+/// in Redis modes, the subscription is alive (on a cluster: every shard's session).
 #[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready to serve.", body = Health),

@@ -51,7 +51,7 @@ local function append_message(c)
   if cmid ~= '' then
     redis.call('HSET', KEYS[3], cmid, int(seq))
   end
-  redis.call('PUBLISH', ARGV[10], 'm|' .. int(seq) .. '|' .. json)
+  redis.call(PUB, ARGV[10], 'm|' .. int(seq) .. '|' .. json)
   append_event(KEYS[6], KEYS[7], ARGV[11], now, 'message:new', json, min_events, min_age)
   local changed = c.st == 'closed' or (ARGV[13] ~= '' and ARGV[13] ~= c.h)
   relist({open = KEYS[4], closed = KEYS[5]}, id, c.st, c.um, 'open', now)
@@ -67,7 +67,7 @@ local function append_message(c)
   if changed then
     local cj = conv_json(c)
     append_event(KEYS[6], KEYS[7], ARGV[11], now, 'conversation:updated', cj, min_events, min_age)
-    redis.call('PUBLISH', ARGV[10], 'u|' .. cj)
+    redis.call(PUB, ARGV[10], 'u|' .. cj)
   end
   local owed = 0
   if ARGV[12] == '1' and c.h == 'bot' then

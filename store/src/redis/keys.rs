@@ -53,6 +53,44 @@ pub(crate) fn rate(key: &str) -> String {
     format!("confab:rl:{key}")
 }
 
+/// A rate limiter key on a Redis Cluster: `confab:rl:{r:TAG}:KEY`, where `TAG` is the
+/// key's second `:`-separated segment (the gateway's keys are `PREFIX:TENANT:SUBJECT`), so
+/// that the several limits one request checks at once (`check_all`, one script) share a
+/// slot. A key without that shape is its own tag.
+pub(crate) fn rate_clustered(key: &str) -> String {
+    let tag = key
+        .split(':')
+        .nth(1)
+        .filter(|_| key.matches(':').count() >= 2);
+    format!("confab:rl:{{r:{}}}:{key}", seg(tag.unwrap_or(key)))
+}
+
+/// The hash slot of a key or sharded channel (CRC16/XMODEM of its hash tag, mod 16384), as
+/// Redis Cluster computes it: which shard owns it.
+pub fn slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let close = bytes[open + 1..].iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &bytes[open + 1..open + 1 + close])
+    });
+    crc16(tagged.unwrap_or(bytes)) % 16384
+}
+
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
 /// The keys of one tenant (all in the tenant's hash slot).
 pub(crate) struct TenantKeys {
     /// `confab:{t:TENANT}`.
@@ -134,6 +172,13 @@ impl TenantKeys {
         format!("{}:presence:info", self.base)
     }
 
+    /// STRING written before a `WAIT` that follows a read-only answer (a duplicate): it
+    /// moves the connection's replication offset past everything stored before, so the
+    /// `WAIT` covers the write the duplicate refers to.
+    pub(crate) fn sync(&self) -> String {
+        format!("{}:sync", self.base)
+    }
+
     /// HASH `offset` (forward only), `state` (the rest of `WebhookState`, JSON) of one
     /// webhook.
     pub(crate) fn webhook(&self, webhook: &str) -> String {
@@ -164,6 +209,12 @@ impl Channels {
     /// Everything a tenant's agents see.
     pub(crate) fn tenant(&self, tenant: &str) -> String {
         format!("{}{{t:{}}}:events", self.prefix, seg(tenant))
+    }
+
+    /// One node's canary channel on a Redis Cluster shard: `k` is chosen so that the hash
+    /// tag lands in a slot the shard owns (sharded pub/sub stays on one shard).
+    pub(crate) fn node_on_shard(&self, node: &str, k: u32) -> String {
+        format!("{}{{n:{node}:{k}}}", self.prefix)
     }
 
     /// One node's own channel: its liveness canary.
@@ -218,5 +269,35 @@ mod tests {
             assert_eq!(key.matches('{').count(), 1);
         }
         assert_eq!(k.messages("x:y}"), "confab:{t:demo}:msgs:~783a797d");
+    }
+
+    #[test]
+    fn slots_match_redis_cluster() {
+        // Values from `CLUSTER KEYSLOT`.
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("123456789"), 12739);
+        assert_eq!(slot("confab:{t:demo}:meta"), slot("t:demo"));
+        assert_eq!(
+            slot("a{}b"),
+            slot("a{}b"),
+            "an empty tag hashes the whole key"
+        );
+        let k = TenantKeys::new("demo");
+        let ch = Channels::new(0);
+        assert_eq!(slot(&k.log()), slot(&ch.tenant("demo")));
+        assert_eq!(slot(&k.log()), slot(&ch.conversation("demo", "c1")));
+    }
+
+    #[test]
+    fn a_requests_limits_share_a_slot_on_a_cluster() {
+        let a = rate_clustered("msg:demo:v_1");
+        let b = rate_clustered("ip:demo:10.0.0.1");
+        assert_eq!(slot(&a), slot(&b));
+        assert_eq!(a, "confab:rl:{r:demo}:msg:demo:v_1");
+        assert_eq!(
+            rate_clustered("cfg-ip:?:1.2.3.4"),
+            "confab:rl:{r:~3f}:cfg-ip:?:1.2.3.4"
+        );
+        assert_eq!(rate_clustered("plain"), "confab:rl:{r:plain}:plain");
     }
 }

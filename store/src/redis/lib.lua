@@ -113,7 +113,7 @@ end
 local function append_event(meta, log, chan, now, kind, data, min_events, min_age)
   local off = redis.call('HINCRBY', meta, 'offset', 1)
   redis.call('XADD', log, int(off) .. '-' .. int(now), 'k', kind, 'd', data)
-  redis.call('PUBLISH', chan, 'e|' .. int(off) .. '|' .. int(now) .. '|' .. int(#kind) .. '|' .. kind .. data)
+  redis.call(PUB, chan, 'e|' .. int(off) .. '|' .. int(now) .. '|' .. int(#kind) .. '|' .. kind .. data)
   trim(meta, log, off, now, min_events, min_age, 4)
   return off
 end

@@ -16,11 +16,22 @@ use crate::Result;
 /// The Redis [`RateLimiter`].
 pub struct RedisRateLimiter {
     conn: Arc<Conn>,
+    /// On a Redis Cluster the keys carry a hash tag, so one request's limits share a slot
+    /// (see `keys::rate_clustered`).
+    clustered: bool,
 }
 
 impl RedisRateLimiter {
-    pub(crate) fn new(conn: Arc<Conn>) -> RedisRateLimiter {
-        RedisRateLimiter { conn }
+    pub(crate) fn new(conn: Arc<Conn>, clustered: bool) -> RedisRateLimiter {
+        RedisRateLimiter { conn, clustered }
+    }
+
+    fn key(&self, key: &str) -> String {
+        if self.clustered {
+            keys::rate_clustered(key)
+        } else {
+            keys::rate(key)
+        }
     }
 }
 
@@ -51,10 +62,29 @@ impl RateLimiter for RedisRateLimiter {
                 refused: i,
             });
         }
+        if self.clustered {
+            let first = keys::slot(&self.key(limits[0].key));
+            if limits.iter().any(|l| keys::slot(&self.key(l.key)) != first) {
+                // Limits of different tenants cannot be checked in one script on a cluster;
+                // the gateway never asks for that (one request, one tenant). Checked one
+                // after the other: no longer all-or-nothing, still never over a limit.
+                for (i, l) in limits.iter().enumerate() {
+                    if let Decision::Limited { retry_after_ms, .. } =
+                        self.check_all(std::slice::from_ref(l), now_ms).await?
+                    {
+                        return Ok(Decision::Limited {
+                            retry_after_ms,
+                            refused: i,
+                        });
+                    }
+                }
+                return Ok(Decision::Allowed);
+            }
+        }
         let mut inv = scripts::GCRA.prepare_invoke();
         inv.arg(now_ms);
         for l in limits {
-            inv.key(keys::rate(l.key)).arg(l.limit).arg(l.window_ms);
+            inv.key(self.key(l.key)).arg(l.limit).arg(l.window_ms);
         }
         let (allowed, wait, refused): (i64, i64, i64) = self.conn.eval(inv).await?;
         Ok(if allowed == 1 {

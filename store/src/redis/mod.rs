@@ -124,8 +124,12 @@
 //! - `appendfsync no` / RDB snapshots only: acknowledged messages since the last
 //!   flush/snapshot can be lost. Fine for a cache, not for chat history.
 //!
-//! With replicas, a failover can lose writes the replica had not received; Redis 7.2's
-//! `WAITAOF` could make the acknowledgement wait for them (not done here).
+//! With replicas, a failover can lose writes the replica had not received. With
+//! `replica_acks = N` ([`RedisOptions`]) a commit is acknowledged only once `WAIT N`
+//! (sent in the same pipeline as the script, so on the same connection) says N replicas
+//! have it; otherwise the caller gets `Unavailable` — a retry with the same
+//! clientMessageId is safe. A duplicate answer first writes `{t:T}:sync` so that its
+//! `WAIT` covers the original write.
 //!
 //! ## Cluster
 //!
@@ -134,12 +138,14 @@
 //! a message's commit (conversation + tenant log) atomic in one script; the cost is that
 //! one tenant's load cannot be spread over shards, which suits chat widgets (many modest
 //! tenants). Scripts declare every key they touch in `KEYS`. The global keys
-//! (`confab:tenants`, `confab:secret`, nonces, limiter keys) are used by single commands.
-//! This module speaks to one Redis (standalone, or behind a proxy/Sentinel address);
-//! running on Cluster needs a cluster client and `SPUBLISH`/`SSUBSCRIBE` (sharded pub/sub:
-//! the channel names already carry the tenant's hash tag) — not done yet.
+//! (`confab:tenants`, `confab:secret`, nonces, leases) are used by single-key commands or
+//! single-key scripts; the limiter's keys get the tag `{r:TENANT}` on a cluster so that
+//! one request's limits (one script) share a slot.
+//! `redis-cluster://` (see `cluster.rs`) uses redis-rs's cluster connection for commands,
+//! `SPUBLISH` in the scripts (channels carry the tenant's tag, so they stay in the slot)
+//! and one `SSUBSCRIBE` session per master.
 //!
-//! Requires Redis ≥ 6.2 (`XTRIM MINID`).
+//! Requires Redis ≥ 6.2 (`XTRIM MINID`); Redis Cluster needs Redis ≥ 7 (sharded pub/sub).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -151,6 +157,8 @@ use confab_protocol::time::format_ms;
 use dashmap::DashMap;
 use parking_lot::RwLock;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, RedisError, RedisResult, ScriptInvocation, Value};
 use serde_json::Value as Json;
 
@@ -162,6 +170,7 @@ use crate::{
     VisitorRecord, WebhookState,
 };
 
+pub mod cluster;
 mod codec;
 mod keys;
 mod limiter;
@@ -175,6 +184,7 @@ use codec::{
     conversation_template, fill_conversation, message_template, parse_conversation, parse_message,
     ConvSlots, LEGACY_TAIL, PIECES,
 };
+pub use keys::slot;
 use keys::{Channels, TenantKeys};
 pub use limiter::RedisRateLimiter;
 pub use pubsub::RedisBroker;
@@ -188,11 +198,29 @@ const PROFILE_ATTEMPTS: usize = 8;
 /// Events `maintain` drops per script call (keeps each call short).
 const TRIM_BUDGET: usize = 1000;
 
+/// How long an acknowledged write waits for `redis_replica_acks` replicas (`WAIT`) before
+/// the caller gets `Unavailable` (below [`COMMAND_TIMEOUT`], which bounds the round trip).
+pub const REPLICA_ACK_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// What the Redis backends take beyond the URL.
+#[derive(Clone, Debug, Default)]
+pub struct RedisOptions {
+    /// `redis_replica_acks`: how many replicas must hold a message before it is
+    /// acknowledged (`WAIT` after the append script). `None`: 1 on a cluster whose every
+    /// shard has a replica, 0 otherwise.
+    pub replica_acks: Option<u32>,
+}
+
 /// Opens the Redis backend: the store, the broker and the rate limiter of one node.
 /// Fails with `Unavailable` when Redis does not answer a `PING` in time (after that,
 /// outages are survived: calls fail fast and everything reconnects by itself).
-pub async fn open(url: &str, retention: Retention, clock: Clock) -> Result<Backend> {
-    let node = RedisNode::connect(url, retention, clock).await?;
+pub async fn open(
+    url: &str,
+    retention: Retention,
+    clock: Clock,
+    options: &RedisOptions,
+) -> Result<Backend> {
+    let node = RedisNode::connect_with(url, retention, clock, options).await?;
     Ok(Backend {
         store: node.store,
         broker: node.broker,
@@ -208,8 +236,22 @@ pub struct RedisNode {
 }
 
 impl RedisNode {
-    /// Connects to `url` (`redis://[user:pass@]host:port[/db]`).
+    /// Connects to `url` (`redis://[user:pass@]host:port[/db]` or
+    /// `redis-cluster://[user:pass@]host:port,host:port,…`) with the default options.
     pub async fn connect(url: &str, retention: Retention, clock: Clock) -> Result<RedisNode> {
+        Self::connect_with(url, retention, clock, &RedisOptions::default()).await
+    }
+
+    /// Connects to `url` (see [`connect`](Self::connect)).
+    pub async fn connect_with(
+        url: &str,
+        retention: Retention,
+        clock: Clock,
+        options: &RedisOptions,
+    ) -> Result<RedisNode> {
+        if let Some(seeds) = cluster::seeds(url)? {
+            return Self::connect_cluster(seeds, retention, clock, options).await;
+        }
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Internal(format!("bad Redis URL {url:?}: {e}")))?;
         let db = client.get_connection_info().redis_settings().db();
@@ -222,9 +264,45 @@ impl RedisNode {
             retention,
             clock,
             registered: DashMap::new(),
+            sharded: false,
+            replica_acks: options.replica_acks.unwrap_or(0),
         });
         let broker = Arc::new(RedisBroker::start(client, conn.clone(), channels));
-        let limiter = Arc::new(RedisRateLimiter::new(conn));
+        let limiter = Arc::new(RedisRateLimiter::new(conn, false));
+        Ok(RedisNode {
+            store,
+            broker,
+            limiter,
+        })
+    }
+
+    async fn connect_cluster(
+        seeds: cluster::Seeds,
+        retention: Retention,
+        clock: Clock,
+        options: &RedisOptions,
+    ) -> Result<RedisNode> {
+        let client = seeds.client()?;
+        let conn = Arc::new(Conn::new_cluster(client).await?);
+        // PING goes to every master: all shards answer, or opening fails.
+        let _: String = conn.query(redis::cmd("PING")).await?;
+        let shards = cluster::topology(&conn).await?;
+        let replica_acks = options.replica_acks.unwrap_or_else(|| {
+            u32::from(!shards.is_empty() && shards.iter().all(|s| s.replicas > 0))
+        });
+        // Pub/sub ignores databases, and a cluster has only database 0.
+        let channels = Channels::new(0);
+        let store = Arc::new(RedisStore {
+            conn: conn.clone(),
+            channels: channels.clone(),
+            retention,
+            clock,
+            registered: DashMap::new(),
+            sharded: true,
+            replica_acks,
+        });
+        let broker = Arc::new(RedisBroker::start_cluster(conn.clone(), channels, seeds));
+        let limiter = Arc::new(RedisRateLimiter::new(conn, true));
         Ok(RedisNode {
             store,
             broker,
@@ -233,11 +311,56 @@ impl RedisNode {
     }
 }
 
-/// The command connection: one multiplexed connection shared by every call of the node.
+/// A command connection: a single Redis's `ConnectionManager`, or a cluster connection
+/// (redis-rs `cluster_async`: slot map from the seeds, `MOVED`/`ASK` followed, slot map
+/// refreshed after redirections and reconnections).
+#[derive(Clone)]
+pub(crate) enum Handle {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Handle {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Handle::Single(c) => c.req_packed_command(cmd),
+            Handle::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Handle::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Handle::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Handle::Single(c) => c.get_db(),
+            Handle::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where new connections come from.
+enum Source {
+    Single(redis::Client),
+    Cluster(Box<ClusterClient>),
+}
+
+/// The command connection: one multiplexed connection (per Redis node) shared by every
+/// call of the node.
 pub(crate) struct Conn {
-    client: redis::Client,
-    /// The connection and its generation; replaced after a timeout.
-    current: RwLock<(u64, ConnectionManager)>,
+    source: Source,
+    /// The connection and its generation; replaced after a timeout. `None`: a cluster
+    /// connection to be made by the next call (making one takes round trips).
+    current: RwLock<(u64, Option<Handle>)>,
 }
 
 fn manager_config() -> ConnectionManagerConfig {
@@ -256,19 +379,52 @@ impl Conn {
         let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())
             .map_err(map_err)?;
         Ok(Conn {
-            client,
-            current: RwLock::new((0, manager)),
+            source: Source::Single(client),
+            current: RwLock::new((0, Some(Handle::Single(manager)))),
         })
+    }
+
+    async fn new_cluster(client: ClusterClient) -> Result<Conn> {
+        let conn = Conn {
+            source: Source::Cluster(Box::new(client)),
+            current: RwLock::new((0, None)),
+        };
+        conn.handle().await?;
+        Ok(conn)
+    }
+
+    /// The current connection, made first when there is none.
+    async fn handle(&self) -> Result<(u64, Handle)> {
+        let (generation, current) = self.current.read().clone();
+        if let Some(h) = current {
+            return Ok((generation, h));
+        }
+        let Source::Cluster(client) = &self.source else {
+            return Err(StoreError::Internal("redis: no connection".into()));
+        };
+        let made = tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_connection())
+            .await
+            .map_err(|_| StoreError::Unavailable("Redis Cluster did not answer in time".into()))?
+            .map_err(map_err)?;
+        let mut current = self.current.write();
+        match &current.1 {
+            // Someone else made one meanwhile: use theirs.
+            Some(h) => Ok((current.0, h.clone())),
+            None => {
+                current.1 = Some(Handle::Cluster(made.clone()));
+                Ok((current.0, Handle::Cluster(made)))
+            }
+        }
     }
 
     /// Runs `f` on the connection, bounded by [`COMMAND_TIMEOUT`] (plus the time to connect).
     pub(crate) async fn run<T, F, Fut>(&self, f: F) -> Result<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Handle) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let (generation, manager) = self.current.read().clone();
-        match tokio::time::timeout(COMMAND_TIMEOUT + CONNECT_TIMEOUT, f(manager)).await {
+        let (generation, handle) = self.handle().await?;
+        match tokio::time::timeout(COMMAND_TIMEOUT + CONNECT_TIMEOUT, f(handle)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 if e.is_timeout() {
@@ -292,31 +448,171 @@ impl Conn {
         if current.0 != generation {
             return;
         }
-        match ConnectionManager::new_lazy_with_config(self.client.clone(), manager_config()) {
-            Ok(m) => {
-                tracing::warn!("redis: a command timed out; replacing the connection");
-                *current = (generation + 1, m);
+        match &self.source {
+            Source::Single(client) => {
+                match ConnectionManager::new_lazy_with_config(client.clone(), manager_config()) {
+                    Ok(m) => {
+                        tracing::warn!("redis: a command timed out; replacing the connection");
+                        *current = (generation + 1, Some(Handle::Single(m)));
+                    }
+                    Err(e) => tracing::error!(error = %e, "redis: cannot make a new connection"),
+                }
             }
-            Err(e) => tracing::error!(error = %e, "redis: cannot make a new connection"),
+            Source::Cluster(_) => {
+                tracing::warn!("redis: a command timed out; replacing the cluster connection");
+                *current = (generation + 1, None);
+            }
         }
     }
 
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T> {
-        self.run(|mut c| async move { cmd.query_async(&mut c).await })
-            .await
+        let once = || {
+            self.run_raw(|mut c| {
+                let cmd = &cmd;
+                async move { cmd.query_async(&mut c).await }
+            })
+        };
+        once().await.or_else_moved(once).await
     }
 
     pub(crate) async fn pipe<T: FromRedisValue>(&self, pipe: redis::Pipeline) -> Result<T> {
-        self.run(|mut c| async move { pipe.query_async(&mut c).await })
+        let once = || self.pipe_once(&pipe);
+        once().await.or_else_moved(once).await
+    }
+
+    async fn pipe_once<T: FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> std::result::Result<T, Redirected> {
+        self.run_raw(|mut c| async move { pipe.query_async(&mut c).await })
             .await
+    }
+
+    /// [`run`](Self::run), but a redirection (`MOVED`/`ASK`, which redis-rs's cluster
+    /// connection hands back for pipelines) is told apart: the slot map this connection
+    /// holds is stale (a failover, a slot migration), so the connection is replaced (the
+    /// new one reads the map afresh) and the caller may try once more — a redirected
+    /// command did not run.
+    async fn run_raw<T, F, Fut>(&self, f: F) -> std::result::Result<T, Redirected>
+    where
+        F: FnOnce(Handle) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let mut generation = None;
+        let r = self
+            .run(|c| {
+                generation = Some(self.current.read().0);
+                f(c)
+            })
+            .await;
+        match r {
+            Err(StoreError::Internal(msg)) if msg.starts_with(REDIRECTED) => {
+                if let Some(g) = generation {
+                    self.renew(g);
+                }
+                Err(Redirected::Moved(StoreError::Unavailable(msg)))
+            }
+            Err(e) => Err(Redirected::Other(e)),
+            Ok(v) => Ok(v),
+        }
     }
 
     pub(crate) async fn eval<T: FromRedisValue>(
         &self,
         inv: ScriptInvocation<'static>,
     ) -> Result<T> {
-        self.run(|mut c| async move { inv.invoke_async(&mut c).await })
-            .await
+        let once = || {
+            self.run_raw(|mut c| {
+                let inv = &inv;
+                async move { inv.invoke_async(&mut c).await }
+            })
+        };
+        once().await.or_else_moved(once).await
+    }
+
+    /// Runs a write script, then `WAIT replicas` on the *same connection* (one pipeline):
+    /// `WAIT` counts the replicas that reached this connection's last write, so no other
+    /// connection (a reconnection in between) can stand in for it and ack a write no
+    /// replica has. Returns the script's reply and how many replicas confirmed.
+    async fn eval_then_wait(
+        &self,
+        inv: &ScriptInvocation<'static>,
+        replicas: u32,
+    ) -> Result<(Value, u32)> {
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(inv)
+            .cmd("WAIT")
+            .arg(replicas)
+            .arg(REPLICA_ACK_TIMEOUT.as_millis() as u64);
+        let once = || {
+            self.run_raw(|mut c| {
+                let pipe = &pipe;
+                async move {
+                    use redis::{ErrorKind, ServerErrorKind};
+                    match pipe.query_async::<(Value, u32)>(&mut c).await {
+                        // After a restart or a failover to a replica without it: load, run
+                        // again.
+                        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                            inv.load_async(&mut c).await?;
+                            pipe.query_async(&mut c).await
+                        }
+                        r => r,
+                    }
+                }
+            })
+        };
+        once().await.or_else_moved(once).await
+    }
+
+    /// `SET KEY` + `WAIT replicas` in one pipeline: makes the connection's replication
+    /// offset cover everything stored before (a duplicate's original write), then waits.
+    async fn sync_then_wait(&self, key: String, replicas: u32) -> Result<u32> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(1)
+            .arg("PX")
+            .arg(60_000)
+            .ignore()
+            .cmd("WAIT")
+            .arg(replicas)
+            .arg(REPLICA_ACK_TIMEOUT.as_millis() as u64);
+        let (acked,): (u32,) = self.pipe(pipe).await?;
+        Ok(acked)
+    }
+}
+
+/// How `map_err` words a redirection (`MOVED`/`ASK`) that reached us.
+const REDIRECTED: &str = "redis: redirected: ";
+
+/// A call's failure, telling apart a redirection (retry once on a fresh slot map).
+enum Redirected {
+    Moved(StoreError),
+    Other(StoreError),
+}
+
+trait OrElseMoved<T> {
+    /// Tries `again` after a redirection; gives the error otherwise.
+    async fn or_else_moved<F, Fut>(self, again: F) -> Result<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, Redirected>>;
+}
+
+impl<T> OrElseMoved<T> for std::result::Result<T, Redirected> {
+    async fn or_else_moved<F, Fut>(self, again: F) -> Result<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, Redirected>>,
+    {
+        match self {
+            Ok(v) => Ok(v),
+            Err(Redirected::Other(e)) => Err(e),
+            Err(Redirected::Moved(_)) => match again().await {
+                Ok(v) => Ok(v),
+                Err(Redirected::Moved(e) | Redirected::Other(e)) => Err(e),
+            },
+        }
     }
 }
 
@@ -324,6 +620,9 @@ impl Conn {
 /// error, an unexpected reply) is a bug or corrupt data.
 fn map_err(e: RedisError) -> StoreError {
     use redis::{ErrorKind, ServerErrorKind as S};
+    if matches!(e.kind(), ErrorKind::Server(S::Moved | S::Ask)) {
+        return StoreError::Internal(format!("{REDIRECTED}{e}"));
+    }
     let unavailable = match e.kind() {
         ErrorKind::Io | ErrorKind::AuthenticationFailed | ErrorKind::ClusterConnectionNotFound => {
             true
@@ -339,6 +638,14 @@ fn map_err(e: RedisError) -> StoreError {
         StoreError::Unavailable(format!("redis: {e}"))
     } else {
         StoreError::Internal(format!("redis: {e}"))
+    }
+}
+
+/// A script's array reply.
+fn array(v: Value, what: &str) -> Result<Vec<Value>> {
+    match v {
+        Value::Array(items) => Ok(items),
+        other => Err(unexpected(what, &[other])),
     }
 }
 
@@ -476,9 +783,53 @@ pub struct RedisStore {
     clock: Clock,
     /// Tenants this process already added to `confab:tenants` (one `SADD` per tenant).
     registered: DashMap<String, ()>,
+    /// On a Redis Cluster: scripts `SPUBLISH` (sharded pub/sub).
+    sharded: bool,
+    /// `redis_replica_acks`: replicas that must hold a commit before it is acknowledged.
+    replica_acks: u32,
 }
 
 impl RedisStore {
+    /// How many replicas must confirm a commit before it is acknowledged.
+    pub fn replica_acks(&self) -> u32 {
+        self.replica_acks
+    }
+
+    /// Runs a committing script (a message, a new conversation). With `replica_acks > 0`
+    /// the commit is acknowledged only once that many replicas hold it: otherwise the
+    /// caller gets `Unavailable` (503 `store_unavailable`; a retry with the same
+    /// clientMessageId is safe), never a false ack.
+    async fn eval_acked(&self, tenant: &str, inv: ScriptInvocation<'static>) -> Result<Value> {
+        if self.replica_acks == 0 {
+            return self.conn.eval(inv).await;
+        }
+        let (reply, mut acked) = self.conn.eval_then_wait(&inv, self.replica_acks).await?;
+        let first = match &reply {
+            Value::Array(items) => items.first().and_then(text),
+            _ => None,
+        };
+        match first.as_deref() {
+            // Nothing was written: nothing to wait for.
+            Some("none" | "att") => return Ok(reply),
+            // A read-only answer: the write it refers to may not have reached a replica
+            // yet (its first ack failed); one more write on this connection, then WAIT.
+            Some("dup") => {
+                acked = self
+                    .conn
+                    .sync_then_wait(TenantKeys::new(tenant).sync(), self.replica_acks)
+                    .await?;
+            }
+            _ => {}
+        }
+        if acked < self.replica_acks {
+            return Err(StoreError::Unavailable(format!(
+                "redis: only {acked} of {} replicas confirmed the write within {:?}",
+                self.replica_acks, REPLICA_ACK_TIMEOUT
+            )));
+        }
+        Ok(reply)
+    }
+
     /// Makes sure `maintain` will find this tenant's log.
     async fn register(&self, tenant: &str) -> Result<()> {
         if self.registered.contains_key(tenant) {
@@ -563,7 +914,7 @@ impl RedisStore {
         let k = TenantKeys::new(tenant);
         let (min_events, min_age) = self.retention_args();
         let now = self.clock.now_ms();
-        let mut inv = scripts::STATE.prepare_invoke();
+        let mut inv = scripts::STATE.of(self.sharded).prepare_invoke();
         inv.key(k.conversation(conversation_id))
             .key(k.list("open"))
             .key(k.list("closed"))
@@ -656,7 +1007,7 @@ impl Store for RedisStore {
         self.register(&new.tenant).await?;
         let k = TenantKeys::new(&new.tenant);
         let (min_events, min_age) = self.retention_args();
-        let mut inv = scripts::START.prepare_invoke();
+        let mut inv = scripts::START.of(self.sharded).prepare_invoke();
         inv.key(k.visitors())
             .key(k.conversation(&conv.id))
             .key(k.list("open"))
@@ -672,7 +1023,7 @@ impl Store for RedisStore {
             .arg(min_age)
             .arg(self.channels.tenant(&new.tenant))
             .arg(&t[..]);
-        let _offset: i64 = self.conn.eval(inv).await?;
+        self.eval_acked(&new.tenant, inv).await?;
         Ok(conv)
     }
 
@@ -694,7 +1045,7 @@ impl Store for RedisStore {
             let now = self.clock.now_ms();
             conv.updated_at = format_ms(now);
             let t = conversation_template(&conv)?;
-            let mut inv = scripts::PROFILE.prepare_invoke();
+            let mut inv = scripts::PROFILE.of(self.sharded).prepare_invoke();
             inv.key(k.conversation(conversation_id))
                 .key(k.list("open"))
                 .key(k.list("closed"))
@@ -730,8 +1081,8 @@ impl Store for RedisStore {
     }
 
     async fn append_message(&self, new: NewMessage) -> Result<Option<Appended>> {
-        let inv = self.append_invocation(&scripts::APPEND, &new, None)?;
-        let reply: Vec<Value> = self.conn.eval(inv).await?;
+        let inv = self.append_invocation(scripts::APPEND.of(self.sharded), &new, None)?;
+        let reply = array(self.eval_acked(&new.tenant, inv).await?, "append")?;
         match reply.first().and_then(text).as_deref() {
             Some("none") => Ok(None),
             _ => appended(&new, &reply).map(Some),
@@ -932,7 +1283,7 @@ impl Store for RedisStore {
         let k = TenantKeys::new(tenant);
         let (min_events, min_age) = self.retention_args();
         let now = self.clock.now_ms();
-        let mut inv = scripts::READ.prepare_invoke();
+        let mut inv = scripts::READ.of(self.sharded).prepare_invoke();
         inv.key(k.conversation(conversation_id))
             .key(k.messages(conversation_id))
             .key(k.meta())
@@ -976,7 +1327,7 @@ impl Store for RedisStore {
         lease_ms: i64,
     ) -> Result<Option<OwedReply>> {
         let k = TenantKeys::new(tenant);
-        let mut inv = scripts::CLAIM.prepare_invoke();
+        let mut inv = scripts::CLAIM.of(self.sharded).prepare_invoke();
         inv.key(k.owed()).key(k.owed_due());
         inv.arg(conversation_id.unwrap_or(""))
             .arg(holder)
@@ -1003,7 +1354,7 @@ impl Store for RedisStore {
         lease_ms: i64,
     ) -> Result<bool> {
         let k = TenantKeys::new(tenant);
-        let mut inv = scripts::RENEW.prepare_invoke();
+        let mut inv = scripts::RENEW.of(self.sharded).prepare_invoke();
         inv.key(k.owed()).key(k.owed_due());
         inv.arg(conversation_id)
             .arg(holder)
@@ -1040,11 +1391,11 @@ impl Store for RedisStore {
         });
         self.register(tenant).await?;
         let inv = self.append_invocation(
-            &scripts::COMPLETE,
+            scripts::COMPLETE.of(self.sharded),
             &new,
             Some((holder, through_seq, reply.is_some())),
         )?;
-        let answer: Vec<Value> = self.conn.eval(inv).await?;
+        let answer = array(self.eval_acked(tenant, inv).await?, "complete")?;
         match answer.first().and_then(text).as_deref() {
             Some("lost") => Ok(ReplyOutcome::Lost),
             Some("handed") => Ok(ReplyOutcome::HandedOver),
@@ -1065,7 +1416,7 @@ impl Store for RedisStore {
         self.register(tenant).await?;
         let now = self.clock.now_ms();
         if let (Some(id), "conversation:qualified") = (conversation_id, kind) {
-            let mut inv = scripts::QUALIFY.prepare_invoke();
+            let mut inv = scripts::QUALIFY.of(self.sharded).prepare_invoke();
             inv.key(k.conversation(id))
                 .key(k.list("open"))
                 .key(k.list("closed"))
@@ -1101,7 +1452,7 @@ impl Store for RedisStore {
                 .or_insert_with(|| Json::String(id.to_owned()));
         }
         let data = to_json(&data);
-        let mut inv = scripts::EVENT.prepare_invoke();
+        let mut inv = scripts::EVENT.of(self.sharded).prepare_invoke();
         inv.key(k.meta()).key(k.log()).key(
             conversation_id
                 .map(|id| k.conversation(id))
@@ -1204,7 +1555,7 @@ impl Store for RedisStore {
             for tenant in tenants {
                 let k = TenantKeys::new(&tenant);
                 loop {
-                    let mut inv = scripts::TRIM.prepare_invoke();
+                    let mut inv = scripts::TRIM.of(self.sharded).prepare_invoke();
                     inv.key(k.meta())
                         .key(k.log())
                         .arg(now)
@@ -1451,7 +1802,7 @@ impl RedisStore {
         after: u64,
         count: usize,
     ) -> Result<Vec<Entry>> {
-        let mut inv = scripts::HISTORY.prepare_invoke();
+        let mut inv = scripts::HISTORY.of(self.sharded).prepare_invoke();
         inv.key(key).arg(created_ms).arg(after).arg(count);
         self.conn.eval(inv).await
     }

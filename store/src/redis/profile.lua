@@ -16,5 +16,5 @@ c.ua, c.um = ARGV[4], now
 redis.call('HSET', KEYS[1], 'ua', c.ua, 'um', int(now), 'ver', int(tonumber(c.ver) + 1), unpack(args))
 local cj = conv_json(c)
 append_event(KEYS[4], KEYS[5], ARGV[8], now, 'conversation:updated', cj, tonumber(ARGV[5]), tonumber(ARGV[6]))
-redis.call('PUBLISH', ARGV[7], 'u|' .. cj)
+redis.call(PUB, ARGV[7], 'u|' .. cj)
 return {'ok', cj}

@@ -13,6 +13,9 @@
 //! connection is considered dead. While it is down [`Broker::healthy`] is false. After each
 //! (re)connection the task subscribes to the whole wanted set and only then emits
 //! [`Published::Resync`], so re-reading the logs at that point leaves no gap.
+//!
+//! On a Redis Cluster the same broker runs one subscriber session per shard instead (see
+//! [`cluster`](super::cluster)): `SSUBSCRIBE` on each master, a canary per shard.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,13 +28,13 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use redis::aio::PubSubSink;
 use redis::Msg;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::codec::{decode, encode_typing, Payload};
 use super::keys::Channels;
-use super::{Conn, COMMAND_TIMEOUT, CONNECT_TIMEOUT};
+use super::{cluster, Conn, COMMAND_TIMEOUT, CONNECT_TIMEOUT};
 use crate::{Broker, Channel, EventSink, Published, Result, StoreError};
 
 /// How often the node publishes its canary.
@@ -47,22 +50,23 @@ const SUBSCRIBED_WAIT: Duration = Duration::from_secs(3);
 
 /// What the hub wants and what the connection has.
 #[derive(Default)]
-struct Subs {
+pub(super) struct Subs {
     /// Channel name → channel, for every channel the hub subscribed to. Also how an
     /// incoming publication's channel name is turned back into a [`Channel`].
-    wanted: HashMap<String, Channel>,
-    /// Channel names confirmed subscribed on the current connection.
-    live: HashSet<String>,
+    pub(super) wanted: HashMap<String, Channel>,
+    /// Channel names confirmed subscribed on the current connection(s).
+    pub(super) live: HashSet<String>,
 }
 
 /// State shared by the broker handle and its tasks.
-struct Shared {
+pub(super) struct Shared {
     sink: OnceLock<Arc<dyn EventSink>>,
-    subs: Mutex<Subs>,
-    /// Wakes the subscriber task: `wanted` changed (a stored permit, never missed).
-    changed: Notify,
+    pub(super) subs: Mutex<Subs>,
+    /// Bumped when `wanted` changed: wakes the subscriber session(s) (a `watch`, so no
+    /// change is missed and every shard's session sees it).
+    pub(super) changed: watch::Sender<u64>,
     /// Wakes [`Broker::subscribed`] callers: `live` changed.
-    live_changed: Notify,
+    pub(super) live_changed: Notify,
     /// False while the subscription is known to be broken.
     healthy: AtomicBool,
     /// When the canary last came back, in ms since `epoch`.
@@ -72,11 +76,11 @@ struct Shared {
     /// This node's own channel.
     node_channel: String,
     /// How many times the subscription was (re)established (diagnostics, tests).
-    sessions: AtomicU64,
+    pub(super) sessions: AtomicU64,
 }
 
 impl Shared {
-    fn emit(&self, event: Published) {
+    pub(super) fn emit(&self, event: Published) {
         if let Some(sink) = self.sink.get() {
             sink.publish(event);
         }
@@ -92,7 +96,7 @@ impl Shared {
         self.epoch.elapsed().saturating_sub(seen)
     }
 
-    fn set_healthy(&self, healthy: bool) {
+    pub(super) fn set_healthy(&self, healthy: bool) {
         if !self.healthy.swap(healthy, Ordering::SeqCst) && healthy {
             tracing::info!("redis pub/sub: subscribed; subscribers resync from the logs");
         }
@@ -100,8 +104,12 @@ impl Shared {
 
     /// Turns one publication into what the sink gets.
     fn dispatch(&self, msg: &Msg) {
-        let name = msg.get_channel_name();
-        let Some(payload) = decode(msg.get_payload_bytes()) else {
+        self.dispatch_raw(msg.get_channel_name(), msg.get_payload_bytes());
+    }
+
+    /// Turns one publication (channel name, payload) into what the sink gets.
+    pub(super) fn dispatch_raw(&self, name: &str, payload: &[u8]) {
+        let Some(payload) = decode(payload) else {
             tracing::warn!(channel = name, "redis pub/sub: undecodable payload dropped");
             return;
         };
@@ -188,24 +196,30 @@ pub struct RedisBroker {
     shared: Arc<Shared>,
     conn: Arc<Conn>,
     channels: Channels,
+    /// `PUBLISH`, or `SPUBLISH` on a cluster.
+    publish: &'static str,
     /// The subscriber task and the canary task.
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl RedisBroker {
-    pub(crate) fn start(client: redis::Client, conn: Arc<Conn>, channels: Channels) -> RedisBroker {
-        let node_id = format!("{:016x}", rand::random::<u64>());
-        let shared = Arc::new(Shared {
+    fn shared(node_channel: String) -> Arc<Shared> {
+        Arc::new(Shared {
             sink: OnceLock::new(),
             subs: Mutex::new(Subs::default()),
-            changed: Notify::new(),
+            changed: watch::Sender::new(0),
             live_changed: Notify::new(),
             healthy: AtomicBool::new(false),
             canary_seen_ms: AtomicU64::new(0),
             epoch: Instant::now(),
-            node_channel: channels.node(&node_id),
+            node_channel,
             sessions: AtomicU64::new(0),
-        });
+        })
+    }
+
+    pub(crate) fn start(client: redis::Client, conn: Arc<Conn>, channels: Channels) -> RedisBroker {
+        let node_id = format!("{:016x}", rand::random::<u64>());
+        let shared = Self::shared(channels.node(&node_id));
         let tasks = vec![
             tokio::spawn(subscriber(shared.clone(), client)),
             tokio::spawn(canary(shared.clone(), conn.clone())),
@@ -214,6 +228,36 @@ impl RedisBroker {
             shared,
             conn,
             channels,
+            publish: "PUBLISH",
+            tasks,
+        }
+    }
+
+    /// The broker of a Redis Cluster node: one `SSUBSCRIBE` session per shard.
+    pub(crate) fn start_cluster(
+        conn: Arc<Conn>,
+        channels: Channels,
+        seeds: cluster::Seeds,
+    ) -> RedisBroker {
+        let node_id = format!("{:016x}", rand::random::<u64>());
+        let shared = Self::shared(channels.node(&node_id));
+        let canaries = Arc::new(Mutex::new(Vec::new()));
+        let tasks = vec![
+            tokio::spawn(cluster::supervise(
+                shared.clone(),
+                conn.clone(),
+                seeds,
+                channels.clone(),
+                node_id,
+                canaries.clone(),
+            )),
+            tokio::spawn(cluster::canaries(conn.clone(), canaries)),
+        ];
+        RedisBroker {
+            shared,
+            conn,
+            channels,
+            publish: "SPUBLISH",
             tasks,
         }
     }
@@ -244,7 +288,7 @@ impl Broker for RedisBroker {
             .lock()
             .wanted
             .insert(self.channels.of(channel), channel.clone());
-        self.shared.changed.notify_one();
+        self.shared.changed.send_modify(|n| *n += 1);
     }
 
     fn unsubscribe(&self, channel: &Channel) {
@@ -253,7 +297,7 @@ impl Broker for RedisBroker {
             .lock()
             .wanted
             .remove(&self.channels.of(channel));
-        self.shared.changed.notify_one();
+        self.shared.changed.send_modify(|n| *n += 1);
     }
 
     async fn subscribed(&self, channel: &Channel) -> Result<()> {
@@ -288,7 +332,7 @@ impl Broker for RedisBroker {
                 "only typing is published without being stored".into(),
             ));
         };
-        let cmd = redis::cmd("PUBLISH")
+        let cmd = redis::cmd(self.publish)
             .arg(self.channels.of(&channel))
             .arg(encode_typing(&frame))
             .to_owned();
@@ -349,6 +393,7 @@ async fn session(shared: &Shared, client: &redis::Client) -> Ended {
         Err(_) => return Ended::Connect("timed out".into()),
     };
     let (mut sink, mut stream) = pubsub.split();
+    let mut changed = shared.changed.subscribe();
     if let Err(e) = command(sink.subscribe(&shared.node_channel)).await {
         return e;
     }
@@ -367,7 +412,7 @@ async fn session(shared: &Shared, client: &redis::Client) -> Ended {
                 Some(msg) => shared.dispatch(&msg),
                 None => return Ended::Closed,
             },
-            () = shared.changed.notified() => {
+            _ = changed.changed() => {
                 if let Err(e) = reconcile(shared, &mut sink).await {
                     return e;
                 }

@@ -12,6 +12,6 @@ relist({open = KEYS[2], closed = KEYS[3]}, id, c.st, c.um, c.st, now)
 c.q, c.ua, c.um = 'true', ARGV[4], now
 redis.call('HSET', KEYS[1], 'q', c.q, 'ua', c.ua, 'um', int(now))
 local cj = conv_json(c)
-redis.call('PUBLISH', ARGV[7], 'u|' .. cj)
+redis.call(PUB, ARGV[7], 'u|' .. cj)
 local off = append_event(KEYS[4], KEYS[5], ARGV[8], now, ARGV[2], cj, tonumber(ARGV[5]), tonumber(ARGV[6]))
 return {'ok', off, cj}

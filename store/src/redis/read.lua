@@ -35,5 +35,5 @@ end
 local data = '{"conversationId":"' .. id .. '","reader":"' .. reader .. '","messageId":"' .. mid ..
   '","unreadByAgent":' .. c.ur .. '}'
 append_event(KEYS[3], KEYS[4], ARGV[9], now, 'conversation:read', data, tonumber(ARGV[6]), tonumber(ARGV[7]))
-redis.call('PUBLISH', ARGV[8], 'r|' .. data)
+redis.call(PUB, ARGV[8], 'r|' .. data)
 return {'moved', conv_json(c)}

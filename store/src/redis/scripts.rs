@@ -5,20 +5,49 @@
 //! only then writes (the one exception, `load_conv` upgrading a hash of the old layout,
 //! rewrites it into an equivalent one), so a script never stops half-way (Redis does not roll scripts back);
 //! an OOM refusal hits the first write, before anything changed.
+//!
+//! The scripts that publish come in two flavours ([`Pair`]): `PUBLISH` for a single Redis,
+//! `SPUBLISH` (sharded pub/sub, Redis ≥ 7) for a Redis Cluster, where a plain `PUBLISH`
+//! would be broadcast to every node of the cluster. Their channels carry the tenant's hash
+//! tag, so a script's `SPUBLISH` stays in the slot of its keys.
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
+/// One script with `PUB` bound to `PUBLISH` and to `SPUBLISH`.
+pub(crate) struct Pair {
+    plain: Script,
+    sharded: Script,
+}
+
+impl Pair {
+    fn new(body: &str) -> Pair {
+        Pair {
+            plain: Script::new(&format!("local PUB = 'PUBLISH'\n{body}")),
+            sharded: Script::new(&format!("local PUB = 'SPUBLISH'\n{body}")),
+        }
+    }
+
+    /// The flavour for a cluster (`sharded`) or a single Redis.
+    pub(crate) fn of(&self, sharded: bool) -> &Script {
+        if sharded {
+            &self.sharded
+        } else {
+            &self.plain
+        }
+    }
+}
+
 macro_rules! script {
     ($file:literal) => {
-        LazyLock::new(|| Script::new(concat!(include_str!("lib.lua"), "\n", include_str!($file))))
+        LazyLock::new(|| Pair::new(concat!(include_str!("lib.lua"), "\n", include_str!($file))))
     };
 }
 
 /// The shared helpers, `append_fn.lua`'s `append_message`, then the script.
-fn with_append(body: &str) -> Script {
-    Script::new(&format!(
+fn with_append(body: &str) -> Pair {
+    Pair::new(&format!(
         "{}\n{}\n{body}",
         include_str!("lib.lua"),
         include_str!("append_fn.lua")
@@ -26,31 +55,31 @@ fn with_append(body: &str) -> Script {
 }
 
 /// `start_conversation`.
-pub(crate) static START: LazyLock<Script> = script!("start.lua");
+pub(crate) static START: LazyLock<Pair> = script!("start.lua");
 /// `append_message`: the one-round-trip commit of a message.
-pub(crate) static APPEND: LazyLock<Script> =
+pub(crate) static APPEND: LazyLock<Pair> =
     LazyLock::new(|| with_append(include_str!("append.lua")));
 /// `complete_reply`: the lease check, the reply's commit and the record, in one script.
-pub(crate) static COMPLETE: LazyLock<Script> =
+pub(crate) static COMPLETE: LazyLock<Pair> =
     LazyLock::new(|| with_append(include_str!("complete.lua")));
 /// `claim_reply`.
-pub(crate) static CLAIM: LazyLock<Script> = script!("claim.lua");
+pub(crate) static CLAIM: LazyLock<Pair> = script!("claim.lua");
 /// `renew_reply`.
-pub(crate) static RENEW: LazyLock<Script> = script!("renew.lua");
+pub(crate) static RENEW: LazyLock<Pair> = script!("renew.lua");
 /// `set_status` and `set_handler`.
-pub(crate) static STATE: LazyLock<Script> = script!("state.lua");
+pub(crate) static STATE: LazyLock<Pair> = script!("state.lua");
 /// `mark_read`.
-pub(crate) static READ: LazyLock<Script> = script!("read.lua");
+pub(crate) static READ: LazyLock<Pair> = script!("read.lua");
 /// `update_profile` (optimistic: fails with `conflict` when the pieces changed meanwhile).
-pub(crate) static PROFILE: LazyLock<Script> = script!("profile.lua");
+pub(crate) static PROFILE: LazyLock<Pair> = script!("profile.lua");
 /// `append_event("conversation:qualified", Some(conversation))`.
-pub(crate) static QUALIFY: LazyLock<Script> = script!("qualify.lua");
+pub(crate) static QUALIFY: LazyLock<Pair> = script!("qualify.lua");
 /// `append_event` (custom events).
-pub(crate) static EVENT: LazyLock<Script> = script!("event.lua");
+pub(crate) static EVENT: LazyLock<Pair> = script!("event.lua");
 /// `maintain`: retention of one tenant log.
-pub(crate) static TRIM: LazyLock<Script> = script!("trim.lua");
+pub(crate) static TRIM: LazyLock<Pair> = script!("trim.lua");
 /// `messages` with a time cursor.
-pub(crate) static HISTORY: LazyLock<Script> = script!("history.lua");
+pub(crate) static HISTORY: LazyLock<Pair> = script!("history.lua");
 /// `save_webhook_state`: the offset only moves forward.
 pub(crate) static WEBHOOK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(

@@ -21,7 +21,7 @@ if c.st ~= status or c.h ~= handler then
   redis.call('HSET', KEYS[1], 'st', c.st, 'h', c.h, 'ua', c.ua, 'um', int(now))
   local cj = conv_json(c)
   append_event(KEYS[4], KEYS[5], ARGV[9], now, 'conversation:updated', cj, tonumber(ARGV[6]), tonumber(ARGV[7]))
-  redis.call('PUBLISH', ARGV[8], 'u|' .. cj)
+  redis.call(PUB, ARGV[8], 'u|' .. cj)
   return {'ok', cj}
 end
 return {'ok', conv_json(c)}
