@@ -53,16 +53,19 @@ pub(crate) fn rate(key: &str) -> String {
     format!("confab:rl:{key}")
 }
 
-/// A rate limiter key on a Redis Cluster: `confab:rl:{r:TAG}:KEY`, where `TAG` is the
+/// A rate limiter key on a Redis Cluster: `confab:rl:{t:TENANT}:KEY`, where `TENANT` is the
 /// key's second `:`-separated segment (the gateway's keys are `PREFIX:TENANT:SUBJECT`), so
 /// that the several limits one request checks at once (`check_all`, one script) share a
-/// slot. A key without that shape is its own tag.
+/// slot — the tenant's own slot, where the rest of the tenant lives: a tenant depends on
+/// one shard only, and the failover of another shard never refuses its requests. A key
+/// without that shape is its own tag (the unknown-key bucket `cfg-ip:?:IP` has the tag
+/// `t:~3f`, which no tenant's escaped id can be).
 pub(crate) fn rate_clustered(key: &str) -> String {
     let tag = key
         .split(':')
         .nth(1)
         .filter(|_| key.matches(':').count() >= 2);
-    format!("confab:rl:{{r:{}}}:{key}", seg(tag.unwrap_or(key)))
+    format!("confab:rl:{{t:{}}}:{key}", seg(tag.unwrap_or(key)))
 }
 
 /// The hash slot of a key or sharded channel (CRC16/XMODEM of its hash tag, mod 16384), as
@@ -293,11 +296,13 @@ mod tests {
         let a = rate_clustered("msg:demo:v_1");
         let b = rate_clustered("ip:demo:10.0.0.1");
         assert_eq!(slot(&a), slot(&b));
-        assert_eq!(a, "confab:rl:{r:demo}:msg:demo:v_1");
+        assert_eq!(a, "confab:rl:{t:demo}:msg:demo:v_1");
+        // On the tenant's own shard.
+        assert_eq!(slot(&a), slot(&TenantKeys::new("demo").log()));
         assert_eq!(
             rate_clustered("cfg-ip:?:1.2.3.4"),
-            "confab:rl:{r:~3f}:cfg-ip:?:1.2.3.4"
+            "confab:rl:{t:~3f}:cfg-ip:?:1.2.3.4"
         );
-        assert_eq!(rate_clustered("plain"), "confab:rl:{r:plain}:plain");
+        assert_eq!(rate_clustered("plain"), "confab:rl:{t:plain}:plain");
     }
 }

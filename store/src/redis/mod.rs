@@ -139,8 +139,9 @@
 //! one tenant's load cannot be spread over shards, which suits chat widgets (many modest
 //! tenants). Scripts declare every key they touch in `KEYS`. The global keys
 //! (`confab:tenants`, `confab:secret`, nonces, leases) are used by single-key commands or
-//! single-key scripts; the limiter's keys get the tag `{r:TENANT}` on a cluster so that
-//! one request's limits (one script) share a slot.
+//! single-key scripts; the limiter's keys get the tenant's tag `{t:TENANT}` on a cluster
+//! so that one request's limits (one script) share a slot, the tenant's own: a tenant
+//! depends on one shard only.
 //! `redis-cluster://` (see `cluster.rs`) uses redis-rs's cluster connection for commands,
 //! `SPUBLISH` in the scripts (channels carry the tenant's tag, so they stay in the slot)
 //! and one `SSUBSCRIBE` session per master.
@@ -148,6 +149,7 @@
 //! Requires Redis ≥ 6.2 (`XTRIM MINID`); Redis Cluster needs Redis ≥ 7 (sharded pub/sub).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -201,6 +203,14 @@ const TRIM_BUDGET: usize = 1000;
 /// How long an acknowledged write waits for `redis_replica_acks` replicas (`WAIT`) before
 /// the caller gets `Unavailable` (below [`COMMAND_TIMEOUT`], which bounds the round trip).
 pub const REPLICA_ACK_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Connections (per Redis node) reserved for acknowledged writes when
+/// `redis_replica_acks > 0`. `WAIT` blocks the connection it is sent on until the replicas
+/// answer, and Redis reads nothing more from a blocked client: on the node's one shared
+/// connection every other command to that master (rate limits, reads, other tenants'
+/// writes) would queue behind each message's replica round trip. Measured on a cluster,
+/// 2 nodes: with the shared connection, p99 visitor→agent 350 ms at 2,000 msg/s.
+const ACK_CONNECTIONS: usize = 8;
 
 /// What the Redis backends take beyond the URL.
 #[derive(Clone, Debug, Default)]
@@ -266,6 +276,13 @@ impl RedisNode {
             registered: DashMap::new(),
             sharded: false,
             replica_acks: options.replica_acks.unwrap_or(0),
+            ackers: match options.replica_acks.unwrap_or(0) {
+                0 => Vec::new(),
+                _ => (0..ACK_CONNECTIONS)
+                    .map(|_| Conn::new(client.clone()).map(Arc::new))
+                    .collect::<Result<_>>()?,
+            },
+            next_acker: AtomicUsize::new(0),
         });
         let broker = Arc::new(RedisBroker::start(client, conn.clone(), channels));
         let limiter = Arc::new(RedisRateLimiter::new(conn, false));
@@ -300,6 +317,13 @@ impl RedisNode {
             registered: DashMap::new(),
             sharded: true,
             replica_acks,
+            ackers: match replica_acks {
+                0 => Vec::new(),
+                _ => (0..ACK_CONNECTIONS)
+                    .map(|_| Ok(Arc::new(Conn::lazy_cluster(seeds.client()?))))
+                    .collect::<Result<_>>()?,
+            },
+            next_acker: AtomicUsize::new(0),
         });
         let broker = Arc::new(RedisBroker::start_cluster(conn.clone(), channels, seeds));
         let limiter = Arc::new(RedisRateLimiter::new(conn, true));
@@ -385,12 +409,17 @@ impl Conn {
     }
 
     async fn new_cluster(client: ClusterClient) -> Result<Conn> {
-        let conn = Conn {
-            source: Source::Cluster(Box::new(client)),
-            current: RwLock::new((0, None)),
-        };
+        let conn = Conn::lazy_cluster(client);
         conn.handle().await?;
         Ok(conn)
+    }
+
+    /// A cluster connection made by its first call.
+    fn lazy_cluster(client: ClusterClient) -> Conn {
+        Conn {
+            source: Source::Cluster(Box::new(client)),
+            current: RwLock::new((0, None)),
+        }
     }
 
     /// The current connection, made first when there is none.
@@ -787,6 +816,10 @@ pub struct RedisStore {
     sharded: bool,
     /// `redis_replica_acks`: replicas that must hold a commit before it is acknowledged.
     replica_acks: u32,
+    /// With `replica_acks > 0`: the connections that carry the script + `WAIT` pipelines
+    /// (see [`ACK_CONNECTIONS`]), taken in turn.
+    ackers: Vec<Arc<Conn>>,
+    next_acker: AtomicUsize,
 }
 
 impl RedisStore {
@@ -800,10 +833,12 @@ impl RedisStore {
     /// caller gets `Unavailable` (503 `store_unavailable`; a retry with the same
     /// clientMessageId is safe), never a false ack.
     async fn eval_acked(&self, tenant: &str, inv: ScriptInvocation<'static>) -> Result<Value> {
-        if self.replica_acks == 0 {
+        if self.replica_acks == 0 || self.ackers.is_empty() {
             return self.conn.eval(inv).await;
         }
-        let (reply, mut acked) = self.conn.eval_then_wait(&inv, self.replica_acks).await?;
+        let i = self.next_acker.fetch_add(1, Ordering::Relaxed) % self.ackers.len();
+        let conn = &self.ackers[i];
+        let (reply, mut acked) = conn.eval_then_wait(&inv, self.replica_acks).await?;
         let first = match &reply {
             Value::Array(items) => items.first().and_then(text),
             _ => None,
@@ -814,8 +849,7 @@ impl RedisStore {
             // A read-only answer: the write it refers to may not have reached a replica
             // yet (its first ack failed); one more write on this connection, then WAIT.
             Some("dup") => {
-                acked = self
-                    .conn
+                acked = conn
                     .sync_then_wait(TenantKeys::new(tenant).sync(), self.replica_acks)
                     .await?;
             }
