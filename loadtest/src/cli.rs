@@ -47,6 +47,16 @@ pub enum Command {
     /// Prints a gateway config (TOML): loadtest/bench.toml plus N tenants `t0…` with one
     /// webhook each, and optionally K webhooks on bench.toml's tenant.
     WebhookConfig(WebhookConfigArgs),
+    /// C visitors chat with an assistant served by a fake OpenAI-compatible upstream (started
+    /// here) that streams N stamped tokens: every delta and reply checked, upstream → visitor
+    /// latency per delta, gateway CPU per reply and per delta.
+    Assistant(AssistantArgs),
+    /// Only the fake OpenAI-compatible upstream (`POST /v1/chat/completions`, streamed), to
+    /// try an assistant by hand or drive it from another tool.
+    AssistantUpstream(AssistantUpstreamArgs),
+    /// Prints a gateway config (TOML): loadtest/bench.toml with an `openai` assistant on its
+    /// tenant pointing at the fake upstream.
+    AssistantConfig(AssistantConfigArgs),
 }
 
 /// What is being measured.
@@ -313,6 +323,115 @@ pub struct WebhookConfigArgs {
     /// Signing secret of every webhook (at least 16 characters).
     #[arg(long, env = "CONFAB_WEBHOOK_SECRET", default_value = crate::webhook_config::DEFAULT_SECRET)]
     pub secret: String,
+    /// Config to start from; default: the copy of loadtest/bench.toml built into the tool.
+    #[arg(long)]
+    pub base: Option<std::path::PathBuf>,
+}
+
+/// What the fake upstream streams (`assistant`, `assistant-upstream`).
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct UpstreamArgs {
+    /// Address the fake OpenAI-compatible upstream listens on; the assistant's `url` must
+    /// point here (`assistant-config --upstream`).
+    #[arg(long, default_value = crate::upstream::DEFAULT_ADDR)]
+    pub upstream: String,
+    /// Content pieces (tokens) per reply.
+    #[arg(long, default_value_t = 20)]
+    pub tokens: usize,
+    /// Time between two pieces.
+    #[arg(long, default_value = "50ms")]
+    pub gap: Dur,
+    /// Time from the request to the first piece; default: one --gap.
+    #[arg(long)]
+    pub first_token: Option<Dur>,
+}
+
+impl UpstreamArgs {
+    /// The upstream's script.
+    pub fn script(&self, run: Option<u32>) -> crate::upstream::Script {
+        crate::upstream::Script {
+            tokens: self.tokens,
+            gap: self.gap.0,
+            first: self.first_token.unwrap_or(self.gap).0,
+            run,
+        }
+    }
+}
+
+/// `assistant` flags.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct AssistantArgs {
+    /// Where the gateway is, CPU and output flags; the tenant's default assistant must be an
+    /// `openai` one pointing at --upstream that answers `always` (`assistant-config`).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub upstream: UpstreamArgs,
+    /// Visitors, each in its own conversation with one reply streaming at a time: the
+    /// number of concurrent streams.
+    #[arg(long, default_value_t = 100)]
+    pub concurrent: usize,
+    /// Messages each visitor sends, each once the reply to the previous one is stored.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// The visitors' first messages are spread evenly over this long.
+    #[arg(long, default_value = "1s")]
+    pub ramp: Dur,
+    /// Longest wait for one complete reply (its stored message), past which it counts as
+    /// lost; default: the reply's nominal duration (first token + tokens × gap) + 40 s
+    /// (the SPEC answers an owed reply within `timeout_secs` + 30 s; a claim lease is 10 s).
+    #[arg(long)]
+    pub reply_timeout: Option<Dur>,
+    /// After the last reply, how long to listen for anything extra (a second reply…).
+    #[arg(long, default_value = "1s")]
+    pub drain: Dur,
+    /// Visitor message size in bytes (at least the ~60-byte stamp).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// A reply whose first delta comes this much later than the upstream's first token
+    /// is due counts as a late start (reported, not a failure).
+    #[arg(long, default_value = "500ms")]
+    pub late: Dur,
+    /// Concurrent session creations while setting up.
+    #[arg(long, default_value_t = 32)]
+    pub sessions_concurrency: usize,
+}
+
+impl AssistantArgs {
+    /// The reply timeout in effect.
+    pub fn reply_timeout(&self) -> Duration {
+        self.reply_timeout.map(|d| d.0).unwrap_or_else(|| {
+            let s = self.upstream.script(None);
+            s.first + s.gap * self.upstream.tokens as u32 + Duration::from_secs(40)
+        })
+    }
+}
+
+/// `assistant-upstream` flags.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct AssistantUpstreamArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub upstream: UpstreamArgs,
+    /// Stop after this long; by default run until SIGINT or SIGTERM.
+    #[arg(long)]
+    pub duration: Option<Dur>,
+}
+
+/// `assistant-config` flags.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct AssistantConfigArgs {
+    /// Address of the fake upstream (`assistant` or `assistant-upstream`).
+    #[arg(long, default_value = crate::upstream::DEFAULT_ADDR)]
+    pub upstream: String,
+    /// The assistant's `timeout_secs` (for the whole reply).
+    #[arg(long, default_value_t = 30)]
+    pub timeout_secs: u64,
+    /// The assistant's `context_messages`.
+    #[arg(long, default_value_t = 20)]
+    pub context_messages: usize,
     /// Config to start from; default: the copy of loadtest/bench.toml built into the tool.
     #[arg(long)]
     pub base: Option<std::path::PathBuf>,

@@ -26,12 +26,17 @@
 //!   deliveries counted like agents' frames.
 //! - [`webhook_config`] — the webhook benchmarks' tenant naming scheme, and the gateway
 //!   config declaring them (`webhook-config`).
+//! - [`upstream`] — a fake OpenAI-compatible streaming upstream (`assistant`,
+//!   `assistant-upstream`) whose every token is a timestamped probe.
+//! - [`assistant_config`] — the gateway config with an assistant on that upstream
+//!   (`assistant-config`).
 //! - [`scenario`] — one module per scenario: `connections`, `chat`, `broadcast`, `http`,
-//!   `webhooks`.
+//!   `webhooks`, `assistant`.
 //!
 //! Everything here is `anyhow`-based: this is a tool, not a library with callers to serve.
 
 pub mod api;
+pub mod assistant_config;
 pub mod baseline;
 pub mod baseline_proto;
 pub mod cli;
@@ -43,5 +48,6 @@ pub mod receiver;
 pub mod report;
 pub mod scenario;
 pub mod stats;
+pub mod upstream;
 pub mod webhook_config;
 pub mod ws;

@@ -197,21 +197,21 @@ pub fn run(args: &crate::cli::WebhookConfigArgs) -> Result<()> {
 
 /// One table of a TOML file: its header line (none for the top-level keys) and the lines
 /// up to the next header.
-struct Table<'a> {
-    lines: Vec<&'a str>,
+pub(crate) struct Table<'a> {
+    pub(crate) lines: Vec<&'a str>,
     headed: bool,
 }
 
 impl Table<'_> {
     /// `[[tenants]]`, `[tenants.rate_limits]`… (trimmed, comments after it removed).
-    fn header(&self) -> Option<&str> {
+    pub(crate) fn header(&self) -> Option<&str> {
         self.headed
             .then(|| self.lines[0].split('#').next().unwrap_or("").trim())
     }
 
     /// The value of `key = "…"` in this table, if it is a basic string (a comment may
     /// follow it).
-    fn value_of(&self, key: &str) -> Option<String> {
+    pub(crate) fn value_of(&self, key: &str) -> Option<String> {
         self.lines.iter().find_map(|l| {
             let (_, v) = l.split_once('=').filter(|_| key_of(l) == Some(key))?;
             // A TOML basic string reads as a JSON string; the first value ends it.
@@ -220,7 +220,7 @@ impl Table<'_> {
         })
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         self.lines.iter().map(|l| format!("{l}\n")).collect()
     }
 }
@@ -234,7 +234,7 @@ fn key_of(line: &str) -> Option<&str> {
     Some(t.split_once('=')?.0.trim())
 }
 
-fn split_tables(text: &str) -> Vec<Table<'_>> {
+pub(crate) fn split_tables(text: &str) -> Vec<Table<'_>> {
     let mut tables = vec![Table {
         lines: vec![],
         headed: false,

@@ -27,7 +27,11 @@ async fn run(args: &[&str]) -> Value {
         Command::Broadcast(a) => scenario::broadcast::run(a).await,
         Command::Http(a) => scenario::http::run(a).await,
         Command::Webhooks(a) => scenario::webhooks::run(a).await,
-        Command::WebhookSink(_) | Command::WebhookConfig(_) => unreachable!("not a scenario"),
+        Command::Assistant(a) => scenario::assistant::run(a).await,
+        Command::WebhookSink(_)
+        | Command::WebhookConfig(_)
+        | Command::AssistantUpstream(_)
+        | Command::AssistantConfig(_) => unreachable!("not a scenario"),
     };
     doc.unwrap()["results"].clone()
 }

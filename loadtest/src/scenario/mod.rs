@@ -7,7 +7,10 @@
 //! - [`http`] — the HTTP API, as a mix or one route at a time.
 //! - [`webhooks`] — tenant events published for N tenants, received as webhooks by this
 //!   tool; also `webhook-sink`, the receiver alone.
+//! - [`assistant`] — visitors chat with an assistant on a fake streaming upstream: every
+//!   delta and reply checked, upstream → visitor latency; also `assistant-upstream`.
 
+pub mod assistant;
 pub mod broadcast;
 pub mod chat;
 pub mod connections;
