@@ -7,9 +7,10 @@
 //!   commit that first checks the lease ([`confab_store::Store::complete_reply`]). So one
 //!   node's reply is stored, and a reply whose node died is taken over by another node's
 //!   poll once the lease lapses — or, on the embedded store, after the restart.
-//! - **One reply in flight per conversation.** A node works on a conversation in one task
-//!   ([`Runtime`] knows which); visitor messages that arrive meanwhile keep the record
-//!   owed, and the same task answers them together next.
+//! - **One reply in flight per conversation.** Each answering task claims as a holder of
+//!   its own, so the store's lease alone decides who answers — across nodes and between
+//!   two tasks of one node. Visitor messages that arrive meanwhile keep the record owed;
+//!   the holder claims it again when it settles and answers them together.
 //! - **Streaming.** Pieces of the answer go out as ephemeral `message:delta` frames to the
 //!   conversation's visitors and the tenant's agents (every node, through the broker),
 //!   then one stored bot message carries the same `streamId`.
@@ -61,11 +62,12 @@ impl Default for AssistantTiming {
     }
 }
 
-/// What a node keeps about assistants: the conversations it is answering, each
-/// assistant's circuit, and word of each settled reply for `awaitReply` requests.
+/// What a node keeps about assistants: each assistant's circuit, word of each settled
+/// reply for `awaitReply` requests, and a counter naming its answering tasks.
 pub struct Runtime {
-    /// (tenant, conversation) being answered by a task of this node.
-    in_flight: DashMap<(String, String), ()>,
+    /// Numbers the answering tasks: each claims as its own holder (`NODE#N`), so two
+    /// tasks of one node can never both think they hold a reply.
+    tasks: std::sync::atomic::AtomicU64,
     /// (tenant, assistant) → its circuit.
     breakers: DashMap<(String, String), Breaker>,
     /// Every reply this node settled, stored or not.
@@ -75,7 +77,7 @@ pub struct Runtime {
 impl Default for Runtime {
     fn default() -> Self {
         Runtime {
-            in_flight: DashMap::new(),
+            tasks: std::sync::atomic::AtomicU64::new(0),
             breakers: DashMap::new(),
             settled: tokio::sync::broadcast::channel(1024).0,
         }
@@ -137,18 +139,6 @@ impl Runtime {
     }
 }
 
-/// Removes a conversation from [`Runtime::in_flight`] when its task ends, however it ends.
-struct InFlight<'a> {
-    runtime: &'a Runtime,
-    key: (String, String),
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.runtime.in_flight.remove(&self.key);
-    }
-}
-
 /// Starts the node's poll for owed replies nobody holds (a dead node's, or ones left
 /// after a restart). Stops with the node.
 pub fn start(state: &AppState) {
@@ -172,27 +162,29 @@ pub fn start(state: &AppState) {
     });
 }
 
-/// Claims what the tenant owes and nobody holds, a bounded number per tick.
+/// Most owed replies one poll claims for a tenant (the next tick takes the rest).
+const ADOPT_PER_TICK: usize = 1000;
+
+/// A fresh holder name for one answering task of this node.
+fn new_holder(state: &AppState) -> String {
+    let n = state
+        .assistants
+        .tasks
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}#{n}", state.node_id)
+}
+
+/// Claims what the tenant owes and nobody holds (free, or its lease lapsed), each for a
+/// task of its own.
 async fn adopt_owed(state: &AppState, tenant: &Arc<Tenant>) {
-    for _ in 0..64 {
+    for _ in 0..ADOPT_PER_TICK {
+        let holder = new_holder(state);
         let claimed = state
             .store
-            .claim_reply(&tenant.cfg.id, None, &state.node_id, lease_ms(state))
+            .claim_reply(&tenant.cfg.id, None, &holder, lease_ms(state))
             .await;
         match claimed {
-            Ok(Some(owed)) => {
-                let key = (tenant.cfg.id.clone(), owed.conversation_id.clone());
-                if state.assistants.in_flight.contains_key(&key) {
-                    // This node's task for it lost time to a slow store; it carries on.
-                    continue;
-                }
-                spawn_answering(
-                    state,
-                    tenant.clone(),
-                    owed.conversation_id.clone(),
-                    Some(owed),
-                );
-            }
+            Ok(Some(owed)) => spawn_answering(state, tenant.clone(), holder, Some(owed)),
             Ok(None) => return,
             Err(e) => {
                 tracing::debug!(tenant = tenant.cfg.id, error = %e, "owed replies not read");
@@ -202,67 +194,71 @@ async fn adopt_owed(state: &AppState, tenant: &Arc<Tenant>) {
     }
 }
 
-/// A visitor message made a reply owed: answer it from this node now (unless this node is
-/// already answering the conversation: that task takes the new message along).
+/// A visitor message made a reply owed: answer it from this node now. When a reply to the
+/// conversation is being produced already (here or on another node), this task's claim
+/// fails and it ends: the holder answers the new message with its next reply.
 pub fn kick(state: &AppState, tenant: &Arc<Tenant>, conversation_id: &str) {
-    let key = (tenant.cfg.id.clone(), conversation_id.to_owned());
-    if state.assistants.in_flight.contains_key(&key) {
-        return;
-    }
-    spawn_answering(state, tenant.clone(), conversation_id.to_owned(), None);
+    let holder = new_holder(state);
+    let (state2, tenant, conv) = (state.clone(), tenant.clone(), conversation_id.to_owned());
+    state.background.spawn(async move {
+        let claimed = state2
+            .store
+            .claim_reply(&tenant.cfg.id, Some(&conv), &holder, lease_ms(&state2))
+            .await;
+        match claimed {
+            Ok(Some(owed)) => answer_all(&state2, &tenant, &holder, owed).await,
+            Ok(None) => {}
+            // The poll claims it once the store answers again.
+            Err(e) => {
+                tracing::warn!(tenant = tenant.cfg.id, conversation_id = conv, error = %e, "owed reply not claimed")
+            }
+        }
+    });
 }
 
 fn spawn_answering(
     state: &AppState,
     tenant: Arc<Tenant>,
-    conversation_id: String,
+    holder: String,
     first: Option<OwedReply>,
 ) {
-    let key = (tenant.cfg.id.clone(), conversation_id.clone());
-    if state.assistants.in_flight.insert(key.clone(), ()).is_some() {
-        return;
-    }
-    let state = state.clone();
-    state.clone().background.spawn(async move {
-        let _guard = InFlight {
-            runtime: &state.assistants,
-            key,
-        };
-        let mut next = first;
-        loop {
-            let owed = match next.take() {
-                Some(o) => {
-                    state.metrics.assistant_claims();
-                    o
-                }
-                None => match state
-                    .store
-                    .claim_reply(
-                        &tenant.cfg.id,
-                        Some(&conversation_id),
-                        &state.node_id,
-                        lease_ms(&state),
-                    )
-                    .await
-                {
-                    Ok(Some(o)) => {
-                        state.metrics.assistant_claims();
-                        o
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        // The poll retries once the lease (if any) lapses.
-                        tracing::warn!(tenant = tenant.cfg.id, conversation_id, error = %e, "owed reply not claimed");
-                        return;
-                    }
-                },
-            };
-            if state.shutdown.is_cancelled() {
+    let Some(owed) = first else { return };
+    let state2 = state.clone();
+    state
+        .background
+        .spawn(async move { answer_all(&state2, &tenant, &holder, owed).await });
+}
+
+/// Answers a claimed reply, then whatever the conversation owes meanwhile (visitor
+/// messages stored while it was produced), as long as this holder can claim it.
+async fn answer_all(state: &AppState, tenant: &Arc<Tenant>, holder: &str, first: OwedReply) {
+    let conversation_id = first.conversation_id.clone();
+    let mut owed = first;
+    loop {
+        state.metrics.assistant_claims();
+        if state.shutdown.is_cancelled() {
+            return;
+        }
+        answer(state, tenant, holder, owed).await;
+        owed = match state
+            .store
+            .claim_reply(
+                &tenant.cfg.id,
+                Some(&conversation_id),
+                holder,
+                lease_ms(state),
+            )
+            .await
+        {
+            Ok(Some(o)) => o,
+            Ok(None) => return,
+            Err(e) => {
+                // The poll claims it once the lease (if any) lapses.
+                tracing::warn!(tenant = tenant.cfg.id, conversation_id, error = %e, "owed reply not claimed");
                 return;
             }
-            answer(&state, &tenant, owed).await;
-        }
-    });
+        };
+    }
 }
 
 fn lease_ms(state: &AppState) -> i64 {
@@ -277,18 +273,18 @@ enum Abandon {
 }
 
 /// Produces and settles one claimed reply.
-async fn answer(state: &AppState, tenant: &Arc<Tenant>, owed: OwedReply) {
+async fn answer(state: &AppState, tenant: &Arc<Tenant>, holder: &str, owed: OwedReply) {
     let tid = tenant.cfg.id.as_str();
     let conv = match state.store.conversation(tid, &owed.conversation_id).await {
         Ok(Some(c)) => c,
-        Ok(None) => return settle(state, tenant, &owed, None).await,
+        Ok(None) => return settle(state, tenant, holder, &owed, None).await,
         Err(e) => {
             tracing::warn!(tenant = tid, conversation_id = owed.conversation_id, error = %e, "owed reply: conversation not read");
             return;
         }
     };
     if conv.handler != Handler::Bot {
-        return settle(state, tenant, &owed, None).await;
+        return settle(state, tenant, holder, &owed, None).await;
     }
     let Some(assistant) = conv
         .assistant_id
@@ -298,7 +294,7 @@ async fn answer(state: &AppState, tenant: &Arc<Tenant>, owed: OwedReply) {
     else {
         // Its assistant left the configuration: people answer.
         tracing::warn!(tenant = tid, conversation_id = conv.id, assistant = ?conv.assistant_id, "the conversation's assistant is not configured; handing it to people");
-        settle(state, tenant, &owed, None).await;
+        settle(state, tenant, holder, &owed, None).await;
         if let Err(e) = state.store.set_handler(tid, &conv.id, Handler::Human).await {
             tracing::warn!(tenant = tid, conversation_id = conv.id, error = %e, "handler not set");
         }
@@ -309,11 +305,10 @@ async fn answer(state: &AppState, tenant: &Arc<Tenant>, owed: OwedReply) {
         id: assistant.cfg.id.clone(),
         name: Some(assistant.cfg.name.clone()),
     };
-    let stream_id = confab_protocol::token::random_id("str_", 16);
     let outcome = if state.assistants.is_open(tid, &assistant.cfg.id) {
         Err(Failure::CircuitOpen)
     } else {
-        match produce(state, tenant, &assistant, &conv, &owed, &author, &stream_id).await {
+        match produce(state, tenant, holder, &assistant, &conv, &owed, &author).await {
             Ok(result) => {
                 let ok = result.is_ok();
                 if state
@@ -361,12 +356,12 @@ async fn answer(state: &AppState, tenant: &Arc<Tenant>, owed: OwedReply) {
                 Some(Handler::Human),
             );
             state.metrics.assistant_reply("safe_fallback");
-            return settle(state, tenant, &owed, Some(message)).await;
+            return settle(state, tenant, holder, &owed, Some(message)).await;
         }
     };
     if reply.silent {
         state.metrics.assistant_reply("silent");
-        settle(state, tenant, &owed, None).await;
+        settle(state, tenant, holder, &owed, None).await;
         if reply.handoff {
             if let Err(e) = state.store.set_handler(tid, &conv.id, Handler::Human).await {
                 tracing::warn!(tenant = tid, conversation_id = conv.id, error = %e, "handoff not stored");
@@ -376,8 +371,8 @@ async fn answer(state: &AppState, tenant: &Arc<Tenant>, owed: OwedReply) {
     }
     let mut meta = Map::new();
     meta.insert("mode".into(), reply.mode.clone().into());
-    if reply.streamed {
-        meta.insert("streamId".into(), stream_id.into());
+    if let Some(id) = &reply.stream_id {
+        meta.insert("streamId".into(), id.clone().into());
     }
     if let Some(m) = &reply.model {
         meta.insert("model".into(), m.clone().into());
@@ -400,7 +395,7 @@ async fn answer(state: &AppState, tenant: &Arc<Tenant>, owed: OwedReply) {
         Value::Object(meta),
         reply.handoff.then_some(Handler::Human),
     );
-    settle(state, tenant, &owed, Some(message)).await;
+    settle(state, tenant, holder, &owed, Some(message)).await;
 }
 
 /// The stored form of a reply. Its idempotency key names the visitor message it answers,
@@ -430,7 +425,13 @@ fn reply_message(
 
 /// Settles the record (retrying a store that is briefly unavailable; past that, the lease
 /// lapses and the reply is produced again, stored once by its idempotency key).
-async fn settle(state: &AppState, tenant: &Tenant, owed: &OwedReply, reply: Option<NewMessage>) {
+async fn settle(
+    state: &AppState,
+    tenant: &Tenant,
+    holder: &str,
+    owed: &OwedReply,
+    reply: Option<NewMessage>,
+) {
     let tid = tenant.cfg.id.as_str();
     for attempt in 0..3u32 {
         match state
@@ -438,7 +439,7 @@ async fn settle(state: &AppState, tenant: &Tenant, owed: &OwedReply, reply: Opti
             .complete_reply(
                 tid,
                 &owed.conversation_id,
-                &state.node_id,
+                holder,
                 owed.through_seq,
                 reply.clone(),
             )
@@ -585,12 +586,14 @@ pub async fn await_reply(
 async fn produce(
     state: &AppState,
     tenant: &Tenant,
+    holder: &str,
     assistant: &Assistant,
     conv: &Conversation,
     owed: &OwedReply,
     author: &Author,
-    stream_id: &str,
 ) -> Result<Result<Reply, Failure>, Abandon> {
+    let stream_id = confab_protocol::token::random_id("str_", 16);
+    let stream_id = stream_id.as_str();
     let tid = tenant.cfg.id.as_str();
     let messages = match context(state, tid, conv, owed, assistant.cfg.context_messages).await {
         Ok(m) => m,
@@ -635,7 +638,7 @@ async fn produce(
             }
             r = &mut call => break r,
             _ = renew.tick() => {
-                match state.store.renew_reply(tid, &conv.id, &state.node_id, lease_ms(state)).await {
+                match state.store.renew_reply(tid, &conv.id, holder, lease_ms(state)).await {
                     Ok(true) => {}
                     Ok(false) => return Err(Abandon::LeaseLost),
                     // Keep going: the commit checks the lease anyway.
@@ -652,7 +655,12 @@ async fn produce(
         .metrics
         .assistant_reply_latency
         .observe_duration(started.elapsed());
-    Ok(result.unwrap_or(Err(Failure::Timeout)))
+    Ok(result.unwrap_or(Err(Failure::Timeout)).map(|mut reply| {
+        if reply.streamed {
+            reply.stream_id = Some(stream_id.to_owned());
+        }
+        reply
+    }))
 }
 
 async fn publish_delta(

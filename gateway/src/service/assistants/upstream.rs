@@ -41,6 +41,8 @@ pub struct Reply {
     pub mode: String,
     /// Pieces were sent to `deltas` (the stored message then carries the stream id).
     pub streamed: bool,
+    /// The `streamId` of those pieces (set by the caller, which named the stream).
+    pub stream_id: Option<String>,
     /// A webhook bot's `handoff: true`.
     pub handoff: bool,
     /// A webhook bot's `metadata`.
