@@ -57,6 +57,28 @@ pub enum Command {
     /// Prints a gateway config (TOML): loadtest/bench.toml with an `openai` assistant on its
     /// tenant pointing at the fake upstream.
     AssistantConfig(AssistantConfigArgs),
+    /// Upload and download throughput of one file size (raw-body uploads, sent in a
+    /// message, downloaded and checked), and the gateway's peak RSS while the uploads stream.
+    Attachments(AttachmentsArgs),
+}
+
+/// `attachments` flags.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct AttachmentsArgs {
+    /// The tenant needs `uploads_per_hour_per_session` ≥ 1 and a file store (not `memory`:
+    /// give the gateway `--store sqlite:…`, its files then go beside the database).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: Common,
+    /// File size, MiB.
+    #[arg(long, default_value_t = 5)]
+    pub size_mb: usize,
+    /// Uploads (then downloads) at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Rounds of `concurrency` uploads, one after the other.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
 }
 
 /// What is being measured.

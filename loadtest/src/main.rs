@@ -29,6 +29,7 @@ fn main() -> anyhow::Result<()> {
                 .await
                 .map(|()| Default::default()),
             Command::Assistant(a) => scenario::assistant::run(a).await,
+            Command::Attachments(a) => scenario::attachments::run(a).await,
             Command::AssistantUpstream(a) => scenario::assistant::upstream(a)
                 .await
                 .map(|()| Default::default()),

@@ -28,6 +28,7 @@ async fn run(args: &[&str]) -> Value {
         Command::Http(a) => scenario::http::run(a).await,
         Command::Webhooks(a) => scenario::webhooks::run(a).await,
         Command::Assistant(a) => scenario::assistant::run(a).await,
+        Command::Attachments(a) => scenario::attachments::run(a).await,
         Command::WebhookSink(_)
         | Command::WebhookConfig(_)
         | Command::AssistantUpstream(_)

@@ -11,6 +11,7 @@
 //!   delta and reply checked, upstream → visitor latency; also `assistant-upstream`.
 
 pub mod assistant;
+pub mod attachments;
 pub mod broadcast;
 pub mod chat;
 pub mod connections;
