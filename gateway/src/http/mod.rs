@@ -221,6 +221,14 @@ fn cut(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
 }
 
 /// A JSON response from already-encoded text.
+/// 200 with a Conversation (or any of our own types) as the JSON body.
+pub fn json_ok<T: serde::Serialize>(value: &T) -> Response {
+    json_text(
+        axum::http::StatusCode::OK,
+        serde_json::to_string(value).unwrap_or_default(),
+    )
+}
+
 pub fn json_text(status: axum::http::StatusCode, body: String) -> Response {
     (
         status,

@@ -133,10 +133,7 @@ pub async fn get_one(
 ) -> HandlerResult<Response> {
     let auth = auth(&state, &headers)?;
     let conv = service::agent::conversation(&state, &auth.tenant, &id).await?;
-    Ok(json_text(
-        StatusCode::OK,
-        serde_json::to_string(&conv).unwrap_or_default(),
-    ))
+    Ok(crate::http::json_ok(&conv))
 }
 
 /// `GET /v1/tenant/conversations/{id}/messages?after=&limit=&wait=` (all cursor forms of
@@ -343,10 +340,7 @@ async fn set_status(
 ) -> HandlerResult<Response> {
     let auth = auth(&state, &headers)?;
     let conv = service::agent::set_status(&state, &auth.tenant, &id, status).await?;
-    Ok(json_text(
-        StatusCode::OK,
-        serde_json::to_string(&conv).unwrap_or_default(),
-    ))
+    Ok(crate::http::json_ok(&conv))
 }
 
 /// `POST /v1/tenant/conversations/{id}/close` → the conversation.
@@ -433,10 +427,7 @@ pub async fn handler(
 ) -> HandlerResult<Response> {
     let auth = auth(&state, &headers)?;
     let conv = service::agent::set_handler(&state, &auth.tenant, &id, body.handler).await?;
-    Ok(json_text(
-        StatusCode::OK,
-        serde_json::to_string(&conv).unwrap_or_default(),
-    ))
+    Ok(crate::http::json_ok(&conv))
 }
 
 /// `POST /v1/tenant/conversations/{id}/read` → the conversation: an agent has read it up
@@ -468,10 +459,7 @@ pub async fn read(
 ) -> HandlerResult<Response> {
     let auth = auth(&state, &headers)?;
     let conv = service::agent::mark_read(&state, &auth.tenant, &id, &body.message_id).await?;
-    Ok(json_text(
-        StatusCode::OK,
-        serde_json::to_string(&conv).unwrap_or_default(),
-    ))
+    Ok(crate::http::json_ok(&conv))
 }
 
 /// A page of the tenant's event log, as `GET /v1/tenant/events` writes it.

@@ -840,10 +840,7 @@ pub async fn read(
 ) -> HandlerResult<Response> {
     let session = session_of(&state, &headers, None)?;
     let conv = service::visitor::mark_read(&state, &session, &body.message_id).await?;
-    Ok(json_text(
-        StatusCode::OK,
-        serde_json::to_string(&conv).unwrap_or_default(),
-    ))
+    Ok(crate::http::json_ok(&conv))
 }
 
 /// `POST /v1/handoff`: the visitor asks for a person.
@@ -863,10 +860,7 @@ pub async fn read(
 pub async fn handoff(State(state): State<AppState>, headers: HeaderMap) -> HandlerResult<Response> {
     let session = session_of(&state, &headers, None)?;
     let conv = service::visitor::handoff(&state, &session).await?;
-    Ok(json_text(
-        StatusCode::OK,
-        serde_json::to_string(&conv).unwrap_or_default(),
-    ))
+    Ok(crate::http::json_ok(&conv))
 }
 
 /// `POST /v1/voice`: which assistant's number to call.
