@@ -184,7 +184,12 @@ async fn adopt_owed(state: &AppState, tenant: &Arc<Tenant>) {
             .claim_reply(&tenant.cfg.id, None, &holder, lease_ms(state))
             .await;
         match claimed {
-            Ok(Some(owed)) => spawn_answering(state, tenant.clone(), holder, Some(owed)),
+            Ok(Some(owed)) => {
+                let (state2, tenant) = (state.clone(), tenant.clone());
+                state
+                    .background
+                    .spawn(async move { answer_all(&state2, &tenant, &holder, owed).await });
+            }
             Ok(None) => return,
             Err(e) => {
                 tracing::debug!(tenant = tenant.cfg.id, error = %e, "owed replies not read");
@@ -214,19 +219,6 @@ pub fn kick(state: &AppState, tenant: &Arc<Tenant>, conversation_id: &str) {
             }
         }
     });
-}
-
-fn spawn_answering(
-    state: &AppState,
-    tenant: Arc<Tenant>,
-    holder: String,
-    first: Option<OwedReply>,
-) {
-    let Some(owed) = first else { return };
-    let state2 = state.clone();
-    state
-        .background
-        .spawn(async move { answer_all(&state2, &tenant, &holder, owed).await });
 }
 
 /// Answers a claimed reply, then whatever the conversation owes meanwhile (visitor
