@@ -782,20 +782,14 @@ pub async fn open_with_options(
         });
     }
     if let Some(rest) = url.strip_prefix("sqlite:") {
-        let (path, sync) = match rest.split_once('?') {
-            None => (rest, sqlite::Sync::Full),
-            Some((path, "synchronous=full")) => (path, sqlite::Sync::Full),
-            Some((path, "synchronous=normal")) => (path, sqlite::Sync::Normal),
-            Some((_, q)) => {
-                return Err(StoreError::Internal(format!(
-                "unknown sqlite option {q:?}: use synchronous=full (default) or synchronous=normal"
-            )))
-            }
+        let (path, options) = match rest.split_once('?') {
+            None => (rest, sqlite::FileOptions::default()),
+            Some((path, query)) => (path, sqlite::FileOptions::parse(query)?),
         };
         let s = Arc::new(sqlite::SqliteStore::open_file(
             std::path::Path::new(path),
             retention,
-            sync,
+            options,
             clock,
         )?);
         return Ok(Backend {

@@ -1,20 +1,13 @@
 //! The embedded backend: SQLite in WAL mode, one connection owned by a dedicated writer
-//! thread, readers off the async runtime.
-//!
-//! **Group commit.** Writes are closures queued to the writer thread. The thread takes
-//! whatever is queued (up to [`MAX_BATCH`]), runs each in its own savepoint inside one
-//! `BEGIN IMMEDIATE … COMMIT`, and only after the commit returns (with
-//! `synchronous=FULL`, i.e. after fsync) hands the batch's events to the sink and answers
-//! the callers. Many concurrent sends thus share one fsync, and none is answered before it
-//! is durable. A failing write rolls back its savepoint only.
-//!
-//! **Order.** The writer is the only writer, so sequence numbers are assigned in commit
-//! order and the sink sees events in that order: per-conversation and per-tenant order is
-//! the order of the log.
+//! thread ([`writer`]: group commit, with fsync and checkpoints off its path), readers off
+//! the async runtime.
 //!
 //! **Reads.** File databases: a small pool of read-only connections used from
-//! `spawn_blocking` (WAL readers never block the writer nor each other). `memory`: reads
-//! run on the writer thread, the only connection to that database.
+//! `spawn_blocking` (WAL readers never block the writer nor each other); a read answers
+//! once what it saw is durable. `memory`: reads run on the writer thread, the only
+//! connection to that database.
+
+mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,8 +45,52 @@ pub enum Sync {
     Normal,
 }
 
-/// Most writes committed together.
-pub const MAX_BATCH: usize = 512;
+/// Options of a database file: `sqlite:PATH?synchronous=full|normal&wal_max_mb=N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileOptions {
+    pub sync: Sync,
+    /// The WAL's length from which the writer rewinds it (see [`writer`]): the WAL file
+    /// grows to about this size and is then reused from its start. Larger: rarer short
+    /// pauses of the writer (each a checkpoint of what the checkpointer has not yet
+    /// copied); smaller: less disk.
+    pub wal_max_bytes: u64,
+}
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        FileOptions {
+            sync: Sync::Full,
+            wal_max_bytes: 256 << 20,
+        }
+    }
+}
+
+impl FileOptions {
+    /// Parses the query part of a `sqlite:` store URL (`key=value` pairs joined by `&`).
+    pub fn parse(query: &str) -> Result<FileOptions> {
+        let mut options = FileOptions::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("synchronous", "full")) => options.sync = Sync::Full,
+                Some(("synchronous", "normal")) => options.sync = Sync::Normal,
+                Some(("wal_max_mb", n)) if n.parse::<u64>().is_ok_and(|n| n >= 1) => {
+                    options.wal_max_bytes = n.parse::<u64>().unwrap_or(256) << 20
+                }
+                _ => {
+                    return Err(StoreError::Internal(format!(
+                        "unknown sqlite option {pair:?}: use synchronous=full (default) or \
+                         synchronous=normal, and wal_max_mb=N (N ≥ 1, default 256)"
+                    )))
+                }
+            }
+        }
+        Ok(options)
+    }
+}
+
+pub use writer::MAX_BATCH;
+use writer::{in_savepoint, Cmd, Durability, Progress, ReadOp, WriteOp};
+
 /// Writes waiting for the writer thread; senders wait (async) when it is full.
 const QUEUE_DEPTH: usize = 8192;
 /// Prepared statements kept per connection.
@@ -104,15 +141,6 @@ CREATE INDEX IF NOT EXISTS attachments_unsent ON attachments (created_ms) WHERE 
 PRAGMA user_version = 1;
 "#;
 
-type Completion = Box<dyn FnOnce(bool) + Send>;
-type WriteOp = Box<dyn FnOnce(&Connection, &mut Vec<Published>) -> Completion + Send>;
-type ReadOp = Box<dyn FnOnce(&Connection) + Send>;
-
-enum Cmd {
-    Write(WriteOp),
-    Read(ReadOp),
-}
-
 enum Readers {
     /// File database: read-only connections, used from `spawn_blocking`.
     Pool {
@@ -130,6 +158,8 @@ enum Readers {
 pub struct SqliteStore {
     /// Queue to the writer thread (bounded: [`QUEUE_DEPTH`]).
     writer: mpsc::Sender<Cmd>,
+    /// How far commits have got: reads wait for what they saw to be durable.
+    progress: Arc<Progress>,
     readers: Arc<Readers>,
     /// Where committed events go; set once by the gateway's hub.
     sink: Arc<OnceLock<Arc<dyn EventSink>>>,
@@ -202,7 +232,7 @@ impl SqliteStore {
     pub fn open_file(
         path: &Path,
         retention: Retention,
-        sync: Sync,
+        options: FileOptions,
         clock: Clock,
     ) -> Result<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -211,22 +241,36 @@ impl SqliteStore {
         }
         let lock = lock_exclusively(path)?;
         let conn = Connection::open(path).map_err(db_err)?;
-        let synchronous = match sync {
-            Sync::Full => "FULL",
-            Sync::Normal => "NORMAL",
-        };
-        conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000;
-             PRAGMA cache_size = -16000; PRAGMA temp_store = MEMORY;
-             PRAGMA wal_autocheckpoint = 8000;"
-        ))
+        // `synchronous=full` is kept by the syncer thread, which fsyncs the WAL after each
+        // commit off the writer's path (see `writer`); SQLite itself only syncs at checkpoints.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;
+             PRAGMA cache_size = -16000; PRAGMA temp_store = MEMORY;",
+        )
         .map_err(db_err)?;
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(db_err)?;
+        let durability = match options.sync {
+            Sync::Full => Durability::Synced,
+            Sync::Normal => Durability::AtCommit,
+        };
         let readers = Readers::Pool {
             path: path.to_owned(),
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(tokio::sync::Semaphore::new(READ_POOL)),
         };
-        let mut store = Self::start(conn, readers, retention, clock)?;
+        let mut store = Self::start(
+            conn,
+            readers,
+            retention,
+            clock,
+            Some(writer::FileDb {
+                path,
+                durability,
+                wal_max_pages: (options.wal_max_bytes as i64 / page_size.max(512)).max(1),
+            }),
+        )?;
         store._lock = Some(lock);
         Ok(store)
     }
@@ -234,7 +278,7 @@ impl SqliteStore {
     /// A private in-memory database (tests, `--store memory`): nothing survives the process.
     pub fn open_memory(retention: Retention, clock: Clock) -> Result<SqliteStore> {
         let conn = Connection::open_in_memory().map_err(db_err)?;
-        Self::start(conn, Readers::ViaWriter, retention, clock)
+        Self::start(conn, Readers::ViaWriter, retention, clock, None)
     }
 
     fn start(
@@ -242,6 +286,7 @@ impl SqliteStore {
         readers: Readers,
         retention: Retention,
         clock: Clock,
+        file: Option<writer::FileDb<'_>>,
     ) -> Result<SqliteStore> {
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         // This process is the database's only user (`lock_exclusively`): every lease in it
@@ -255,13 +300,11 @@ impl SqliteStore {
         stable_plans(&conn)?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let sink: Arc<OnceLock<Arc<dyn EventSink>>> = Arc::new(OnceLock::new());
-        let thread_sink = sink.clone();
-        let thread = std::thread::Builder::new()
-            .name("confab-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, thread_sink))
-            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let progress = Progress::new();
+        let thread = writer::start(conn, rx, sink.clone(), progress.clone(), file)?;
         Ok(SqliteStore {
             writer: tx,
+            progress,
             readers: Arc::new(readers),
             sink,
             retention,
@@ -338,7 +381,7 @@ impl SqliteStore {
                     .await
                     .map_err(|_| StoreError::Unavailable("closed".into()))?;
                 let readers = self.readers.clone();
-                tokio::task::spawn_blocking(move || {
+                let result = tokio::task::spawn_blocking(move || {
                     let _permit = permit;
                     let Readers::Pool { path, idle, .. } = &*readers else {
                         unreachable!()
@@ -355,7 +398,9 @@ impl SqliteStore {
                     result
                 })
                 .await
-                .map_err(|e| StoreError::Internal(e.to_string()))?
+                .map_err(|e| StoreError::Internal(e.to_string()))?;
+                self.progress.settle().await;
+                result
             }
             Readers::ViaWriter => {
                 let (tx, rx) = oneshot::channel();
@@ -406,90 +451,6 @@ fn open_reader(path: &Path) -> Result<Connection> {
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     stable_plans(&conn)?;
     Ok(conn)
-}
-
-fn in_savepoint<T>(
-    conn: &Connection,
-    outbox: &mut Vec<Published>,
-    f: impl FnOnce(&Connection, &mut Vec<Published>) -> Result<T>,
-) -> Result<T> {
-    // Cached statements: a savepoint per write is on the hot path of every message.
-    let exec = |sql: &str| {
-        conn.prepare_cached(sql)
-            .and_then(|mut st| st.execute([]))
-            .map_err(db_err)
-    };
-    exec("SAVEPOINT op")?;
-    let mut local = Vec::new();
-    let result = f(conn, &mut local);
-    match &result {
-        Ok(_) => {
-            exec("RELEASE op")?;
-            outbox.append(&mut local);
-        }
-        Err(_) => {
-            let _ = exec("ROLLBACK TO op");
-            let _ = exec("RELEASE op");
-        }
-    }
-    result
-}
-
-fn writer_loop(
-    conn: Connection,
-    mut rx: mpsc::Receiver<Cmd>,
-    sink: Arc<OnceLock<Arc<dyn EventSink>>>,
-) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut cmds = vec![first];
-        while cmds.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(c) => cmds.push(c),
-                Err(_) => break,
-            }
-        }
-        let mut outbox = Vec::new();
-        let mut completions: Vec<Completion> = Vec::new();
-        let mut reads: Vec<ReadOp> = Vec::new();
-        let began = match conn.execute_batch("BEGIN IMMEDIATE") {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "sqlite: cannot begin a transaction");
-                false
-            }
-        };
-        for cmd in cmds {
-            match cmd {
-                // A write that cannot run is dropped: its caller gets `Unavailable`.
-                Cmd::Write(op) if began => completions.push(op(&conn, &mut outbox)),
-                Cmd::Write(_) => {}
-                Cmd::Read(op) => reads.push(op),
-            }
-        }
-        let committed = began
-            && match conn.execute_batch("COMMIT") {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::error!(error = %e, "sqlite: commit failed; the batch is rolled back");
-                    let _ = conn.execute_batch("ROLLBACK");
-                    false
-                }
-            };
-        if committed {
-            if let Some(sink) = sink.get() {
-                for event in outbox {
-                    sink.publish(event);
-                }
-            }
-        }
-        for c in completions {
-            c(committed);
-        }
-        for r in reads {
-            r(&conn);
-        }
-    }
-    let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
 }
 
 fn load_conversation(
@@ -723,9 +684,63 @@ fn pruned_through(conn: &Connection, tenant: &str) -> Result<u64> {
         .unwrap_or(0) as u64)
 }
 
+/// Most tenant events one write of [`prune_logs`] deletes.
+const PRUNE_SLICE: i64 = 2_000;
+
+/// Drops up to [`PRUNE_SLICE`] events of each tenant's log prefix that is both beyond the
+/// count floor and older than the age floor. True when some tenant has more to drop.
+fn prune_logs(c: &Connection, retention: Retention, now: i64) -> Result<bool> {
+    let logs = c
+        .prepare_cached("SELECT tenant, last_offset, pruned_through FROM tenant_logs")
+        .map_err(db_err)?
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db_err)?;
+    let mut more = false;
+    for (tenant, last, pruned) in logs {
+        let keep_from = last - retention.min_events as i64;
+        let through: Option<i64> = c
+            .prepare_cached(
+                "SELECT MAX(offset) FROM tenant_events
+                 WHERE tenant = ?1 AND offset <= ?2 AND created_ms < ?3",
+            )
+            .map_err(db_err)?
+            .query_row(
+                params![
+                    tenant,
+                    keep_from.min(pruned + PRUNE_SLICE),
+                    now - retention.min_age_ms
+                ],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
+        let Some(through) = through else { continue };
+        c.prepare_cached("DELETE FROM tenant_events WHERE tenant = ?1 AND offset <= ?2")
+            .map_err(db_err)?
+            .execute(params![tenant, through])
+            .map_err(db_err)?;
+        c.prepare_cached(
+            "UPDATE tenant_logs SET pruned_through = MAX(pruned_through, ?2) WHERE tenant = ?1",
+        )
+        .map_err(db_err)?
+        .execute(params![tenant, through])
+        .map_err(db_err)?;
+        more |= through == pruned + PRUNE_SLICE && through < keep_from;
+    }
+    Ok(more)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
+        self.progress.healthy()?;
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
             .await
     }
@@ -1223,37 +1238,18 @@ impl Store for SqliteStore {
     async fn maintain(&self, now: i64) -> Result<()> {
         let retention = self.retention;
         self.write(move |c, _| {
-            c.execute("DELETE FROM nonces WHERE expires_ms < ?1", params![now]).map_err(db_err)?;
-            let logs = c
-                .prepare("SELECT tenant, last_offset FROM tenant_logs")
-                .map_err(db_err)?
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(db_err)?
-                .collect::<rusqlite::Result<Vec<_>>>()
+            c.execute("DELETE FROM nonces WHERE expires_ms < ?1", params![now])
                 .map_err(db_err)?;
-            for (tenant, last) in logs {
-                let keep_from = last - retention.min_events as i64;
-                // Drop the prefix that is both beyond the count floor and older than the age floor.
-                let through: Option<i64> = c
-                    .query_row(
-                        "SELECT MAX(offset) FROM tenant_events WHERE tenant = ?1 AND offset <= ?2 AND created_ms < ?3",
-                        params![tenant, keep_from, now - retention.min_age_ms],
-                        |r| r.get(0),
-                    )
-                    .map_err(db_err)?;
-                if let Some(through) = through {
-                    c.execute("DELETE FROM tenant_events WHERE tenant = ?1 AND offset <= ?2", params![tenant, through])
-                        .map_err(db_err)?;
-                    c.execute(
-                        "UPDATE tenant_logs SET pruned_through = MAX(pruned_through, ?2) WHERE tenant = ?1",
-                        params![tenant, through],
-                    )
-                    .map_err(db_err)?;
-                }
-            }
             Ok(())
         })
-        .await
+        .await?;
+        // The log's prefix goes in slices of PRUNE_SLICE events, each its own write: one
+        // big delete would hold every message queued behind it.
+        while self
+            .write(move |c, _| prune_logs(c, retention, now))
+            .await?
+        {}
+        Ok(())
     }
 
     async fn webhook_state(&self, tenant: &str, webhook: &str) -> Result<Option<WebhookState>> {

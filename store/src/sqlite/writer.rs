@@ -1,0 +1,433 @@
+//! The SQLite backend's writer: one thread owns the only writing connection and commits
+//! queued writes in groups; a *syncer* thread makes them durable and a *checkpointer* thread
+//! folds the WAL back into the database, both off the writer's path.
+//!
+//! **Group commit.** Writes are closures queued to the writer thread. It takes whatever is
+//! queued (up to [`MAX_BATCH`]), runs each in its own savepoint inside one `BEGIN IMMEDIATE …
+//! COMMIT`, and answers nobody before that commit is durable. Many concurrent writes thus
+//! share one fsync. A failing write rolls back its savepoint only.
+//!
+//! **Durability off the writer's path** (`synchronous=full`, the default). SQLite's own
+//! `FULL` fsyncs the WAL inside `COMMIT`, so the writer would sit idle through every fsync
+//! and a batch arriving meanwhile would wait for it and then for its own. Instead the
+//! connection commits with SQLite's `NORMAL` (`COMMIT` writes the WAL frames, no fsync) and
+//! hands the batch to the syncer, which `fdatasync`s the WAL file and only then publishes the
+//! batch's events and answers its callers — while the writer already runs the next batch.
+//! One fsync covers every batch committed before it started. An answer still means "on
+//! disk", as with `FULL`: the WAL is the same file, written and recovered the same way, and
+//! since its frames carry cumulative checksums, recovery stops at the first frame that did
+//! not reach the disk — a later commit never survives without an earlier one.
+//!
+//! **Reads see only durable data.** A WAL reader may see a commit the syncer has not yet
+//! made durable. A pooled read therefore waits, after running, until every commit that can
+//! be in its snapshot is durable ([`Progress::settle`]): no client ever sees a message that a
+//! crash could take back (and whose id a later message would then reuse).
+//!
+//! **Checkpoints off the writer's path.** `wal_autocheckpoint` would run a checkpoint — page
+//! copies and an fsync of the database — inside the `COMMIT` that crosses the threshold:
+//! a stall for everyone queued behind it. The checkpointer thread runs a `PASSIVE`
+//! checkpoint on a connection of its own every [`CHECKPOINT_EVERY`] instead. Under steady
+//! writes it never quite catches up (the writer commits while it copies), and SQLite only
+//! rewinds the WAL to its start when a write begins with everything copied; so once the WAL
+//! holds `wal_max_mb` ([`FileOptions`](super::FileOptions)), the writer copies the (small) remainder itself between two
+//! batches and the next commit rewinds it.
+//!
+//! **Order.** The writer is the only writer and the syncer finishes batches in commit
+//! order, so sequence numbers are assigned in commit order and the sink sees events in that
+//! order: per-conversation and per-tenant order is the order of the log.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, watch};
+
+use super::db_err;
+use crate::{EventSink, Published, Result, StoreError};
+
+/// Most writes committed together.
+pub const MAX_BATCH: usize = 512;
+/// How often the checkpointer copies the WAL into the database…
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// … and how often once the WAL is half its limit long, so that the writer's rewind
+/// comes soon after the limit is crossed.
+const CHECKPOINT_HURRIED: Duration = Duration::from_millis(10);
+
+/// Answers a write's caller: `true` once its batch is durable, `false` if it never will be.
+pub(super) type Completion = Box<dyn FnOnce(bool) + Send>;
+/// A write: runs inside the writer's transaction, collects its events, returns its answer.
+pub(super) type WriteOp = Box<dyn FnOnce(&Connection, &mut Vec<Published>) -> Completion + Send>;
+/// A read of an in-memory database (which only the writer's connection can see).
+pub(super) type ReadOp = Box<dyn FnOnce(&Connection) + Send>;
+
+pub(super) enum Cmd {
+    Write(WriteOp),
+    Read(ReadOp),
+}
+
+/// When a commit may be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Durability {
+    /// At commit: the in-memory database, and `synchronous=normal` (SQLite then syncs at
+    /// checkpoints only).
+    AtCommit,
+    /// After the syncer's `fdatasync` of the WAL: `synchronous=full`.
+    Synced,
+}
+
+/// A database file's writer settings.
+pub(super) struct FileDb<'a> {
+    pub path: &'a Path,
+    pub durability: Durability,
+    /// WAL length (in pages) from which the writer finishes a checkpoint itself so that
+    /// the WAL rewinds instead of growing.
+    pub wal_max_pages: i64,
+}
+
+/// How far commits have got; shared by the writer, the syncer and the readers.
+pub(super) struct Progress {
+    /// Commits begun, numbered from 1. Counted *before* `COMMIT`, so any snapshot that
+    /// includes a commit was taken after its number was counted.
+    begun: AtomicU64,
+    /// Every commit up to this number is durable (or rolled back).
+    settled: watch::Sender<u64>,
+    /// An fsync failed: what it should have made durable may be lost, and the database no
+    /// longer says what was answered. No write is accepted any more (restart the process:
+    /// recovery reads the WAL as the disk has it).
+    failed: AtomicBool,
+}
+
+impl Progress {
+    pub(super) fn new() -> Arc<Progress> {
+        Arc::new(Progress {
+            begun: AtomicU64::new(0),
+            settled: watch::channel(0).0,
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    /// Waits until every commit begun so far is durable: called after a read, so that what
+    /// it saw cannot be taken back by a crash.
+    pub(super) async fn settle(&self) {
+        let need = self.begun.load(Ordering::SeqCst);
+        if *self.settled.borrow() >= need {
+            return;
+        }
+        let mut settled = self.settled.subscribe();
+        // The sender lives as long as `self`: `wait_for` cannot fail here.
+        let _ = settled.wait_for(|n| *n >= need).await;
+    }
+
+    /// `Err` once an fsync has failed.
+    pub(super) fn healthy(&self) -> Result<()> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(
+                "an fsync of the SQLite WAL failed; writes are refused until the gateway restarts"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One group commit on its way to its callers.
+struct Batch {
+    number: u64,
+    committed: bool,
+    outbox: Vec<Published>,
+    completions: Vec<Completion>,
+}
+
+impl Batch {
+    /// Publishes the events (if the batch is durable) and answers the callers.
+    fn finish(self, sink: &OnceLock<Arc<dyn EventSink>>, durable: bool) {
+        let done = self.committed && durable;
+        if done {
+            if let Some(sink) = sink.get() {
+                for event in self.outbox {
+                    sink.publish(event);
+                }
+            }
+        }
+        for c in self.completions {
+            c(done);
+        }
+    }
+}
+
+/// Starts the writer (and, for a file database at `file`, its syncer and checkpointer).
+/// The writer exits once every sender of `rx` is gone and what was queued is committed;
+/// joining it joins the others.
+pub(super) fn start(
+    conn: Connection,
+    rx: mpsc::Receiver<Cmd>,
+    sink: Arc<OnceLock<Arc<dyn EventSink>>>,
+    progress: Arc<Progress>,
+    file: Option<FileDb>,
+) -> Result<std::thread::JoinHandle<()>> {
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(f)
+            .map_err(|e| StoreError::Internal(e.to_string()))
+    };
+    let mut helpers = Vec::new();
+    let mut syncer = None;
+    let mut rewind = None;
+    if let Some(FileDb {
+        path,
+        durability,
+        wal_max_pages,
+    }) = file
+    {
+        // The writer never checkpoints on its own (see the module's doc).
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .map_err(db_err)?;
+        let wanted = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let checkpointer = Connection::open(path).map_err(db_err)?;
+        checkpointer
+            .execute_batch("PRAGMA busy_timeout = 1000; PRAGMA wal_autocheckpoint = 0;")
+            .map_err(db_err)?;
+        let flag = wanted.clone();
+        helpers.push(spawn(
+            "confab-sqlite-checkpoint",
+            Box::new(move || checkpoint_loop(checkpointer, stopped, flag, wal_max_pages)),
+        )?);
+        rewind = Some((wanted, stop));
+        if durability == Durability::Synced {
+            conn.execute_batch("PRAGMA synchronous = NORMAL")
+                .map_err(db_err)?;
+            let wal = open_wal(path)?;
+            let (tx, batches) = std::sync::mpsc::channel::<Batch>();
+            let (sink, progress) = (sink.clone(), progress.clone());
+            helpers.push(spawn(
+                "confab-sqlite-sync",
+                Box::new(move || sync_loop(wal, batches, &sink, &progress)),
+            )?);
+            syncer = Some(tx);
+        }
+    }
+    spawn(
+        "confab-sqlite-writer",
+        Box::new(move || {
+            write_loop(
+                &conn,
+                rx,
+                &sink,
+                &progress,
+                syncer,
+                rewind.as_ref().map(|r| &*r.0),
+            );
+            drop(rewind); // stops the checkpointer
+            for h in helpers {
+                let _ = h.join();
+            }
+            // Everything is durable now; leave a short WAL for the next start.
+            let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+        }),
+    )
+}
+
+/// The WAL file, for the syncer's `fdatasync`s. SQLite keeps it (same inode) while any
+/// connection is open, and the writer's connection outlives the syncer. Its directory is
+/// synced once, so that the file itself survives a power loss.
+fn open_wal(db: &Path) -> Result<File> {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    let unavailable =
+        |e: std::io::Error| StoreError::Unavailable(format!("{}: {e}", wal.display()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&wal)
+        .map_err(unavailable)?;
+    let dir = match db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_owned(),
+        None => PathBuf::from("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(unavailable)?;
+    Ok(file)
+}
+
+fn write_loop(
+    conn: &Connection,
+    mut rx: mpsc::Receiver<Cmd>,
+    sink: &OnceLock<Arc<dyn EventSink>>,
+    progress: &Progress,
+    syncer: Option<std::sync::mpsc::Sender<Batch>>,
+    rewind: Option<&AtomicBool>,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut cmds = vec![first];
+        while cmds.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(c) => cmds.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut batch = Batch {
+            number: 0,
+            committed: false,
+            outbox: Vec::new(),
+            completions: Vec::new(),
+        };
+        let mut reads: Vec<ReadOp> = Vec::new();
+        let began = progress.healthy().is_ok()
+            && match conn.execute_batch("BEGIN IMMEDIATE") {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "sqlite: cannot begin a transaction");
+                    false
+                }
+            };
+        for cmd in cmds {
+            match cmd {
+                // A write that cannot run is dropped: its caller gets `Unavailable`.
+                Cmd::Write(op) if began => batch.completions.push(op(conn, &mut batch.outbox)),
+                Cmd::Write(_) => {}
+                Cmd::Read(op) => reads.push(op),
+            }
+        }
+        batch.number = progress.begun.fetch_add(1, Ordering::SeqCst) + 1;
+        batch.committed = began
+            && match conn.execute_batch("COMMIT") {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "sqlite: commit failed; the batch is rolled back");
+                    let _ = conn.execute_batch("ROLLBACK");
+                    false
+                }
+            };
+        match &syncer {
+            Some(syncer) => {
+                let number = batch.number;
+                // The syncer only stops after the writer: a failed send cannot happen, but
+                // must not leave callers waiting if it did.
+                if let Err(std::sync::mpsc::SendError(batch)) = syncer.send(batch) {
+                    batch.finish(sink, false);
+                    progress.settled.send_replace(number);
+                }
+            }
+            None => {
+                let number = batch.number;
+                batch.finish(sink, true);
+                progress.settled.send_replace(number);
+            }
+        }
+        for r in reads {
+            r(conn);
+        }
+        if rewind.is_some_and(|r| r.swap(false, Ordering::SeqCst)) {
+            // Copies what the checkpointer has not yet copied; the next commit rewinds the
+            // WAL. If a reader holds an old snapshot, the checkpointer asks again.
+            let t0 = std::time::Instant::now();
+            let r = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+            tracing::debug!(took = ?t0.elapsed(), "sqlite: the writer finished a checkpoint to rewind the WAL");
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "sqlite: checkpoint failed");
+            }
+        }
+    }
+}
+
+/// Makes committed batches durable, in order, then finishes them (see the module's doc).
+fn sync_loop(
+    wal: File,
+    batches: std::sync::mpsc::Receiver<Batch>,
+    sink: &OnceLock<Arc<dyn EventSink>>,
+    progress: &Progress,
+) {
+    while let Ok(first) = batches.recv() {
+        let mut ready = vec![first];
+        ready.extend(batches.try_iter());
+        let durable = if ready.iter().any(|b| b.committed) {
+            let t0 = std::time::Instant::now();
+            let r = wal.sync_data();
+            tracing::trace!(took = ?t0.elapsed(), batches = ready.len(), "sqlite: WAL fsync");
+            match r {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "sqlite: fsync of the WAL failed; refusing writes until restarted");
+                    progress.failed.store(true, Ordering::SeqCst);
+                    false
+                }
+            }
+        } else {
+            true
+        };
+        let last = ready.last().map_or(0, |b| b.number);
+        for batch in ready {
+            batch.finish(sink, durable);
+        }
+        progress.settled.send_replace(last);
+    }
+}
+
+/// Copies the WAL into the database every [`CHECKPOINT_EVERY`] (or [`CHECKPOINT_HURRIED`]) until `stop`'s sender is
+/// dropped; raises `rewind` when the WAL has grown long (see the module's doc).
+fn checkpoint_loop(
+    conn: Connection,
+    stop: std::sync::mpsc::Receiver<()>,
+    rewind: Arc<AtomicBool>,
+    wal_max_pages: i64,
+) {
+    let mut pause = CHECKPOINT_EVERY;
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(pause) {
+        let t0 = std::time::Instant::now();
+        let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        });
+        tracing::debug!(took = ?t0.elapsed(), ?pass, "sqlite: checkpoint (busy, WAL pages)");
+        let wal_pages = match pass {
+            Ok((_, wal_pages)) => wal_pages,
+            Err(e) => {
+                tracing::warn!(error = %e, "sqlite: checkpoint failed");
+                0
+            }
+        };
+        if wal_pages >= wal_max_pages {
+            rewind.store(true, Ordering::SeqCst);
+        }
+        pause = if wal_pages >= wal_max_pages / 2 {
+            CHECKPOINT_HURRIED
+        } else {
+            CHECKPOINT_EVERY
+        };
+    }
+}
+
+/// Runs one write in its own savepoint of the batch's transaction: if it fails, only its
+/// own changes (and events) are undone.
+pub(super) fn in_savepoint<T>(
+    conn: &Connection,
+    outbox: &mut Vec<Published>,
+    f: impl FnOnce(&Connection, &mut Vec<Published>) -> Result<T>,
+) -> Result<T> {
+    // Cached statements: a savepoint per write is on the hot path of every message.
+    let exec = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut st| st.execute([]))
+            .map_err(db_err)
+    };
+    exec("SAVEPOINT op")?;
+    let mut local = Vec::new();
+    let result = f(conn, &mut local);
+    match &result {
+        Ok(_) => {
+            exec("RELEASE op")?;
+            outbox.append(&mut local);
+        }
+        Err(_) => {
+            let _ = exec("ROLLBACK TO op");
+            let _ = exec("RELEASE op");
+        }
+    }
+    result
+}
