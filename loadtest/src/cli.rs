@@ -230,6 +230,10 @@ pub struct ChatArgs {
     /// Concurrent session creations while setting up.
     #[arg(long, default_value_t = 32)]
     pub sessions_concurrency: usize,
+    /// Also measure the disk: `fdatasync` of 4 KiB appends in this directory (the gateway's
+    /// database directory) throughout the sending phase, reported beside the latencies.
+    #[arg(long)]
+    pub fsync_probe: Option<std::path::PathBuf>,
 }
 
 /// `broadcast` flags.

@@ -40,6 +40,7 @@ pub mod assistant_config;
 pub mod baseline;
 pub mod baseline_proto;
 pub mod cli;
+pub mod disk;
 pub mod http;
 pub mod jwt;
 pub mod net;

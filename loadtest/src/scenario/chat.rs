@@ -139,6 +139,10 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
         .collect();
     let period = Duration::from_secs_f64(args.visitors as f64 / args.rate);
     let meter = report::Meter::start(&args.common.server_pids);
+    let fsync_probe = match &args.fsync_probe {
+        Some(dir) => Some(crate::disk::FsyncProbe::start(dir)?),
+        None => None,
+    };
     let t0 = Instant::now() + Duration::from_millis(200);
     let end = t0 + args.duration.0;
     let t0_us = now_us() + 200_000;
@@ -217,6 +221,7 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
     }
     let _ = stop_tx.send(true);
     progress.finish();
+    let fsync = fsync_probe.map(|p| p.finish()).transpose()?;
 
     let mut acked_sets = vec![];
     let mut echo_lost = 0;
@@ -275,6 +280,7 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
             },
             "ackLatency": ack_lat,
             "sendLag": lag,
+            "fsync": fsync,
             "usage": usage,
             "interrupted": interrupted,
         }
@@ -331,6 +337,9 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
         t.row(latency_row("send → ack (stored)", &ack_lat));
     }
     t.row(latency_row("client send lag", &lag));
+    if let Some(fsync) = &fsync {
+        t.row(latency_row("disk fdatasync (probe)", fsync));
+    }
     t.print();
     usage.print();
     super::print_problems(
