@@ -121,6 +121,158 @@ async fn rate_limits_hold_across_nodes() {
     );
 }
 
+/// A visitor message's rate limits are charged in its append script (one round trip):
+/// the per-session limit holds across nodes and both transports, a refused message is
+/// neither stored nor charged, a retry of a stored message is answered while limited, and
+/// refusals are counted as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_limits_hold_across_nodes_in_the_append_script() {
+    let Some(redis) = redis_or_skip("message_limits_hold_across_nodes_in_the_append_script").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = node_config(dir.path(), &redis.url(), "");
+    let toml = std::fs::read_to_string(&cfg).unwrap();
+    let toml = with_limit(
+        &with_limit(
+            &without_auto_reply(&toml),
+            "messages_per_minute_per_session",
+            3,
+        ),
+        "messages_per_hour_per_ip",
+        10,
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let (a, b) = (Process::spawn(&cfg, &[]), Process::spawn(&cfg, &[]));
+    let (ca, cb) = (a.client(), b.client());
+    let s = ca.session(PK).await;
+    let (mut ws, _) = Ws::open(b.addr, "/v1/visitor/ws", &s.token, None).await;
+
+    // Three allowed, from both nodes and both transports.
+    let first = ca.send(&s, "one", Some("c1")).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    ws.send_json(&json!({"type": "message", "message": "two", "clientMessageId": "c2"}))
+        .await;
+    let ack = ws.next_of(&["ack", "error"]).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(cb.send(&s, "three", Some("c3")).await.status, 201);
+
+    // The fourth is refused on either node, either way, with Retry-After.
+    let r = ca.send(&s, "four", Some("c4")).await;
+    assert_error(&r, 429, "rate_limited");
+    let secs: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&secs), "Retry-After {secs}");
+    ws.send_json(&json!({"type": "message", "message": "five", "clientMessageId": "c5"}))
+        .await;
+    let e = ws.next_of(&["ack", "error"]).await;
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("rate_limited")),
+        "{e}"
+    );
+
+    // Retries of stored messages are answered with the originals while limited.
+    let again = cb.send(&s, "one", Some("c1")).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.json["duplicate"], true);
+    assert_eq!(again.json["messageId"], first.json["messageId"]);
+    ws.send_json(&json!({"type": "message", "message": "two", "clientMessageId": "c2"}))
+        .await;
+    let dup = ws.next_of(&["ack", "error"]).await;
+    assert_eq!(
+        (dup["type"].as_str(), dup["duplicate"].as_bool()),
+        (Some("ack"), Some(true)),
+        "{dup}"
+    );
+    assert_eq!(dup["messageId"], ack["messageId"]);
+
+    let bodies: Vec<_> = cb
+        .history(&s)
+        .await
+        .iter()
+        .map(|m| m["body"].clone())
+        .collect();
+    assert_eq!(bodies, vec![json!("one"), json!("two"), json!("three")]);
+    // Counted under the limit that refused, on the node that refused.
+    for c in [&ca, &cb] {
+        let metrics = c.get("/metrics", &[]).await.text;
+        assert!(
+            metrics.contains("confab_rate_limited_total{limit=\"msg-vis\"} 1"),
+            "{metrics}"
+        );
+        assert!(!metrics.contains("limit=\"msg-ip\""), "{metrics}");
+    }
+    // Neither the refusals nor the retries took from the IP's allowance (10 an hour: one
+    // unit is 6 minutes), kept under the limiter's own key: 3 units, 18 minutes.
+    let ip_key = "confab:rl:msg-ip:acme:127.0.0.1";
+    let pttl: i64 = redis
+        .command(&["PTTL", ip_key])
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    let unit = 360_000;
+    assert!(
+        pttl > 3 * unit - 60_000 && pttl <= 3 * unit,
+        "{ip_key} expires in {pttl} ms"
+    );
+}
+
+/// `calls` of one command in `INFO commandstats` (0 when it was never called).
+fn command_calls(stats: &str, command: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// One round trip per visitor message: K messages (HTTP on one node, WebSocket on the
+/// other), K script calls in Redis's own count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_message_is_one_script_call() {
+    let Some(redis) = redis_or_skip("a_visitor_message_is_one_script_call").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // No auto-reply, webhook, assistant or agent, and maintenance first runs a minute after
+    // start: nothing but the visitor's requests runs scripts during the test.
+    let cfg = node_config(dir.path(), &redis.url(), "");
+    let toml = without_auto_reply(&std::fs::read_to_string(&cfg).unwrap());
+    std::fs::write(&cfg, toml).unwrap();
+    let (a, b) = (Process::spawn(&cfg, &[]), Process::spawn(&cfg, &[]));
+    let (ca, cb) = (a.client(), b.client());
+    let s = ca.session(PK).await;
+    let (mut ws, _) = Ws::open(b.addr, "/v1/visitor/ws", &s.token, None).await;
+    // Loads the script into Redis (the first EVALSHA of a fresh Redis is a NOSCRIPT).
+    assert_eq!(cb.send(&s, "warm-up", Some("w")).await.status, 201);
+
+    assert_eq!(redis.command(&["CONFIG", "RESETSTAT"]).await.unwrap(), "OK");
+    const K: u64 = 10;
+    for i in 0..K {
+        let cmid = format!("m{i}");
+        if i % 2 == 0 {
+            let r = ca.send(&s, &format!("http {i}"), Some(&cmid)).await;
+            assert_eq!(r.status, 201, "{}", r.text);
+        } else {
+            ws.send_json(
+                &json!({"type": "message", "message": format!("ws {i}"), "clientMessageId": cmid}),
+            )
+            .await;
+            let ack = ws.next_of(&["ack", "error"]).await;
+            assert_eq!(ack["type"], "ack", "{ack}");
+        }
+    }
+    let stats = redis.command(&["INFO", "commandstats"]).await.unwrap();
+    assert_eq!(
+        command_calls(&stats, "evalsha") + command_calls(&stats, "eval"),
+        K,
+        "one script call per visitor message: {stats}"
+    );
+    assert_eq!(cb.history(&s).await.len() as u64, K + 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_pubsub_connection_loses_nothing() {
     let Some(redis) = redis_or_skip("killed_pubsub_connection_loses_nothing").await else {

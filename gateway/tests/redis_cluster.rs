@@ -10,7 +10,9 @@
 //!   master under traffic;
 //! - `a_master_failover_through_the_gateway_loses_no_ack`: SIGKILL the master of a busy
 //!   tenant while a visitor sends continuously (retrying with the same clientMessageId on
-//!   503).
+//!   503);
+//! - `message_limits_ride_in_the_append_script_on_the_tenants_shard`: a visitor message is
+//!   one script call on its tenant's master, rate limits included, across both nodes.
 
 mod common;
 
@@ -625,4 +627,83 @@ async fn a_master_failover_through_the_gateway_loses_no_ack() {
 
     wait_readyz(&ca, 200, Duration::from_secs(15)).await;
     wait_readyz(&cb, 200, Duration::from_secs(15)).await;
+}
+
+/// `calls` of one command in `INFO commandstats` of one master (0 when never called).
+async fn command_calls(port: u16, command: &str) -> u64 {
+    redis_cli(port, &["INFO", "commandstats"])
+        .await
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix(&format!("cmdstat_{command}:calls="))
+                .map(str::to_owned)
+        })
+        .and_then(|rest| rest.split(',').next().map(str::to_owned))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_limits_ride_in_the_append_script_on_the_tenants_shard() {
+    let Some(cluster) = RedisCluster::start_or_skip(
+        "message_limits_ride_in_the_append_script_on_the_tenants_shard",
+    )
+    .await
+    else {
+        return;
+    };
+    let masters: Vec<u16> = cluster
+        .masters()
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.port)
+        .collect();
+    let tenants = tenants_on(&cluster, &masters[..1]).await;
+    let t = &tenants[0];
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cluster_config(dir.path(), &cluster.url(), &tenants);
+    let toml = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "messages_per_minute_per_session = 100000",
+        "messages_per_minute_per_session = 4",
+        1,
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let (a, b) = (Process::spawn(&cfg, &[]), Process::spawn(&cfg, &[]));
+    let (ca, cb) = (a.client(), b.client());
+    wait_readyz(&ca, 200, Duration::from_secs(10)).await;
+    wait_readyz(&cb, 200, Duration::from_secs(10)).await;
+    // No agent, webhook or assistant, and maintenance runs a minute after start: nothing
+    // but the visitor's requests runs scripts during the test.
+    let s = ca.session(&t.pk).await;
+    // Loads the script on the master (the first EVALSHA there is a NOSCRIPT).
+    assert_eq!(ca.send(&s, "warm-up", Some("w")).await.status, 201);
+
+    for &port in &masters {
+        assert_eq!(redis_cli(port, &["CONFIG", "RESETSTAT"]).await, ["OK"]);
+    }
+    // Three more fit the session's 4 a minute, from either node; the next is refused.
+    for (i, c) in [&ca, &cb, &ca].into_iter().enumerate() {
+        let r = c.send(&s, &format!("m{i}"), Some(&format!("m{i}"))).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let r = cb.send(&s, "over", Some("over")).await;
+    assert_error(&r, 429, "rate_limited");
+    // A retry of a stored message is answered while limited.
+    let r = ca.send(&s, "m0", Some("m0")).await;
+    assert_eq!(
+        (r.status, &r.json["duplicate"]),
+        (200, &json!(true)),
+        "{}",
+        r.text
+    );
+    // Five requests, five script calls, all on the tenant's master (its limits live
+    // there too: the shard keys carry the tenant's hash tag).
+    assert_eq!(
+        command_calls(t.master, "evalsha").await + command_calls(t.master, "eval").await,
+        5
+    );
+    for &port in &masters[1..] {
+        assert_eq!(command_calls(port, "evalsha").await, 0, "master {port}");
+    }
+    assert_eq!(ca.history(&s).await.len(), 4);
 }

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Map};
 
 use crate::{
-    Backend, Channel, ConversationCursor, Cursor, EventSink, NewConversation, NewMessage,
+    Appended, Backend, Channel, ConversationCursor, Cursor, EventSink, NewConversation, NewMessage,
     OwedReply, PresenceEntry, ProfileUpdate, Published, ReadEvent, ReadMark, ReplyOutcome,
     Retention, WebhookState,
 };
@@ -118,6 +118,113 @@ pub async fn run_all(factory: Factory) {
     read_cursors_move_forward(&factory).await;
     owed_replies_are_claimed_once_and_settled(&factory).await;
     attachments_are_claimed_once(&factory).await;
+    messages_are_charged_with_their_limits(&factory).await;
+}
+
+async fn charged(
+    b: &Backend,
+    m: NewMessage,
+    limits: &[crate::ratelimit::LimitSpec<'_>],
+    now_ms: i64,
+) -> crate::LimitedAppend {
+    b.store
+        .append_message_limited(m, limits, now_ms, b.limiter.as_ref())
+        .await
+        .unwrap()
+}
+
+/// `append_message_limited`: the limits are charged all or nothing with the message, on
+/// the backend's limiter's own keys; a refusal stores and charges nothing; a retry of a
+/// stored message is answered even while limited; `gcra`'s numbers.
+async fn messages_are_charged_with_their_limits(f: &Factory) {
+    use crate::ratelimit::{gcra, Decision, LimitSpec};
+    use crate::LimitedAppend;
+    let b = f(Retention::default()).await;
+    let t = tenant();
+    let conv = b.store.start_conversation(new_conv(&t)).await.unwrap();
+    // Keyed as the gateway keys them (PREFIX:TENANT:SUBJECT: on a Redis Cluster, in the
+    // tenant's slot).
+    let (ip_key, vis_key) = (format!("msg-ip:{t}:10.0.0.1"), format!("msg-vis:{t}:v"));
+    let ip = LimitSpec {
+        key: &ip_key,
+        limit: 3,
+        window_ms: 60_000,
+    };
+    let vis = LimitSpec {
+        key: &vis_key,
+        limit: 2,
+        window_ms: 60_000,
+    };
+    let now = confab_protocol::time::now_ms();
+    let send = |body: &str, cmid: &str| visitor_msg(&t, &conv.id, body, Some(cmid));
+    for (i, cmid) in ["c1", "c2"].into_iter().enumerate() {
+        match charged(&b, send("hi", cmid), &[ip, vis], now).await {
+            LimitedAppend::Done(Some(a)) => {
+                assert!(!a.duplicate);
+                assert_eq!(crate::seq_of_message_id(&a.message.id), Some(i as u64 + 1));
+            }
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    // The session's allowance is spent: refused, named, with gcra's wait; nothing stored.
+    let mut tat = None;
+    for _ in 0..2 {
+        tat = Some(gcra(tat, 2, 60_000, now).unwrap());
+    }
+    let wait = gcra(tat, 2, 60_000, now).unwrap_err();
+    match charged(&b, send("third", "c3"), &[ip, vis], now).await {
+        LimitedAppend::Limited {
+            retry_after_ms,
+            refused,
+        } => assert_eq!((retry_after_ms, refused), (wait, 1)),
+        other => panic!("expected Limited, got {other:?}"),
+    }
+    let page = b
+        .store
+        .messages(&t, &conv.id, Cursor::Start, 10)
+        .await
+        .unwrap();
+    assert_eq!(page.messages.len(), 2, "a refused message is not stored");
+    // A retry of a stored message is answered while limited.
+    match charged(&b, send("hi", "c1"), &[ip, vis], now).await {
+        LimitedAppend::Done(Some(a)) => {
+            assert!(a.duplicate);
+            assert_eq!(crate::seq_of_message_id(&a.message.id), Some(1));
+        }
+        other => panic!("expected the duplicate, got {other:?}"),
+    }
+    // Neither the refusal nor the limited retry took from the IP's allowance: one of its
+    // 3 units is left, in the limiter's own keys.
+    assert_eq!(
+        b.limiter.check_all(&[ip], now).await.unwrap(),
+        Decision::Allowed
+    );
+    assert!(matches!(
+        b.limiter.check_all(&[ip], now).await.unwrap(),
+        Decision::Limited { refused: 0, .. }
+    ));
+    // A zero limit refuses everything, with gcra's wait.
+    let zero_key = format!("msg-ip:{t}:10.0.0.2");
+    let zero = LimitSpec {
+        key: &zero_key,
+        limit: 0,
+        window_ms: 60_000,
+    };
+    match charged(&b, send("x", "c4"), &[zero], now).await {
+        LimitedAppend::Limited {
+            retry_after_ms,
+            refused,
+        } => assert_eq!((retry_after_ms, refused), (60_000, 0)),
+        other => panic!("expected Limited, got {other:?}"),
+    }
+    // No limits: an ordinary append.
+    assert!(matches!(
+        charged(&b, send("free", "c5"), &[], now).await,
+        LimitedAppend::Done(Some(Appended {
+            duplicate: false,
+            ..
+        }))
+    ));
 }
 
 fn upload(t: &str, conv: &str, created_ms: i64) -> crate::AttachmentRecord {

@@ -287,6 +287,20 @@ pub struct Appended {
     pub reply_owed: bool,
 }
 
+/// The outcome of [`Store::append_message_limited`].
+// Unboxed: one per visitor message, moved once to its caller; a box would be an allocation
+// per message for the rare refusal's sake.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum LimitedAppend {
+    /// What `append_message` answers: stored (the limits charged), a duplicate, or `None`
+    /// when there is no such conversation in this tenant.
+    Done(Option<Appended>),
+    /// `limits[refused]` refused it (the longest wait when several did): nothing was
+    /// charged and nothing stored. A retry can succeed in `retry_after_ms`.
+    Limited { retry_after_ms: u64, refused: usize },
+}
+
 /// An owed reply this node claimed: answer the conversation's visitor messages up to
 /// `through_seq` (see [`Store::claim_reply`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -490,6 +504,28 @@ pub trait Store: Send + Sync + 'static {
     /// appends `message:new` (and `conversation:updated` when it reopened).
     /// `None` when there is no such conversation in this tenant.
     async fn append_message(&self, new: NewMessage) -> Result<Option<Appended>>;
+
+    /// `append_message` for one request that must also pass `limits` (a visitor's
+    /// message: its IP's and its session's allowances), all or nothing: either every limit
+    /// takes one unit and the message is appended, or nothing is charged or stored and the
+    /// answer is [`LimitedAppend::Limited`]. A retry of a message already stored (same
+    /// `client_message_id`) is answered with the original even when a limit is exhausted.
+    ///
+    /// This default is [`charge_then_append`]: asks `limiter` (`check_all` on `now_ms`),
+    /// then appends — and when limited, looks for the duplicate. A backend whose limiter
+    /// lives beside its data overrides it with one commit: the Redis store (given the
+    /// limiter it was opened with) checks the idempotency key first (a duplicate charges
+    /// nothing), then the limits on [`redis::RedisRateLimiter`]'s own keys, then charges
+    /// and appends together — one round trip per message.
+    async fn append_message_limited(
+        &self,
+        new: NewMessage,
+        limits: &[ratelimit::LimitSpec<'_>],
+        now_ms: i64,
+        limiter: &dyn ratelimit::RateLimiter,
+    ) -> Result<LimitedAppend> {
+        charge_then_append(self, new, limits, now_ms, limiter).await
+    }
 
     /// The message `new` would duplicate (same conversation, same author, same
     /// `client_message_id`), if one is stored. Lets a caller acknowledge a retry it would
@@ -757,6 +793,44 @@ pub struct Backend {
 /// clock.
 pub async fn open(url: &str, retention: Retention) -> Result<Backend> {
     open_with_clock(url, retention, Clock::system()).await
+}
+
+/// [`Store::append_message_limited`] in two steps: `limiter.check_all`, then
+/// `append_message` (or, when limited, `find_duplicate`). The default, and the Redis
+/// store's way for limits it cannot charge in the message's script. Unlike the one-script
+/// way, a duplicate that arrives within the limits is charged.
+pub async fn charge_then_append<S: Store + ?Sized>(
+    store: &S,
+    new: NewMessage,
+    limits: &[ratelimit::LimitSpec<'_>],
+    now_ms: i64,
+    limiter: &dyn ratelimit::RateLimiter,
+) -> Result<LimitedAppend> {
+    if !limits.is_empty() {
+        if let ratelimit::Decision::Limited {
+            retry_after_ms,
+            refused,
+        } = limiter.check_all(limits, now_ms).await?
+        {
+            let duplicate = match new.client_message_id {
+                Some(_) => store.find_duplicate(&new).await?,
+                None => None,
+            };
+            if let Some(message) = duplicate {
+                return Ok(LimitedAppend::Done(Some(Appended {
+                    message,
+                    duplicate: true,
+                    first_in_conversation: false,
+                    reply_owed: false,
+                })));
+            }
+            return Ok(LimitedAppend::Limited {
+                retry_after_ms,
+                refused,
+            });
+        }
+    }
+    Ok(LimitedAppend::Done(store.append_message(new).await?))
 }
 
 /// Opens a backend from its URL, stamping time with the node's `clock`.

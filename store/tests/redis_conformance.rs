@@ -13,8 +13,8 @@ use confab_store::ratelimit::{Decision, LimitSpec, MemoryRateLimiter, RateLimite
 use confab_store::redis::testing::{RedisServer, TcpProxy};
 use confab_store::redis::RedisNode;
 use confab_store::{
-    Channel, Clock, Cursor, EventSink, NewConversation, NewMessage, ProfileUpdate, Published,
-    Retention, StoreError,
+    Channel, Clock, Cursor, EventSink, LimitedAppend, NewConversation, NewMessage, ProfileUpdate,
+    Published, Retention, StoreError,
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -289,6 +289,97 @@ async fn rate_limits_are_shared_across_nodes() {
         assert!(Instant::now() < deadline, "the limiter key never expired");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A visitor message's limits, charged in its append script (one round trip), make the
+/// same decisions as the in-process limiter, step by step, from two nodes; and draw from
+/// the allowance the limiter's own calls use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_charges_limits_with_gcra_numbers() {
+    let Some(redis) = RedisServer::start_or_skip("append_charges_limits_with_gcra_numbers").await
+    else {
+        return;
+    };
+    let n1 = confab_store::open(&redis.url(), Retention::default())
+        .await
+        .unwrap();
+    let n2 = confab_store::open(&redis.url(), Retention::default())
+        .await
+        .unwrap();
+    let nodes = [&n1, &n2];
+    let t = tenant();
+    let conv = n1.store.start_conversation(new_conv(&t)).await.unwrap();
+    let memory = MemoryRateLimiter::default();
+    let (ka, kb) = (format!("msg-ip:{t}:a"), format!("msg-vis:{t}:b"));
+    let mut now = now_ms();
+    let mut stored = 0;
+    for step in 0..300 {
+        now += rand::random_range(0..40);
+        let specs = [
+            LimitSpec {
+                key: &ka,
+                limit: 7,
+                window_ms: 1_000,
+            },
+            LimitSpec {
+                key: &kb,
+                limit: 3,
+                window_ms: 500,
+            },
+        ];
+        // Every third step also takes from `a` through the limiter itself.
+        if step % 3 == 0 {
+            let want = memory.check_all(&specs[..1], now).await.unwrap();
+            let got = nodes[step % 2]
+                .limiter
+                .check_all(&specs[..1], now)
+                .await
+                .unwrap();
+            assert_eq!(got, want, "limiter step {step} at {now}");
+        }
+        let want = memory.check_all(&specs, now).await.unwrap();
+        let node = nodes[(step + 1) % 2];
+        let m = message(&t, &conv.id, &format!("m{step}"), Some(&format!("c{step}")));
+        let got = match node
+            .store
+            .append_message_limited(m, &specs, now, node.limiter.as_ref())
+            .await
+            .unwrap()
+        {
+            LimitedAppend::Done(Some(a)) => {
+                assert!(!a.duplicate);
+                stored += 1;
+                Decision::Allowed
+            }
+            LimitedAppend::Done(None) => panic!("the conversation exists"),
+            LimitedAppend::Limited {
+                retry_after_ms,
+                refused,
+            } => Decision::Limited {
+                retry_after_ms,
+                refused,
+            },
+        };
+        assert_eq!(got, want, "append step {step} at {now}");
+    }
+    let page = n1
+        .store
+        .messages(&t, &conv.id, Cursor::Start, 1000)
+        .await
+        .unwrap();
+    assert_eq!(page.messages.len(), stored, "exactly the allowed ones");
+    assert!(
+        stored > 10 && stored < 300,
+        "both outcomes were seen: {stored}"
+    );
+    // On a single Redis the keys are the limiter's own.
+    assert_eq!(
+        redis
+            .command(&["EXISTS", &format!("confab:rl:{ka}")])
+            .await
+            .unwrap(),
+        "1"
+    );
 }
 
 /// Hands every publication to a channel the test reads.

@@ -54,38 +54,62 @@ pub async fn charge_all(
     tenant: &Tenant,
     limits: &[(Limit, &str)],
 ) -> Result<(), ApiError> {
-    let keys: Vec<(String, u32, u64, &'static str)> = limits
-        .iter()
-        .map(|(limit, subject)| {
-            let (allowance, window, prefix) = limit.params(&tenant.cfg.rate_limits);
-            (
-                format!("{prefix}:{}:{subject}", tenant.cfg.id),
-                allowance,
-                window,
-                prefix,
-            )
-        })
-        .collect();
-    let specs: Vec<LimitSpec<'_>> = keys
-        .iter()
-        .map(|(key, limit, window_ms, _)| LimitSpec {
-            key,
-            limit: *limit,
-            window_ms: *window_ms,
-        })
-        .collect();
-    match state.limiter.check_all(&specs, state.now_ms()).await {
+    let charges = Charges::new(tenant, limits);
+    match state
+        .limiter
+        .check_all(&charges.specs(), state.now_ms())
+        .await
+    {
         Ok(Decision::Allowed) => Ok(()),
         Ok(Decision::Limited {
             retry_after_ms,
             refused,
-        }) => {
-            // Counted under the limit that refused, not under every limit checked.
-            if let Some((_, _, _, prefix)) = keys.get(refused) {
-                state.metrics.rate_limited(prefix);
-            }
-            Err(ApiError::rate_limited(retry_after_ms.div_ceil(1000).max(1)))
-        }
+        }) => Err(charges.refusal(state, retry_after_ms, refused)),
         Err(e) => Err(crate::error::store_error(e)),
+    }
+}
+
+/// The limits one request is charged, keyed as the limiter keys them
+/// (`PREFIX:TENANT:SUBJECT`): what [`charge_all`] checks, and what a visitor message hands
+/// the store to charge in its own commit (`Store::append_message_limited`).
+#[derive(Default)]
+pub struct Charges(Vec<(String, u32, u64, &'static str)>);
+
+impl Charges {
+    pub fn new(tenant: &Tenant, limits: &[(Limit, &str)]) -> Charges {
+        Charges(
+            limits
+                .iter()
+                .map(|(limit, subject)| {
+                    let (allowance, window, prefix) = limit.params(&tenant.cfg.rate_limits);
+                    (
+                        format!("{prefix}:{}:{subject}", tenant.cfg.id),
+                        allowance,
+                        window,
+                        prefix,
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    pub fn specs(&self) -> Vec<LimitSpec<'_>> {
+        self.0
+            .iter()
+            .map(|(key, limit, window_ms, _)| LimitSpec {
+                key,
+                limit: *limit,
+                window_ms: *window_ms,
+            })
+            .collect()
+    }
+
+    /// The answer to a refusal by the limit at index `refused`: 429 with `Retry-After`,
+    /// counted under that limit, not under every limit checked.
+    pub fn refusal(&self, state: &AppState, retry_after_ms: u64, refused: usize) -> ApiError {
+        if let Some((_, _, _, prefix)) = self.0.get(refused) {
+            state.metrics.rate_limited(prefix);
+        }
+        ApiError::rate_limited(retry_after_ms.div_ceil(1000).max(1))
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use confab_protocol::model::{Conversation, Reader};
 use confab_protocol::{ApiError, ErrorCode};
-use confab_store::{Appended, Channel, NewMessage, Published, ReadMark};
+use confab_store::{Appended, Channel, LimitedAppend, NewMessage, Published, ReadMark};
 
 use crate::state::AppState;
 
@@ -42,13 +42,48 @@ fn not_found() -> ApiError {
 async fn append(state: &AppState, new: NewMessage) -> Result<Appended, ApiError> {
     let started = std::time::Instant::now();
     let appended = state.store.append_message(new).await;
+    let none = limits::Charges::default();
+    appended_or_not(state, started, appended.map(LimitedAppend::Done), &none)
+}
+
+/// [`append`], charging `charges` in the same commit (`Store::append_message_limited`: one
+/// round trip in Redis mode): 429 when a limit is exhausted and nothing charged or stored —
+/// unless the message was stored before (an idempotent retry), which is answered.
+async fn append_charged(
+    state: &AppState,
+    new: NewMessage,
+    charges: &limits::Charges,
+) -> Result<Appended, ApiError> {
+    let started = std::time::Instant::now();
+    let outcome = state
+        .store
+        .append_message_limited(
+            new,
+            &charges.specs(),
+            state.now_ms(),
+            state.limiter.as_ref(),
+        )
+        .await;
+    appended_or_not(state, started, outcome, charges)
+}
+
+fn appended_or_not(
+    state: &AppState,
+    started: std::time::Instant,
+    outcome: confab_store::Result<LimitedAppend>,
+    charges: &limits::Charges,
+) -> Result<Appended, ApiError> {
     state
         .metrics
         .store_append
         .observe_duration(started.elapsed());
-    let appended = appended
-        .map_err(crate::error::store_error)?
-        .ok_or_else(not_found)?;
+    let appended = match outcome.map_err(crate::error::store_error)? {
+        LimitedAppend::Done(appended) => appended.ok_or_else(not_found)?,
+        LimitedAppend::Limited {
+            retry_after_ms,
+            refused,
+        } => return Err(charges.refusal(state, retry_after_ms, refused)),
+    };
     if !appended.duplicate {
         state
             .metrics

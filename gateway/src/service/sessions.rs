@@ -214,7 +214,7 @@ pub async fn start(
         let visitor = known.as_ref().map(|(_, v)| v.visitor_id.as_str());
         // A resumed visitor's retry of a message already stored is found after the
         // session exists (below); here a refusal is final.
-        visitor::admit(state, tenant, visitor, ip, None).await?;
+        visitor::admit(state, tenant, visitor, ip).await?;
     }
     // Claimed last: a request refused for any other reason leaves the challenge usable.
     if let Some(claims) = &challenge {

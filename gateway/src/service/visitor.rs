@@ -1,6 +1,7 @@
 //! What visitors do: send messages (HTTP, WebSocket, or a session's first message — one
-//! path: [`VisitorDraft::check`] → [`admit`] → store), and type. The page-context and PII
-//! rules every visitor input goes through live here too.
+//! path: [`VisitorDraft::check`] → the store, which charges the rate limits in the
+//! message's own commit), and type. The page-context and PII rules every visitor input
+//! goes through live here too.
 
 use std::net::IpAddr;
 
@@ -15,6 +16,7 @@ use serde_json::{json, Map, Value};
 use crate::auth::VisitorSession;
 use crate::config::PiiRetention;
 use crate::policy::limits::Limit;
+use crate::service::limits::Charges;
 use crate::settings::Tenant;
 use crate::state::AppState;
 
@@ -229,90 +231,78 @@ pub async fn send(
     admit_and_store(state, session, ip, draft).await
 }
 
+/// Charges the visitor's IP and session in the message's own commit (one Redis round
+/// trip; see `Store::append_message_limited`).
 async fn admit_and_store(
     state: &AppState,
     session: &VisitorSession,
     ip: IpAddr,
     draft: VisitorDraft,
 ) -> Result<Appended, ApiError> {
-    let new = draft.into_new(session);
-    if let Some(duplicate) = admit(
-        state,
+    let ip = ip.to_string();
+    let charges = Charges::new(
         &session.tenant,
-        Some(&session.claims.visitor_id),
-        ip,
-        Some(&new),
-    )
-    .await?
-    {
-        return Ok(duplicate);
-    }
-    store_visitor_message(state, session, new).await
+        &[
+            (Limit::MessagesPerIp, ip.as_str()),
+            (
+                Limit::MessagesPerSession,
+                session.claims.visitor_id.as_str(),
+            ),
+        ],
+    );
+    store_visitor_message(state, session, draft.into_new(session), &charges).await
 }
 
+/// Admits a session's first message before its session exists (nothing may be created
+/// for a refused one): charges the IP's allowance, and the visitor's when resuming.
+/// A refusal here is final (a resumed visitor's retry is then not looked up).
 pub async fn admit(
     state: &AppState,
     tenant: &Tenant,
     visitor_id: Option<&str>,
     ip: IpAddr,
-    retry: Option<&NewMessage>,
-) -> Result<Option<Appended>, ApiError> {
+) -> Result<(), ApiError> {
     let ip = ip.to_string();
     let mut limits = vec![(Limit::MessagesPerIp, ip.as_str())];
     if let Some(v) = visitor_id {
         limits.push((Limit::MessagesPerSession, v));
     }
-    let Err(refused) = crate::service::limits::charge_all(state, tenant, &limits).await else {
-        return Ok(None);
-    };
-    if let Some(new) = retry.filter(|n| n.client_message_id.is_some()) {
-        if let Some(message) = state
-            .store
-            .find_duplicate(new)
-            .await
-            .map_err(crate::error::store_error)?
-        {
-            return Ok(Some(Appended {
-                message,
-                duplicate: true,
-                first_in_conversation: false,
-                reply_owed: false,
-            }));
-        }
-    }
-    Err(refused)
+    crate::service::limits::charge_all(state, tenant, &limits).await
 }
 
 /// Stores a session's first message, admitted (by [`admit`]) before its session existed.
-/// A new visitor's per-session allowance is charged now — it was unknown then, and cannot
-/// be exhausted yet — so the first minute of a session counts the same messages whichever
-/// way they came.
+/// A new visitor's per-session allowance is charged now, in the message's commit — it was
+/// unknown then, and cannot be exhausted yet — so the first minute of a session counts the
+/// same messages whichever way they came.
 pub async fn store_admitted(
     state: &AppState,
     session: &VisitorSession,
     draft: VisitorDraft,
     new_visitor: bool,
 ) -> Result<Appended, ApiError> {
-    if new_visitor {
-        crate::service::limits::charge(
-            state,
+    let charges = if new_visitor {
+        Charges::new(
             &session.tenant,
-            Limit::MessagesPerSession,
-            &session.claims.visitor_id,
+            &[(
+                Limit::MessagesPerSession,
+                session.claims.visitor_id.as_str(),
+            )],
         )
-        .await?;
-    }
-    store_visitor_message(state, session, draft.into_new(session)).await
+    } else {
+        Charges::default()
+    };
+    store_visitor_message(state, session, draft.into_new(session), &charges).await
 }
 
 async fn store_visitor_message(
     state: &AppState,
     session: &VisitorSession,
     mut new: NewMessage,
+    charges: &Charges,
 ) -> Result<Appended, ApiError> {
     let tenant = &session.tenant;
     new.handler = bot_takes_over(state, session).await?;
-    let appended = super::append(state, new).await?;
+    let appended = super::append_charged(state, new, charges).await?;
     if appended.reply_owed {
         // The assistant answers (and the automatic reply would only be in its way).
         super::assistants::kick(state, tenant, &session.claims.conversation_id);

@@ -1,16 +1,20 @@
--- append_message(c): the whole commit of one message to the loaded conversation `c`; shared
--- by the append and complete_reply scripts.
+-- append_message(c, limits): the whole commit of one message to the loaded conversation `c`;
+-- shared by the append and complete_reply scripts. `limits` (nil: none) are rate limits
+-- charged in the same commit (see gcra_fn.lua): {k0, a0, n, now_ms} as gcra_check takes
+-- them. Checked after the idempotency key (a retry of a stored message is answered, and
+-- charged nothing, even when limited) and before the attachments; charged with the write.
 -- KEYS: conv, msgs, idem, list:open, list:closed, meta, log, owed (HASH), owed:due (ZSET),
 --       att-unsent, then one upload hash per attachment
 -- ARGV: conv_id, now, now_fmt, m1, m2, m3, idempotency key: author + clientMessageId ('' = none), min_events, min_age,
 --       conv_chan, tenant_chan, inbound ('1' | '0'), handler ('' = keep),
 --       [complete_reply's holder, claimed through_seq, has_message],
 --       message id prefix, attachment count N, then the N attachment ids
--- Returns {'dup', first_message_json} | {'att', index, reason} | {'ok', seq, created_ms, reply_owed (0 | 1)}.
+-- Returns {'dup', first_message_json} | {'limited', retry_after_ms, index (1-based)} |
+--   {'att', index, reason} | {'ok', seq, created_ms, reply_owed (0 | 1)}.
 -- A visitor message to a conversation the bot handles makes its reply owed: owed[C] =
 -- 'THROUGH|HOLDER' (HOLDER '' = nobody), owed:due[C] = the lease's end (0 = free), kept by
 -- a lease already running.
-local function append_message(c)
+local function append_message(c, limits)
   local id, now, now_fmt, cmid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[7]
   local min_events, min_age = tonumber(ARGV[8]), tonumber(ARGV[9])
   if cmid ~= '' then
@@ -21,6 +25,14 @@ local function append_message(c)
         return redis.error_reply('confab: clientMessageId points at a missing message')
       end
       return {'dup', e[1][2][2]}
+    end
+  end
+  local tats
+  if limits and limits.n > 0 then
+    local wait, refused
+    tats, wait, refused = gcra_check(limits.k0, limits.a0, limits.n, limits.now_ms)
+    if not tats then
+      return {'limited', wait, refused}
     end
   end
   -- Each attachment must be an unsent upload of this conversation; checked before any write.
@@ -36,6 +48,9 @@ local function append_message(c)
     if h[2] then
       return {'att', i - 1, 'already sent'}
     end
+  end
+  if tats then
+    gcra_take(limits.k0, tats, limits.now_ms)
   end
   local seq = c.seq + 1
   for i = 1, natt do

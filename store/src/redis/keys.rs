@@ -68,6 +68,17 @@ pub(crate) fn rate_clustered(key: &str) -> String {
     format!("confab:rl:{{t:{}}}:{key}", seg(tag.unwrap_or(key)))
 }
 
+/// The key of a rate limit as the Redis backend stores it: [`rate_clustered`] on a Redis
+/// Cluster, [`rate`] on a single Redis. The limiter and the append script (a message's
+/// limits charged in its commit) use the same keys, so they draw from the same allowance.
+pub(crate) fn rate_key(key: &str, clustered: bool) -> String {
+    if clustered {
+        rate_clustered(key)
+    } else {
+        rate(key)
+    }
+}
+
 /// The hash slot of a key or sharded channel (CRC16/XMODEM of its hash tag, mod 16384), as
 /// Redis Cluster computes it: which shard owns it.
 pub fn slot(key: &str) -> u16 {

@@ -1,7 +1,10 @@
 //! [`RedisRateLimiter`]: GCRA in a script, so every node draws from the same allowance.
 //!
 //! One script call per request (`gcra.lua`), the same arithmetic as
-//! [`ratelimit::gcra`](crate::ratelimit::gcra) on the caller's `now_ms`. The key holds the
+//! [`ratelimit::gcra`](crate::ratelimit::gcra) on the caller's `now_ms`. A visitor message
+//! does not come here: its limits are charged by the append script itself
+//! ([`Store::append_message_limited`](crate::Store::append_message_limited)), with the
+//! same Lua (`gcra_fn.lua`) on the same keys. The key holds the
 //! TAT and expires at it (`PX`), so idle keys vanish by themselves and `sweep` has nothing
 //! to do.
 
@@ -27,11 +30,7 @@ impl RedisRateLimiter {
     }
 
     fn key(&self, key: &str) -> String {
-        if self.clustered {
-            keys::rate_clustered(key)
-        } else {
-            keys::rate(key)
-        }
+        keys::rate_key(key, self.clustered)
     }
 }
 

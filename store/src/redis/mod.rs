@@ -59,7 +59,9 @@
 //! `start.lua`, `append.lua`, `status.lua`, `profile.lua`, `qualify.lua`, `event.lua`,
 //! `trim.lua`, `history.lua`, `gcra.lua` (see `scripts.rs`). **A message costs one round
 //! trip**: one `EVALSHA` of `append.lua` checks that the conversation exists in the tenant,
-//! checks the clientMessageId, takes the next seq, computes `createdAt = max(now, last)`,
+//! checks the clientMessageId, checks and charges a visitor message's rate limits (the IP's
+//! and the session's, on the limiter's keys, which on a cluster carry the tenant's hash tag:
+//! `Store::append_message_limited`), takes the next seq, computes `createdAt = max(now, last)`,
 //! `XADD`s the message, records the idempotency key, updates the conversation (last
 //! message, `updatedAt`, reopening, its list position), appends `message:new` (and
 //! `conversation:updated` on reopen) to the tenant log with the next offsets, trims the log
@@ -165,11 +167,12 @@ use redis::{FromRedisValue, RedisError, RedisResult, ScriptInvocation, Value};
 use serde_json::Value as Json;
 
 use crate::domain::{new_conversation, new_conversation_id, new_message, new_visitor_id, to_json};
+use crate::ratelimit::{LimitSpec, RateLimiter};
 use crate::{
     message_id, Appended, AttachmentRecord, Backend, Clock, ConversationCursor, ConversationPage,
-    Cursor, EventsPage, MessagePage, NewConversation, NewMessage, OwedReply, PresenceEntry,
-    ProfileUpdate, ReadMark, ReplyOutcome, Result, Retention, Store, StoreError, StoredMessage,
-    VisitorRecord, WebhookState,
+    Cursor, EventsPage, LimitedAppend, MessagePage, NewConversation, NewMessage, OwedReply,
+    PresenceEntry, ProfileUpdate, ReadMark, ReplyOutcome, Result, Retention, Store, StoreError,
+    StoredMessage, VisitorRecord, WebhookState,
 };
 
 pub mod cluster;
@@ -845,7 +848,7 @@ impl RedisStore {
         };
         match first.as_deref() {
             // Nothing was written: nothing to wait for.
-            Some("none" | "att") => return Ok(reply),
+            Some("none" | "att" | "limited") => return Ok(reply),
             // A read-only answer: the write it refers to may not have reached a replica
             // yet (its first ack failed); one more write on this connection, then WAIT.
             Some("dup") => {
@@ -1120,6 +1123,53 @@ impl Store for RedisStore {
         match reply.first().and_then(text).as_deref() {
             Some("none") => Ok(None),
             _ => appended(&new, &reply).map(Some),
+        }
+    }
+
+    /// One script (`append.lua`) for the message and its limits: the idempotency key, then
+    /// the limits (on the keys [`RedisRateLimiter`] uses, with `gcra_fn.lua`), then the
+    /// attachments, then the writes. On a Redis Cluster the limit keys carry the tenant's
+    /// hash tag, as the conversation's keys do (`keys::rate_clustered`); a limit key outside
+    /// that slot (not shaped `PREFIX:TENANT:SUBJECT`, never the gateway's) takes the
+    /// two-step way.
+    async fn append_message_limited(
+        &self,
+        new: NewMessage,
+        limits: &[LimitSpec<'_>],
+        now_ms: i64,
+        limiter: &dyn RateLimiter,
+    ) -> Result<LimitedAppend> {
+        let limit_keys: Vec<String> = limits
+            .iter()
+            .map(|l| keys::rate_key(l.key, self.sharded))
+            .collect();
+        if self.sharded {
+            let conv = slot(&TenantKeys::new(&new.tenant).conversation(&new.conversation_id));
+            if limit_keys.iter().any(|k| slot(k) != conv) {
+                return crate::charge_then_append(self, new, limits, now_ms, limiter).await;
+            }
+        }
+        let mut inv = self.append_invocation(scripts::APPEND.of(self.sharded), &new, None)?;
+        inv.arg(limits.len()).arg(now_ms);
+        for (l, key) in limits.iter().zip(limit_keys) {
+            inv.key(key).arg(l.limit).arg(l.window_ms);
+        }
+        let reply = array(self.eval_acked(&new.tenant, inv).await?, "append")?;
+        match reply.first().and_then(text).as_deref() {
+            Some("none") => Ok(LimitedAppend::Done(None)),
+            Some("limited") => {
+                let (Some(wait), Some(refused)) =
+                    (reply.get(1).and_then(int), reply.get(2).and_then(int))
+                else {
+                    return Err(unexpected("append", &reply));
+                };
+                Ok(LimitedAppend::Limited {
+                    retry_after_ms: wait.max(0) as u64,
+                    // Lua counts from 1.
+                    refused: (refused.max(1) - 1) as usize,
+                })
+            }
+            _ => appended(&new, &reply).map(|a| LimitedAppend::Done(Some(a))),
         }
     }
 

@@ -45,18 +45,21 @@ macro_rules! script {
     };
 }
 
-/// The shared helpers, `append_fn.lua`'s `append_message`, then the script.
+/// The shared helpers, GCRA (`gcra_fn.lua`: a message's rate limits are charged in its
+/// commit), `append_fn.lua`'s `append_message`, then the script.
 fn with_append(body: &str) -> Pair {
     Pair::new(&format!(
-        "{}\n{}\n{body}",
+        "{}\n{}\n{}\n{body}",
         include_str!("lib.lua"),
+        include_str!("gcra_fn.lua"),
         include_str!("append_fn.lua")
     ))
 }
 
 /// `start_conversation`.
 pub(crate) static START: LazyLock<Pair> = script!("start.lua");
-/// `append_message`: the one-round-trip commit of a message.
+/// `append_message` and `append_message_limited`: the one-round-trip commit of a message
+/// (with its rate limits).
 pub(crate) static APPEND: LazyLock<Pair> =
     LazyLock::new(|| with_append(include_str!("append.lua")));
 /// `complete_reply`: the lease check, the reply's commit and the record, in one script.
@@ -120,5 +123,12 @@ pub(crate) static PRESENCE: LazyLock<Script> = LazyLock::new(|| {
          return redis.call('HMGET', KEYS[2], unpack(live))",
     )
 });
-/// `RateLimiter::check`.
-pub(crate) static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("gcra.lua")));
+/// `RateLimiter::check_all`: the GCRA of `gcra_fn.lua`, the same code the append script
+/// charges a message's limits with.
+pub(crate) static GCRA: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("gcra_fn.lua"),
+        "\n",
+        include_str!("gcra.lua")
+    ))
+});
