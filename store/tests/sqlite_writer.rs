@@ -63,7 +63,7 @@ async fn the_wal_is_rewound_under_steady_writes() {
     }
     let (bounded, unbounded) = (lengths[0], lengths[1]);
     assert!(
-        bounded < 12 << 20,
+        bounded < 8 << 20,
         "with wal_max_mb=1 the WAL grew to {bounded} bytes"
     );
     assert!(

@@ -29,8 +29,10 @@
 //! checkpoint on a connection of its own every [`CHECKPOINT_EVERY`] instead. Under steady
 //! writes it never quite catches up (the writer commits while it copies), and SQLite only
 //! rewinds the WAL to its start when a write begins with everything copied; so once the WAL
-//! holds `wal_max_mb` ([`FileOptions`](super::FileOptions)), the writer copies the (small) remainder itself between two
-//! batches and the next commit rewinds it.
+//! holds `wal_max_mb` ([`FileOptions`](super::FileOptions)) — SQLite's WAL hook tells the
+//! writer its length after every commit — the writer copies the remainder itself between two
+//! batches (usually little: what was committed since the checkpointer's last pass) and the
+//! next commit rewinds the WAL.
 //!
 //! **Order.** The writer is the only writer and the syncer finishes batches in commit
 //! order, so sequence numbers are assigned in commit order and the sink sees events in that
@@ -38,7 +40,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -50,11 +52,11 @@ use crate::{EventSink, Published, Result, StoreError};
 
 /// Most writes committed together.
 pub const MAX_BATCH: usize = 512;
-/// How often the checkpointer copies the WAL into the database…
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-/// … and how often once the WAL is half its limit long, so that the writer's rewind
-/// comes soon after the limit is crossed.
-const CHECKPOINT_HURRIED: Duration = Duration::from_millis(10);
+/// How often the checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// After a rewind that could not complete (a reader held an old snapshot), how long the
+/// writer waits before trying again.
+const REWIND_RETRY: Duration = Duration::from_millis(50);
 
 /// Answers a write's caller: `true` once its batch is durable, `false` if it never will be.
 pub(super) type Completion = Box<dyn FnOnce(bool) + Send>;
@@ -98,6 +100,8 @@ pub(super) struct Progress {
     /// longer says what was answered. No write is accepted any more (restart the process:
     /// recovery reads the WAL as the disk has it).
     failed: AtomicBool,
+    /// The WAL's length in pages after the writer's last commit (file databases).
+    wal_pages: AtomicI64,
 }
 
 impl Progress {
@@ -106,6 +110,7 @@ impl Progress {
             begun: AtomicU64::new(0),
             settled: watch::channel(0).0,
             failed: AtomicBool::new(false),
+            wal_pages: AtomicI64::new(0),
         })
     }
 
@@ -176,28 +181,30 @@ pub(super) fn start(
     };
     let mut helpers = Vec::new();
     let mut syncer = None;
-    let mut rewind = None;
+    let mut stop_checkpointer = None;
+    let mut rewind_at = None;
     if let Some(FileDb {
         path,
         durability,
         wal_max_pages,
     }) = file
     {
-        // The writer never checkpoints on its own (see the module's doc).
+        // The writer never checkpoints on its own (see the module's doc). This must come
+        // before the WAL hook: `wal_autocheckpoint` replaces the connection's hook.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
             .map_err(db_err)?;
-        let wanted = Arc::new(AtomicBool::new(false));
+        watch_wal_length(&conn, &progress.wal_pages);
+        rewind_at = Some(wal_max_pages);
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let checkpointer = Connection::open(path).map_err(db_err)?;
         checkpointer
             .execute_batch("PRAGMA busy_timeout = 1000; PRAGMA wal_autocheckpoint = 0;")
             .map_err(db_err)?;
-        let flag = wanted.clone();
         helpers.push(spawn(
             "confab-sqlite-checkpoint",
-            Box::new(move || checkpoint_loop(checkpointer, stopped, flag, wal_max_pages)),
+            Box::new(move || checkpoint_loop(checkpointer, stopped)),
         )?);
-        rewind = Some((wanted, stop));
+        stop_checkpointer = Some(stop);
         if durability == Durability::Synced {
             conn.execute_batch("PRAGMA synchronous = NORMAL")
                 .map_err(db_err)?;
@@ -214,22 +221,51 @@ pub(super) fn start(
     spawn(
         "confab-sqlite-writer",
         Box::new(move || {
-            write_loop(
-                &conn,
-                rx,
-                &sink,
-                &progress,
-                syncer,
-                rewind.as_ref().map(|r| &*r.0),
-            );
-            drop(rewind); // stops the checkpointer
+            write_loop(&conn, rx, &sink, &progress, syncer, rewind_at);
+            drop(stop_checkpointer);
             for h in helpers {
                 let _ = h.join();
             }
             // Everything is durable now; leave a short WAL for the next start.
             let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+            unwatch_wal_length(&conn);
         }),
     )
+}
+
+/// Called by SQLite after each commit of the writer's connection with the WAL's length.
+unsafe extern "C" fn on_wal_commit(
+    length: *mut std::ffi::c_void,
+    _db: *mut rusqlite::ffi::sqlite3,
+    _schema: *const std::ffi::c_char,
+    pages: std::ffi::c_int,
+) -> std::ffi::c_int {
+    // SAFETY: `length` is the `AtomicI64` registered by `watch_wal_length`, which lives in
+    // `Progress` and so outlives the hook (removed by `unwatch_wal_length` first).
+    let length = unsafe { &*(length as *const AtomicI64) };
+    length.store(pages.into(), Ordering::Relaxed);
+    rusqlite::ffi::SQLITE_OK
+}
+
+/// Keeps `length` up to date with the WAL's length (in pages) after every commit of
+/// `conn`. rusqlite has no safe wrapper for SQLite's WAL hook.
+fn watch_wal_length(conn: &Connection, length: &AtomicI64) {
+    // SAFETY: the handle is valid while `conn` is; `length` outlives the registration
+    // (see `on_wal_commit`), and the hook only runs on the thread using `conn`.
+    unsafe {
+        rusqlite::ffi::sqlite3_wal_hook(
+            conn.handle(),
+            Some(on_wal_commit),
+            length as *const AtomicI64 as *mut std::ffi::c_void,
+        );
+    }
+}
+
+fn unwatch_wal_length(conn: &Connection) {
+    // SAFETY: removes the hook; the handle is valid while `conn` is.
+    unsafe {
+        rusqlite::ffi::sqlite3_wal_hook(conn.handle(), None, std::ptr::null_mut());
+    }
 }
 
 /// The WAL file, for the syncer's `fdatasync`s. SQLite keeps it (same inode) while any
@@ -262,8 +298,9 @@ fn write_loop(
     sink: &OnceLock<Arc<dyn EventSink>>,
     progress: &Progress,
     syncer: Option<std::sync::mpsc::Sender<Batch>>,
-    rewind: Option<&AtomicBool>,
+    rewind_at: Option<i64>,
 ) {
+    let mut next_rewind = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
         let mut cmds = vec![first];
         while cmds.len() < MAX_BATCH {
@@ -324,15 +361,18 @@ fn write_loop(
         for r in reads {
             r(conn);
         }
-        if rewind.is_some_and(|r| r.swap(false, Ordering::SeqCst)) {
-            // Copies what the checkpointer has not yet copied; the next commit rewinds the
-            // WAL. If a reader holds an old snapshot, the checkpointer asks again.
+        let wal_long =
+            rewind_at.is_some_and(|max| progress.wal_pages.load(Ordering::Relaxed) >= max);
+        if wal_long && std::time::Instant::now() >= next_rewind {
+            // Copies what the checkpointer has not copied yet; the next commit then rewinds
+            // the WAL. If a reader holds an old snapshot it cannot: try again a bit later.
             let t0 = std::time::Instant::now();
             let r = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
             tracing::debug!(took = ?t0.elapsed(), "sqlite: the writer finished a checkpoint to rewind the WAL");
             if let Err(e) = r {
                 tracing::warn!(error = %e, "sqlite: checkpoint failed");
             }
+            next_rewind = std::time::Instant::now() + REWIND_RETRY;
         }
     }
 }
@@ -370,36 +410,21 @@ fn sync_loop(
     }
 }
 
-/// Copies the WAL into the database every [`CHECKPOINT_EVERY`] (or [`CHECKPOINT_HURRIED`]) until `stop`'s sender is
-/// dropped; raises `rewind` when the WAL has grown long (see the module's doc).
-fn checkpoint_loop(
-    conn: Connection,
-    stop: std::sync::mpsc::Receiver<()>,
-    rewind: Arc<AtomicBool>,
-    wal_max_pages: i64,
-) {
-    let mut pause = CHECKPOINT_EVERY;
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(pause) {
+/// Copies the WAL into the database every [`CHECKPOINT_EVERY`] until `stop`'s sender is
+/// dropped.
+fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
+    {
         let t0 = std::time::Instant::now();
         let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
         });
-        tracing::debug!(took = ?t0.elapsed(), ?pass, "sqlite: checkpoint (busy, WAL pages)");
-        let wal_pages = match pass {
-            Ok((_, wal_pages)) => wal_pages,
-            Err(e) => {
-                tracing::warn!(error = %e, "sqlite: checkpoint failed");
-                0
+        match pass {
+            Ok(pass) => {
+                tracing::trace!(took = ?t0.elapsed(), ?pass, "sqlite: checkpoint (busy, WAL pages)")
             }
-        };
-        if wal_pages >= wal_max_pages {
-            rewind.store(true, Ordering::SeqCst);
+            Err(e) => tracing::warn!(error = %e, "sqlite: checkpoint failed"),
         }
-        pause = if wal_pages >= wal_max_pages / 2 {
-            CHECKPOINT_HURRIED
-        } else {
-            CHECKPOINT_EVERY
-        };
     }
 }
 
