@@ -21,6 +21,8 @@
 //! Buffers are small on purpose (an idle socket should cost a few KiB): tungstenite reads
 //! in [`READ_BUFFER`] chunks and writes through without an accumulation buffer.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,9 +34,10 @@ use confab_protocol::{ApiError, Disconnect, ErrorCode};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{timeout, Instant};
+use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::error::{error_response, Params};
-use crate::hub::{Class, KickHandle, Subscription};
+use crate::hub::{Class, Subscription};
 use crate::settings::Tenant;
 use crate::state::AppState;
 
@@ -119,20 +122,27 @@ impl Upgrade {
 }
 
 /// Upgrades a checked request: the socket is tracked for shutdown, counted in `gauge`, and
-/// handed to `run` with what the request said ([`Upgrade`]). `ip` is the client's (for
-/// the unknown-`pk` limit).
-pub async fn accept<F, Fut>(
+/// handed to `setup` with what the request said ([`Upgrade`]); what `setup` makes of it
+/// (`None`: it closed the socket) is then [`serve`]d. `ip` is the client's (for the
+/// unknown-`pk` limit).
+///
+/// The set-up (auth, subscribing, reading where the log stands) runs boxed and is freed
+/// before the connection settles: a task is as large as its largest await point, and an
+/// idle socket's task should hold only what [`serve`] needs, not the set-up's locals and
+/// a second copy of everything it moved into `serve` (about 3.5 KiB per socket otherwise).
+pub async fn accept<L, F, Fut>(
     state: AppState,
     ip: std::net::IpAddr,
     headers: HeaderMap,
     params: Params,
     ws: WebSocketUpgrade,
     gauge: fn(&crate::metrics::Metrics) -> &std::sync::atomic::AtomicI64,
-    run: F,
+    setup: F,
 ) -> Response
 where
+    L: ChannelLogic + Sync,
     F: FnOnce(AppState, Conn, Upgrade) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    Fut: std::future::Future<Output = Option<Serving<L>>> + Send + 'static,
 {
     let tenant = match pk_tenant(&state, params.get("pk"), ip).await {
         Ok(t) => t,
@@ -149,14 +159,46 @@ where
     drop((headers, params));
     let tracker = state.sockets.clone();
     ws.on_upgrade(move |socket| {
-        tracker.track_future(async move {
+        // Made here, not in the task's async block: what that block captures (the socket
+        // itself, ~370 bytes) keeps its room in the task for the connection's whole life.
+        let setup = Box::pin(setup(state.clone(), Conn::new(socket), upgrade));
+        // A task of its own rather than axum's upgrade task, which ends here: that one
+        // keeps room for the upgrade and the handshake for as long as its callback runs
+        // (~0.8 KiB per socket).
+        tracker.spawn(async move {
             let _permit = permit;
             use std::sync::atomic::Ordering::Relaxed;
             gauge(&state.metrics).fetch_add(1, Relaxed);
-            run(state.clone(), Conn::new(socket), upgrade).await;
+            if let Some(s) = setup.await {
+                serve(
+                    state.clone(),
+                    s.conn,
+                    s.sub,
+                    s.logic,
+                    s.last,
+                    s.ready,
+                    s.expires_ms,
+                )
+                .await;
+            }
             gauge(&state.metrics).fetch_sub(1, Relaxed);
-        })
+        });
+        std::future::ready(())
     })
+}
+
+/// An authenticated, subscribed connection, ready for [`serve`]: what a channel's set-up
+/// hands to [`accept`].
+pub struct Serving<L> {
+    pub conn: Conn,
+    pub sub: Subscription,
+    pub logic: L,
+    /// The last seq the client has (replay starts after it).
+    pub last: u64,
+    /// The `ready` frame.
+    pub ready: String,
+    /// When the credential expires (epoch ms, node clock).
+    pub expires_ms: i64,
 }
 
 /// The request's `Origin` as an owned string (already checked to be text by [`prepare`]).
@@ -396,6 +438,12 @@ impl<S: Socket> Conn<S> {
     }
 }
 
+/// Closes `conn` for `why`: the end of a set-up that refused the connection.
+pub async fn closed<L>(conn: Conn, why: Disconnect) -> Option<Serving<L>> {
+    conn.close(why).await;
+    None
+}
+
 fn classify(e: axum::Error) -> End {
     match e.into_inner().downcast::<tungstenite::Error>() {
         Ok(boxed) => match *boxed {
@@ -428,7 +476,12 @@ fn next_wake(state: &AppState, next_ping: Instant, expires_ms: i64) -> Instant {
 /// Runs an authenticated, subscribed connection until it ends: replays after `last`,
 /// then serves live frames and client frames. `expires_ms` is when the credential expires
 /// (epoch ms, node clock): the socket closes with 4401 then.
-pub async fn serve<L: ChannelLogic, S: Socket>(
+///
+/// A plain `fn` returning an `async move` block rather than an `async fn`: an `async fn`'s
+/// future keeps its arguments twice (as passed, and moved into its body), ~350 bytes more
+/// in every idle socket's task.
+#[allow(clippy::manual_async_fn)]
+pub fn serve<L: ChannelLogic, S: Socket>(
     state: AppState,
     mut conn: Conn<S>,
     mut sub: Subscription,
@@ -436,93 +489,97 @@ pub async fn serve<L: ChannelLogic, S: Socket>(
     mut last: u64,
     ready: String,
     expires_ms: i64,
-) {
-    let end = async {
-        conn.send(ready.into()).await?;
-        let mut refill = Refill::default();
-        refill.after(Box::pin(fill(&state, &mut conn, &logic, &mut last, false)).await?);
-        // One timer for pings and the credential's expiry (an idle socket pays for one).
-        let mut next_ping = Instant::now() + PING_EVERY;
-        let timer = tokio::time::sleep_until(next_wake(&state, next_ping, expires_ms));
-        let kick = sub.kick_handle();
-        // Registered once per connection, not at every wake-up: the shutdown token's
-        // waiter list is shared by every socket of the node.
-        let shutdown = state.shutdown.cancelled();
-        let kicked = kick.wait();
-        tokio::pin!(shutdown, kicked, timer);
-        loop {
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => return Err(End::Close(Disconnect::ShuttingDown)),
-                _ = &mut kicked => return Err(End::Close(Disconnect::TooSlow)),
-                // Before the queue: nothing more goes out on an expired credential.
-                _ = &mut timer => {
-                    if state.now_ms() >= expires_ms {
-                        return Err(EXPIRED);
-                    }
-                    if Instant::now() >= next_ping {
-                        if conn.last_heard.elapsed() > IDLE_LIMIT {
-                            return Err(End::Close(Disconnect::Idle));
+) -> impl Future<Output = ()> {
+    async move {
+        let end = async {
+            conn.send(ready.into()).await?;
+            let mut refill = Refill::default();
+            refill.after(Box::pin(fill(&state, &mut conn, &logic, &mut last, false)).await?);
+            // One timer for pings and the credential's expiry (an idle socket pays for one).
+            let mut next_ping = Instant::now() + PING_EVERY;
+            let timer = tokio::time::sleep_until(next_wake(&state, next_ping, expires_ms));
+            let kick = sub.kick_handle();
+            // Registered once per connection, not at every wake-up: the shutdown token's
+            // waiter list is shared by every socket of the node.
+            let shutdown = state.shutdown.cancelled();
+            let kicked = kick.wait();
+            tokio::pin!(shutdown, kicked, timer);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => return Err(End::Close(Disconnect::ShuttingDown)),
+                    _ = &mut kicked => return Err(End::Close(Disconnect::TooSlow)),
+                    // Before the queue: nothing more goes out on an expired credential.
+                    _ = &mut timer => {
+                        if state.now_ms() >= expires_ms {
+                            return Err(EXPIRED);
                         }
-                        conn.sink.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)?;
-                        next_ping = Instant::now() + PING_EVERY;
-                    }
-                    timer.as_mut().reset(next_wake(&state, next_ping, expires_ms));
-                }
-                out = sub.rx.recv() => {
-                    let Some(mut out) = out else { return Err(End::Gone) };
-                    // Whatever is already queued goes out with this frame in one write.
-                    for n in 1.. {
-                        match (out.class, out.seq) {
-                            (Class::Resync, _) => {
-                                refill.after(Box::pin(fill(&state, &mut conn, &logic, &mut last, refill.pending())).await?);
+                        if Instant::now() >= next_ping {
+                            if conn.last_heard.elapsed() > IDLE_LIMIT {
+                                return Err(End::Close(Disconnect::Idle));
                             }
-                            (_, Some(seq)) if seq <= last => {}
-                            (_, Some(seq)) => {
-                                // A hole before this frame is filled from the log first; if the
-                                // log cannot be read now, the frame waits for the next attempt
-                                // rather than opening a gap the client would never see filled.
-                                let whole = seq == last + 1 || refill.after(Box::pin(fill(&state, &mut conn, &logic, &mut last, refill.pending())).await?);
-                                if whole && seq > last {
-                                    unless_stopped(&state, &kick, conn.feed(out.text.clone())).await?;
-                                    last = seq;
+                            conn.sink.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)?;
+                            next_ping = Instant::now() + PING_EVERY;
+                        }
+                        timer.as_mut().reset(next_wake(&state, next_ping, expires_ms));
+                    }
+                    out = sub.rx.recv() => {
+                        let Some(mut out) = out else { return Err(End::Gone) };
+                        // Whatever is already queued goes out with this frame in one write.
+                        for n in 1.. {
+                            match (out.class, out.seq) {
+                                (Class::Resync, _) => {
+                                    refill.after(Box::pin(fill(&state, &mut conn, &logic, &mut last, refill.pending())).await?);
                                 }
+                                (_, Some(seq)) if seq <= last => {}
+                                (_, Some(seq)) => {
+                                    // A hole before this frame is filled from the log first; if the
+                                    // log cannot be read now, the frame waits for the next attempt
+                                    // rather than opening a gap the client would never see filled.
+                                    let whole = seq == last + 1 || refill.after(Box::pin(fill(&state, &mut conn, &logic, &mut last, refill.pending())).await?);
+                                    if whole && seq > last {
+                                        unless_stopped(shutdown.as_mut(), kicked.as_mut(), conn.feed(out.text.clone())).await?;
+                                        last = seq;
+                                    }
+                                }
+                                (_, None) => unless_stopped(shutdown.as_mut(), kicked.as_mut(), conn.feed(out.text.clone())).await?,
                             }
-                            (_, None) => unless_stopped(&state, &kick, conn.feed(out.text.clone())).await?,
+                            if n == WRITE_BATCH {
+                                break;
+                            }
+                            match sub.rx.try_recv() {
+                                Ok(next) => out = next,
+                                Err(_) => break,
+                            }
                         }
-                        if n == WRITE_BATCH {
-                            break;
+                        unless_stopped(shutdown.as_mut(), kicked.as_mut(), conn.flush()).await?;
+                    }
+                    text = conn.next_text() => {
+                        let text = text?;
+                        // The timer may not have fired yet (or the node's clock moved): a
+                        // frame on an expired credential is never acted on.
+                        if state.now_ms() >= expires_ms {
+                            return Err(EXPIRED);
                         }
-                        match sub.rx.try_recv() {
-                            Ok(next) => out = next,
-                            Err(_) => break,
+                        match ClientFrame::parse(&text) {
+                            Ok(frame) => Box::pin(logic.on_frame(&state, frame, &sub)).await,
+                            Err(msg) => sub.reply(frames::error(ErrorCode::InvalidFrame, &msg)),
                         }
                     }
-                    unless_stopped(&state, &kick, conn.flush()).await?;
-                }
-                text = conn.next_text() => {
-                    let text = text?;
-                    // The timer may not have fired yet (or the node's clock moved): a
-                    // frame on an expired credential is never acted on.
-                    if state.now_ms() >= expires_ms {
-                        return Err(EXPIRED);
+                    _ = refill.due(), if refill.pending() => {
+                        refill.after(Box::pin(fill(&state, &mut conn, &logic, &mut last, true)).await?);
                     }
-                    match ClientFrame::parse(&text) {
-                        Ok(frame) => Box::pin(logic.on_frame(&state, frame, &sub)).await,
-                        Err(msg) => sub.reply(frames::error(ErrorCode::InvalidFrame, &msg)),
-                    }
-                }
-                _ = refill.due(), if refill.pending() => {
-                    refill.after(Box::pin(fill(&state, &mut conn, &logic, &mut last, true)).await?);
                 }
             }
+            #[allow(unreachable_code)]
+            Ok::<(), End>(())
         }
-        #[allow(unreachable_code)]
-        Ok::<(), End>(())
-    }
-    .await;
-    if let Err(End::Close(why)) = end {
-        conn.close(why).await;
+        .await;
+        if let Err(End::Close(why)) = end {
+            // Boxed, once per connection: inline, its timer and frame would enlarge every
+            // idle socket's task.
+            Box::pin(conn.close(why)).await;
+        }
     }
 }
 
@@ -559,26 +616,28 @@ impl Refill {
 
     async fn due(&self) {
         match self.at {
-            Some(at) => tokio::time::sleep_until(at).await,
+            // Boxed: only a connection whose log read failed waits here, and an inline
+            // timer would take room in every idle socket's task.
+            Some(at) => Box::pin(tokio::time::sleep_until(at)).await,
             None => std::future::pending().await,
         }
     }
 }
 
-/// Runs a write, giving up if the hub kicks this consumer or the node shuts down while
-/// the socket is not draining.
+/// Runs a write, giving up if the hub kicks this consumer (`kicked`) or the node shuts
+/// down (`shutdown`) while the socket is not draining. The waiters are the connection's
+/// own, registered once: not a second pair per write, nor their room in every idle task.
 async fn unless_stopped(
-    state: &AppState,
-    kick: &KickHandle,
-    write: impl std::future::Future<Output = Result<(), End>>,
+    shutdown: Pin<&mut WaitForCancellationFuture<'_>>,
+    kicked: Pin<&mut impl Future<Output = ()>>,
+    write: impl Future<Output = Result<(), End>>,
 ) -> Result<(), End> {
-    // The write first: it almost always completes at once, and then the waiters are never
-    // registered.
+    // The write first: it almost always completes at once.
     tokio::select! {
         biased;
         r = write => r,
-        _ = kick.wait() => Err(End::Close(Disconnect::TooSlow)),
-        _ = state.shutdown.cancelled() => Err(End::Close(Disconnect::ShuttingDown)),
+        _ = kicked => Err(End::Close(Disconnect::TooSlow)),
+        _ = shutdown => Err(End::Close(Disconnect::ShuttingDown)),
     }
 }
 

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::visitor::error_for;
-use super::{accept, parse_after, serve, Backlog, ChannelLogic, Conn, Upgrade};
+use super::{accept, closed, parse_after, Backlog, ChannelLogic, Conn, Serving, Upgrade};
 use crate::auth::verify_agent;
 use crate::error::Params;
 use crate::http::openapi;
@@ -187,25 +187,26 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let ip = state.client_ip(peer, &headers);
-    accept(state, ip, headers, params, ws, |m| &m.agent_sockets, run).await
+    accept(state, ip, headers, params, ws, |m| &m.agent_sockets, setup).await
 }
 
-async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade) {
+/// Authenticates and subscribes an agent socket; `None` once it closed it.
+async fn setup(state: AppState, mut conn: Conn, upgrade: Upgrade) -> Option<Serving<Agent>> {
     let (token, after) = match conn.authenticate().await {
         Ok(x) => x,
-        Err(None) => return,
-        Err(Some(why)) => return conn.close(why).await,
+        Err(None) => return None,
+        Err(Some(why)) => return closed(conn, why).await,
     };
     let (tenant, claims) = match verify_agent(&state, &token) {
         Ok(x) => x,
-        Err(_) => return conn.close(Disconnect::InvalidToken).await,
+        Err(_) => return closed(conn, Disconnect::InvalidToken).await,
     };
     if let Err(why) = upgrade.admits(&tenant) {
-        return conn.close(why).await;
+        return closed(conn, why).await;
     }
     drop(upgrade);
     let Ok(after) = parse_after(after.as_deref(), confab_store::parse_offset) else {
-        return conn.close(Disconnect::BadAfter).await;
+        return closed(conn, Disconnect::BadAfter).await;
     };
     let sub = state
         .hub
@@ -221,7 +222,7 @@ async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade) {
     let (last, recovered) =
         match crate::service::events::resume_point(&state, &tenant.cfg.id, after).await {
             Ok(x) => x,
-            Err(_) => return conn.close(Disconnect::StoreUnavailable).await,
+            Err(_) => return closed(conn, Disconnect::StoreUnavailable).await,
         };
     let (seat, agents_online) =
         crate::service::presence::join(&state, &tenant, &claims.sub, claims.name.as_deref()).await;
@@ -239,11 +240,10 @@ async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade) {
         id: claims.sub,
         name: claims.name,
     };
-    serve(
-        state,
+    Some(Serving {
         conn,
         sub,
-        Agent {
+        logic: Agent {
             tenant,
             author,
             _seat: seat,
@@ -251,6 +251,5 @@ async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade) {
         last,
         ready,
         expires_ms,
-    )
-    .await;
+    })
 }

@@ -13,11 +13,12 @@ use confab_protocol::frames::{self, ClientFrame};
 use confab_protocol::{ApiError, Disconnect, ErrorCode};
 use confab_store::{Channel, Cursor};
 
-use super::{accept, parse_after, serve, Backlog, ChannelLogic, Conn, Upgrade};
+use super::{accept, closed, parse_after, Backlog, ChannelLogic, Conn, Serving, Upgrade};
 use crate::auth::{verify_session, VisitorSession};
 use crate::error::Params;
 use crate::http::openapi;
 use crate::hub::Subscription;
+use crate::policy::limits::CapGuard;
 use crate::state::AppState;
 
 /// Outbound queue per visitor connection, in frames. A visitor sees one conversation, so
@@ -27,6 +28,8 @@ pub const VISITOR_QUEUE: usize = 256;
 struct Visitor {
     session: VisitorSession,
     ip: IpAddr,
+    /// This socket's place under `max_sockets_per_visitor`.
+    _place: CapGuard<[u8; 16]>,
 }
 
 impl ChannelLogic for Visitor {
@@ -162,39 +165,44 @@ pub async fn upgrade(
         params,
         ws,
         |m| &m.visitor_sockets,
-        move |state, conn, upgrade| run(state, conn, upgrade, ip),
+        move |state, conn, upgrade| setup(state, conn, upgrade, ip),
     )
     .await
 }
 
-async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade, ip: IpAddr) {
+/// Authenticates and subscribes a visitor socket; `None` once it closed it.
+async fn setup(
+    state: AppState,
+    mut conn: Conn,
+    upgrade: Upgrade,
+    ip: IpAddr,
+) -> Option<Serving<Visitor>> {
     let (token, after) = match conn.authenticate().await {
         Ok(x) => x,
-        Err(None) => return,
-        Err(Some(why)) => return conn.close(why).await,
+        Err(None) => return None,
+        Err(Some(why)) => return closed(conn, why).await,
     };
     let session = match verify_session(&state, Some(&token)) {
         Ok(s) => s,
-        Err(_) => return conn.close(Disconnect::InvalidToken).await,
+        Err(_) => return closed(conn, Disconnect::InvalidToken).await,
     };
+    drop(token);
     if let Err(why) = upgrade.admits(&session.tenant) {
-        return conn.close(why).await;
+        return closed(conn, why).await;
     }
     drop(upgrade);
     let c = &session.claims;
-    let Some(_place) = state
+    let Some(place) = state
         .per_visitor
         .try_acquire(crate::state::visitor_key(&c.tenant, &c.visitor_id))
     else {
-        return conn.close(Disconnect::TooManySockets).await;
+        return closed(conn, Disconnect::TooManySockets).await;
     };
-    let conversation_id = session.claims.conversation_id.clone();
     let Ok(after) = parse_after(after.as_deref(), |a| {
-        confab_store::parse_message_id(&conversation_id, a)
+        confab_store::parse_message_id(&c.conversation_id, a)
     }) else {
-        return conn.close(Disconnect::BadAfter).await;
+        return closed(conn, Disconnect::BadAfter).await;
     };
-    let c = &session.claims;
     let channel = Channel::Conversation {
         tenant: c.tenant.as_str().into(),
         conversation_id: c.conversation_id.as_str().into(),
@@ -206,22 +214,24 @@ async fn run(state: AppState, mut conn: Conn, upgrade: Upgrade, ip: IpAddr) {
     // Where the log stands now that we are subscribed: anything later arrives live.
     let conversation = match crate::service::visitor::conversation(&state, &session).await {
         Ok(Some(conversation)) => conversation,
-        Ok(None) => return conn.close(Disconnect::NoConversation).await,
-        Err(_) => return conn.close(Disconnect::StoreUnavailable).await,
+        Ok(None) => return closed(conn, Disconnect::NoConversation).await,
+        Err(_) => return closed(conn, Disconnect::StoreUnavailable).await,
     };
     let latest = crate::service::visitor::last_seq(&conversation);
     // Without `after` the client starts live; an `after` beyond the log replays nothing.
     let last = after.map_or(latest, |a| a.min(latest));
     let ready = frames::ready_visitor(&conversation);
-    let expires_ms = c.expires_ms;
-    serve(
-        state,
+    let expires_ms = session.claims.expires_ms;
+    Some(Serving {
         conn,
         sub,
-        Visitor { session, ip },
+        logic: Visitor {
+            session,
+            ip,
+            _place: place,
+        },
         last,
         ready,
         expires_ms,
-    )
-    .await;
+    })
 }
