@@ -30,9 +30,11 @@
 //! writes it never quite catches up (the writer commits while it copies), and SQLite only
 //! rewinds the WAL to its start when a write begins with everything copied; so once the WAL
 //! holds `wal_max_mb` ([`FileOptions`](super::FileOptions)) — SQLite's WAL hook tells the
-//! writer its length after every commit — the writer copies the remainder itself between two
-//! batches (usually little: what was committed since the checkpointer's last pass) and the
-//! next commit rewinds the WAL.
+//! writer its length after every commit — the writer asks the checkpointer for a pass at
+//! once and, right after it, copies the remainder itself between two batches (little: what
+//! was committed during that pass, so the pause is about one fsync); the next commit
+//! rewinds the WAL. Should the checkpointer not answer (a starved machine), the writer does
+//! it all itself at twice the limit: the WAL stays bounded either way.
 //!
 //! **Order.** The writer is the only writer and the syncer finishes batches in commit
 //! order, so sequence numbers are assigned in commit order and the sink sees events in that
@@ -57,6 +59,15 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// After a rewind that could not complete (a reader held an old snapshot), how long the
 /// writer waits before trying again.
 const REWIND_RETRY: Duration = Duration::from_millis(50);
+
+/// The writer's and the checkpointer's hand-shake for rewinding the WAL (module doc).
+#[derive(Default)]
+struct Rewind {
+    /// Set by the writer: the WAL is long; run a pass now.
+    wanted: AtomicBool,
+    /// Set by the checkpointer after a pass made while `wanted`: little is left to copy.
+    ready: AtomicBool,
+}
 
 /// Answers a write's caller: `true` once its batch is durable, `false` if it never will be.
 pub(super) type Completion = Box<dyn FnOnce(bool) + Send>;
@@ -194,7 +205,8 @@ pub(super) fn start(
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
             .map_err(db_err)?;
         watch_wal_length(&conn, &progress.wal_pages);
-        rewind_at = Some(wal_max_pages);
+        let rewind = Arc::new(Rewind::default());
+        rewind_at = Some((wal_max_pages, rewind.clone()));
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let checkpointer = Connection::open(path).map_err(db_err)?;
         checkpointer
@@ -202,7 +214,7 @@ pub(super) fn start(
             .map_err(db_err)?;
         helpers.push(spawn(
             "confab-sqlite-checkpoint",
-            Box::new(move || checkpoint_loop(checkpointer, stopped)),
+            Box::new(move || checkpoint_loop(checkpointer, stopped, &rewind)),
         )?);
         stop_checkpointer = Some(stop);
         if durability == Durability::Synced {
@@ -221,7 +233,7 @@ pub(super) fn start(
     spawn(
         "confab-sqlite-writer",
         Box::new(move || {
-            write_loop(&conn, rx, &sink, &progress, syncer, rewind_at);
+            write_loop(&conn, rx, &sink, &progress, syncer, rewind_at.as_ref());
             drop(stop_checkpointer);
             for h in helpers {
                 let _ = h.join();
@@ -298,7 +310,7 @@ fn write_loop(
     sink: &OnceLock<Arc<dyn EventSink>>,
     progress: &Progress,
     syncer: Option<std::sync::mpsc::Sender<Batch>>,
-    rewind_at: Option<i64>,
+    rewind_at: Option<&(i64, Arc<Rewind>)>,
 ) {
     let mut next_rewind = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
@@ -361,18 +373,25 @@ fn write_loop(
         for r in reads {
             r(conn);
         }
-        let wal_long =
-            rewind_at.is_some_and(|max| progress.wal_pages.load(Ordering::Relaxed) >= max);
-        if wal_long && std::time::Instant::now() >= next_rewind {
-            // Copies what the checkpointer has not copied yet; the next commit then rewinds
-            // the WAL. If a reader holds an old snapshot it cannot: try again a bit later.
-            let t0 = std::time::Instant::now();
-            let r = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
-            tracing::debug!(took = ?t0.elapsed(), "sqlite: the writer finished a checkpoint to rewind the WAL");
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "sqlite: checkpoint failed");
+        if let Some((max, rewind)) = rewind_at {
+            let pages = progress.wal_pages.load(Ordering::Relaxed);
+            let now = std::time::Instant::now();
+            if pages >= *max && now >= next_rewind {
+                if rewind.ready.swap(false, Ordering::SeqCst) || pages >= 2 * max {
+                    // Copies what the checkpointer has not copied yet; the next commit then
+                    // rewinds the WAL. If a reader holds an old snapshot it cannot: the
+                    // next attempt comes a bit later.
+                    let r = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+                    tracing::debug!(took = ?now.elapsed(), "sqlite: the writer finished a checkpoint to rewind the WAL");
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "sqlite: checkpoint failed");
+                    }
+                    rewind.wanted.store(false, Ordering::SeqCst);
+                    next_rewind = std::time::Instant::now() + REWIND_RETRY;
+                } else {
+                    rewind.wanted.store(true, Ordering::SeqCst);
+                }
             }
-            next_rewind = std::time::Instant::now() + REWIND_RETRY;
         }
     }
 }
@@ -410,11 +429,18 @@ fn sync_loop(
     }
 }
 
-/// Copies the WAL into the database every [`CHECKPOINT_EVERY`] until `stop`'s sender is
-/// dropped.
-fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
-    {
+/// Copies the WAL into the database every [`CHECKPOINT_EVERY`], or at once when the writer
+/// wants to rewind it, until `stop`'s sender is dropped.
+fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>, rewind: &Rewind) {
+    let pause = || {
+        if rewind.wanted.load(Ordering::SeqCst) {
+            Duration::from_millis(1)
+        } else {
+            CHECKPOINT_EVERY
+        }
+    };
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(pause()) {
+        let wanted = rewind.wanted.load(Ordering::SeqCst);
         let t0 = std::time::Instant::now();
         let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
@@ -424,6 +450,9 @@ fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
                 tracing::trace!(took = ?t0.elapsed(), ?pass, "sqlite: checkpoint (busy, WAL pages)")
             }
             Err(e) => tracing::warn!(error = %e, "sqlite: checkpoint failed"),
+        }
+        if wanted {
+            rewind.ready.store(true, Ordering::SeqCst);
         }
     }
 }
