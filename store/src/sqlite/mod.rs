@@ -301,7 +301,14 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let sink: Arc<OnceLock<Arc<dyn EventSink>>> = Arc::new(OnceLock::new());
         let progress = Progress::new();
-        let thread = writer::start(conn, rx, sink.clone(), progress.clone(), file)?;
+        let thread = writer::start(
+            conn,
+            rx,
+            tx.downgrade(),
+            sink.clone(),
+            progress.clone(),
+            file,
+        )?;
         Ok(SqliteStore {
             writer: tx,
             progress,

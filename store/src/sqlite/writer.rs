@@ -13,7 +13,10 @@
 //! connection commits with SQLite's `NORMAL` (`COMMIT` writes the WAL frames, no fsync) and
 //! hands the batch to the syncer, which `fdatasync`s the WAL file and only then publishes the
 //! batch's events and answers its callers — while the writer already runs the next batch.
-//! One fsync covers every batch committed before it started. An answer still means "on
+//! While the syncer is busy the writer keeps its transaction open and runs what arrives in
+//! it, committing once the syncer is free: one commit per fsync, so a page several writes
+//! touch is written to the WAL once, not once per small commit (the next batch is
+//! assembled while the previous one fsyncs). An answer still means "on
 //! disk", as with `FULL`: the WAL is the same file, written and recovered the same way, and
 //! since its frames carry cumulative checksums, recovery stops at the first frame that did
 //! not reach the disk — a later commit never survives without an earlier one.
@@ -79,6 +82,9 @@ pub(super) type ReadOp = Box<dyn FnOnce(&Connection) + Send>;
 pub(super) enum Cmd {
     Write(WriteOp),
     Read(ReadOp),
+    /// From the syncer: it has finished every batch it was given (a wake-up; the state is
+    /// [`Progress::with_syncer`]).
+    Synced,
 }
 
 /// When a commit may be answered.
@@ -113,6 +119,8 @@ pub(super) struct Progress {
     failed: AtomicBool,
     /// The WAL's length in pages after the writer's last commit (file databases).
     wal_pages: AtomicI64,
+    /// Committed batches the syncer has not finished yet.
+    with_syncer: AtomicU64,
 }
 
 impl Progress {
@@ -122,6 +130,7 @@ impl Progress {
             settled: watch::channel(0).0,
             failed: AtomicBool::new(false),
             wal_pages: AtomicI64::new(0),
+            with_syncer: AtomicU64::new(0),
         })
     }
 
@@ -180,6 +189,7 @@ impl Batch {
 pub(super) fn start(
     conn: Connection,
     rx: mpsc::Receiver<Cmd>,
+    wake: mpsc::WeakSender<Cmd>,
     sink: Arc<OnceLock<Arc<dyn EventSink>>>,
     progress: Arc<Progress>,
     file: Option<FileDb>,
@@ -225,7 +235,7 @@ pub(super) fn start(
             let (sink, progress) = (sink.clone(), progress.clone());
             helpers.push(spawn(
                 "confab-sqlite-sync",
-                Box::new(move || sync_loop(wal, batches, &sink, &progress)),
+                Box::new(move || sync_loop(wal, batches, &sink, &progress, &wake)),
             )?);
             syncer = Some(tx);
         }
@@ -313,64 +323,45 @@ fn write_loop(
     rewind_at: Option<&(i64, Arc<Rewind>)>,
 ) {
     let mut next_rewind = std::time::Instant::now();
-    while let Some(first) = rx.blocking_recv() {
-        let mut cmds = vec![first];
-        while cmds.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(c) => cmds.push(c),
-                Err(_) => break,
-            }
-        }
-        let mut batch = Batch {
-            number: 0,
-            committed: false,
-            outbox: Vec::new(),
-            completions: Vec::new(),
+    // The transaction being filled (`None` before its first write), and its write count.
+    let mut open: Option<(Batch, usize)> = None;
+    let mut reads: Vec<ReadOp> = Vec::new();
+    loop {
+        // With a transaction open, this also wakes on the syncer's `Synced`.
+        let Some(first) = rx.blocking_recv() else {
+            break;
         };
-        let mut reads: Vec<ReadOp> = Vec::new();
-        let began = progress.healthy().is_ok()
-            && match conn.execute_batch("BEGIN IMMEDIATE") {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::error!(error = %e, "sqlite: cannot begin a transaction");
-                    false
-                }
-            };
-        for cmd in cmds {
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
             match cmd {
-                // A write that cannot run is dropped: its caller gets `Unavailable`.
-                Cmd::Write(op) if began => batch.completions.push(op(conn, &mut batch.outbox)),
-                Cmd::Write(_) => {}
+                Cmd::Write(op) => {
+                    let (batch, writes) = open.get_or_insert_with(|| (begin(conn, progress), 0));
+                    // A write that cannot run is dropped: its caller gets `Unavailable`.
+                    if batch.committed {
+                        batch.completions.push(op(conn, &mut batch.outbox));
+                    }
+                    *writes += 1;
+                }
                 Cmd::Read(op) => reads.push(op),
+                Cmd::Synced => {}
             }
+            if open
+                .as_ref()
+                .is_some_and(|(_, writes)| *writes >= MAX_BATCH)
+            {
+                break;
+            }
+            next = rx.try_recv().ok();
         }
-        batch.number = progress.begun.fetch_add(1, Ordering::SeqCst) + 1;
-        batch.committed = began
-            && match conn.execute_batch("COMMIT") {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::error!(error = %e, "sqlite: commit failed; the batch is rolled back");
-                    let _ = conn.execute_batch("ROLLBACK");
-                    false
-                }
-            };
-        match &syncer {
-            Some(syncer) => {
-                let number = batch.number;
-                // The syncer only stops after the writer: a failed send cannot happen, but
-                // must not leave callers waiting if it did.
-                if let Err(std::sync::mpsc::SendError(batch)) = syncer.send(batch) {
-                    batch.finish(sink, false);
-                    progress.settled.send_replace(number);
-                }
-            }
-            None => {
-                let number = batch.number;
-                batch.finish(sink, true);
-                progress.settled.send_replace(number);
-            }
+        let syncer_busy = progress.with_syncer.load(Ordering::SeqCst) > 0;
+        if let Some((batch, _)) = open.take_if(|(_, writes)| !syncer_busy || *writes >= MAX_BATCH) {
+            commit(conn, batch, sink, progress, syncer.as_ref());
         }
-        for r in reads {
+        if open.is_some() {
+            continue; // until the syncer is free
+        }
+        // Reads (in-memory databases only, which have no syncer) follow the commit.
+        for r in reads.drain(..) {
             r(conn);
         }
         if let Some((max, rewind)) = rewind_at {
@@ -394,6 +385,65 @@ fn write_loop(
             }
         }
     }
+    if let Some((batch, _)) = open.take() {
+        commit(conn, batch, sink, progress, syncer.as_ref());
+    }
+    for r in reads {
+        r(conn);
+    }
+}
+
+/// Begins the writer's next transaction; `committed` (so far) says whether it began.
+fn begin(conn: &Connection, progress: &Progress) -> Batch {
+    let began = progress.healthy().is_ok()
+        && match conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "sqlite: cannot begin a transaction");
+                false
+            }
+        };
+    Batch {
+        number: 0,
+        committed: began,
+        outbox: Vec::new(),
+        completions: Vec::new(),
+    }
+}
+
+/// Commits the writer's transaction and hands it to the syncer, or (without one) finishes
+/// it at once.
+fn commit(
+    conn: &Connection,
+    mut batch: Batch,
+    sink: &OnceLock<Arc<dyn EventSink>>,
+    progress: &Progress,
+    syncer: Option<&std::sync::mpsc::Sender<Batch>>,
+) {
+    batch.number = progress.begun.fetch_add(1, Ordering::SeqCst) + 1;
+    batch.committed = batch.committed
+        && match conn.execute_batch("COMMIT") {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "sqlite: commit failed; the batch is rolled back");
+                let _ = conn.execute_batch("ROLLBACK");
+                false
+            }
+        };
+    let number = batch.number;
+    if let Some(syncer) = syncer {
+        progress.with_syncer.fetch_add(1, Ordering::SeqCst);
+        // The syncer only stops after the writer: a failed send cannot happen, but must
+        // not leave callers waiting if it did.
+        let Err(std::sync::mpsc::SendError(batch)) = syncer.send(batch) else {
+            return;
+        };
+        progress.with_syncer.fetch_sub(1, Ordering::SeqCst);
+        batch.finish(sink, false);
+    } else {
+        batch.finish(sink, true);
+    }
+    progress.settled.send_replace(number);
 }
 
 /// Makes committed batches durable, in order, then finishes them (see the module's doc).
@@ -402,6 +452,7 @@ fn sync_loop(
     batches: std::sync::mpsc::Receiver<Batch>,
     sink: &OnceLock<Arc<dyn EventSink>>,
     progress: &Progress,
+    wake: &mpsc::WeakSender<Cmd>,
 ) {
     while let Ok(first) = batches.recv() {
         let mut ready = vec![first];
@@ -421,11 +472,18 @@ fn sync_loop(
         } else {
             true
         };
-        let last = ready.last().map_or(0, |b| b.number);
+        let (last, count) = (ready.last().map_or(0, |b| b.number), ready.len() as u64);
         for batch in ready {
             batch.finish(sink, durable);
         }
         progress.settled.send_replace(last);
+        if progress.with_syncer.fetch_sub(count, Ordering::SeqCst) == count {
+            // Free: the writer may be holding a transaction open for us. A full queue
+            // needs no wake-up (the writer is busy draining it), a closed one none either.
+            if let Some(writer) = wake.upgrade() {
+                let _ = writer.try_send(Cmd::Synced);
+            }
+        }
     }
 }
 
