@@ -40,10 +40,7 @@ fn not_found() -> ApiError {
 
 /// Appends through the store (404 for a conversation not in the tenant) and counts it.
 async fn append(state: &AppState, new: NewMessage) -> Result<Appended, ApiError> {
-    let started = std::time::Instant::now();
-    let appended = state.store.append_message(new).await;
-    let none = limits::Charges::default();
-    appended_or_not(state, started, appended.map(LimitedAppend::Done), &none)
+    append_charged(state, new, &limits::Charges::default()).await
 }
 
 /// [`append`], charging `charges` in the same commit (`Store::append_message_limited`: one
@@ -64,15 +61,6 @@ async fn append_charged(
             state.limiter.as_ref(),
         )
         .await;
-    appended_or_not(state, started, outcome, charges)
-}
-
-fn appended_or_not(
-    state: &AppState,
-    started: std::time::Instant,
-    outcome: confab_store::Result<LimitedAppend>,
-    charges: &limits::Charges,
-) -> Result<Appended, ApiError> {
     state
         .metrics
         .store_append

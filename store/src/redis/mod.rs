@@ -826,6 +826,20 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
+    /// One page of the set of tenants with data (`SSCAN` from `cursor`; 0 when done).
+    async fn tenants_page(&self, cursor: u64) -> Result<(u64, Vec<String>)> {
+        self.conn
+            .query(
+                redis::cmd("SSCAN")
+                    .arg(keys::TENANTS)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(200)
+                    .to_owned(),
+            )
+            .await
+    }
+
     /// How many replicas must confirm a commit before it is acknowledged.
     pub fn replica_acks(&self) -> u32 {
         self.replica_acks
@@ -1625,17 +1639,7 @@ impl Store for RedisStore {
         let (min_events, min_age) = self.retention_args();
         let mut cursor = 0u64;
         loop {
-            let (next, tenants): (u64, Vec<String>) = self
-                .conn
-                .query(
-                    redis::cmd("SSCAN")
-                        .arg(keys::TENANTS)
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(200)
-                        .to_owned(),
-                )
-                .await?;
+            let (next, tenants) = self.tenants_page(cursor).await?;
             for tenant in tenants {
                 let k = TenantKeys::new(&tenant);
                 loop {
@@ -1751,17 +1755,7 @@ impl Store for RedisStore {
         let mut out = Vec::new();
         let mut cursor = 0u64;
         loop {
-            let (next, tenants): (u64, Vec<String>) = self
-                .conn
-                .query(
-                    redis::cmd("SSCAN")
-                        .arg(keys::TENANTS)
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(200)
-                        .to_owned(),
-                )
-                .await?;
+            let (next, tenants) = self.tenants_page(cursor).await?;
             for tenant in tenants {
                 if out.len() >= limit {
                     return Ok(out);

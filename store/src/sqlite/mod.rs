@@ -89,7 +89,7 @@ impl FileOptions {
 }
 
 pub use writer::MAX_BATCH;
-use writer::{in_savepoint, Cmd, Durability, Progress, ReadOp, WriteOp};
+use writer::{in_savepoint, Cmd, Progress, ReadOp, WriteOp};
 
 /// Writes waiting for the writer thread; senders wait (async) when it is full.
 const QUEUE_DEPTH: usize = 8192;
@@ -251,10 +251,6 @@ impl SqliteStore {
         let page_size: i64 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .map_err(db_err)?;
-        let durability = match options.sync {
-            Sync::Full => Durability::Synced,
-            Sync::Normal => Durability::AtCommit,
-        };
         let readers = Readers::Pool {
             path: path.to_owned(),
             idle: Mutex::new(Vec::new()),
@@ -267,7 +263,7 @@ impl SqliteStore {
             clock,
             Some(writer::FileDb {
                 path,
-                durability,
+                sync: options.sync,
                 wal_max_pages: (options.wal_max_bytes as i64 / page_size.max(512)).max(1),
             }),
         )?;

@@ -52,7 +52,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, watch};
 
-use super::db_err;
+use super::{db_err, Sync};
 use crate::{EventSink, Published, Result, StoreError};
 
 /// Most writes committed together.
@@ -87,20 +87,12 @@ pub(super) enum Cmd {
     Synced,
 }
 
-/// When a commit may be answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Durability {
-    /// At commit: the in-memory database, and `synchronous=normal` (SQLite then syncs at
-    /// checkpoints only).
-    AtCommit,
-    /// After the syncer's `fdatasync` of the WAL: `synchronous=full`.
-    Synced,
-}
-
 /// A database file's writer settings.
 pub(super) struct FileDb<'a> {
     pub path: &'a Path,
-    pub durability: Durability,
+    /// `Full`: answers after the syncer's `fdatasync` of the WAL; `Normal`: at commit
+    /// (SQLite then syncs at checkpoints only), as in-memory databases are.
+    pub sync: Sync,
     /// WAL length (in pages) from which the writer finishes a checkpoint itself so that
     /// the WAL rewinds instead of growing.
     pub wal_max_pages: i64,
@@ -206,7 +198,7 @@ pub(super) fn start(
     let mut rewind_at = None;
     if let Some(FileDb {
         path,
-        durability,
+        sync,
         wal_max_pages,
     }) = file
     {
@@ -227,9 +219,8 @@ pub(super) fn start(
             Box::new(move || checkpoint_loop(checkpointer, stopped, &rewind)),
         )?);
         stop_checkpointer = Some(stop);
-        if durability == Durability::Synced {
-            conn.execute_batch("PRAGMA synchronous = NORMAL")
-                .map_err(db_err)?;
+        if sync == Sync::Full {
+            // The connection itself commits with `synchronous=NORMAL` (set when opened).
             let wal = open_wal(path)?;
             let (tx, batches) = std::sync::mpsc::channel::<Batch>();
             let (sink, progress) = (sink.clone(), progress.clone());
