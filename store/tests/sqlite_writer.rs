@@ -115,3 +115,33 @@ async fn acknowledged_writes_are_there_after_a_reopen() {
         .unwrap();
     assert_eq!(backend.store.last_offset("t1").await.unwrap(), 1_600);
 }
+
+/// Store URL options: bad ones are refused with the valid ones named; good ones combine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_store_url_options_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.sqlite");
+    for bad in [
+        "wal_max_mb=0",
+        "wal_max_mb=x",
+        "wal_max_mb=99999999999",
+        "synchronous=off",
+        "x",
+    ] {
+        let Err(e) = confab_store::open(
+            &format!("sqlite:{}?{bad}", db.display()),
+            Retention::default(),
+        )
+        .await
+        else {
+            panic!("{bad} was accepted");
+        };
+        assert!(e.to_string().contains("wal_max_mb=N"), "{bad}: {e}");
+    }
+    confab_store::open(
+        &format!("sqlite:{}?synchronous=normal&wal_max_mb=64", db.display()),
+        Retention::default(),
+    )
+    .await
+    .unwrap();
+}

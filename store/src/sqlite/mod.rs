@@ -68,20 +68,23 @@ impl Default for FileOptions {
 impl FileOptions {
     /// Parses the query part of a `sqlite:` store URL (`key=value` pairs joined by `&`).
     pub fn parse(query: &str) -> Result<FileOptions> {
+        let unknown = |pair: &str| {
+            StoreError::Internal(format!(
+                "unknown sqlite option {pair:?}: use synchronous=full (default) or \
+                 synchronous=normal, and wal_max_mb=N (1 ≤ N ≤ 1048576, default 256)"
+            ))
+        };
         let mut options = FileOptions::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("synchronous", "full")) => options.sync = Sync::Full,
                 Some(("synchronous", "normal")) => options.sync = Sync::Normal,
-                Some(("wal_max_mb", n)) if n.parse::<u64>().is_ok_and(|n| n >= 1) => {
-                    options.wal_max_bytes = n.parse::<u64>().unwrap_or(256) << 20
-                }
-                _ => {
-                    return Err(StoreError::Internal(format!(
-                        "unknown sqlite option {pair:?}: use synchronous=full (default) or \
-                         synchronous=normal, and wal_max_mb=N (N ≥ 1, default 256)"
-                    )))
-                }
+                // At most 1 TiB, so that the byte count fits the page arithmetic.
+                Some(("wal_max_mb", n)) => match n.parse::<u64>() {
+                    Ok(mb @ 1..=1_048_576) => options.wal_max_bytes = mb << 20,
+                    _ => return Err(unknown(pair)),
+                },
+                _ => return Err(unknown(pair)),
             }
         }
         Ok(options)
