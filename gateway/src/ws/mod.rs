@@ -31,7 +31,6 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use confab_protocol::frames::{self, ClientFrame};
 use confab_protocol::{ApiError, Disconnect, ErrorCode};
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::WaitForCancellationFuture;
@@ -331,10 +330,12 @@ impl<T> Socket for T where
 {
 }
 
-/// The socket halves plus liveness bookkeeping.
+/// The socket plus liveness bookkeeping. Not split into halves: the connection loop reads
+/// and writes from one task, never at once (a write runs in a `select!` arm, after the
+/// read's future is dropped), so the lock a split puts around every read and write would
+/// be paid for nothing.
 pub struct Conn<S: Socket = WebSocket> {
-    sink: SplitSink<S, Message>,
-    stream: SplitStream<S>,
+    socket: S,
     last_heard: Instant,
 }
 
@@ -347,16 +348,14 @@ enum End {
 
 impl<S: Socket> Conn<S> {
     pub fn new(socket: S) -> Conn<S> {
-        let (sink, stream) = socket.split();
         Conn {
-            sink,
-            stream,
+            socket,
             last_heard: Instant::now(),
         }
     }
 
     async fn send(&mut self, text: Utf8Bytes) -> Result<(), End> {
-        self.sink
+        self.socket
             .send(Message::Text(text))
             .await
             .map_err(|_| End::Gone)
@@ -365,14 +364,14 @@ impl<S: Socket> Conn<S> {
     /// Queues a frame in tungstenite's write buffer (written once it exceeds
     /// [`WRITE_BUFFER`], or at [`flush`](Self::flush)).
     async fn feed(&mut self, text: Utf8Bytes) -> Result<(), End> {
-        self.sink
+        self.socket
             .feed(Message::Text(text))
             .await
             .map_err(|_| End::Gone)
     }
 
     async fn flush(&mut self) -> Result<(), End> {
-        self.sink.flush().await.map_err(|_| End::Gone)
+        self.socket.flush().await.map_err(|_| End::Gone)
     }
 
     pub async fn close(mut self, why: Disconnect) {
@@ -381,8 +380,8 @@ impl<S: Socket> Conn<S> {
             reason: Utf8Bytes::from_static(why.reason()),
         };
         let _ = timeout(CLOSE_GRACE, async {
-            let _ = self.sink.send(Message::Close(Some(frame))).await;
-            let _ = self.sink.close().await;
+            let _ = self.socket.send(Message::Close(Some(frame))).await;
+            let _ = self.socket.close().await;
         })
         .await;
     }
@@ -390,7 +389,7 @@ impl<S: Socket> Conn<S> {
     /// Reads until a text frame, handling control frames. `Err` ends the connection.
     async fn next_text(&mut self) -> Result<Utf8Bytes, End> {
         loop {
-            let msg = match self.stream.next().await {
+            let msg = match self.socket.next().await {
                 None => return Err(End::Gone),
                 Some(Err(e)) => return Err(classify(e)),
                 Some(Ok(m)) => m,
@@ -518,7 +517,7 @@ pub fn serve<L: ChannelLogic, S: Socket>(
                             if conn.last_heard.elapsed() > IDLE_LIMIT {
                                 return Err(End::Close(Disconnect::Idle));
                             }
-                            conn.sink.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)?;
+                            conn.socket.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)?;
                             next_ping = Instant::now() + PING_EVERY;
                         }
                         timer.as_mut().reset(next_wake(&state, next_ping, expires_ms));
