@@ -206,7 +206,27 @@ pub struct Head<'a> {
 
 /// The envelope of a JSON frame, or `None` when it is not one.
 pub fn head(text: &str) -> Option<Head<'_>> {
-    serde_json::from_str::<Head<'_>>(text).ok()
+    head_prefix(text).or_else(|| serde_json::from_str::<Head<'_>>(text).ok())
+}
+
+/// [`head`] read from the frame's first bytes: Confab writes `type` first, and a tenant
+/// event's `offset` right after it. A receiver reads every frame of a broadcast, so
+/// scanning only the prefix keeps the tool's own cost per frame from capping the rate it
+/// can measure. `None` (so: parse it all) for any other shape.
+fn head_prefix(text: &str) -> Option<Head<'_>> {
+    let rest = text.strip_prefix(r#"{"type":""#)?;
+    let end = rest.find('"')?;
+    let kind = &rest[..end];
+    if kind.contains('\\') {
+        return None;
+    }
+    let offset = match rest[end + 1..].strip_prefix(r#","offset":""#) {
+        Some(r) => Some(&r[..r.find('"')?]),
+        // An offset elsewhere in the frame: not this shape.
+        None if text.contains(r#""offset":"#) => return None,
+        None => None,
+    };
+    Some(Head { kind, offset })
 }
 
 /// The `type` of a JSON frame, without parsing the rest.
@@ -228,6 +248,18 @@ pub fn close_reason(frame: Option<std::result::Result<Message, impl std::fmt::Di
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_head_from_the_prefix_or_the_whole_frame() {
+        let h = head(r#"{"type":"x:y","offset":"42","data":{"type":"z","offset":"1"}}"#).unwrap();
+        assert_eq!((h.kind, h.offset), ("x:y", Some("42")));
+        let h = head(r#"{"type":"message:new","data":{"offset":"1"}}"#).unwrap();
+        assert_eq!((h.kind, h.offset), ("message:new", None));
+        let h = head(r#"{"data":{},"offset":"7","type":"x:y"}"#).unwrap();
+        assert_eq!((h.kind, h.offset), ("x:y", Some("7")));
+        // An escaped type is not read from the prefix (nor borrowed by the parser).
+        assert!(head(r#"{"type":"a\"b","offset":"3"}"#).is_none());
+    }
 
     #[test]
     fn reads_frame_types() {

@@ -66,8 +66,18 @@ impl Stamp {
 
     /// Finds this run's stamp anywhere in `text` (e.g. a raw JSON frame).
     pub fn find(text: &str, run: u32) -> Option<Stamp> {
-        let needle = format!("lt:{run:08x}:");
-        let at = text.find(&needle)?;
+        Stamp::find_needle(text, &Stamp::needle(run))
+    }
+
+    /// What every stamp of `run` starts with, for [`find_needle`](Self::find_needle): made
+    /// once per receiver, not once per frame.
+    pub fn needle(run: u32) -> String {
+        format!("lt:{run:08x}:")
+    }
+
+    /// [`find`](Self::find) with the run's [`needle`](Self::needle).
+    pub fn find_needle(text: &str, needle: &str) -> Option<Stamp> {
+        let at = text.find(needle)?;
         Stamp::parse(&text[at..])
     }
 

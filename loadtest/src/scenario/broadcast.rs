@@ -78,8 +78,11 @@ pub async fn run(args: BroadcastArgs) -> Result<serde_json::Value> {
                 ws.stall = Some((stall_at, args.stall.0));
             }
             let event_type = event_type.clone();
+            let needle = Stamp::needle(run);
             let classify = move |t: &str, kind: Option<&str>| match target {
-                Target::Gateway if kind == Some(event_type.as_str()) => Stamp::find(t, run),
+                Target::Gateway if kind == Some(event_type.as_str()) => {
+                    Stamp::find_needle(t, &needle)
+                }
                 Target::Gateway => None,
                 Target::Baseline => Stamp::parse(t).filter(|s| s.run == run),
             };

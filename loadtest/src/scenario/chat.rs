@@ -129,8 +129,9 @@ pub async fn run(args: ChatArgs) -> Result<serde_json::Value> {
         .into_iter()
         .enumerate()
         .map(|(i, ws)| {
+            let needle = Stamp::needle(run);
             let classify = move |t: &str, kind: Option<&str>| match target {
-                Target::Gateway if kind == Some("message:new") => Stamp::find(t, run),
+                Target::Gateway if kind == Some("message:new") => Stamp::find_needle(t, &needle),
                 Target::Gateway => None,
                 Target::Baseline => Stamp::parse(t).filter(|s| s.run == run),
             };

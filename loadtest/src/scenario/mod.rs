@@ -336,7 +336,10 @@ pub async fn receive(
                 Some(Ok(Message::Text(t))) => {
                     let head = api::head(&t);
                     if let Some(offset) = head.as_ref().and_then(|h| h.offset) {
-                        last_offset = Some(offset.to_string());
+                        // Reusing the buffer: no allocation per frame.
+                        let last = last_offset.get_or_insert_with(String::new);
+                        last.clear();
+                        last.push_str(offset);
                     }
                     if let Some(stamp) = classify(&t, head.as_ref().map(|h| h.kind)) {
                         stats.record(hint, &mut tracker, &stamp);
