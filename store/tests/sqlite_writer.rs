@@ -264,6 +264,22 @@ async fn a_rolled_back_append_leaves_no_trace_in_the_cached_conversation() {
                     })
                     .collect();
                 assert_eq!(bodies, ["one", "two"], "{url}");
+                // The rolled-back message took no offset of the tenant's log.
+                let events: Vec<(u64, String)> = store
+                    .events("t1", 0, 100)
+                    .await
+                    .unwrap()
+                    .events
+                    .into_iter()
+                    .map(|e| (e.offset, e.kind))
+                    .collect();
+                let expected = [
+                    (1, "conversation:new"),
+                    (2, "message:new"),
+                    (3, "message:new"),
+                ];
+                assert_eq!(events, expected.map(|(o, k)| (o, k.to_owned())), "{url}");
+                assert_eq!(store.last_offset("t1").await.unwrap(), 3, "{url}");
             }
         };
         check(store.clone()).await;
@@ -293,5 +309,16 @@ async fn a_rolled_back_append_leaves_no_trace_in_the_cached_conversation() {
             .unwrap()
             .unwrap();
         assert_eq!(c.unread_by_agent, 4);
+        let offsets: Vec<u64> = backend
+            .store
+            .events("t1", 0, 100)
+            .await
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| e.offset)
+            .collect();
+        assert_eq!(offsets, [1, 2, 3, 4, 5]);
+        assert_eq!(backend.store.last_offset("t1").await.unwrap(), 5);
     }
 }

@@ -680,14 +680,8 @@ fn append_event_tx(
     data: String,
     now: i64,
 ) -> Result<TenantEvent> {
-    let offset: i64 = conn
-        .prepare_cached(
-            "INSERT INTO tenant_logs (tenant, last_offset, pruned_through) VALUES (?1, 1, 0)
-             ON CONFLICT (tenant) DO UPDATE SET last_offset = last_offset + 1 RETURNING last_offset",
-        )
-        .map_err(db_err)?
-        .query_row(params![tenant], |r| r.get(0))
-        .map_err(db_err)?;
+    // Written to `tenant_logs` before the commit (see `rows`).
+    let offset = tx.heads.next(conn, tenant)?;
     conn.prepare_cached("INSERT INTO tenant_events (tenant, offset, created_ms, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)")
         .map_err(db_err)?
         .execute(params![tenant, offset, now, kind, data])

@@ -10,10 +10,10 @@
 //! the savepoint's statement journal was a good part of its cost): if it fails after all,
 //! the whole batch rolls back and is answered "not committed".
 //!
-//! **Cached rows.** The writer keeps the conversation rows it last read or wrote
-//! ([`super::rows`]), so that a message does not re-read and re-parse its conversation.
-//! Being the only writer, it knows every change; it forgets them all when a savepoint or
-//! the transaction rolls back.
+//! **Cached rows.** The writer keeps the conversation rows it last read or wrote, and the
+//! head of each tenant's log ([`super::rows`]), so that a message does not re-read and
+//! re-parse its conversation nor upsert its log's head. Being the only writer, it knows
+//! every change; it forgets them all when a savepoint or the transaction rolls back.
 //!
 //! **Durability off the writer's path** (`synchronous=full`, the default). SQLite's own
 //! `FULL` fsyncs the WAL inside `COMMIT`, so the writer would sit idle through every fsync
@@ -60,7 +60,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, watch};
 
-use super::rows::Rows;
+use super::rows::{Heads, Rows};
 use super::{db_err, Sync};
 use crate::{EventSink, Published, Result, StoreError};
 
@@ -87,19 +87,27 @@ pub(super) type Completion = Box<dyn FnOnce(bool) + Send>;
 pub(super) type WriteOp = Box<dyn FnOnce(&Connection, &mut Tx) -> Completion + Send>;
 
 /// What a write works with besides its SQL: the events its batch publishes once durable,
-/// and the writer's cache of conversation rows ([`Rows`]), which lives as long as the
-/// writer and is emptied whenever the database may not hold what it says (a rolled-back
-/// savepoint, a failed commit).
+/// and the writer's cache of conversation rows ([`Rows`]) and log heads ([`Heads`]),
+/// which live as long as the writer and are emptied whenever the database may not hold
+/// what they say (a rolled-back savepoint, a failed commit).
 #[derive(Default)]
 pub(super) struct Tx {
     events: Vec<Published>,
     pub rows: Rows,
+    pub heads: Heads,
     /// A write without a savepoint ([`unguarded`]) failed after changing something, or
     /// SQLite rolled the transaction back itself: it must end, as a whole.
     broken: bool,
 }
 
 impl Tx {
+    /// Forgets what the transaction did: it rolled back.
+    fn forget(&mut self) {
+        self.events.clear();
+        self.rows.clear();
+        self.heads.clear();
+    }
+
     /// Publishes `event` once the batch is durable (not at all if this write rolls back).
     pub fn publish(&mut self, event: Published) {
         self.events.push(event);
@@ -367,8 +375,7 @@ fn write_loop(
                             "sqlite: a write failed half-way; its batch is rolled back"
                         );
                         let _ = conn.execute_batch("ROLLBACK");
-                        tx.events.clear();
-                        tx.rows.clear();
+                        tx.forget();
                         if let Some((mut batch, _)) = open.take() {
                             // Answered "not committed"; the next write begins a new batch.
                             batch.committed = false;
@@ -456,17 +463,21 @@ fn commit(
     syncer: Option<&std::sync::mpsc::Sender<Batch>>,
 ) {
     batch.number = progress.begun.fetch_add(1, Ordering::SeqCst) + 1;
-    batch.outbox = std::mem::take(&mut tx.events);
     batch.committed = batch.committed
-        && match conn.execute_batch("COMMIT") {
+        && match tx
+            .heads
+            .flush(conn)
+            .and_then(|()| conn.execute_batch("COMMIT").map_err(db_err))
+        {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(error = %e, "sqlite: commit failed; the batch is rolled back");
                 let _ = conn.execute_batch("ROLLBACK");
-                tx.rows.clear();
+                tx.forget();
                 false
             }
         };
+    batch.outbox = std::mem::take(&mut tx.events);
     let number = batch.number;
     if let Some(syncer) = syncer {
         progress.with_syncer.fetch_add(1, Ordering::SeqCst);
@@ -566,6 +577,12 @@ pub(super) fn in_savepoint<T>(
             .and_then(|mut st| st.execute([]))
             .map_err(db_err)
     };
+    // The heads are written first: they may be read, and a rollback then only has to
+    // forget those the write took.
+    if let Err(e) = tx.heads.flush(conn) {
+        tx.broken = true;
+        return Err(e);
+    }
     exec("SAVEPOINT op")?;
     let published = tx.events.len();
     let result = f(conn, tx).and_then(|r| exec("RELEASE op").map(|_| r));
@@ -574,6 +591,7 @@ pub(super) fn in_savepoint<T>(
         let _ = exec("RELEASE op");
         tx.events.truncate(published);
         tx.rows.clear();
+        tx.heads.clear();
         // Some errors (I/O, a full disk) make SQLite roll back the whole transaction.
         tx.broken = conn.is_autocommit();
     }
@@ -591,13 +609,14 @@ pub(super) fn unguarded<T>(
     tx: &mut Tx,
     f: impl FnOnce(&Connection, &mut Tx) -> Result<T>,
 ) -> Result<T> {
-    let (changes, published) = (conn.total_changes(), tx.events.len());
+    let (changes, published, taken) = (conn.total_changes(), tx.events.len(), tx.heads.taken);
     let result = f(conn, tx);
     if result.is_err() {
         tx.events.truncate(published);
         tx.rows.clear();
         // In autocommit, SQLite has rolled the transaction back itself (some I/O errors).
-        tx.broken = conn.total_changes() != changes || conn.is_autocommit();
+        tx.broken =
+            conn.total_changes() != changes || tx.heads.taken != taken || conn.is_autocommit();
     }
     result
 }
