@@ -1,11 +1,15 @@
 //! The SQLite writer's housekeeping on a real database file: the WAL is rewound under
-//! steady writes (not left to grow), the log's prefix is pruned in slices, and what was
-//! acknowledged is there after a reopen.
+//! steady writes (not left to grow), the log's prefix is pruned in slices, what was
+//! acknowledged is there after a reopen, and its cache of conversation rows never keeps
+//! what a rollback undid.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use confab_store::{Retention, Store};
+use confab_protocol::model::{Author, AuthorKind, Contact, Direction, Handler};
+use confab_store::{
+    AttachmentRecord, Cursor, NewConversation, NewMessage, Retention, Store, StoreError,
+};
 use serde_json::json;
 
 /// Many concurrent writers of ~2 KiB events, so that commits follow each other with no
@@ -144,4 +148,177 @@ async fn bad_store_url_options_are_refused() {
     )
     .await
     .unwrap();
+}
+
+fn visitor_message(tenant: &str, conversation: &str, body: &str, id: &str) -> NewMessage {
+    NewMessage {
+        tenant: tenant.into(),
+        conversation_id: conversation.into(),
+        direction: Direction::Inbound,
+        author: Author {
+            kind: AuthorKind::Visitor,
+            id: "v".into(),
+            name: None,
+        },
+        body: body.into(),
+        client_message_id: Some(id.into()),
+        meta: None,
+        intent: None,
+        handler: None,
+        attachments: Vec::new(),
+    }
+}
+
+fn upload(tenant: &str, conversation: &str, n: u32) -> AttachmentRecord {
+    AttachmentRecord {
+        id: format!("att_{n:032x}"),
+        tenant: tenant.into(),
+        conversation_id: conversation.into(),
+        filename: "a.png".into(),
+        content_type: "image/png".into(),
+        size: 1,
+        sha256: "ab".repeat(32),
+        created_ms: confab_protocol::time::now_ms(),
+        message_id: None,
+    }
+}
+
+/// A message refused half-way (its first file claimed, its second one unknown: its
+/// savepoint rolls back the message and the claim) leaves no trace in the writer's cached
+/// conversation: the next message gets the next number, and the conversation (unread
+/// count, last message) is the one the database holds — also after a reopen, where the
+/// cache starts empty. Both on a file and in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_append_leaves_no_trace_in_the_cached_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = format!("sqlite:{}", dir.path().join("db.sqlite").display());
+    for url in [file.as_str(), "memory"] {
+        let backend = confab_store::open(url, Retention::default()).await.unwrap();
+        let store = backend.store.clone();
+        let conv = store
+            .start_conversation(NewConversation {
+                tenant: "t1".into(),
+                token_hash: "h".into(),
+                customer_id: None,
+                locale: None,
+                contact: Contact::default(),
+                variables: Default::default(),
+                visitor_context: Default::default(),
+                assistant_id: None,
+                handler: Handler::Human,
+            })
+            .await
+            .unwrap();
+        let first = store
+            .append_message(visitor_message("t1", &conv.id, "one", "c1"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.message.id, confab_store::message_id(&conv.id, 1));
+
+        let good = upload("t1", &conv.id, 1);
+        store.create_attachment(&good).await.unwrap();
+        let mut refused = visitor_message("t1", &conv.id, "refused", "c2");
+        refused.attachments = vec![good.wire(), upload("t1", &conv.id, 2).wire()];
+        match store.append_message(refused).await {
+            Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "attachments[1]"),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        let unclaimed = store.attachment("t1", &good.id).await.unwrap().unwrap();
+        assert_eq!(unclaimed.message_id, None, "the claim was rolled back");
+
+        let second = store
+            .append_message(visitor_message("t1", &conv.id, "two", "c3"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!second.duplicate);
+        assert_eq!(second.message.id, confab_store::message_id(&conv.id, 2));
+        let again = store
+            .append_message(visitor_message("t1", &conv.id, "two", "c3"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(again.duplicate, "the idempotency key is found by its index");
+        assert_eq!(again.message.id, second.message.id);
+
+        let check = |store: Arc<dyn Store>| {
+            let id = conv.id.clone();
+            async move {
+                let c = store.conversation("t1", &id).await.unwrap().unwrap();
+                assert_eq!(c.unread_by_agent, 2, "{url}");
+                let last = c.last_message.unwrap();
+                assert_eq!(
+                    (last.id.as_str(), last.body.as_str()),
+                    (second.message.id.as_str(), "two")
+                );
+                let page = store.messages("t1", &id, Cursor::Start, 10).await.unwrap();
+                let bodies: Vec<String> = page
+                    .messages
+                    .iter()
+                    .map(|m| {
+                        serde_json::from_str::<serde_json::Value>(&m.json).unwrap()["body"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned()
+                    })
+                    .collect();
+                assert_eq!(bodies, ["one", "two"], "{url}");
+                // The rolled-back message took no offset of the tenant's log.
+                let events: Vec<(u64, String)> = store
+                    .events("t1", 0, 100)
+                    .await
+                    .unwrap()
+                    .events
+                    .into_iter()
+                    .map(|e| (e.offset, e.kind))
+                    .collect();
+                let expected = [
+                    (1, "conversation:new"),
+                    (2, "message:new"),
+                    (3, "message:new"),
+                ];
+                assert_eq!(events, expected.map(|(o, k)| (o, k.to_owned())), "{url}");
+                assert_eq!(store.last_offset("t1").await.unwrap(), 3, "{url}");
+            }
+        };
+        check(store.clone()).await;
+        // The next write reads the conversation from the cache, then from the database.
+        let third = store
+            .append_message(visitor_message("t1", &conv.id, "three", "c4"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(third.message.id, confab_store::message_id(&conv.id, 3));
+        if url == "memory" {
+            continue;
+        }
+        drop((store, backend));
+        let backend = confab_store::open(url, Retention::default()).await.unwrap();
+        let fourth = backend
+            .store
+            .append_message(visitor_message("t1", &conv.id, "four", "c5"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(fourth.message.id, confab_store::message_id(&conv.id, 4));
+        let c = backend
+            .store
+            .conversation("t1", &conv.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.unread_by_agent, 4);
+        let offsets: Vec<u64> = backend
+            .store
+            .events("t1", 0, 100)
+            .await
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| e.offset)
+            .collect();
+        assert_eq!(offsets, [1, 2, 3, 4, 5]);
+        assert_eq!(backend.store.last_offset("t1").await.unwrap(), 5);
+    }
 }

@@ -7,6 +7,7 @@
 //! once what it saw is durable. `memory`: reads run on the writer thread, the only
 //! connection to that database.
 
+mod rows;
 mod writer;
 
 use std::collections::HashMap;
@@ -91,8 +92,9 @@ impl FileOptions {
     }
 }
 
+use rows::Row;
 pub use writer::MAX_BATCH;
-use writer::{in_savepoint, Cmd, Progress, ReadOp, WriteOp};
+use writer::{in_savepoint, unguarded, Cmd, Progress, ReadOp, Tx, WriteOp};
 
 /// Writes waiting for the writer thread; senders wait (async) when it is full.
 const QUEUE_DEPTH: usize = 8192;
@@ -331,14 +333,14 @@ impl SqliteStore {
     ) -> Result<Option<Conversation>> {
         let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
         let clock = self.clock.clone();
-        self.write(move |c, outbox| {
-            let Some((mut conv, seq, created)) = load_conversation(c, &tenant, &id)? else {
+        self.write(move |c, tx| {
+            let Some((mut conv, seq, created)) = load_conversation(c, tx, &tenant, &id)? else {
                 return Ok(None);
             };
             if change(&mut conv) {
                 let now = clock.now_ms();
                 conv.updated_at = format_ms(now);
-                conversation_updated(c, outbox, &conv, seq, created, now)?;
+                conversation_updated(c, tx, &conv, seq, created, now)?;
             }
             Ok(Some(conv))
         })
@@ -349,13 +351,35 @@ impl SqliteStore {
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &mut Vec<Published>) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection, &mut Tx) -> Result<T> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel::<Result<T>>();
-        let op: WriteOp = Box::new(move |conn, outbox| {
-            let result = in_savepoint(conn, outbox, f);
+        self.submit(true, f).await
+    }
+
+    /// [`SqliteStore::write`] without a savepoint ([`writer::unguarded`]): only for a write
+    /// whose expected failures all come before its first change.
+    async fn write_unguarded<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut Tx) -> Result<T> + Send + 'static,
+    {
+        self.submit(false, f).await
+    }
+
+    async fn submit<T, F>(&self, savepoint: bool, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut Tx) -> Result<T> + Send + 'static,
+    {
+        let (answer, rx) = oneshot::channel::<Result<T>>();
+        let op: WriteOp = Box::new(move |conn, tx| {
+            let result = if savepoint {
+                in_savepoint(conn, tx, f)
+            } else {
+                unguarded(conn, tx, f)
+            };
             Box::new(move |committed| {
-                let _ = tx.send(if committed {
+                let _ = answer.send(if committed {
                     result
                 } else {
                     Err(StoreError::Unavailable(
@@ -459,35 +483,84 @@ fn open_reader(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// A conversation row, for a write: from the writer's cache ([`rows`]) or else read (and
+/// cached).
 fn load_conversation(
     conn: &Connection,
+    tx: &mut Tx,
     tenant: &str,
     id: &str,
 ) -> Result<Option<(Conversation, u64, i64)>> {
-    let row = conn
-        .prepare_cached("SELECT json, last_seq, last_created_ms FROM conversations WHERE id = ?1 AND tenant = ?2")
-        .map_err(db_err)?
-        .query_row(params![id, tenant], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
-        .optional()
-        .map_err(db_err)?;
+    let row = match tx.rows.get(id) {
+        Some(row) => Some(row),
+        None => read_conversation(conn, id)?.inspect(|row| tx.rows.put(row.clone())),
+    };
+    Ok(row
+        .filter(|row| row.conversation.tenant_id == tenant)
+        .map(|row| (row.conversation, row.last_seq, row.last_created_ms)))
+}
+
+/// [`load_conversation`] for a write that saves it again: moved out of the cache, not
+/// copied (the save puts it back).
+fn take_conversation(
+    conn: &Connection,
+    tx: &mut Tx,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<Row>> {
+    let row = match tx.rows.take(id) {
+        Some(row) => Some(row),
+        None => read_conversation(conn, id)?,
+    };
     match row {
+        Some(row) if row.conversation.tenant_id == tenant => Ok(Some(row)),
+        Some(row) => {
+            tx.rows.put(row);
+            Ok(None)
+        }
         None => Ok(None),
-        Some((json, seq, created)) => Ok(Some((
-            serde_json::from_str(&json).map_err(json_err)?,
-            seq as u64,
-            created,
-        ))),
     }
 }
 
+/// Reads a conversation row, whatever its tenant (reads cannot use the writer's cache).
+fn read_conversation(conn: &Connection, id: &str) -> Result<Option<Row>> {
+    let row = conn
+        .prepare_cached("SELECT json, last_seq, last_created_ms FROM conversations WHERE id = ?1")
+        .map_err(db_err)?
+        .query_row(params![id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .optional()
+        .map_err(db_err)?;
+    row.map(|(json, seq, created)| {
+        Ok(Row {
+            conversation: serde_json::from_str(&json).map_err(json_err)?,
+            last_seq: seq as u64,
+            last_created_ms: created,
+        })
+    })
+    .transpose()
+}
+
+/// Writes a conversation row (and caches it: see [`rows`]).
 fn save_conversation(
     conn: &Connection,
+    tx: &mut Tx,
     c: &Conversation,
     last_seq: u64,
     last_created_ms: i64,
     updated_ms: i64,
 ) -> Result<String> {
     let json = to_json(c);
+    tx.rows.put(Row {
+        conversation: c.clone(),
+        last_seq,
+        last_created_ms,
+    });
     conn.prepare_cached(
         "INSERT INTO conversations (id, tenant, status, updated_ms, last_seq, last_created_ms, json)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -501,68 +574,82 @@ fn save_conversation(
 
 /// The commit of one message (inside the writer's transaction): idempotency, the message,
 /// its events, the conversation, and the owed reply a visitor message to a bot makes.
-fn append_tx(
-    c: &Connection,
-    outbox: &mut Vec<Published>,
-    now: i64,
-    new: &NewMessage,
-) -> Result<Option<Appended>> {
-    let Some((mut conv, last_seq, last_created)) =
-        load_conversation(c, &new.tenant, &new.conversation_id)?
+fn append_tx(c: &Connection, tx: &mut Tx, now: i64, new: &NewMessage) -> Result<Option<Appended>> {
+    let Some(Row {
+        conversation: mut conv,
+        last_seq,
+        last_created_ms: last_created,
+    }) = take_conversation(c, tx, &new.tenant, &new.conversation_id)?
     else {
         return Ok(None);
     };
-    let idempotency_key = new.idempotency_key();
-    if let Some(key) = &idempotency_key {
-        let existing: Option<String> = c
-            .prepare_cached(
-                "SELECT json FROM messages WHERE conversation_id = ?1 AND idempotency_key = ?2",
-            )
-            .map_err(db_err)?
-            .query_row(params![new.conversation_id, key], |r| r.get(0))
-            .optional()
-            .map_err(db_err)?;
-        if let Some(json) = existing {
-            let message: Message = serde_json::from_str(&json).map_err(json_err)?;
-            return Ok(Some(Appended {
-                message,
-                duplicate: true,
-                first_in_conversation: false,
-                reply_owed: false,
-            }));
-        }
-    }
     let seq = last_seq + 1;
     let created = now.max(last_created);
     let message = new_message(new, seq, created);
-    claim_attachments(c, new, seq, &message.id)?;
+    let idempotency_key = new.idempotency_key();
     let json = to_json(&message);
-    c.prepare_cached(
-        "INSERT INTO messages (conversation_id, seq, tenant, created_ms, idempotency_key, json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )
-    .map_err(db_err)?
-    .execute(params![
-        new.conversation_id,
-        seq as i64,
-        new.tenant,
-        created,
-        idempotency_key,
-        json
-    ])
-    .map_err(db_err)?;
+    // The unique index on the idempotency key finds a duplicate (then nothing is
+    // inserted): no lookup before every insert. Whatever can refuse the message comes
+    // before this first change (see `append_message`), the attachments excepted: a
+    // message with files has a savepoint.
+    let inserted = c
+        .prepare_cached(
+            "INSERT INTO messages (conversation_id, seq, tenant, created_ms, idempotency_key, json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+        )
+        .map_err(db_err)?
+        .execute(params![
+            new.conversation_id,
+            seq as i64,
+            new.tenant,
+            created,
+            idempotency_key,
+            json
+        ])
+        .map_err(db_err)?;
+    if inserted == 0 {
+        let existing: Option<String> = match &idempotency_key {
+            Some(key) => c
+                .prepare_cached(
+                    "SELECT json FROM messages WHERE conversation_id = ?1 AND idempotency_key = ?2",
+                )
+                .map_err(db_err)?
+                .query_row(params![new.conversation_id, key], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?,
+            None => None,
+        };
+        let Some(json) = existing else {
+            return Err(StoreError::Internal(format!(
+                "message {seq} of conversation {} is stored already",
+                new.conversation_id
+            )));
+        };
+        let message: Message = serde_json::from_str(&json).map_err(json_err)?;
+        tx.rows.put(Row {
+            conversation: conv,
+            last_seq,
+            last_created_ms: last_created,
+        });
+        return Ok(Some(Appended {
+            message,
+            duplicate: true,
+            first_in_conversation: false,
+            reply_owed: false,
+        }));
+    }
     let json: Arc<str> = json.into();
-    outbox.push(Published::Message {
+    tx.publish(Published::Message {
         tenant: new.tenant.as_str().into(),
         conversation_id: new.conversation_id.as_str().into(),
         seq,
         json: json.clone(),
     });
-    append_event_tx(c, outbox, &new.tenant, "message:new", json.to_string(), now)?;
+    append_event_tx(c, tx, &new.tenant, "message:new", json.to_string(), now)?;
     if record_message(&mut conv, &message, new.handler) {
-        conversation_updated(c, outbox, &conv, seq, created, now)?;
+        conversation_updated(c, tx, &conv, seq, created, now)?;
     } else {
-        save_conversation(c, &conv, seq, created, now)?;
+        save_conversation(c, tx, &conv, seq, created, now)?;
     }
     let reply_owed = new.direction == Direction::Inbound && conv.handler == Handler::Bot;
     if reply_owed {
@@ -574,6 +661,9 @@ fn append_tx(
         .execute(params![new.tenant, new.conversation_id, seq as i64])
         .map_err(db_err)?;
     }
+    // Last, so that a refused file rolls back (with the savepoint) everything above —
+    // the conversation row the writer cached included (see `rows`).
+    claim_attachments(c, new, seq, &message.id)?;
     Ok(Some(Appended {
         message,
         duplicate: false,
@@ -584,20 +674,14 @@ fn append_tx(
 
 fn append_event_tx(
     conn: &Connection,
-    outbox: &mut Vec<Published>,
+    tx: &mut Tx,
     tenant: &str,
     kind: &str,
     data: String,
     now: i64,
 ) -> Result<TenantEvent> {
-    let offset: i64 = conn
-        .prepare_cached(
-            "INSERT INTO tenant_logs (tenant, last_offset, pruned_through) VALUES (?1, 1, 0)
-             ON CONFLICT (tenant) DO UPDATE SET last_offset = last_offset + 1 RETURNING last_offset",
-        )
-        .map_err(db_err)?
-        .query_row(params![tenant], |r| r.get(0))
-        .map_err(db_err)?;
+    // Written to `tenant_logs` before the commit (see `rows`).
+    let offset = tx.heads.next(conn, tenant)?;
     conn.prepare_cached("INSERT INTO tenant_events (tenant, offset, created_ms, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)")
         .map_err(db_err)?
         .execute(params![tenant, offset, now, kind, data])
@@ -608,7 +692,7 @@ fn append_event_tx(
         data,
         created_ms: now,
     };
-    outbox.push(Published::Event {
+    tx.publish(Published::Event {
         tenant: tenant.into(),
         event: Arc::new(event.clone()),
     });
@@ -618,22 +702,22 @@ fn append_event_tx(
 /// Records a conversation change: saves it, appends `conversation:updated`, tells its visitors.
 fn conversation_updated(
     conn: &Connection,
-    outbox: &mut Vec<Published>,
+    tx: &mut Tx,
     c: &Conversation,
     seq: u64,
     created: i64,
     now: i64,
 ) -> Result<()> {
-    let json = save_conversation(conn, c, seq, created, now)?;
+    let json = save_conversation(conn, tx, c, seq, created, now)?;
     append_event_tx(
         conn,
-        outbox,
+        tx,
         &c.tenant_id,
         "conversation:updated",
         json.clone(),
         now,
     )?;
-    outbox.push(Published::ConversationUpdated {
+    tx.publish(Published::ConversationUpdated {
         tenant: c.tenant_id.as_str().into(),
         conversation_id: c.id.as_str().into(),
         json: json.into(),
@@ -795,7 +879,7 @@ impl Store for SqliteStore {
 
     async fn start_conversation(&self, new: NewConversation) -> Result<Conversation> {
         let clock = self.clock.clone();
-        self.write(move |c, outbox| {
+        self.write(move |c, tx| {
             let now = clock.now_ms();
             let conv = new_conversation(&new, new_conversation_id(), new_visitor_id(), now);
             c.prepare_cached(
@@ -805,8 +889,8 @@ impl Store for SqliteStore {
             .map_err(db_err)?
             .execute(params![new.tenant, new.token_hash, conv.visitor_id, conv.id])
             .map_err(db_err)?;
-            let json = save_conversation(c, &conv, 0, 0, now)?;
-            append_event_tx(c, outbox, &new.tenant, "conversation:new", json, now)?;
+            let json = save_conversation(c, tx, &conv, 0, 0, now)?;
+            append_event_tx(c, tx, &new.tenant, "conversation:new", json, now)?;
             Ok(conv)
         })
         .await
@@ -824,8 +908,14 @@ impl Store for SqliteStore {
 
     async fn append_message(&self, new: NewMessage) -> Result<Option<Appended>> {
         let clock = self.clock.clone();
-        self.write(move |c, outbox| append_tx(c, outbox, clock.now_ms(), &new))
-            .await
+        let guarded = !new.attachments.is_empty();
+        let append = move |c: &Connection, tx: &mut Tx| append_tx(c, tx, clock.now_ms(), &new);
+        if !guarded {
+            // Nothing can be refused once it has begun writing (`append_tx`).
+            self.write_unguarded(append).await
+        } else {
+            self.write(append).await
+        }
     }
 
     async fn find_duplicate(&self, new: &NewMessage) -> Result<Option<Message>> {
@@ -899,8 +989,12 @@ impl Store for SqliteStore {
         conversation_id: &str,
     ) -> Result<Option<Conversation>> {
         let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
-        self.read(move |c| Ok(load_conversation(c, &tenant, &id)?.map(|(conv, _, _)| conv)))
-            .await
+        self.read(move |c| {
+            Ok(read_conversation(c, &id)?
+                .map(|row| row.conversation)
+                .filter(|conv| conv.tenant_id == tenant))
+        })
+        .await
     }
 
     async fn conversations(
@@ -991,8 +1085,9 @@ impl Store for SqliteStore {
     ) -> Result<Option<ReadMark>> {
         let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
         let clock = self.clock.clone();
-        self.write(move |c, outbox| {
-            let Some((mut conv, last_seq, _)) = load_conversation(c, &tenant, &id)? else {
+        self.write(move |c, tx| {
+            let Some((mut conv, last_seq, last_created)) = load_conversation(c, tx, &tenant, &id)?
+            else {
                 return Ok(None);
             };
             if seq == 0 || seq > last_seq {
@@ -1026,6 +1121,11 @@ impl Store for SqliteStore {
                 .map_err(db_err)?
                 .execute(params![to_json(&conv), id])
                 .map_err(db_err)?;
+            tx.rows.put(Row {
+                conversation: conv.clone(),
+                last_seq,
+                last_created_ms: last_created,
+            });
             let now = clock.now_ms();
             let data = to_json(&ReadEvent {
                 conversation_id: id.clone(),
@@ -1033,8 +1133,8 @@ impl Store for SqliteStore {
                 message_id,
                 unread_by_agent: conv.unread_by_agent,
             });
-            append_event_tx(c, outbox, &tenant, "conversation:read", data.clone(), now)?;
-            outbox.push(Published::ConversationRead {
+            append_event_tx(c, tx, &tenant, "conversation:read", data.clone(), now)?;
+            tx.publish(Published::ConversationRead {
                 tenant: tenant.as_str().into(),
                 conversation_id: id.as_str().into(),
                 json: data.into(),
@@ -1127,7 +1227,7 @@ impl Store for SqliteStore {
             holder.to_owned(),
         );
         let clock = self.clock.clone();
-        self.write(move |c, outbox| {
+        self.write(move |c, tx| {
             let record: Option<(i64, String)> = c
                 .prepare_cached("SELECT through_seq, holder FROM replies WHERE tenant = ?1 AND conversation_id = ?2")
                 .map_err(db_err)?
@@ -1137,12 +1237,12 @@ impl Store for SqliteStore {
             let Some((through, _)) = record.filter(|(_, owner)| *owner == holder) else {
                 return Ok(ReplyOutcome::Lost);
             };
-            let handled_by_bot = load_conversation(c, &tenant, &id)?
+            let handled_by_bot = load_conversation(c, tx, &tenant, &id)?
                 .is_some_and(|(conv, _, _)| conv.handler == Handler::Bot);
             let outcome = if !handled_by_bot {
                 ReplyOutcome::HandedOver
             } else if let Some(new) = &reply {
-                match append_tx(c, outbox, clock.now_ms(), new)? {
+                match append_tx(c, tx, clock.now_ms(), new)? {
                     Some(a) => ReplyOutcome::Stored(Box::new(a)),
                     None => ReplyOutcome::HandedOver,
                 }
@@ -1174,30 +1274,30 @@ impl Store for SqliteStore {
             conversation_id.map(str::to_owned),
         );
         let clock = self.clock.clone();
-        self.write(move |c, outbox| {
+        self.write(move |c, tx| {
             let now = clock.now_ms();
             let mut data = data;
             if let Some(id) = &conv_id {
-                let Some((mut conv, seq, created)) = load_conversation(c, &tenant, id)? else {
+                let Some((mut conv, seq, created)) = load_conversation(c, tx, &tenant, id)? else {
                     return Ok(None);
                 };
                 if kind == "conversation:qualified" {
                     conv.qualified = true;
                     conv.updated_at = format_ms(now);
-                    let json = save_conversation(c, &conv, seq, created, now)?;
-                    outbox.push(Published::ConversationUpdated {
+                    let json = save_conversation(c, tx, &conv, seq, created, now)?;
+                    tx.publish(Published::ConversationUpdated {
                         tenant: tenant.as_str().into(),
                         conversation_id: id.as_str().into(),
                         json: json.clone().into(),
                     });
-                    return append_event_tx(c, outbox, &tenant, &kind, json, now).map(Some);
+                    return append_event_tx(c, tx, &tenant, &kind, json, now).map(Some);
                 }
                 if let Value::Object(map) = &mut data {
                     map.entry("conversationId")
                         .or_insert_with(|| Value::String(id.clone()));
                 }
             }
-            append_event_tx(c, outbox, &tenant, &kind, to_json(&data), now).map(Some)
+            append_event_tx(c, tx, &tenant, &kind, to_json(&data), now).map(Some)
         })
         .await
     }

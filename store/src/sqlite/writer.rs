@@ -5,7 +5,15 @@
 //! **Group commit.** Writes are closures queued to the writer thread. It takes whatever is
 //! queued (up to [`MAX_BATCH`]), runs each in its own savepoint inside one `BEGIN IMMEDIATE …
 //! COMMIT`, and answers nobody before that commit is durable. Many concurrent writes thus
-//! share one fsync. A failing write rolls back its savepoint only.
+//! share one fsync. A failing write rolls back its savepoint only. A message without files
+//! has no savepoint ([`unguarded`]: all that can refuse it comes before its first change;
+//! the savepoint's statement journal was a good part of its cost): if it fails after all,
+//! the whole batch rolls back and is answered "not committed".
+//!
+//! **Cached rows.** The writer keeps the conversation rows it last read or wrote, and the
+//! head of each tenant's log ([`super::rows`]), so that a message does not re-read and
+//! re-parse its conversation nor upsert its log's head. Being the only writer, it knows
+//! every change; it forgets them all when a savepoint or the transaction rolls back.
 //!
 //! **Durability off the writer's path** (`synchronous=full`, the default). SQLite's own
 //! `FULL` fsyncs the WAL inside `COMMIT`, so the writer would sit idle through every fsync
@@ -52,6 +60,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, watch};
 
+use super::rows::{Heads, Rows};
 use super::{db_err, Sync};
 use crate::{EventSink, Published, Result, StoreError};
 
@@ -75,7 +84,35 @@ struct Rewind {
 /// Answers a write's caller: `true` once its batch is durable, `false` if it never will be.
 pub(super) type Completion = Box<dyn FnOnce(bool) + Send>;
 /// A write: runs inside the writer's transaction, collects its events, returns its answer.
-pub(super) type WriteOp = Box<dyn FnOnce(&Connection, &mut Vec<Published>) -> Completion + Send>;
+pub(super) type WriteOp = Box<dyn FnOnce(&Connection, &mut Tx) -> Completion + Send>;
+
+/// What a write works with besides its SQL: the events its batch publishes once durable,
+/// and the writer's cache of conversation rows ([`Rows`]) and log heads ([`Heads`]),
+/// which live as long as the writer and are emptied whenever the database may not hold
+/// what they say (a rolled-back savepoint, a failed commit).
+#[derive(Default)]
+pub(super) struct Tx {
+    events: Vec<Published>,
+    pub rows: Rows,
+    pub heads: Heads,
+    /// A write without a savepoint ([`unguarded`]) failed after changing something, or
+    /// SQLite rolled the transaction back itself: it must end, as a whole.
+    broken: bool,
+}
+
+impl Tx {
+    /// Forgets what the transaction did: it rolled back.
+    fn forget(&mut self) {
+        self.events.clear();
+        self.rows.clear();
+        self.heads.clear();
+    }
+
+    /// Publishes `event` once the batch is durable (not at all if this write rolls back).
+    pub fn publish(&mut self, event: Published) {
+        self.events.push(event);
+    }
+}
 /// A read of an in-memory database (which only the writer's connection can see).
 pub(super) type ReadOp = Box<dyn FnOnce(&Connection) + Send>;
 
@@ -314,6 +351,7 @@ fn write_loop(
     rewind_at: Option<&(i64, Arc<Rewind>)>,
 ) {
     let mut next_rewind = std::time::Instant::now();
+    let mut tx = Tx::default();
     // The transaction being filled (`None` before its first write), and its write count.
     let mut open: Option<(Batch, usize)> = None;
     let mut reads: Vec<ReadOp> = Vec::new();
@@ -329,9 +367,21 @@ fn write_loop(
                     let (batch, writes) = open.get_or_insert_with(|| (begin(conn, progress), 0));
                     // A write that cannot run is dropped: its caller gets `Unavailable`.
                     if batch.committed {
-                        batch.completions.push(op(conn, &mut batch.outbox));
+                        batch.completions.push(op(conn, &mut tx));
                     }
                     *writes += 1;
+                    if std::mem::take(&mut tx.broken) {
+                        tracing::error!(
+                            "sqlite: a write failed half-way; its batch is rolled back"
+                        );
+                        let _ = conn.execute_batch("ROLLBACK");
+                        tx.forget();
+                        if let Some((mut batch, _)) = open.take() {
+                            // Answered "not committed"; the next write begins a new batch.
+                            batch.committed = false;
+                            commit(conn, batch, &mut tx, sink, progress, syncer.as_ref());
+                        }
+                    }
                 }
                 Cmd::Read(op) => reads.push(op),
                 Cmd::Synced => {}
@@ -346,7 +396,7 @@ fn write_loop(
         }
         let syncer_busy = progress.with_syncer.load(Ordering::SeqCst) > 0;
         if let Some((batch, _)) = open.take_if(|(_, writes)| !syncer_busy || *writes >= MAX_BATCH) {
-            commit(conn, batch, sink, progress, syncer.as_ref());
+            commit(conn, batch, &mut tx, sink, progress, syncer.as_ref());
         }
         if open.is_some() {
             continue; // until the syncer is free
@@ -377,7 +427,7 @@ fn write_loop(
         }
     }
     if let Some((batch, _)) = open.take() {
-        commit(conn, batch, sink, progress, syncer.as_ref());
+        commit(conn, batch, &mut tx, sink, progress, syncer.as_ref());
     }
     for r in reads {
         r(conn);
@@ -407,20 +457,27 @@ fn begin(conn: &Connection, progress: &Progress) -> Batch {
 fn commit(
     conn: &Connection,
     mut batch: Batch,
+    tx: &mut Tx,
     sink: &OnceLock<Arc<dyn EventSink>>,
     progress: &Progress,
     syncer: Option<&std::sync::mpsc::Sender<Batch>>,
 ) {
     batch.number = progress.begun.fetch_add(1, Ordering::SeqCst) + 1;
     batch.committed = batch.committed
-        && match conn.execute_batch("COMMIT") {
+        && match tx
+            .heads
+            .flush(conn)
+            .and_then(|()| conn.execute_batch("COMMIT").map_err(db_err))
+        {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(error = %e, "sqlite: commit failed; the batch is rolled back");
                 let _ = conn.execute_batch("ROLLBACK");
+                tx.forget();
                 false
             }
         };
+    batch.outbox = std::mem::take(&mut tx.events);
     let number = batch.number;
     if let Some(syncer) = syncer {
         progress.with_syncer.fetch_add(1, Ordering::SeqCst);
@@ -507,11 +564,12 @@ fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>, rewind
 }
 
 /// Runs one write in its own savepoint of the batch's transaction: if it fails, only its
-/// own changes (and events) are undone.
+/// own changes (and events) are undone — and the cached rows forgotten, since some may
+/// be what it wrote.
 pub(super) fn in_savepoint<T>(
     conn: &Connection,
-    outbox: &mut Vec<Published>,
-    f: impl FnOnce(&Connection, &mut Vec<Published>) -> Result<T>,
+    tx: &mut Tx,
+    f: impl FnOnce(&Connection, &mut Tx) -> Result<T>,
 ) -> Result<T> {
     // Cached statements: a savepoint per write is on the hot path of every message.
     let exec = |sql: &str| {
@@ -519,18 +577,46 @@ pub(super) fn in_savepoint<T>(
             .and_then(|mut st| st.execute([]))
             .map_err(db_err)
     };
+    // The heads are written first: they may be read, and a rollback then only has to
+    // forget those the write took.
+    if let Err(e) = tx.heads.flush(conn) {
+        tx.broken = true;
+        return Err(e);
+    }
     exec("SAVEPOINT op")?;
-    let mut local = Vec::new();
-    let result = f(conn, &mut local);
-    match &result {
-        Ok(_) => {
-            exec("RELEASE op")?;
-            outbox.append(&mut local);
-        }
-        Err(_) => {
-            let _ = exec("ROLLBACK TO op");
-            let _ = exec("RELEASE op");
-        }
+    let published = tx.events.len();
+    let result = f(conn, tx).and_then(|r| exec("RELEASE op").map(|_| r));
+    if result.is_err() {
+        let _ = exec("ROLLBACK TO op");
+        let _ = exec("RELEASE op");
+        tx.events.truncate(published);
+        tx.rows.clear();
+        tx.heads.clear();
+        // Some errors (I/O, a full disk) make SQLite roll back the whole transaction.
+        tx.broken = conn.is_autocommit();
+    }
+    result
+}
+
+/// Runs one write without a savepoint of its own: for writes whose expected failures all
+/// come before their first change, on the hot path, where the savepoint is a good part of
+/// their cost (SQLite copies every page the write touches into its statement journal, and
+/// runs two more statements). Should such a write fail after changing something anyway
+/// (an I/O error), the whole transaction is rolled back: every write of its batch is
+/// answered "not committed", none is half-done.
+pub(super) fn unguarded<T>(
+    conn: &Connection,
+    tx: &mut Tx,
+    f: impl FnOnce(&Connection, &mut Tx) -> Result<T>,
+) -> Result<T> {
+    let (changes, published, taken) = (conn.total_changes(), tx.events.len(), tx.heads.taken);
+    let result = f(conn, tx);
+    if result.is_err() {
+        tx.events.truncate(published);
+        tx.rows.clear();
+        // In autocommit, SQLite has rolled the transaction back itself (some I/O errors).
+        tx.broken =
+            conn.total_changes() != changes || tx.heads.taken != taken || conn.is_autocommit();
     }
     result
 }
