@@ -79,6 +79,39 @@ fn names(ready: &Value) -> Vec<(String, String)> {
     v
 }
 
+/// A large team: `ready` lists 100 agents (the joining one first) and counts them all;
+/// the others arrive as `presence` frames right after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_team_comes_as_a_capped_ready_then_presence_frames() {
+    let gw = Gateway::start(&config_toml("")).await;
+    let mut team = Vec::new();
+    for i in 0..104 {
+        let (ws, _) = Ws::open(gw.addr, TENANT_WS, &agent(&format!("a{i:03}"), "A"), None).await;
+        team.push(ws);
+    }
+    let (mut last, ready) = Ws::open(gw.addr, TENANT_WS, &agent("zed", "Zed"), None).await;
+    assert_eq!(ready["agentsOnlineTotal"], 105, "{ready}");
+    let listed = ready["agentsOnline"].as_array().unwrap();
+    assert_eq!(listed.len(), 100);
+    assert_eq!(listed[0]["agentId"], "zed", "this agent first");
+    let mut seen: std::collections::BTreeSet<String> = listed
+        .iter()
+        .map(|a| a["agentId"].as_str().unwrap().to_owned())
+        .collect();
+    while seen.len() < 105 {
+        let p = next_data(&mut last, "presence", Duration::from_secs(5), |v| {
+            v["type"] == "presence"
+        })
+        .await;
+        seen.insert(p["agentId"].as_str().unwrap().to_owned());
+    }
+    let everyone: std::collections::BTreeSet<String> = (0..104)
+        .map(|i| format!("a{i:03}"))
+        .chain(["zed".to_owned()])
+        .collect();
+    assert_eq!(seen, everyone);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_see_each_other_come_go_away_and_leave() {
     let gw = Gateway::start(&config_toml("")).await;

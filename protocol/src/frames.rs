@@ -130,16 +130,19 @@ pub fn ready_visitor(conversation: &Conversation) -> String {
     .to_string()
 }
 
-/// The tenant channel's `ready`.
+/// The tenant channel's `ready`: `agents_online` is what it lists (possibly a part),
+/// `agents_online_total` how many agents are online in all.
 pub fn ready_tenant(
     tenant_id: &str,
     agent_id: &str,
     agent_name: Option<&str>,
     recovered: bool,
     agents_online: &[AgentPresence],
+    agents_online_total: usize,
 ) -> String {
     json!({"type": "ready", "tenantId": tenant_id, "agent": {"id": agent_id, "name": agent_name},
-           "recovered": recovered, "agentsOnline": agents_online})
+           "recovered": recovered, "agentsOnline": agents_online,
+           "agentsOnlineTotal": agents_online_total})
     .to_string()
 }
 

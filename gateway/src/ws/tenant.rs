@@ -26,6 +26,15 @@ use crate::state::AppState;
 pub const AGENT_QUEUE: usize = 4096;
 /// Events per replay read.
 const PAGE: usize = 500;
+/// Most online agents `ready` lists; the others follow as `presence` frames (at most
+/// [`MORE_PRESENCE`]). A socket's write buffer keeps the capacity of the largest frame it
+/// ever wrote, so a `ready` listing a whole large team would cost every agent socket
+/// ~60 bytes per agent online for its life (1,000 agents: ~43 KiB each).
+const READY_AGENTS: usize = 100;
+/// Most `presence` frames sent after `ready` for the agents it does not list: well within
+/// the queue ([`AGENT_QUEUE`]), which live events share. `ready.agentsOnlineTotal` tells a
+/// dashboard when even these do not cover the team.
+const MORE_PRESENCE: usize = 1_000;
 
 struct Agent {
     tenant: Arc<Tenant>,
@@ -224,15 +233,26 @@ async fn setup(state: AppState, mut conn: Conn, upgrade: Upgrade) -> Option<Serv
             Ok(x) => x,
             Err(_) => return closed(conn, Disconnect::StoreUnavailable).await,
         };
-    let (seat, agents_online) =
+    let (seat, mut agents_online) =
         crate::service::presence::join(&state, &tenant, &claims.sub, claims.name.as_deref()).await;
+    // This agent first: `ready` always lists it.
+    if let Some(me) = agents_online.iter().position(|a| a.agent_id == claims.sub) {
+        agents_online.swap(0, me);
+    }
+    let total = agents_online.len();
+    let more = agents_online.split_off(total.min(READY_AGENTS));
     let ready = frames::ready_tenant(
         &tenant.cfg.id,
         &claims.sub,
         claims.name.as_deref(),
         recovered,
         &agents_online,
+        total,
     );
+    // Queued now, written after `ready` and the replay.
+    for agent in more.iter().take(MORE_PRESENCE) {
+        sub.reply(frames::presence(agent));
+    }
     // JWT `exp` is in seconds.
     let expires_ms = claims.exp.saturating_mul(1000);
     let author = Author {
