@@ -322,3 +322,101 @@ async fn a_rolled_back_append_leaves_no_trace_in_the_cached_conversation() {
         assert_eq!(backend.store.last_offset("t1").await.unwrap(), 5);
     }
 }
+
+/// A database written before schema version 2 — `messages` keyed by (conversation, seq)
+/// WITHOUT ROWID — opens with its messages: history in order, an old `clientMessageId`
+/// still found as a duplicate, the next message numbered after the last; and the table
+/// is a rowid table afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_migrated_with_its_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let url = format!("sqlite:{}", path.display());
+    let conversation = {
+        let backend = confab_store::open(&url, Retention::default())
+            .await
+            .unwrap();
+        let store = backend.store.clone();
+        let conv = store
+            .start_conversation(NewConversation {
+                tenant: "t1".into(),
+                token_hash: "h".into(),
+                customer_id: None,
+                locale: None,
+                contact: Contact::default(),
+                variables: Default::default(),
+                visitor_context: Default::default(),
+                assistant_id: None,
+                handler: Handler::Human,
+            })
+            .await
+            .unwrap();
+        for (body, id) in [("one", "c1"), ("two", "c2"), ("three", "c3")] {
+            store
+                .append_message(visitor_message("t1", &conv.id, body, id))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        conv.id
+    };
+    // Put the table back in its version-1 layout, as that version's schema made it.
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(
+        "BEGIN;
+         ALTER TABLE messages RENAME TO m2;
+         DROP INDEX messages_by_seq; DROP INDEX messages_idempotency;
+         CREATE TABLE messages (
+             conversation_id TEXT NOT NULL, seq INTEGER NOT NULL, tenant TEXT NOT NULL,
+             created_ms INTEGER NOT NULL, idempotency_key TEXT, json TEXT NOT NULL,
+             PRIMARY KEY (conversation_id, seq)) WITHOUT ROWID;
+         CREATE UNIQUE INDEX messages_idempotency ON messages (conversation_id, idempotency_key)
+             WHERE idempotency_key IS NOT NULL;
+         INSERT INTO messages SELECT conversation_id, seq, tenant, created_ms, idempotency_key, json FROM m2;
+         DROP TABLE m2;
+         PRAGMA user_version = 1;
+         COMMIT;",
+    )
+    .unwrap();
+    drop(db);
+
+    let backend = confab_store::open(&url, Retention::default())
+        .await
+        .unwrap();
+    let store = backend.store.clone();
+    let page = store
+        .messages("t1", &conversation, Cursor::Start, 10)
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    let again = store
+        .append_message(visitor_message("t1", &conversation, "two again", "c2"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message.id, confab_store::message_id(&conversation, 2));
+    let fourth = store
+        .append_message(visitor_message("t1", &conversation, "four", "c4"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        fourth.message.id,
+        confab_store::message_id(&conversation, 4)
+    );
+    drop(backend);
+
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let (version, sql): (i64, String) = db
+        .query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version), sql FROM sqlite_schema
+             WHERE name = 'messages'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(version, 2);
+    assert!(!sql.contains("WITHOUT ROWID"), "{sql}");
+}
