@@ -150,6 +150,21 @@ async fn bad_store_url_options_are_refused() {
     .unwrap();
 }
 
+/// A conversation handled by humans, for `start_conversation`.
+fn human_conversation(tenant: &str) -> NewConversation {
+    NewConversation {
+        tenant: tenant.into(),
+        token_hash: "h".into(),
+        customer_id: None,
+        locale: None,
+        contact: Contact::default(),
+        variables: Default::default(),
+        visitor_context: Default::default(),
+        assistant_id: None,
+        handler: Handler::Human,
+    }
+}
+
 fn visitor_message(tenant: &str, conversation: &str, body: &str, id: &str) -> NewMessage {
     NewMessage {
         tenant: tenant.into(),
@@ -196,17 +211,7 @@ async fn a_rolled_back_append_leaves_no_trace_in_the_cached_conversation() {
         let backend = confab_store::open(url, Retention::default()).await.unwrap();
         let store = backend.store.clone();
         let conv = store
-            .start_conversation(NewConversation {
-                tenant: "t1".into(),
-                token_hash: "h".into(),
-                customer_id: None,
-                locale: None,
-                contact: Contact::default(),
-                variables: Default::default(),
-                visitor_context: Default::default(),
-                assistant_id: None,
-                handler: Handler::Human,
-            })
+            .start_conversation(human_conversation("t1"))
             .await
             .unwrap();
         let first = store
@@ -338,17 +343,7 @@ async fn a_version_1_database_is_migrated_with_its_messages() {
             .unwrap();
         let store = backend.store.clone();
         let conv = store
-            .start_conversation(NewConversation {
-                tenant: "t1".into(),
-                token_hash: "h".into(),
-                customer_id: None,
-                locale: None,
-                contact: Contact::default(),
-                variables: Default::default(),
-                visitor_context: Default::default(),
-                assistant_id: None,
-                handler: Handler::Human,
-            })
+            .start_conversation(human_conversation("t1"))
             .await
             .unwrap();
         for (body, id) in [("one", "c1"), ("two", "c2"), ("three", "c3")] {
