@@ -120,7 +120,7 @@ CREATE INDEX IF NOT EXISTS conversations_by_update ON conversations (tenant, upd
 -- writes its messages into a few shared pages, and only the two small index entries land
 -- in each conversation's own pages. (Keyed by (conversation_id, seq) WITHOUT ROWID, every
 -- message went into the middle of a B-tree of ~0.5 KB rows and rebalanced its neighbours
--- every few rows: 3.2 pages written per message, against 1.3 now. See `MIGRATIONS`.)
+-- every few rows: 3.2 pages written per message, against 1.3 now. See `create_schema`.)
 CREATE TABLE IF NOT EXISTS messages (
     conversation_id TEXT NOT NULL, seq INTEGER NOT NULL, tenant TEXT NOT NULL, created_ms INTEGER NOT NULL,
     idempotency_key TEXT, json TEXT NOT NULL);
@@ -154,45 +154,31 @@ CREATE INDEX IF NOT EXISTS attachments_unsent ON attachments (created_ms) WHERE 
 PRAGMA user_version = 2;
 "#;
 
-/// What turns a database of an older `user_version` into the next one, each in one
-/// transaction, applied in order before `SCHEMA` (a new database starts at 0 and gets
-/// `SCHEMA` alone).
-const MIGRATIONS: &[(i64, &str)] = &[(
-    // 1 → 2: `messages` becomes a rowid table with a unique (conversation_id, seq) index.
-    1,
-    r#"
-ALTER TABLE messages RENAME TO messages_v1;
-DROP INDEX IF EXISTS messages_idempotency;
-CREATE TABLE messages (
-    conversation_id TEXT NOT NULL, seq INTEGER NOT NULL, tenant TEXT NOT NULL, created_ms INTEGER NOT NULL,
-    idempotency_key TEXT, json TEXT NOT NULL);
+/// Schema version 1 → 2, `messages` becoming a rowid table: in one transaction, the old
+/// table is set aside, `SCHEMA` creates the new one, and its rows move over.
+const SET_ASIDE_V1_MESSAGES: &str =
+    "ALTER TABLE messages RENAME TO messages_v1; DROP INDEX messages_idempotency;";
+const MOVE_V1_MESSAGES: &str = "
 INSERT INTO messages (conversation_id, seq, tenant, created_ms, idempotency_key, json)
     SELECT conversation_id, seq, tenant, created_ms, idempotency_key, json FROM messages_v1
     ORDER BY conversation_id, seq;
-DROP TABLE messages_v1;
-CREATE UNIQUE INDEX messages_by_seq ON messages (conversation_id, seq);
-CREATE UNIQUE INDEX messages_idempotency ON messages (conversation_id, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-PRAGMA user_version = 2;
-"#,
-)];
+DROP TABLE messages_v1;";
 
-/// Brings an existing database up to the current schema; see [`MIGRATIONS`].
-fn migrate(conn: &Connection) -> Result<()> {
-    let version = || -> Result<i64> {
-        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(db_err)
-    };
-    for (from, sql) in MIGRATIONS {
-        if version()? == *from {
-            conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql} COMMIT;"))
-                .map_err(|e| {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    StoreError::Internal(format!("migrating the database from version {from}: {e}"))
-                })?;
-        }
+/// Creates the schema, or brings a version-1 database up to it.
+fn create_schema(conn: &Connection) -> Result<()> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db_err)?;
+    if version != 1 {
+        return conn.execute_batch(SCHEMA).map_err(db_err);
     }
-    Ok(())
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {SET_ASIDE_V1_MESSAGES} {SCHEMA} {MOVE_V1_MESSAGES} COMMIT;"
+    ))
+    .map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        StoreError::Internal(format!("migrating the database from schema version 1: {e}"))
+    })
 }
 
 enum Readers {
@@ -340,8 +326,7 @@ impl SqliteStore {
         clock: Clock,
         file: Option<writer::FileDb<'_>>,
     ) -> Result<SqliteStore> {
-        migrate(&conn)?;
-        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        create_schema(&conn)?;
         // This process is the database's only user (`lock_exclusively`): every lease in it
         // was held by a process that is gone.
         conn.execute("DELETE FROM leases", []).map_err(db_err)?;
