@@ -3,27 +3,37 @@
 //! Every publication reaches the hub through [`EventSink::publish`] — from the SQLite
 //! writer thread right after commit, or from the Redis subscriber task — in commit order
 //! per channel. The hub encodes each frame **once** (only if someone here listens) and
-//! hands the same refcounted bytes to every subscriber's bounded queue with `try_send`:
-//! publishing never waits for a subscriber.
+//! appends it to the channel's **feed**, a ring shared by all its subscribers: publishing
+//! is one append plus, per subscriber, a look at how far behind it is and a wake-up — not
+//! a push into a queue of its own (which, for 1,000 agents on a tenant channel, was most of
+//! the publishing thread's cost and a cache miss or four per delivery). Each subscriber
+//! reads the feed at its own position; frames every subscriber has read are dropped at the
+//! next publication. Publishing never waits for a subscriber.
 //!
-//! When a queue is full: `typing` is dropped; anything else (messages, conversation and
-//! tenant events) is never dropped silently — the subscriber is *kicked* (the WebSocket
-//! closes with 1013) and resumes from the log without loss.
+//! When a subscriber is more than its capacity behind: `typing` is counted as dropped (it
+//! stays in the feed); anything else (messages, conversation and tenant events) is never
+//! dropped silently — the subscriber is *kicked* (the WebSocket closes with 1013) and
+//! resumes from the log without loss. A connection's own replies (acks, errors, pongs) go
+//! to a short queue of its own, bounded the same way.
 //!
 //! The registry is a sharded map (`DashMap`) keyed by channel, so fan-out to different
 //! channels does not serialise on one lock. The first local subscriber of a channel tells
 //! the broker to subscribe (cross-node), the last one leaving unsubscribes; both happen
 //! under the channel's entry lock, so they are ordered.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use axum::extract::ws::Utf8Bytes;
 use confab_protocol::frames;
 use confab_store::{Broker, Channel, EventSink, Published};
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use tokio::sync::{mpsc, Notify};
+use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use crate::histogram::Histogram;
 
@@ -62,11 +72,15 @@ impl Kick {
         self.notify.notify_waiters();
     }
 
+    fn is_kicked(&self) -> bool {
+        self.kicked.load(Ordering::Acquire)
+    }
+
     /// Resolves once kicked.
     pub async fn wait(&self) {
         loop {
             let notified = self.notify.notified();
-            if self.kicked.load(Ordering::Acquire) {
+            if self.is_kicked() {
                 return;
             }
             notified.await;
@@ -74,27 +88,65 @@ impl Kick {
     }
 }
 
-struct Subscriber {
-    id: u64,
-    tx: mpsc::Sender<Arc<Outbound>>,
+/// One channel's frames, shared by its subscribers. Positions count the channel's frames
+/// on this node from 0.
+#[derive(Default)]
+struct Feed {
+    ring: Mutex<Ring>,
+    /// The position after the newest frame.
+    head: AtomicU64,
+    /// Lossless subscribers. With only one (a visitor's conversation, as a rule), it drops
+    /// each frame as it reads it; otherwise publishing drops what all of them have read.
+    lossless: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Ring {
+    /// Position of `frames[0]`.
+    first: u64,
+    frames: VecDeque<Arc<Outbound>>,
+}
+
+/// A subscriber's side of the feed, shared by the hub (which looks at `next` and wakes)
+/// and the subscription (which reads and advances). `next` and the waker sit together:
+/// publishing touches one cache line per subscriber.
+struct Reader {
+    /// Position of the next frame to read.
+    next: AtomicU64,
+    waker: AtomicWaker,
+    /// Frames a subscriber may be behind before it is kicked (and its reply queue's bound).
+    capacity: u64,
     /// `None` for lossy subscribers (long-poll waiters), which only need a wake-up.
     kick: Option<Arc<Kick>>,
+    /// The connection's own replies.
+    replies: Mutex<VecDeque<Arc<Outbound>>>,
+}
+
+struct Subscriber {
+    id: u64,
+    reader: Arc<Reader>,
+}
+
+/// A channel's feed and the subscribers reading it.
+struct Listeners {
+    feed: Arc<Feed>,
+    subscribers: Vec<Subscriber>,
 }
 
 /// The registry. Shared as `Arc<Hub>`.
 pub struct Hub {
-    channels: DashMap<Channel, Vec<Subscriber>>,
+    channels: DashMap<Channel, Listeners>,
     next_id: AtomicU64,
-    /// Frames handed to subscriber queues (for `/metrics`).
+    /// Frames handed to subscribers (for `/metrics`).
     pub deliveries: AtomicU64,
     /// Subscribers disconnected for falling behind.
     pub kicks: AtomicU64,
-    /// Typing frames dropped on full queues.
+    /// Typing frames published to subscribers already at their bound.
     pub dropped_ephemeral: AtomicU64,
     /// Signs attachment links in the messages it encodes (set once at start; unset in unit
     /// tests, where messages go out as stored).
     links: std::sync::OnceLock<Arc<crate::service::attachments::Links>>,
-    /// Frames already queued for a subscriber when one more is added (for `/metrics`:
+    /// Frames a subscriber had yet to read when one more was published (for `/metrics`:
     /// how close consumers run to their bound).
     pub queue_depth: Histogram,
 }
@@ -131,12 +183,8 @@ impl Hub {
 
 /// A subscriber's end. Dropping it unsubscribes.
 pub struct Subscription {
-    /// Frames to deliver, in order.
-    pub rx: mpsc::Receiver<Arc<Outbound>>,
-    /// The sender side, for the connection's own replies (acks, errors, pongs), so they are
-    /// ordered with, and bounded like, everything else.
-    pub tx: mpsc::Sender<Arc<Outbound>>,
-    kick: Option<Arc<Kick>>,
+    feed: Arc<Feed>,
+    reader: Arc<Reader>,
     _guard: Guard,
 }
 
@@ -145,13 +193,17 @@ struct Guard {
     broker: Arc<dyn Broker>,
     channel: Channel,
     id: u64,
+    lossy: bool,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Entry::Occupied(mut e) = self.hub.channels.entry(self.channel.clone()) {
-            e.get_mut().retain(|s| s.id != self.id);
-            if e.get().is_empty() {
+            e.get_mut().subscribers.retain(|s| s.id != self.id);
+            if !self.lossy {
+                e.get().feed.lossless.fetch_sub(1, Ordering::Relaxed);
+            }
+            if e.get().subscribers.is_empty() {
                 self.broker.unsubscribe(&self.channel);
                 e.remove();
             }
@@ -181,21 +233,102 @@ impl Subscription {
 
     /// The kick flag, detached from the subscription's borrow.
     pub fn kick_handle(&self) -> KickHandle {
-        KickHandle(self.kick.clone())
+        KickHandle(self.reader.kick.clone())
     }
 
-    /// Queues one of the connection's own frames; a full queue kicks, like a publication.
+    /// Queues one of the connection's own frames; more than the subscription's capacity
+    /// waiting kicks, like a publication.
     pub fn reply(&self, text: impl Into<Utf8Bytes>) {
         let out = Arc::new(Outbound {
             text: text.into(),
             seq: None,
             class: Class::Durable,
         });
-        if self.tx.try_send(out).is_err() {
-            if let Some(k) = &self.kick {
+        let mut replies = self.reader.replies.lock();
+        if replies.len() as u64 >= self.reader.capacity {
+            drop(replies);
+            if let Some(k) = &self.reader.kick {
                 k.kick();
             }
+            return;
         }
+        replies.push_back(out);
+        drop(replies);
+        self.reader.waker.wake();
+    }
+
+    /// The next frame, if one is waiting: the channel's frames first, then the connection's
+    /// replies (a reply follows whatever was published before it was queued: an `ack`
+    /// comes after the `message:new` its own commit published).
+    pub fn try_recv(&self) -> Option<Arc<Outbound>> {
+        let r = &self.reader;
+        let next = r.next.load(Ordering::Relaxed);
+        if next < self.feed.head.load(Ordering::SeqCst) {
+            let mut ring = self.feed.ring.lock();
+            let out = if self.feed.lossless.load(Ordering::Relaxed) == 1 && next == ring.first {
+                // The only reader: nobody else needs it.
+                ring.first += 1;
+                ring.frames.pop_front()
+            } else {
+                next.checked_sub(ring.first)
+                    .and_then(|i| ring.frames.get(i as usize))
+                    .map(Arc::clone)
+            };
+            drop(ring);
+            match out {
+                Some(out) => {
+                    r.next.store(next + 1, Ordering::SeqCst);
+                    return Some(out);
+                }
+                // Dropped from the feed: only a kicked subscriber's frames are, and it is
+                // on its way out.
+                None => {
+                    if let Some(k) = &r.kick {
+                        k.kick();
+                    }
+                    return None;
+                }
+            }
+        }
+        r.replies.lock().pop_front()
+    }
+
+    /// The next frame, waiting for one.
+    pub async fn recv(&self) -> Arc<Outbound> {
+        std::future::poll_fn(|cx| {
+            if let Some(out) = self.try_recv() {
+                return Poll::Ready(out);
+            }
+            self.reader.waker.register(cx.waker());
+            // A publication between the first look and the registration woke nobody.
+            match self.try_recv() {
+                Some(out) => Poll::Ready(out),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// For lossy subscribers: resolves once anything was published since the last call
+    /// (or since subscribing), skipping it all.
+    pub async fn changed(&self) {
+        let caught_up = || {
+            let head = self.feed.head.load(Ordering::SeqCst);
+            let next = self.reader.next.swap(head, Ordering::SeqCst);
+            next < head
+        };
+        std::future::poll_fn(|cx| {
+            if caught_up() {
+                return Poll::Ready(());
+            }
+            self.reader.waker.register(cx.waker());
+            if caught_up() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 }
 
@@ -209,30 +342,54 @@ impl Hub {
         capacity: usize,
         lossy: bool,
     ) -> Subscription {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
         let kick = (!lossy).then(|| Arc::new(Kick::default()));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let sub = Subscriber {
-            id,
-            tx: tx.clone(),
-            kick: kick.clone(),
+        let reader = |feed: &Feed| {
+            Arc::new(Reader {
+                // A new subscriber starts at the newest frame: what came before is in the log.
+                next: AtomicU64::new(feed.head.load(Ordering::SeqCst)),
+                waker: AtomicWaker::new(),
+                capacity: capacity.max(1) as u64,
+                kick: kick.clone(),
+                replies: Mutex::new(VecDeque::new()),
+            })
         };
-        match self.channels.entry(channel.clone()) {
-            Entry::Occupied(mut e) => e.get_mut().push(sub),
+        let (feed, reader) = match self.channels.entry(channel.clone()) {
+            Entry::Occupied(mut e) => {
+                let feed = e.get().feed.clone();
+                let reader = reader(&feed);
+                e.get_mut().subscribers.push(Subscriber {
+                    id,
+                    reader: reader.clone(),
+                });
+                (feed, reader)
+            }
             Entry::Vacant(v) => {
                 broker.subscribe(&channel);
-                v.insert(vec![sub]);
+                let feed = Arc::new(Feed::default());
+                let reader = reader(&feed);
+                v.insert(Listeners {
+                    feed: feed.clone(),
+                    subscribers: vec![Subscriber {
+                        id,
+                        reader: reader.clone(),
+                    }],
+                });
+                (feed, reader)
             }
+        };
+        if !lossy {
+            feed.lossless.fetch_add(1, Ordering::Relaxed);
         }
         Subscription {
-            rx,
-            tx,
-            kick,
+            feed,
+            reader,
             _guard: Guard {
                 hub: self.clone(),
                 broker: broker.clone(),
                 channel,
                 id,
+                lossy,
             },
         }
     }
@@ -281,33 +438,54 @@ impl Hub {
     }
 
     fn deliver(&self, channel: &Channel, encode: impl FnOnce() -> Outbound) {
-        let Some(subs) = self.channels.get(channel) else {
+        let Some(listeners) = self.channels.get(channel) else {
             return;
         };
-        // One allocation per publication; each subscriber's queue slot is a pointer to it
-        // (which also keeps an idle socket's first queue block small).
-        let out = Arc::new(encode());
+        let Listeners { feed, subscribers } = &*listeners;
+        let out = encode();
+        let class = out.class;
+        let head = {
+            let mut ring = feed.ring.lock();
+            ring.frames.push_back(Arc::new(out));
+            let head = ring.first + ring.frames.len() as u64;
+            feed.head.store(head, Ordering::SeqCst);
+            head
+        };
+        let mut keep_from = head;
         let mut delivered = 0;
-        for s in subs.iter() {
-            match s.tx.try_send(out.clone()) {
-                Ok(()) => {
-                    delivered += 1;
-                    let queued = s.tx.max_capacity() - s.tx.capacity();
-                    self.queue_depth.observe(queued.saturating_sub(1) as u64);
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    if out.class == Class::Ephemeral {
-                        self.dropped_ephemeral.fetch_add(1, Ordering::Relaxed);
-                    } else if let Some(k) = &s.kick {
-                        if !k.kicked.load(Ordering::Relaxed) {
-                            self.kicks.fetch_add(1, Ordering::Relaxed);
-                        }
-                        k.kick();
-                    }
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+        for s in subscribers {
+            let r = &s.reader;
+            let Some(kick) = &r.kick else {
+                // Lossy: a wake-up is all it needs, and it holds no frame back.
+                r.waker.wake();
+                continue;
+            };
+            if kick.is_kicked() {
+                continue;
             }
+            let next = r.next.load(Ordering::SeqCst);
+            // Frames it has yet to read, this one included.
+            let behind = head.saturating_sub(next);
+            if behind > r.capacity && class != Class::Ephemeral {
+                self.kicks.fetch_add(1, Ordering::Relaxed);
+                kick.kick();
+                continue;
+            }
+            if behind > r.capacity {
+                self.dropped_ephemeral.fetch_add(1, Ordering::Relaxed);
+            } else {
+                delivered += 1;
+                self.queue_depth.observe(behind - 1);
+            }
+            keep_from = keep_from.min(next);
+            r.waker.wake();
         }
+        // What every lossless subscriber has read goes.
+        let mut ring = feed.ring.lock();
+        while ring.first < keep_from && ring.frames.pop_front().is_some() {
+            ring.first += 1;
+        }
+        drop(ring);
         self.deliveries.fetch_add(delivered, Ordering::Relaxed);
     }
 }
@@ -397,6 +575,7 @@ mod tests {
     use super::*;
     use confab_protocol::model::TenantEvent;
     use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
 
     #[derive(Default)]
     struct CountingBroker {
@@ -451,7 +630,7 @@ mod tests {
         let hub = Arc::new(Hub::default());
         let broker: Arc<dyn Broker> = Arc::new(CountingBroker::default());
         let ch = Channel::Tenant { tenant: "t".into() };
-        let mut fast = hub.subscribe(&broker, ch.clone(), 8, false);
+        let fast = hub.subscribe(&broker, ch.clone(), 8, false);
         let slow = hub.subscribe(&broker, ch.clone(), 2, false);
         for i in 1..=2 {
             hub.publish(event(i));
@@ -470,10 +649,78 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(1), slow.kicked())
             .await
             .expect("kicked");
-        let a = fast.rx.recv().await.unwrap();
+        let a = fast.recv().await;
         assert_eq!(a.seq, Some(1));
         assert!(a.text.as_str().contains(r#""offset":"1""#));
         assert_eq!(hub.kicks.load(Ordering::Relaxed), 1);
         assert_eq!(hub.dropped_ephemeral.load(Ordering::Relaxed), 1);
+    }
+
+    fn feed_len(hub: &Hub, ch: &Channel) -> usize {
+        hub.channels.get(ch).unwrap().feed.ring.lock().frames.len()
+    }
+
+    #[tokio::test]
+    async fn the_feed_keeps_only_what_a_subscriber_has_yet_to_read() {
+        let hub = Arc::new(Hub::default());
+        let broker: Arc<dyn Broker> = Arc::new(CountingBroker::default());
+        let ch = Channel::Tenant { tenant: "t".into() };
+        let early = hub.subscribe(&broker, ch.clone(), 8, false);
+        hub.publish(event(1));
+        // A late subscriber starts at the newest frame (what came before is in the log).
+        let late = hub.subscribe(&broker, ch.clone(), 8, false);
+        let waiter = hub.subscribe(&broker, ch.clone(), 1, true);
+        hub.publish(event(2));
+        hub.publish(event(3));
+        assert_eq!(early.recv().await.seq, Some(1));
+        assert_eq!(late.recv().await.seq, Some(2));
+        // Frames every lossless subscriber has read go at the next publication; a lossy
+        // one holds nothing back.
+        hub.publish(event(4));
+        assert_eq!(feed_len(&hub, &ch), 3, "2 (early), 3 and 4 (both)");
+        assert_eq!(early.recv().await.seq, Some(2));
+        hub.publish(event(5));
+        assert_eq!(feed_len(&hub, &ch), 3, "3, 4 and 5");
+        for want in [3, 4, 5] {
+            assert_eq!(early.recv().await.seq, Some(want));
+            assert_eq!(late.recv().await.seq, Some(want));
+        }
+        assert!(early.try_recv().is_none() && late.try_recv().is_none());
+        hub.publish(event(6));
+        assert_eq!(feed_len(&hub, &ch), 1, "6");
+        // The only reader left drops each frame as it reads it.
+        drop(late);
+        assert_eq!(early.recv().await.seq, Some(6));
+        assert_eq!(feed_len(&hub, &ch), 0);
+        // Several publications are one change for a lossy waiter, then it waits again.
+        tokio::time::timeout(Duration::from_secs(1), waiter.changed())
+            .await
+            .expect("changed");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), waiter.changed())
+                .await
+                .is_err()
+        );
+        assert_eq!(hub.kicks.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reply_comes_after_what_was_published_before_it() {
+        let hub = Arc::new(Hub::default());
+        let broker: Arc<dyn Broker> = Arc::new(CountingBroker::default());
+        let ch = Channel::Tenant { tenant: "t".into() };
+        let sub = hub.subscribe(&broker, ch.clone(), 2, false);
+        hub.publish(event(1));
+        sub.reply("ack");
+        assert_eq!(sub.recv().await.seq, Some(1));
+        assert_eq!(sub.recv().await.text.as_str(), "ack");
+        // Replies are bounded like publications: beyond the capacity, the subscriber is
+        // kicked.
+        for _ in 0..3 {
+            sub.reply("pong");
+        }
+        tokio::time::timeout(Duration::from_secs(1), sub.kicked())
+            .await
+            .expect("kicked");
     }
 }

@@ -14,7 +14,7 @@
 //! - [`state`] — shared node state: compiled tenants, keys, backend, hub, clock.
 //! - [`http`] — the HTTP routes (`router` is the whole application).
 //! - [`ws`] — the visitor and tenant WebSocket channels.
-//! - [`hub`] — node-local connection registry and fan-out (encode once, bounded queues).
+//! - [`hub`] — node-local connection registry and fan-out (encode once, one shared feed per channel, bounded lag).
 //! - [`service`] — the service layer: sessions, visitor messages, agent actions.
 //! - [`auth`] — session tokens, agent JWTs, server keys.
 //! - [`policy`] — pure rules: origin allowlists, business hours, the rate-limit table,

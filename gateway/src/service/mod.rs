@@ -138,7 +138,7 @@ where
     if !is_empty(&page) || wait == 0 {
         return Ok(page);
     }
-    let mut sub = state
+    let sub = state
         .hub
         .subscribe_live(&state.broker, channel, 1, true)
         .await;
@@ -149,7 +149,7 @@ where
             return Ok(page);
         }
         tokio::select! {
-            _ = sub.rx.recv() => {}
+            _ = sub.changed() => {}
             _ = tokio::time::sleep_until(deadline) => return Ok(page),
             _ = state.shutdown.cancelled() => return Ok(page),
         }

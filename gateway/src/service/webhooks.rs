@@ -236,7 +236,7 @@ impl Deliverer<'_> {
         let state = self.state;
         // A wake-up whenever the tenant's log grows (any node's commit reaches this node's
         // hub through the broker); the renewal tick re-reads the log anyway.
-        let mut wake = state
+        let wake = state
             .hub
             .subscribe_live(
                 &state.broker,
@@ -278,7 +278,7 @@ impl Deliverer<'_> {
                     self.save(&st).await?;
                 }
                 tokio::select! {
-                    _ = wake.rx.recv() => {}
+                    _ = wake.changed() => {}
                     _ = tokio::time::sleep_until(self.renew_at) => {}
                     _ = state.shutdown.cancelled() => return Err(Stop::Shutdown),
                 }

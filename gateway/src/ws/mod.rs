@@ -484,7 +484,7 @@ fn next_wake(state: &AppState, next_ping: Instant, expires_ms: i64) -> Instant {
 pub fn serve<L: ChannelLogic, S: Socket>(
     state: AppState,
     mut conn: Conn<S>,
-    mut sub: Subscription,
+    sub: Subscription,
     mut logic: L,
     mut last: u64,
     ready: String,
@@ -523,8 +523,7 @@ pub fn serve<L: ChannelLogic, S: Socket>(
                         }
                         timer.as_mut().reset(next_wake(&state, next_ping, expires_ms));
                     }
-                    out = sub.rx.recv() => {
-                        let Some(mut out) = out else { return Err(End::Gone) };
+                    mut out = sub.recv() => {
                         // Whatever is already queued goes out with this frame in one write.
                         for n in 1.. {
                             match (out.class, out.seq) {
@@ -547,9 +546,9 @@ pub fn serve<L: ChannelLogic, S: Socket>(
                             if n == WRITE_BATCH {
                                 break;
                             }
-                            match sub.rx.try_recv() {
-                                Ok(next) => out = next,
-                                Err(_) => break,
+                            match sub.try_recv() {
+                                Some(next) => out = next,
+                                None => break,
                             }
                         }
                         unless_stopped(shutdown.as_mut(), kicked.as_mut(), conn.flush()).await?;

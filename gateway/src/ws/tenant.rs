@@ -21,7 +21,7 @@ use crate::hub::Subscription;
 use crate::settings::Tenant;
 use crate::state::AppState;
 
-/// Outbound queue per agent connection, in frames. Agents see every event of the tenant,
+/// How many frames an agent connection may fall behind before it is closed (1013). Agents see every event of the tenant,
 /// so bursts are larger than on the visitor channel.
 pub const AGENT_QUEUE: usize = 4096;
 /// Events per replay read.

@@ -21,7 +21,7 @@ use crate::hub::Subscription;
 use crate::policy::limits::CapGuard;
 use crate::state::AppState;
 
-/// Outbound queue per visitor connection, in frames. A visitor sees one conversation, so
+/// How many frames a visitor connection may fall behind before it is closed (1013). A visitor sees one conversation, so
 /// this is far more than a healthy client ever has pending.
 pub const VISITOR_QUEUE: usize = 256;
 

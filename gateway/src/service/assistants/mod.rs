@@ -521,7 +521,7 @@ pub async fn await_reply(
     let deadline = Instant::now() + Duration::from_secs(assistant.cfg.timeout_secs + 5);
     // Subscribed before the first read: nothing settled in between is missed.
     let mut settled = state.assistants.settled.subscribe();
-    let mut published = state
+    let published = state
         .hub
         .subscribe_live(
             &state.broker,
@@ -561,7 +561,7 @@ pub async fn await_reply(
             continue;
         }
         tokio::select! {
-            _ = published.rx.recv() => {}
+            _ = published.changed() => {}
             s = settled.recv() => {
                 // Settled without a stored reply covering it: one last read, then null.
                 if let Ok(s) = s {
