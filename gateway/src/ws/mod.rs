@@ -23,7 +23,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -31,6 +33,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use confab_protocol::frames::{self, ClientFrame};
 use confab_protocol::{ApiError, Disconnect, ErrorCode};
+use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::WaitForCancellationFuture;
@@ -51,8 +54,10 @@ pub const PING_EVERY: Duration = Duration::from_secs(25);
 pub const IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// Largest accepted frame / message.
 pub const MAX_FRAME: usize = 64 * 1024;
-/// tungstenite's read chunk (its default, 128 KiB, would dominate an idle socket's cost).
-pub const READ_BUFFER: usize = 2 * 1024;
+/// tungstenite's read chunk, which every socket holds (its default, 128 KiB, would
+/// dominate an idle socket's cost; 2 KiB was 1.5 KiB of a visitor socket's 7.1). Client
+/// frames are mostly smaller; a larger one takes a read per 512 bytes.
+pub const READ_BUFFER: usize = 512;
 /// Frames are coalesced up to this many bytes before a write (a burst to one socket costs
 /// one syscall, not one per frame); every batch ends with a flush, so nothing waits.
 pub const WRITE_BUFFER: usize = 8 * 1024;
@@ -338,6 +343,28 @@ impl<T> Socket for T where
 pub struct Conn<S: Socket = WebSocket> {
     socket: Box<S>,
     last_heard: Instant,
+    read: Arc<ReadWake>,
+}
+
+/// Wakes the connection's task when its socket may have something to read, and remembers
+/// that it did. The loop wakes far more often for frames to write than for frames to read
+/// (an agent hardly ever sends), and every read attempt goes through tungstenite, which
+/// zero-fills its read buffer first, and re-registers both wakers: with this, a wake-up
+/// for writing leaves the socket's read side alone.
+struct ReadWake {
+    maybe_readable: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ReadWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.maybe_readable.store(true, Ordering::Release);
+        self.task.wake();
+    }
 }
 
 /// Why a connection loop ended, and how to say so.
@@ -352,7 +379,29 @@ impl<S: Socket> Conn<S> {
         Conn {
             socket: Box::new(socket),
             last_heard: Instant::now(),
+            read: Arc::new(ReadWake {
+                maybe_readable: AtomicBool::new(true),
+                task: AtomicWaker::new(),
+            }),
         }
+    }
+
+    /// The socket's next message. Tries the socket only if the last try found something
+    /// or the socket woke [`ReadWake`] since; otherwise just waits for that.
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, axum::Error>>> {
+        self.read.task.register(cx.waker());
+        if !self.read.maybe_readable.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = Waker::from(self.read.clone());
+        let polled = self
+            .socket
+            .poll_next_unpin(&mut Context::from_waker(&waker));
+        if polled.is_ready() {
+            // More may be buffered already, and no wake-up would come for it.
+            self.read.maybe_readable.store(true, Ordering::Release);
+        }
+        polled
     }
 
     async fn send(&mut self, text: Utf8Bytes) -> Result<(), End> {
@@ -390,7 +439,7 @@ impl<S: Socket> Conn<S> {
     /// Reads until a text frame, handling control frames. `Err` ends the connection.
     async fn next_text(&mut self) -> Result<Utf8Bytes, End> {
         loop {
-            let msg = match self.socket.next().await {
+            let msg = match std::future::poll_fn(|cx| self.poll_message(cx)).await {
                 None => return Err(End::Gone),
                 Some(Err(e)) => return Err(classify(e)),
                 Some(Ok(m)) => m,
