@@ -7,8 +7,9 @@
 //! is one append plus, per subscriber, a look at how far behind it is and a wake-up — not
 //! a push into a queue of its own (which, for 1,000 agents on a tenant channel, was most of
 //! the publishing thread's cost and a cache miss or four per delivery). Each subscriber
-//! reads the feed at its own position; frames every subscriber has read are dropped at the
-//! next publication. Publishing never waits for a subscriber.
+//! reads the feed at its own position. Each publication drops the frames every lossless
+//! subscriber has read, and a channel's only reader (a visitor's conversation, as a rule)
+//! drops each frame as it reads it. Publishing never waits for a subscriber.
 //!
 //! When a subscriber is more than its capacity behind: `typing` is counted as dropped (it
 //! stays in the feed); anything else (messages, conversation and tenant events) is never

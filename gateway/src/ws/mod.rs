@@ -12,9 +12,9 @@
 //!    the live queue — dropping whatever the replay already covered (`seq <= last`) and
 //!    filling any hole (`seq > last + 1`, or a broker `Resync`) from the log. This is
 //!    what makes resume lossless and duplicate-free at the seam.
-//! 4. Until the end: frames in, queue out, pings every [`PING_EVERY`], close after
-//!    [`IDLE_LIMIT`] of silence, 1013 when the hub kicks a consumer that cannot keep up,
-//!    1001 at shutdown, 1009 for frames over 64 KiB, 1003 for binary frames, 4401 when
+//! 4. Until the end: frames in, the channel's feed out, pings every [`PING_EVERY`],
+//!    close after [`IDLE_LIMIT`] of silence, 1013 when the hub kicks a consumer that cannot
+//!    keep up, 1001 at shutdown, 1009 for frames over 64 KiB, 1003 for binary frames, 4401 when
 //!    the credential expires (by the node's clock, checked before every client frame too,
 //!    so nothing is accepted on an expired credential).
 //!
@@ -64,7 +64,7 @@ pub const WRITE_BUFFER: usize = 8 * 1024;
 /// Most queued frames written in one batch.
 const WRITE_BATCH: usize = 64;
 /// Most bytes tungstenite may hold unsent before `send` waits (backpressure then comes
-/// from the hub queue, see `hub`).
+/// from the hub: a connection too far behind its channel is closed, see `hub`).
 pub const MAX_WRITE_BUFFER: usize = 256 * 1024;
 /// A kicked or closing connection gets this long to take its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -917,7 +917,7 @@ mod tests {
         });
     }
 
-    /// Serves a connection on `state` whose hub queue holds `queue` frames and whose
+    /// Serves a connection on `state` that may fall `queue` frames behind and whose
     /// client takes `outbound` frames before the server's writes wait; `after` and `log`
     /// set up the replay, `expires_ms` the credential.
     async fn open(
