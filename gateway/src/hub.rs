@@ -9,7 +9,10 @@
 //! the publishing thread's cost and a cache miss or four per delivery). Each subscriber
 //! reads the feed at its own position. Each publication drops the frames every lossless
 //! subscriber has read, and a channel's only reader (a visitor's conversation, as a rule)
-//! drops each frame as it reads it. Publishing never waits for a subscriber.
+//! drops each frame as it reads it. Publishing never waits for a subscriber. (Not tokio's
+//! `broadcast`: it allocates every slot of its ring up front, several KiB for each idle
+//! visitor's conversation, and cannot tell the publisher how far behind a receiver is, so a
+//! receiver stuck in a socket write could not be kicked.)
 //!
 //! When a subscriber is more than its capacity behind: `typing` is counted as dropped (it
 //! stays in the feed); anything else (messages, conversation and tenant events) is never
@@ -52,9 +55,9 @@ pub struct Outbound {
 /// How a frame may be treated under pressure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
-    /// Never dropped: a full queue kicks the subscriber.
+    /// Never dropped: a subscriber too far behind is kicked.
     Durable,
-    /// Dropped first when the queue is full (typing).
+    /// Never a reason to kick (typing).
     Ephemeral,
     /// Publications may have been lost upstream: re-read the log after the last seq.
     Resync,
@@ -296,37 +299,31 @@ impl Subscription {
 
     /// The next frame, waiting for one.
     pub async fn recv(&self) -> Arc<Outbound> {
-        std::future::poll_fn(|cx| {
-            if let Some(out) = self.try_recv() {
-                return Poll::Ready(out);
-            }
-            self.reader.waker.register(cx.waker());
-            // A publication between the first look and the registration woke nobody.
-            match self.try_recv() {
-                Some(out) => Poll::Ready(out),
-                None => Poll::Pending,
-            }
-        })
-        .await
+        self.wake_for(|| self.try_recv()).await
     }
 
     /// For lossy subscribers: resolves once anything was published since the last call
     /// (or since subscribing), skipping it all.
     pub async fn changed(&self) {
-        let caught_up = || {
+        self.wake_for(|| {
             let head = self.feed.head.load(Ordering::SeqCst);
             let next = self.reader.next.swap(head, Ordering::SeqCst);
-            next < head
-        };
+            (next < head).then_some(())
+        })
+        .await
+    }
+
+    /// Waits until `look` finds something, woken by the hub.
+    async fn wake_for<T>(&self, look: impl Fn() -> Option<T>) -> T {
         std::future::poll_fn(|cx| {
-            if caught_up() {
-                return Poll::Ready(());
+            if let Some(found) = look() {
+                return Poll::Ready(found);
             }
             self.reader.waker.register(cx.waker());
-            if caught_up() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
+            // A publication between the first look and the registration woke nobody.
+            match look() {
+                Some(found) => Poll::Ready(found),
+                None => Poll::Pending,
             }
         })
         .await
@@ -334,8 +331,8 @@ impl Subscription {
 }
 
 impl Hub {
-    /// Subscribes to `channel` with a queue of `capacity` frames. `lossy` subscribers are
-    /// never kicked: a full queue just means they already have a reason to wake up.
+    /// Subscribes to `channel`, allowed to fall `capacity` frames behind. `lossy` subscribers
+    /// are never kicked and hold no frame back: they only need to know something changed.
     pub fn subscribe(
         self: &Arc<Self>,
         broker: &Arc<dyn Broker>,
@@ -598,6 +595,16 @@ mod tests {
         }
     }
 
+    /// A hub with a tenant channel `t` and a broker that only counts.
+    fn tenant_hub() -> (Arc<Hub>, Arc<dyn Broker>, Channel) {
+        let broker: Arc<dyn Broker> = Arc::new(CountingBroker::default());
+        (
+            Arc::new(Hub::default()),
+            broker,
+            Channel::Tenant { tenant: "t".into() },
+        )
+    }
+
     fn event(offset: u64) -> Published {
         Published::Event {
             tenant: "t".into(),
@@ -628,15 +635,13 @@ mod tests {
 
     #[tokio::test]
     async fn same_bytes_to_everyone_and_slow_ones_are_kicked() {
-        let hub = Arc::new(Hub::default());
-        let broker: Arc<dyn Broker> = Arc::new(CountingBroker::default());
-        let ch = Channel::Tenant { tenant: "t".into() };
+        let (hub, broker, ch) = tenant_hub();
         let fast = hub.subscribe(&broker, ch.clone(), 8, false);
         let slow = hub.subscribe(&broker, ch.clone(), 2, false);
         for i in 1..=2 {
             hub.publish(event(i));
         }
-        // Typing on a full queue is dropped, not a reason to kick.
+        // Typing to a subscriber at its bound is counted as dropped, not a reason to kick.
         hub.publish(Published::Ephemeral {
             channel: ch.clone(),
             frame: "{}".into(),
@@ -663,9 +668,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_feed_keeps_only_what_a_subscriber_has_yet_to_read() {
-        let hub = Arc::new(Hub::default());
-        let broker: Arc<dyn Broker> = Arc::new(CountingBroker::default());
-        let ch = Channel::Tenant { tenant: "t".into() };
+        let (hub, broker, ch) = tenant_hub();
         let early = hub.subscribe(&broker, ch.clone(), 8, false);
         hub.publish(event(1));
         // A late subscriber starts at the newest frame (what came before is in the log).
@@ -707,9 +710,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reply_comes_after_what_was_published_before_it() {
-        let hub = Arc::new(Hub::default());
-        let broker: Arc<dyn Broker> = Arc::new(CountingBroker::default());
-        let ch = Channel::Tenant { tenant: "t".into() };
+        let (hub, broker, ch) = tenant_hub();
         let sub = hub.subscribe(&broker, ch.clone(), 2, false);
         hub.publish(event(1));
         sub.reply("ack");
