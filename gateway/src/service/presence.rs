@@ -35,6 +35,8 @@ pub const BEAT_EVERY: Duration = Duration::from_secs(5);
 pub const ENTRY_TTL_MS: i64 = 20_000;
 /// How often a node re-reads the presence of the tenants it cares about.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// After an agent leaves, how long the refresher waits for more to leave before reading.
+const SETTLE: Duration = Duration::from_millis(50);
 
 /// The node's presence state. One per node, in [`AppState`].
 #[derive(Default)]
@@ -116,8 +118,10 @@ pub async fn join(
         }
         entry_of(state, agent_id, &l)
     };
-    beat(state, &tenant.cfg.id, &[entry]).await;
-    refresh(state, tenant).await;
+    beat(state, &tenant.cfg.id, std::slice::from_ref(&entry)).await;
+    if !joined_view(state, tenant, &entry) {
+        refresh(state, tenant).await;
+    }
     let seat = Seat {
         state: state.clone(),
         key,
@@ -187,7 +191,14 @@ pub async fn run(state: AppState) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(REFRESH_EVERY) => {}
-            _ = state.presence.changed.notified() => {}
+            _ = state.presence.changed.notified() => {
+                // Agents leaving together (a dashboard fleet closing, a network blip) make
+                // one read, not one each: every read is O(team), n leaves would be O(n²).
+                tokio::select! {
+                    _ = tokio::time::sleep(SETTLE) => {}
+                    _ = state.shutdown.cancelled() => return,
+                }
+            }
             _ = state.shutdown.cancelled() => return,
         }
         // This node's agents, by tenant: renewed when due, and their tenants refreshed.
@@ -215,6 +226,51 @@ pub async fn run(state: AppState) {
             }
         }
     }
+}
+
+/// Folds an agent joining on this node into the tenant's view at once, without re-reading
+/// everyone: a team connecting together (a node restart brings every dashboard back) would
+/// otherwise read the whole presence set once per agent, O(n²). Online here is online
+/// anywhere, so the view needs nothing from other nodes for this; their own changes come
+/// with the next refresh. `false` when the node has no view of the tenant yet (then the
+/// caller reads it whole, so that `ready` lists the agents of other nodes too).
+fn joined_view(state: &AppState, tenant: &Tenant, entry: &PresenceEntry) -> bool {
+    let id = &tenant.cfg.id;
+    let Some(mut view) = state.presence.views.get_mut(id) else {
+        return false;
+    };
+    let before = view.agents.get(&entry.agent_id);
+    let now = AgentPresence {
+        agent_id: entry.agent_id.clone(),
+        name: before
+            .and_then(|a| a.name.clone())
+            .or_else(|| entry.name.clone()),
+        status: match before {
+            // Away here and known already: the view has it (and online elsewhere stays so).
+            Some(a) if entry.away => a.status,
+            _ if entry.away => PresenceStatus::Away,
+            _ => PresenceStatus::Online,
+        },
+    };
+    if before != Some(&now) {
+        let tenant_channel = Channel::Tenant {
+            tenant: id.as_str().into(),
+        };
+        state
+            .hub
+            .local_ephemeral(&tenant_channel, &frames::presence(&now));
+        view.agents.insert(entry.agent_id.clone(), now);
+    }
+    let online = view
+        .agents
+        .values()
+        .any(|a| a.status == PresenceStatus::Online);
+    let flipped = availability_flip(state, tenant, &mut view, online);
+    drop(view);
+    if let Some(available) = flipped {
+        tell_visitors(state, tenant, available);
+    }
+    true
 }
 
 /// Re-reads a tenant's presence; tells this node's agents what changed and its visitors
@@ -272,21 +328,39 @@ async fn refresh(state: &AppState, tenant: &Tenant) {
     }
     let online = now.values().any(|a| a.status == PresenceStatus::Online);
     view.agents = now;
+    let flipped = availability_flip(state, tenant, &mut view, online);
+    drop(view);
+    if let Some(available) = flipped {
+        tell_visitors(state, tenant, available);
+    }
+}
+
+/// Records the tenant's availability given whether an agent is `online`; returns it when
+/// it flipped (then visitors are to be told, see [`tell_visitors`]).
+fn availability_flip(
+    state: &AppState,
+    tenant: &Tenant,
+    view: &mut View,
+    online: bool,
+) -> Option<bool> {
     let now_ms = state.now_ms();
     let available = tenant.schedule.is_available_with(now_ms, online);
     // Before the first read, visitors were told what an empty view gives: nobody online.
     let was = view
         .available
         .unwrap_or_else(|| tenant.schedule.is_available_with(now_ms, false));
-    let flipped = was != available;
     view.available = Some(available);
-    drop(view);
-    if flipped {
-        // `GET /v1/config` caches its tenant part for 60 s: not past a change.
-        state.config_cache.remove(id);
-        let frame = frames::availability(available, tenant.schedule.mode.as_str());
-        for ch in state.hub.conversation_channels(id) {
-            state.hub.local_ephemeral(&ch, &frame);
-        }
+    (was != available).then_some(available)
+}
+
+/// Tells this node's visitors of the tenant that availability flipped (outside the view's
+/// lock: `GET /v1/config` reads the view).
+fn tell_visitors(state: &AppState, tenant: &Tenant, available: bool) {
+    let id = &tenant.cfg.id;
+    // `GET /v1/config` caches its tenant part for 60 s: not past a change.
+    state.config_cache.remove(id);
+    let frame = frames::availability(available, tenant.schedule.mode.as_str());
+    for ch in state.hub.conversation_channels(id) {
+        state.hub.local_ephemeral(&ch, &frame);
     }
 }
