@@ -171,3 +171,27 @@ impl AppState {
         self.clock.now_ms()
     }
 }
+
+#[cfg(test)]
+impl AppState {
+    /// A node for unit tests: the demo config, the memory store, a hub wired to it, and
+    /// `clock`.
+    pub async fn for_tests(clock: Clock) -> AppState {
+        let backend = confab_store::open("memory", confab_store::Retention::default())
+            .await
+            .unwrap();
+        let hub = Arc::new(Hub::default());
+        backend.broker.set_sink(hub.clone());
+        AppState::new(
+            Settings::compile(Config::demo()).unwrap(),
+            Keyring::new(b"unit-test-secret", &[]),
+            backend,
+            hub,
+            crate::blobs::Blobs::open(&crate::blobs::Location::Memory).unwrap(),
+            &crate::server::Options {
+                clock,
+                ..Default::default()
+            },
+        )
+    }
+}

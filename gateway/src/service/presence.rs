@@ -8,11 +8,14 @@
 //!   that time (plus one refresh).
 //! - **Views, not messages.** Every node reads the presence set of the tenants it cares
 //!   about (those with agents connected here, and those with `require_agent`) every
-//!   [`REFRESH_EVERY`], and at once after a local change, and compares it with what it saw
-//!   before: changes become `presence` frames to its own agents and, when the tenant's
-//!   availability flips, `availability` frames to its own visitors. Nothing crosses the
-//!   broker, so a lost pub/sub message cannot leave a view stale: the next read corrects
-//!   it.
+//!   [`REFRESH_EVERY`], and compares it with what it saw before: changes become `presence`
+//!   frames to its own agents and, when the tenant's availability flips, `availability`
+//!   frames to its own visitors. Nothing crosses the broker, so a lost pub/sub message
+//!   cannot leave a view stale: the next read corrects it.
+//! - **Local changes at once, in O(1) or one read.** An agent joining here is folded into
+//!   the view directly (a team reconnecting together would otherwise cost a read per
+//!   agent, O(n²)); a status change reads the set at once; agents leaving are read
+//!   together, [`SETTLE`] after the first leaves.
 //! - **Availability.** `isAvailable` is the schedule (mode, hours) and, with
 //!   `require_agent`, an online agent; `GET /v1/config` reads the same view (its cached
 //!   part is dropped when availability flips).
@@ -23,6 +26,7 @@ use std::time::Duration;
 use confab_protocol::frames;
 use confab_protocol::model::{AgentPresence, PresenceStatus};
 use confab_store::{Channel, PresenceEntry};
+use dashmap::mapref::one::RefMut;
 use dashmap::DashMap;
 use tokio::sync::Notify;
 
@@ -36,7 +40,7 @@ pub const ENTRY_TTL_MS: i64 = 20_000;
 /// How often a node re-reads the presence of the tenants it cares about.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// After an agent leaves, how long the refresher waits for more to leave before reading.
-const SETTLE: Duration = Duration::from_millis(50);
+pub const SETTLE: Duration = Duration::from_millis(50);
 
 /// The node's presence state. One per node, in [`AppState`].
 #[derive(Default)]
@@ -265,11 +269,7 @@ fn joined_view(state: &AppState, tenant: &Tenant, entry: &PresenceEntry) -> bool
         .agents
         .values()
         .any(|a| a.status == PresenceStatus::Online);
-    let flipped = availability_flip(state, tenant, &mut view, online);
-    drop(view);
-    if let Some(available) = flipped {
-        tell_visitors(state, tenant, available);
-    }
+    settle_availability(state, tenant, view, online);
     true
 }
 
@@ -308,6 +308,20 @@ async fn refresh(state: &AppState, tenant: &Tenant) {
         tenant: id.as_str().into(),
     };
     let mut view = state.presence.views.entry(id.clone()).or_default();
+    // An agent with a socket on this node is there, whatever a read says that started
+    // before its entry was written (its join was folded into the view meanwhile, see
+    // `joined_view`): without this, it would be announced offline, then online again at
+    // the next read.
+    for (agent, a) in &view.agents {
+        if !now.contains_key(agent)
+            && state
+                .presence
+                .local
+                .contains_key(&(id.clone(), agent.clone()))
+        {
+            now.insert(agent.clone(), a.clone());
+        }
+    }
     for (agent, a) in &now {
         if view.agents.get(agent) != Some(a) {
             state
@@ -328,21 +342,18 @@ async fn refresh(state: &AppState, tenant: &Tenant) {
     }
     let online = now.values().any(|a| a.status == PresenceStatus::Online);
     view.agents = now;
-    let flipped = availability_flip(state, tenant, &mut view, online);
-    drop(view);
-    if let Some(available) = flipped {
-        tell_visitors(state, tenant, available);
-    }
+    settle_availability(state, tenant, view, online);
 }
 
-/// Records the tenant's availability given whether an agent is `online`; returns it when
-/// it flipped (then visitors are to be told, see [`tell_visitors`]).
-fn availability_flip(
+/// Records the tenant's availability given whether an agent is `online`, then releases the
+/// view; when availability flipped, tells this node's visitors (outside the view's lock:
+/// `GET /v1/config` reads the view).
+fn settle_availability(
     state: &AppState,
     tenant: &Tenant,
-    view: &mut View,
+    mut view: RefMut<'_, String, View>,
     online: bool,
-) -> Option<bool> {
+) {
     let now_ms = state.now_ms();
     let available = tenant.schedule.is_available_with(now_ms, online);
     // Before the first read, visitors were told what an empty view gives: nobody online.
@@ -350,17 +361,70 @@ fn availability_flip(
         .available
         .unwrap_or_else(|| tenant.schedule.is_available_with(now_ms, false));
     view.available = Some(available);
-    (was != available).then_some(available)
+    drop(view);
+    if was != available {
+        let id = &tenant.cfg.id;
+        // `GET /v1/config` caches its tenant part for 60 s: not past a change.
+        state.config_cache.remove(id);
+        let frame = frames::availability(available, tenant.schedule.mode.as_str());
+        for ch in state.hub.conversation_channels(id) {
+            state.hub.local_ephemeral(&ch, &frame);
+        }
+    }
 }
 
-/// Tells this node's visitors of the tenant that availability flipped (outside the view's
-/// lock: `GET /v1/config` reads the view).
-fn tell_visitors(state: &AppState, tenant: &Tenant, available: bool) {
-    let id = &tenant.cfg.id;
-    // `GET /v1/config` caches its tenant part for 60 s: not past a change.
-    state.config_cache.remove(id);
-    let frame = frames::availability(available, tenant.schedule.mode.as_str());
-    for ch in state.hub.conversation_channels(id) {
-        state.hub.local_ephemeral(&ch, &frame);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Clock;
+
+    /// The next `presence` frame's data on `sub`, if one is waiting.
+    fn next_presence(sub: &crate::hub::Subscription) -> Option<serde_json::Value> {
+        let out = sub.try_recv()?;
+        let v: serde_json::Value = serde_json::from_str(out.text.as_str()).unwrap();
+        assert_eq!(v["type"], "presence", "{v}");
+        Some(v["data"].clone())
+    }
+
+    /// A read of the presence set that misses an agent connected here (it started before
+    /// the agent's entry was written, or the entry lapsed) does not announce it offline:
+    /// its join was folded into the view, and it is there while its socket is open.
+    #[tokio::test]
+    async fn a_read_that_missed_a_connected_agent_does_not_take_it_offline() {
+        let state = AppState::for_tests(Clock::system()).await;
+        let tenant = state.tenants.by_id("demo").unwrap().clone();
+        let (_ann, _) = join(&state, &tenant, "ann", Some("Ann")).await;
+        let sub = state.hub.subscribe(
+            &state.broker,
+            Channel::Tenant {
+                tenant: "demo".into(),
+            },
+            100,
+            false,
+        );
+        let (bob, agents_then) = join(&state, &tenant, "bob", Some("Bob")).await;
+        assert_eq!(agents_then.len(), 2);
+        let joined = next_presence(&sub).expect("bob announced");
+        assert_eq!(joined["agentId"], "bob");
+        assert_eq!(joined["status"], "online");
+
+        // The read that does not see Bob's entry.
+        state
+            .store
+            .presence_leave("demo", "bob", &state.node_id)
+            .await
+            .unwrap();
+        refresh(&state, &tenant).await;
+        assert_eq!(next_presence(&sub), None, "nothing changed for the agents");
+        assert!(agents(&state, "demo")
+            .iter()
+            .any(|a| a.agent_id == "bob" && a.status == PresenceStatus::Online));
+
+        // Once his socket is gone, the same read takes him offline.
+        drop(bob);
+        refresh(&state, &tenant).await;
+        let left = next_presence(&sub).expect("bob gone");
+        assert_eq!(left["agentId"], "bob");
+        assert_eq!(left["status"], "offline");
     }
 }

@@ -744,13 +744,11 @@ mod tests {
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
-    use confab_protocol::token::Keyring;
-    use confab_store::{Channel, EventSink, Published, Retention};
+    use confab_store::{Channel, EventSink, Published};
     use tokio::sync::mpsc;
     use tokio_util::sync::PollSender;
 
     use super::*;
-    use crate::hub::Hub;
     use crate::state::Clock;
 
     /// A socket made of two channels: what the server sends arrives in `sent`, what the
@@ -850,26 +848,7 @@ mod tests {
     }
 
     async fn node() -> AppState {
-        node_with(Clock::system()).await
-    }
-
-    async fn node_with(clock: Clock) -> AppState {
-        let backend = confab_store::open("memory", Retention::default())
-            .await
-            .unwrap();
-        let hub = Arc::new(Hub::default());
-        backend.broker.set_sink(hub.clone());
-        AppState::new(
-            crate::Settings::compile(crate::Config::demo()).unwrap(),
-            Keyring::new(b"unit-test-secret", &[]),
-            backend,
-            hub,
-            crate::blobs::Blobs::open(&crate::blobs::Location::Memory).unwrap(),
-            &crate::server::Options {
-                clock,
-                ..Default::default()
-            },
-        )
+        AppState::for_tests(Clock::system()).await
     }
 
     fn channel() -> Channel {
@@ -1047,7 +1026,7 @@ mod tests {
         // The node's clock, moved by hand: the expiry needs no real waiting either.
         let now = Arc::new(std::sync::atomic::AtomicI64::new(1_800_000_000_000));
         let clock_now = now.clone();
-        let state = node_with(Clock::from_fn(move || {
+        let state = AppState::for_tests(Clock::from_fn(move || {
             clock_now.load(std::sync::atomic::Ordering::Relaxed)
         }))
         .await;
