@@ -88,25 +88,11 @@ pub fn router(state: AppState) -> Router {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), cors::cors))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(middleware::from_fn(nosniff))
+        .layer(middleware::from_fn(finish))
         .with_state(state)
-}
-
-/// `X-Content-Type-Options: nosniff` on every response the router gives — answers, errors,
-/// 404s, preflights, pages, metrics — so no browser ever reads a JSON body or an error as
-/// a script or a page. The outermost layer, so short-circuiting layers inside it (CORS
-/// preflights, body limits) are covered too.
-async fn nosniff(req: Request, next: Next) -> Response {
-    let mut resp = next.run(req).await;
-    resp.headers_mut().insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    resp
 }
 
 async fn not_found() -> Response {
@@ -120,11 +106,22 @@ async fn method_not_allowed() -> Response {
     ))
 }
 
-/// Every 4xx/5xx carries the error body — also the few answers axum writes itself as plain
-/// text (a WebSocket route asked without an upgrade, a path that is not UTF-8). The status
-/// and the other headers stay; axum's short text becomes the `message`.
-async fn json_errors(req: Request, next: Next) -> Response {
-    let resp = next.run(req).await;
+/// The last word on every response the router gives (the outermost layer, so the layers
+/// inside it that answer by themselves, CORS preflights and body limits, are covered too):
+///
+/// - `X-Content-Type-Options: nosniff` on answers, errors, 404s, preflights, pages and
+///   metrics alike, so no browser ever reads a JSON body or an error as a script or a page;
+/// - every 4xx/5xx carries the error body, also the few answers axum writes itself as
+///   plain text (a WebSocket route asked without an upgrade, a path that is not UTF-8). The
+///   status and the other headers stay; axum's short text becomes the `message`.
+///
+/// One layer for both: each `from_fn` layer costs every request a boxed future.
+async fn finish(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     let status = resp.status();
     let is_json = resp
         .headers()
