@@ -13,7 +13,7 @@ use confab_gateway::{Config, Options, Overrides, Settings};
 /// buffers (JSON, frames, strings) across threads, and glibc's `malloc`/`free`/consolidation
 /// took ~14 % of a durable send's CPU. Measured in BENCHMARKS.md ("mimalloc", session 8):
 /// ~5-10 % less CPU per durable send and ~10 % less user CPU in broadcast, for ~11 MiB more
-/// resident at start and 0.1 KiB more per idle socket. (SQLite keeps its own, glibc: making
+/// resident at start and 0.1-0.3 KiB more per idle socket. (SQLite keeps its own, glibc: making
 /// mimalloc the process-wide `malloc` measured no better.)
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
