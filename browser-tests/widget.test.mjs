@@ -630,6 +630,10 @@ test('hostile host-page CSS does not change the widget', { timeout: 90_000 }, as
     await w.launcher.click();
     await w.panel.waitFor({ state: 'visible' });
     await page.locator('confab-widget .greeting').waitFor();
+    // Measured once the panel's opening transition and the fonts are done: mid-transition,
+    // a box can sit a pixel off.
+    await page.evaluate(() => Promise.all([document.fonts.ready,
+      ...document.querySelector('confab-widget').shadowRoot.getAnimations().map((a) => a.finished)]));
     await shot(page, `16-${name}-open`);
     results[name] = { ...(await measure(page)), launcherPng };
     await page.context().close();
