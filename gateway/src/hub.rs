@@ -30,7 +30,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
-use axum::extract::ws::Utf8Bytes;
 use confab_protocol::frames;
 use confab_store::{Broker, Channel, EventSink, Published};
 use dashmap::mapref::entry::Entry;
@@ -40,12 +39,13 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::histogram::Histogram;
+use crate::ws::WireFrame;
 
 /// What a subscriber's queue carries.
 #[derive(Debug, Clone)]
 pub struct Outbound {
-    /// The encoded frame, shared by every subscriber.
-    pub text: Utf8Bytes,
+    /// The frame, encoded once and shared by every subscriber.
+    pub frame: WireFrame,
     /// Message id (visitor channel) or tenant offset (tenant channel); `None` for frames
     /// outside the log (typing, conversation updates to visitors, acks).
     pub seq: Option<u64>,
@@ -242,9 +242,9 @@ impl Subscription {
 
     /// Queues one of the connection's own frames; more than the subscription's capacity
     /// waiting kicks, like a publication.
-    pub fn reply(&self, text: impl Into<Utf8Bytes>) {
+    pub fn reply(&self, text: impl Into<WireFrame>) {
         let out = Arc::new(Outbound {
-            text: text.into(),
+            frame: text.into(),
             seq: None,
             class: Class::Durable,
         });
@@ -413,7 +413,7 @@ impl Hub {
     /// from the broker; presence and availability, which every node computes itself).
     pub fn local_ephemeral(&self, channel: &Channel, frame: &str) {
         self.deliver(channel, || Outbound {
-            text: frame.to_owned().into(),
+            frame: WireFrame::text(frame.to_owned()),
             seq: None,
             class: Class::Ephemeral,
         });
@@ -503,7 +503,7 @@ impl EventSink for Hub {
                     conversation_id,
                 };
                 self.deliver(&ch, || Outbound {
-                    text: frames::visitor_message_new(&self.signed(&t, &json)).into(),
+                    frame: frames::visitor_message_new(&self.signed(&t, &json)).into(),
                     seq: Some(seq),
                     class: Class::Durable,
                 });
@@ -516,7 +516,7 @@ impl EventSink for Hub {
                         None => event.data.as_str().into(),
                     };
                     Outbound {
-                        text: frames::tenant_event(&event.kind, event.offset, &data).into(),
+                        frame: frames::tenant_event(&event.kind, event.offset, &data).into(),
                         seq: Some(event.offset),
                         class: Class::Durable,
                     }
@@ -532,7 +532,7 @@ impl EventSink for Hub {
                     conversation_id,
                 };
                 self.deliver(&ch, || Outbound {
-                    text: frames::visitor_conversation_updated(&json).into(),
+                    frame: frames::visitor_conversation_updated(&json).into(),
                     seq: None,
                     class: Class::Durable,
                 });
@@ -547,7 +547,7 @@ impl EventSink for Hub {
                     conversation_id,
                 };
                 self.deliver(&ch, || Outbound {
-                    text: frames::visitor_conversation_read(&json).into(),
+                    frame: frames::visitor_conversation_read(&json).into(),
                     seq: None,
                     class: Class::Durable,
                 });
@@ -558,7 +558,7 @@ impl EventSink for Hub {
                     self.channels.iter().map(|e| e.key().clone()).collect();
                 for ch in channels {
                     self.deliver(&ch, || Outbound {
-                        text: Utf8Bytes::from_static(""),
+                        frame: WireFrame::NONE,
                         seq: None,
                         class: Class::Resync,
                     });
@@ -657,7 +657,7 @@ mod tests {
             .expect("kicked");
         let a = fast.recv().await;
         assert_eq!(a.seq, Some(1));
-        assert!(a.text.as_str().contains(r#""offset":"1""#));
+        assert!(a.frame.as_text().contains(r#""offset":"1""#));
         assert_eq!(hub.kicks.load(Ordering::Relaxed), 1);
         assert_eq!(hub.dropped_ephemeral.load(Ordering::Relaxed), 1);
     }
@@ -715,7 +715,7 @@ mod tests {
         hub.publish(event(1));
         sub.reply("ack");
         assert_eq!(sub.recv().await.seq, Some(1));
-        assert_eq!(sub.recv().await.text.as_str(), "ack");
+        assert_eq!(sub.recv().await.frame.as_text(), "ack");
         // Replies are bounded like publications: beyond the capacity, the subscriber is
         // kicked.
         for _ in 0..3 {

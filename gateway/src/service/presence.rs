@@ -381,7 +381,7 @@ mod tests {
     /// The next `presence` frame's data on `sub`, if one is waiting.
     fn next_presence(sub: &crate::hub::Subscription) -> Option<serde_json::Value> {
         let out = sub.try_recv()?;
-        let v: serde_json::Value = serde_json::from_str(out.text.as_str()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(out.frame.as_text()).unwrap();
         assert_eq!(v["type"], "presence", "{v}");
         Some(v["data"].clone())
     }

@@ -19,7 +19,8 @@
 //!    so nothing is accepted on an expired credential).
 //!
 //! Buffers are small on purpose (an idle socket should cost a few KiB): tungstenite reads
-//! in [`READ_BUFFER`] chunks and writes through without an accumulation buffer.
+//! in [`READ_BUFFER`] chunks, and frames are written from the buffers they were encoded in
+//! ([`wire`]), without a per-socket copy.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,23 +29,29 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use confab_protocol::frames::{self, ClientFrame};
 use confab_protocol::{ApiError, Disconnect, ErrorCode};
 use futures_util::task::AtomicWaker;
-use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::WaitForCancellationFuture;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, Utf8Bytes};
 
 use crate::error::{error_response, Params};
 use crate::hub::{Class, Subscription};
 use crate::settings::Tenant;
 use crate::state::AppState;
 
+pub mod handshake;
 pub mod tenant;
 pub mod visitor;
+pub mod wire;
+
+pub use handshake::WsUpgrade;
+pub use wire::{Socket, WireFrame, WireSocket};
 
 /// The first frame must arrive within this.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,19 +66,18 @@ pub const MAX_FRAME: usize = 64 * 1024;
 /// frames are mostly smaller; a larger one takes a read per 512 bytes.
 pub const READ_BUFFER: usize = 512;
 /// Frames are coalesced up to this many bytes before a write (a burst to one socket costs
-/// one syscall, not one per frame); every batch ends with a flush, so nothing waits.
+/// one syscall, not one per frame); every batch ends with a flush, so nothing waits. A
+/// socket that cannot take them makes its connection wait (backpressure then comes from
+/// the hub: a connection too far behind its channel is closed, see `hub`).
 pub const WRITE_BUFFER: usize = 8 * 1024;
 /// Most queued frames written in one batch.
 const WRITE_BATCH: usize = 64;
-/// Most bytes tungstenite may hold unsent before `send` waits (backpressure then comes
-/// from the hub: a connection too far behind its channel is closed, see `hub`).
-pub const MAX_WRITE_BUFFER: usize = 256 * 1024;
 /// A kicked or closing connection gets this long to take its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// A page of a channel's log: (seq, encoded frame) in order, and whether more follows;
 /// `None` when that part of the log is gone (retention).
-pub type Backlog = Option<(Vec<(u64, Utf8Bytes)>, bool)>;
+pub type Backlog = Option<(Vec<(u64, WireFrame)>, bool)>;
 
 /// What a channel supplies to the driver.
 pub trait ChannelLogic: Send + 'static {
@@ -139,7 +145,7 @@ pub async fn accept<L, F, Fut>(
     ip: std::net::IpAddr,
     headers: HeaderMap,
     params: Params,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
     gauge: fn(&crate::metrics::Metrics) -> &std::sync::atomic::AtomicI64,
     setup: F,
 ) -> Response
@@ -152,7 +158,7 @@ where
         Ok(t) => t,
         Err(e) => return error_response(&e),
     };
-    let (ws, permit, tenant) = match prepare(&state, &headers, tenant, ws) {
+    let permit = match prepare(&state, &headers, &tenant) {
         Ok(x) => x,
         Err(resp) => return *resp,
     };
@@ -161,34 +167,46 @@ where
         tenant,
     };
     drop((headers, params));
-    let tracker = state.sockets.clone();
-    ws.on_upgrade(move |socket| {
-        // Made here, not in the task's async block: what that block captures (the socket
-        // itself, ~370 bytes) keeps its room in the task for the connection's whole life.
-        let setup = Box::pin(setup(state.clone(), Conn::new(socket), upgrade));
-        // A task of its own rather than axum's upgrade task, which ends here: that one
-        // keeps room for the upgrade and the handshake for as long as its callback runs
-        // (~0.8 KiB per socket).
-        tracker.spawn(async move {
-            let _permit = permit;
-            use std::sync::atomic::Ordering::Relaxed;
-            gauge(&state.metrics).fetch_add(1, Relaxed);
-            if let Some(s) = setup.await {
-                serve(
-                    state.clone(),
-                    s.conn,
-                    s.sub,
-                    s.logic,
-                    s.last,
-                    s.ready,
-                    s.expires_ms,
-                )
-                .await;
-            }
-            gauge(&state.metrics).fetch_sub(1, Relaxed);
-        });
-        std::future::ready(())
-    })
+    let (response, switched) = ws.accept();
+    // Boxed, so that the task keeps room only for a pointer to it: the connection is
+    // opened and set up inside (upgrade, socket, auth, subscribing), and all of that is
+    // freed before the connection settles into `serve`.
+    let opening = {
+        let state = state.clone();
+        Box::pin(async move {
+            let io = TokioIo::new(switched.await.ok()?);
+            let socket = WireSocket::server(io, socket_config());
+            setup(state, Conn::new(socket), upgrade).await
+        })
+    };
+    state.sockets.clone().spawn(async move {
+        let _permit = permit;
+        use std::sync::atomic::Ordering::Relaxed;
+        gauge(&state.metrics).fetch_add(1, Relaxed);
+        if let Some(s) = opening.await {
+            serve(
+                state.clone(),
+                s.conn,
+                s.sub,
+                s.logic,
+                s.last,
+                s.ready,
+                s.expires_ms,
+            )
+            .await;
+        }
+        gauge(&state.metrics).fetch_sub(1, Relaxed);
+    });
+    response
+}
+
+/// What tungstenite may read: frames and messages up to [`MAX_FRAME`], in
+/// [`READ_BUFFER`] chunks.
+fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME))
 }
 
 /// An authenticated, subscribed connection, ready for [`serve`]: what a channel's set-up
@@ -264,24 +282,15 @@ async fn pk_tenant(
     }
 }
 
-/// Checks what can be checked before upgrading and configures the socket; passes on the
-/// `pk` tenant, if one was named (its allowlist then decides the origin).
-#[allow(clippy::type_complexity)]
+/// Checks what can be checked before upgrading: the origin (by the `pk` tenant's allowlist
+/// if one was named), shutdown, and a connection slot, which it returns.
 pub fn prepare(
     state: &AppState,
     headers: &HeaderMap,
-    tenant: Option<Arc<Tenant>>,
-    ws: WebSocketUpgrade,
-) -> Result<
-    (
-        WebSocketUpgrade,
-        tokio::sync::OwnedSemaphorePermit,
-        Option<Arc<Tenant>>,
-    ),
-    Box<Response>,
-> {
+    tenant: &Option<Arc<Tenant>>,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Box<Response>> {
     if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
-        let allowed = origin.to_str().is_ok_and(|o| match &tenant {
+        let allowed = origin.to_str().is_ok_and(|o| match tenant {
             Some(t) => t.policy.allows(o),
             None => state.tenants.any_policy_allows(o),
         });
@@ -298,49 +307,23 @@ pub fn prepare(
             "shutting down",
         )));
     }
-    let permit = state.connections.clone().try_acquire_owned().map_err(|_| {
+    state.connections.clone().try_acquire_owned().map_err(|_| {
         refuse(ApiError::new(
             ErrorCode::Unavailable,
             "connection limit reached",
         ))
-    })?;
-    let ws = ws
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(MAX_WRITE_BUFFER)
-        .max_message_size(MAX_FRAME)
-        .max_frame_size(MAX_FRAME);
-    Ok((ws, permit, tenant))
+    })
 }
 
-/// What a connection runs over: axum's `WebSocket` in production; any `Sink` + `Stream`
-/// of messages — channels, in the unit tests below — otherwise, so that the connection
-/// loop (auth timeout, pings, idle close, kicks, resume) is tested without a socket and
-/// with paused time.
-pub trait Socket:
-    futures_util::Sink<Message, Error = axum::Error>
-    + futures_util::Stream<Item = Result<Message, axum::Error>>
-    + Unpin
-    + Send
-    + 'static
-{
-}
-
-impl<T> Socket for T where
-    T: futures_util::Sink<Message, Error = axum::Error>
-        + futures_util::Stream<Item = Result<Message, axum::Error>>
-        + Unpin
-        + Send
-        + 'static
-{
-}
+/// The socket of a connection in production.
+pub type LiveSocket = WireSocket<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// The socket plus liveness bookkeeping. Not split into halves: the connection loop reads
 /// and writes from one task, never at once (a write runs in a `select!` arm, after the
 /// read's future is dropped), so the lock a split puts around every read and write would
 /// be paid for nothing. Boxed, as the split's shared half was: inline, the socket would
 /// take room in the connection task's every state (+0.6 KiB per idle socket, measured).
-pub struct Conn<S: Socket = WebSocket> {
+pub struct Conn<S: Socket = LiveSocket> {
     socket: Box<S>,
     last_heard: Instant,
     read: Arc<ReadWake>,
@@ -349,8 +332,8 @@ pub struct Conn<S: Socket = WebSocket> {
 /// Wakes the connection's task when its socket may have something to read, and remembers
 /// that it did. The loop wakes far more often for frames to write than for frames to read
 /// (an agent hardly ever sends), and every read attempt goes through tungstenite, which
-/// zero-fills its read buffer first, and re-registers both wakers: with this, a wake-up
-/// for writing leaves the socket's read side alone.
+/// zero-fills its read buffer first: with this, a wake-up for writing leaves the socket's
+/// read side alone.
 struct ReadWake {
     maybe_readable: AtomicBool,
     task: AtomicWaker,
@@ -388,15 +371,16 @@ impl<S: Socket> Conn<S> {
 
     /// The socket's next message. Tries the socket only if the last try found something
     /// or the socket woke [`ReadWake`] since; otherwise just waits for that.
-    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, axum::Error>>> {
+    fn poll_message(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Message, tungstenite::Error>>> {
         self.read.task.register(cx.waker());
         if !self.read.maybe_readable.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
         let waker = Waker::from(self.read.clone());
-        let polled = self
-            .socket
-            .poll_next_unpin(&mut Context::from_waker(&waker));
+        let polled = self.socket.poll_next(&mut Context::from_waker(&waker));
         if polled.is_ready() {
             // More may be buffered already, and no wake-up would come for it.
             self.read.maybe_readable.store(true, Ordering::Release);
@@ -404,34 +388,34 @@ impl<S: Socket> Conn<S> {
         polled
     }
 
-    async fn send(&mut self, text: Utf8Bytes) -> Result<(), End> {
-        self.socket
-            .send(Message::Text(text))
-            .await
-            .map_err(|_| End::Gone)
+    async fn send(&mut self, frame: WireFrame) -> Result<(), End> {
+        self.socket.queue(frame);
+        self.flush().await
     }
 
-    /// Queues a frame in tungstenite's write buffer (written once it exceeds
-    /// [`WRITE_BUFFER`], or at [`flush`](Self::flush)).
-    async fn feed(&mut self, text: Utf8Bytes) -> Result<(), End> {
-        self.socket
-            .feed(Message::Text(text))
-            .await
-            .map_err(|_| End::Gone)
+    /// Queues a frame (written once the queue exceeds [`WRITE_BUFFER`], or at
+    /// [`flush`](Self::flush)).
+    async fn feed(&mut self, frame: WireFrame) -> Result<(), End> {
+        self.socket.queue(frame);
+        if self.socket.queued() > WRITE_BUFFER {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), End> {
-        self.socket.flush().await.map_err(|_| End::Gone)
+        std::future::poll_fn(|cx| self.socket.poll_flush(cx))
+            .await
+            .map_err(|_| End::Gone)
     }
 
     pub async fn close(mut self, why: Disconnect) {
-        let frame = CloseFrame {
-            code: why.code(),
-            reason: Utf8Bytes::from_static(why.reason()),
-        };
         let _ = timeout(CLOSE_GRACE, async {
-            let _ = self.socket.send(Message::Close(Some(frame))).await;
-            let _ = self.socket.close().await;
+            self.socket
+                .queue(WireFrame::close(why.code(), why.reason()));
+            if self.flush().await.is_ok() {
+                let _ = std::future::poll_fn(|cx| self.socket.poll_shutdown(cx)).await;
+            }
         })
         .await;
     }
@@ -452,7 +436,7 @@ impl<S: Socket> Conn<S> {
                 Message::Text(t) => return Ok(t),
                 Message::Binary(_) => return Err(End::Close(Disconnect::BinaryFrame)),
                 Message::Close(_) => return Err(End::Gone),
-                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
         }
     }
@@ -493,16 +477,13 @@ pub async fn closed<L>(conn: Conn, why: Disconnect) -> Option<Serving<L>> {
     None
 }
 
-fn classify(e: axum::Error) -> End {
-    match e.into_inner().downcast::<tungstenite::Error>() {
-        Ok(boxed) => match *boxed {
-            tungstenite::Error::Capacity(_) => End::Close(Disconnect::FrameTooBig),
-            tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_) => {
-                End::Close(Disconnect::ProtocolError)
-            }
-            _ => End::Gone,
-        },
-        Err(_) => End::Gone,
+fn classify(e: tungstenite::Error) -> End {
+    match e {
+        tungstenite::Error::Capacity(_) => End::Close(Disconnect::FrameTooBig),
+        tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_) => {
+            End::Close(Disconnect::ProtocolError)
+        }
+        _ => End::Gone,
     }
 }
 
@@ -567,7 +548,7 @@ pub fn serve<L: ChannelLogic, S: Socket>(
                             if conn.last_heard.elapsed() > IDLE_LIMIT {
                                 return Err(End::Close(Disconnect::Idle));
                             }
-                            conn.socket.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)?;
+                            conn.send(WireFrame::ping()).await?;
                             next_ping = Instant::now() + PING_EVERY;
                         }
                         timer.as_mut().reset(next_wake(&state, next_ping, expires_ms));
@@ -586,11 +567,11 @@ pub fn serve<L: ChannelLogic, S: Socket>(
                                     // rather than opening a gap the client would never see filled.
                                     let whole = seq == last + 1 || refill.after(Box::pin(fill(&state, &mut conn, &logic, &mut last, refill.pending())).await?);
                                     if whole && seq > last {
-                                        unless_stopped(shutdown.as_mut(), kicked.as_mut(), conn.feed(out.text.clone())).await?;
+                                        unless_stopped(shutdown.as_mut(), kicked.as_mut(), conn.feed(out.frame.clone())).await?;
                                         last = seq;
                                     }
                                 }
-                                (_, None) => unless_stopped(shutdown.as_mut(), kicked.as_mut(), conn.feed(out.text.clone())).await?,
+                                (_, None) => unless_stopped(shutdown.as_mut(), kicked.as_mut(), conn.feed(out.frame.clone())).await?,
                             }
                             if n == WRITE_BATCH {
                                 break;
@@ -741,7 +722,6 @@ mod tests {
     //! The connection loop driven through channels instead of a socket, with tokio's clock
     //! paused: a test's 60 s of idleness take no real time.
 
-    use std::pin::Pin;
     use std::task::{Context, Poll};
 
     use confab_store::{Channel, EventSink, Published};
@@ -751,17 +731,18 @@ mod tests {
     use super::*;
     use crate::state::Clock;
 
-    /// A socket made of two channels: what the server sends arrives in `sent`, what the
-    /// test pushes into `incoming` is what the client "sent".
+    /// A socket made of two channels: what the server sends arrives in `sent` (decoded back
+    /// into messages), what the test pushes into `incoming` is what the client "sent".
     struct TestSocket {
         out: PollSender<Message>,
-        incoming: mpsc::Receiver<Result<Message, axum::Error>>,
+        queue: std::collections::VecDeque<WireFrame>,
+        incoming: mpsc::Receiver<Result<Message, tungstenite::Error>>,
     }
 
     /// The client's end of a [`TestSocket`].
     struct Client {
         sent: mpsc::Receiver<Message>,
-        incoming: mpsc::Sender<Result<Message, axum::Error>>,
+        incoming: mpsc::Sender<Result<Message, tungstenite::Error>>,
     }
 
     /// `outbound` bounds what the server can write before its sends wait (a slow client).
@@ -771,6 +752,7 @@ mod tests {
         (
             TestSocket {
                 out: PollSender::new(out_tx),
+                queue: Default::default(),
                 incoming: in_rx,
             },
             Client {
@@ -780,35 +762,51 @@ mod tests {
         )
     }
 
-    fn gone<E>(_: E) -> axum::Error {
-        axum::Error::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    /// A frame the server wrote, as the client reads it.
+    fn decode(frame: &WireFrame) -> Message {
+        let payload = frame.payload();
+        match frame.bytes()[0] & 0x0f {
+            0x1 => Message::Text(frame.as_text().into()),
+            0x8 => Message::Close(Some(tungstenite::protocol::CloseFrame {
+                code: u16::from_be_bytes([payload[0], payload[1]]).into(),
+                reason: std::str::from_utf8(&payload[2..])
+                    .unwrap()
+                    .to_owned()
+                    .into(),
+            })),
+            0x9 => Message::Ping(payload.to_vec().into()),
+            op => panic!("unexpected opcode {op}"),
+        }
     }
 
-    impl futures_util::Stream for TestSocket {
-        type Item = Result<Message, axum::Error>;
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    impl Socket for TestSocket {
+        fn poll_next(
+            &mut self,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Message, tungstenite::Error>>> {
             self.incoming.poll_recv(cx)
         }
-    }
 
-    impl futures_util::Sink<Message> for TestSocket {
-        type Error = axum::Error;
-        fn poll_ready(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Result<(), Self::Error>> {
-            self.out.poll_reserve(cx).map_err(gone)
+        fn queue(&mut self, frame: WireFrame) {
+            self.queue.push_back(frame);
         }
-        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
-            self.out.send_item(item).map_err(gone)
+
+        fn queued(&self) -> usize {
+            self.queue.iter().map(|f| f.bytes().len()).sum()
         }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+
+        fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            while let Some(frame) = self.queue.front() {
+                let broken = |_| std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+                std::task::ready!(self.out.poll_reserve(cx)).map_err(broken)?;
+                let message = decode(frame);
+                self.out.send_item(message).map_err(broken)?;
+                self.queue.pop_front();
+            }
             Poll::Ready(Ok(()))
         }
-        fn poll_close(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Result<(), Self::Error>> {
+
+        fn poll_shutdown(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             self.out.close();
             Poll::Ready(Ok(()))
         }
@@ -839,7 +837,7 @@ mod tests {
         async fn close_code(&mut self) -> u16 {
             loop {
                 match self.next().await.expect("a close frame") {
-                    Message::Close(Some(f)) => return f.code,
+                    Message::Close(Some(f)) => return f.code.into(),
                     Message::Close(None) => panic!("close without a code"),
                     _ => {}
                 }
@@ -858,7 +856,7 @@ mod tests {
         }
     }
 
-    fn frame(seq: u64) -> Utf8Bytes {
+    fn frame(seq: u64) -> WireFrame {
         frames::visitor_message_new(&format!(r#"{{"n":{seq}}}"#)).into()
     }
 
@@ -879,7 +877,7 @@ mod tests {
 
         async fn on_frame(&mut self, _: &AppState, frame: ClientFrame, sub: &Subscription) {
             if frame == ClientFrame::Ping {
-                sub.reply(Utf8Bytes::from_static(frames::PONG));
+                sub.reply(frames::PONG);
             }
         }
     }
@@ -956,7 +954,7 @@ mod tests {
         let code = loop {
             match client.next().await.expect("a frame") {
                 Message::Ping(_) => pings += 1,
-                Message::Close(Some(f)) => break f.code,
+                Message::Close(Some(f)) => break u16::from(f.code),
                 other => panic!("unexpected {other:?}"),
             }
         };

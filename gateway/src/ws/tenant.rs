@@ -1,7 +1,7 @@
 //! The tenant channel (`GET /v1/tenant/ws`): every event of one tenant, for agent
 //! dashboards. Authenticated by an agent JWT; `after` is a tenant event offset.
 
-use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
+use super::WsUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -27,9 +27,8 @@ pub const AGENT_QUEUE: usize = 4096;
 /// Events per replay read.
 const PAGE: usize = 500;
 /// Most online agents `ready` lists; the others follow as `presence` frames (at most
-/// [`MORE_PRESENCE`]). A socket's write buffer keeps the capacity of the largest frame it
-/// ever wrote, so a `ready` listing a whole large team would cost every agent socket
-/// ~60 bytes per agent online for its life (1,000 agents: ~43 KiB each).
+/// [`MORE_PRESENCE`]). This bounds `ready` (~60 bytes per agent listed), which every
+/// agent socket gets at once when a node restarts and its whole team reconnects.
 const READY_AGENTS: usize = 100;
 /// Most `presence` frames sent after `ready` for the agents it does not list: well within
 /// the queue ([`AGENT_QUEUE`]), which live events share. `ready.agentsOnlineTotal` tells a
@@ -155,7 +154,7 @@ impl ChannelLogic for Agent {
                 ErrorCode::InvalidFrame,
                 "read needs a conversationId on the tenant channel",
             )),
-            ClientFrame::Ping => sub.reply(Utf8Bytes::from_static(frames::PONG)),
+            ClientFrame::Ping => sub.reply(frames::PONG),
             ClientFrame::Auth { .. } => sub.reply(frames::error(
                 ErrorCode::InvalidFrame,
                 "already authenticated",
@@ -193,7 +192,7 @@ pub async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     params: Params,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
 ) -> Response {
     let ip = state.client_ip(peer, &headers);
     accept(state, ip, headers, params, ws, |m| &m.agent_sockets, setup).await

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
+use super::WsUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -97,7 +97,7 @@ impl ChannelLogic for Visitor {
                     sub.reply(error_for(&e, None));
                 }
             }
-            ClientFrame::Ping => sub.reply(Utf8Bytes::from_static(frames::PONG)),
+            ClientFrame::Ping => sub.reply(frames::PONG),
             ClientFrame::Auth { .. } => sub.reply(frames::error(
                 ErrorCode::InvalidFrame,
                 "already authenticated",
@@ -155,7 +155,7 @@ pub async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     params: Params,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
 ) -> Response {
     let ip = state.client_ip(peer, &headers);
     accept(
