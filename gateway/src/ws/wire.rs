@@ -145,15 +145,21 @@ impl<IO> WireSocket<IO> {
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for WireSocket<IO> {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
-        let read = self.protocol.read(&mut Io {
+        let mut io = Io {
             io: &mut self.io,
             cx,
             out: &mut self.out,
             queued: &mut self.queued,
-        });
-        // A control reply tungstenite just queued (a pong) goes out now, not with the next
-        // frame this socket happens to send; if the socket is full, it goes at the next
-        // flush (the write's waker is registered either way).
+        };
+        let read = self.protocol.read(&mut io);
+        if let Ok(Message::Close(_)) = read {
+            // tungstenite has queued the echo of the client's close; this hands it over
+            // (and then reports the connection closed, which the caller learns next).
+            let _ = self.protocol.flush(&mut io);
+        }
+        // A control reply tungstenite just queued (a pong, a close) goes out now, not with
+        // the next frame this socket happens to send; if the socket is full, it goes at the
+        // next flush (the write's waker is registered either way).
         if !self.out.is_empty() {
             if let Poll::Ready(Err(_)) = self.poll_flush(cx) {
                 return Poll::Ready(None);
@@ -408,6 +414,14 @@ mod tests {
             next(&mut server).await,
             Some(Ok(Message::Close(_)))
         ));
+        // The close is echoed, which completes the client's closing handshake.
+        let echoed = tokio::time::timeout(std::time::Duration::from_secs(5), client.next())
+            .await
+            .expect("the close was echoed");
+        assert!(
+            matches!(echoed, Some(Ok(tungstenite::Message::Close(_)))),
+            "{echoed:?}"
+        );
         drop(client);
         assert!(next(&mut server).await.is_none());
     }
