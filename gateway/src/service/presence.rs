@@ -102,13 +102,15 @@ impl Drop for Seat {
 }
 
 /// An agent socket opened: counts it, announces the agent (online, or away if it already
-/// was on this node), and returns the tenant's current agents for `ready`.
+/// was on this node), and returns the tenant's current agents for `ready` (see [`agents`]:
+/// at most `limit`, this one first) and how many there are.
 pub async fn join(
     state: &AppState,
     tenant: &Tenant,
     agent_id: &str,
     name: Option<&str>,
-) -> (Seat, Vec<AgentPresence>) {
+    limit: usize,
+) -> (Seat, Vec<AgentPresence>, usize) {
     let key = (tenant.cfg.id.clone(), agent_id.to_owned());
     let entry = {
         let mut l = state.presence.local.entry(key.clone()).or_insert(Local {
@@ -130,7 +132,8 @@ pub async fn join(
         state: state.clone(),
         key,
     };
-    (seat, agents(state, &tenant.cfg.id))
+    let (listed, total) = agents(state, &tenant.cfg.id, agent_id, limit);
+    (seat, listed, total)
 }
 
 /// The agent set itself online or away (`offline` is not a choice: closing is).
@@ -147,14 +150,23 @@ pub async fn set_status(state: &AppState, tenant: &Tenant, agent_id: &str, away:
     refresh(state, tenant).await;
 }
 
-/// The tenant's agents as this node last saw them (online and away).
-pub fn agents(state: &AppState, tenant: &str) -> Vec<AgentPresence> {
-    state
-        .presence
-        .views
-        .get(tenant)
-        .map(|v| v.agents.values().cloned().collect())
-        .unwrap_or_default()
+/// The tenant's agents as this node last saw them (online and away): `first` (if there)
+/// and then others, at most `limit` in all; and how many there are. Bounded because every
+/// agent socket that opens asks, and a team reconnecting at once (a node restart) would
+/// otherwise copy the whole team once per agent.
+pub fn agents(
+    state: &AppState,
+    tenant: &str,
+    first: &str,
+    limit: usize,
+) -> (Vec<AgentPresence>, usize) {
+    let Some(view) = state.presence.views.get(tenant) else {
+        return (Vec::new(), 0);
+    };
+    let me = view.agents.get(first);
+    let others = view.agents.values().filter(|a| a.agent_id != first);
+    let listed = me.into_iter().chain(others).take(limit).cloned().collect();
+    (listed, view.agents.len())
 }
 
 /// Whether the tenant's chat is available now: its schedule and, with `require_agent`, an
@@ -393,7 +405,7 @@ mod tests {
     async fn a_read_that_missed_a_connected_agent_does_not_take_it_offline() {
         let state = AppState::for_tests(Clock::system()).await;
         let tenant = state.tenants.by_id("demo").unwrap().clone();
-        let (_ann, _) = join(&state, &tenant, "ann", Some("Ann")).await;
+        let (_ann, _, _) = join(&state, &tenant, "ann", Some("Ann"), 10).await;
         let sub = state.hub.subscribe(
             &state.broker,
             Channel::Tenant {
@@ -402,8 +414,9 @@ mod tests {
             100,
             false,
         );
-        let (bob, agents_then) = join(&state, &tenant, "bob", Some("Bob")).await;
-        assert_eq!(agents_then.len(), 2);
+        let (bob, agents_then, total) = join(&state, &tenant, "bob", Some("Bob"), 10).await;
+        assert_eq!((agents_then.len(), total), (2, 2));
+        assert_eq!(agents_then[0].agent_id, "bob", "the joining agent first");
         let joined = next_presence(&sub).expect("bob announced");
         assert_eq!(joined["agentId"], "bob");
         assert_eq!(joined["status"], "online");
@@ -416,9 +429,8 @@ mod tests {
             .unwrap();
         refresh(&state, &tenant).await;
         assert_eq!(next_presence(&sub), None, "nothing changed for the agents");
-        assert!(agents(&state, "demo")
-            .iter()
-            .any(|a| a.agent_id == "bob" && a.status == PresenceStatus::Online));
+        let (listed, _) = agents(&state, "demo", "bob", 1);
+        assert!(listed[0].agent_id == "bob" && listed[0].status == PresenceStatus::Online);
 
         // Once his socket is gone, the same read takes him offline.
         drop(bob);

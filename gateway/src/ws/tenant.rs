@@ -232,14 +232,16 @@ async fn setup(state: AppState, mut conn: Conn, upgrade: Upgrade) -> Option<Serv
             Ok(x) => x,
             Err(_) => return closed(conn, Disconnect::StoreUnavailable).await,
         };
-    let (seat, mut agents_online) =
-        crate::service::presence::join(&state, &tenant, &claims.sub, claims.name.as_deref()).await;
     // This agent first: `ready` always lists it.
-    if let Some(me) = agents_online.iter().position(|a| a.agent_id == claims.sub) {
-        agents_online.swap(0, me);
-    }
-    let total = agents_online.len();
-    let more = agents_online.split_off(total.min(READY_AGENTS));
+    let (seat, mut agents_online, total) = crate::service::presence::join(
+        &state,
+        &tenant,
+        &claims.sub,
+        claims.name.as_deref(),
+        READY_AGENTS + MORE_PRESENCE,
+    )
+    .await;
+    let more = agents_online.split_off(agents_online.len().min(READY_AGENTS));
     let ready = frames::ready_tenant(
         &tenant.cfg.id,
         &claims.sub,
@@ -249,7 +251,7 @@ async fn setup(state: AppState, mut conn: Conn, upgrade: Upgrade) -> Option<Serv
         total,
     );
     // Queued now, written after `ready` and the replay.
-    for agent in more.iter().take(MORE_PRESENCE) {
+    for agent in &more {
         sub.reply(frames::presence(agent));
     }
     // JWT `exp` is in seconds.
