@@ -66,6 +66,9 @@ use crate::{EventSink, Published, Result, StoreError};
 
 /// Most writes committed together.
 pub const MAX_BATCH: usize = 512;
+/// A batch this slow from `BEGIN` to durable is logged as a warning (with its `fdatasync`'s
+/// share): the stall a visitor would feel, for the operator to see.
+const SLOW: Duration = Duration::from_millis(50);
 /// How often the checkpointer copies the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// After a rewind that could not complete (a reader held an old snapshot), how long the
@@ -190,6 +193,9 @@ impl Progress {
 /// One group commit on its way to its callers.
 struct Batch {
     number: u64,
+    /// When its transaction began: a batch that takes [`SLOW`] or more from here to durable
+    /// is logged, with where the time went.
+    begun_at: std::time::Instant,
     committed: bool,
     outbox: Vec<Published>,
     completions: Vec<Completion>,
@@ -446,6 +452,7 @@ fn begin(conn: &Connection, progress: &Progress) -> Batch {
         };
     Batch {
         number: 0,
+        begun_at: std::time::Instant::now(),
         committed: began,
         outbox: Vec::new(),
         completions: Vec::new(),
@@ -502,13 +509,16 @@ fn sync_loop(
     progress: &Progress,
     wake: &mpsc::WeakSender<Cmd>,
 ) {
+    let mut slow = SlowLog::default();
     while let Ok(first) = batches.recv() {
         let mut ready = vec![first];
         ready.extend(batches.try_iter());
+        let mut fsync_took = None;
         let durable = if ready.iter().any(|b| b.committed) {
             let t0 = std::time::Instant::now();
             let r = wal.sync_data();
             tracing::trace!(took = ?t0.elapsed(), batches = ready.len(), "sqlite: WAL fsync");
+            fsync_took = Some(t0.elapsed());
             match r {
                 Ok(()) => true,
                 Err(e) => {
@@ -521,6 +531,18 @@ fn sync_loop(
             true
         };
         let (last, count) = (ready.last().map_or(0, |b| b.number), ready.len() as u64);
+        let age = ready[0].begun_at.elapsed();
+        if age >= SLOW {
+            if let Some(more) = slow.note() {
+                tracing::warn!(
+                    ?age,
+                    fsync = ?fsync_took,
+                    batches = count,
+                    slow_batches_not_logged = more,
+                    "sqlite: a batch took long from BEGIN to durable"
+                );
+            }
+        }
         for batch in ready {
             batch.finish(sink, durable);
         }
@@ -532,6 +554,27 @@ fn sync_loop(
                 let _ = writer.try_send(Cmd::Synced);
             }
         }
+    }
+}
+
+/// At most one warning per second about slow batches (a slow disk makes every batch slow),
+/// counting the ones it did not log.
+#[derive(Default)]
+struct SlowLog {
+    last: Option<std::time::Instant>,
+    missed: u64,
+}
+
+impl SlowLog {
+    /// `Some(slow batches not logged since the last warning)` when this one may be logged.
+    fn note(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|t| now - t < Duration::from_secs(1)) {
+            self.missed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.missed))
     }
 }
 
@@ -619,4 +662,20 @@ pub(super) fn unguarded<T>(
             conn.total_changes() != changes || tx.heads.taken != taken || conn.is_autocommit();
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_batches_are_logged_once_a_second_with_a_count_of_the_rest() {
+        let mut log = SlowLog::default();
+        assert_eq!(log.note(), Some(0));
+        assert_eq!(log.note(), None);
+        assert_eq!(log.note(), None);
+        log.last = Some(std::time::Instant::now() - Duration::from_secs(2));
+        assert_eq!(log.note(), Some(2), "the two not logged are counted");
+        assert_eq!(log.note(), None);
+    }
 }
