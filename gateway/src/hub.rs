@@ -413,7 +413,7 @@ impl Hub {
     /// from the broker; presence and availability, which every node computes itself).
     pub fn local_ephemeral(&self, channel: &Channel, frame: &str) {
         self.deliver(channel, || Outbound {
-            frame: WireFrame::text(frame.to_owned()),
+            frame: WireFrame::text(frame),
             seq: None,
             class: Class::Ephemeral,
         });

@@ -20,8 +20,8 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tungstenite::protocol::frame::{CloseFrame, Frame};
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Error, Message};
 
@@ -36,8 +36,8 @@ impl WireFrame {
     pub const NONE: WireFrame = WireFrame(Bytes::new());
 
     /// A text frame.
-    pub fn text(payload: impl Into<Bytes>) -> WireFrame {
-        WireFrame::encode(Frame::message(payload, OpCode::Data(Data::Text), true))
+    pub fn text(payload: &str) -> WireFrame {
+        WireFrame::encode(OpCode::Data(Data::Text), payload.as_bytes())
     }
 
     /// A ping with no payload.
@@ -45,17 +45,23 @@ impl WireFrame {
         WireFrame(Bytes::from_static(&[0x89, 0x00]))
     }
 
-    /// A close frame with `code` and `reason`.
+    /// A close frame with `code` and `reason` (RFC 6455 §5.5.1: the code, big-endian, then
+    /// the reason).
     pub fn close(code: u16, reason: &'static str) -> WireFrame {
-        WireFrame::encode(Frame::close(Some(CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        })))
+        let payload = [&code.to_be_bytes()[..], reason.as_bytes()].concat();
+        WireFrame::encode(OpCode::Control(Control::Close), &payload)
     }
 
-    fn encode(frame: Frame) -> WireFrame {
-        let mut out = Vec::with_capacity(frame.len());
-        frame.format(&mut out).expect("writing to a Vec");
+    /// tungstenite's header (final, unmasked) and the payload, copied once into one buffer.
+    fn encode(opcode: OpCode, payload: &[u8]) -> WireFrame {
+        let header = FrameHeader {
+            opcode,
+            ..FrameHeader::default()
+        };
+        let len = payload.len() as u64;
+        let mut out = Vec::with_capacity(header.len(len) + payload.len());
+        header.format(len, &mut out).expect("writing to a Vec");
+        out.extend_from_slice(payload);
         WireFrame(out.into())
     }
 
@@ -84,13 +90,13 @@ impl WireFrame {
 
 impl From<String> for WireFrame {
     fn from(text: String) -> WireFrame {
-        WireFrame::text(text)
+        WireFrame::text(&text)
     }
 }
 
 impl From<&'static str> for WireFrame {
     fn from(text: &'static str) -> WireFrame {
-        WireFrame::text(Bytes::from_static(text.as_bytes()))
+        WireFrame::text(text)
     }
 }
 
@@ -254,8 +260,7 @@ impl<IO> Write for Io<'_, '_, IO> {
 mod tests {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::WebSocketStream;
-    use tungstenite::protocol::frame::coding::Control;
-    use tungstenite::protocol::frame::FrameHeader;
+    use tungstenite::protocol::frame::Frame;
 
     use super::*;
 
