@@ -415,3 +415,85 @@ async fn a_version_1_database_is_migrated_with_its_messages() {
     assert_eq!(version, 2);
     assert!(!sql.contains("WITHOUT ROWID"), "{sql}");
 }
+
+/// A conversation's row leaves its last message out — it is the message at `last_seq`,
+/// stored once in `messages` — so a long message does not make the row grow; reads (one
+/// conversation, the list, the writer's own after a reopen) join it back. A row written
+/// by an older build, with `lastMessage` inside, reads the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_row_keeps_its_last_message_in_messages_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let url = format!("sqlite:{}", path.display());
+    let long = "x".repeat(10_000);
+    let conversation = {
+        let backend = confab_store::open(&url, Retention::default())
+            .await
+            .unwrap();
+        let conv = backend
+            .store
+            .start_conversation(human_conversation("t1"))
+            .await
+            .unwrap();
+        backend
+            .store
+            .append_message(visitor_message("t1", &conv.id, &long, "c1"))
+            .await
+            .unwrap()
+            .unwrap();
+        let read = backend.store.conversation("t1", &conv.id).await.unwrap();
+        assert_eq!(read.unwrap().last_message.unwrap().body, long);
+        conv.id
+    };
+    let row = |db: &rusqlite::Connection| -> String {
+        db.query_row(
+            "SELECT json FROM conversations WHERE id = ?1",
+            [&conversation],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let json = row(&db);
+    assert!(json.contains("\"lastMessage\":null"), "{json}");
+    assert!(json.len() < 1_000, "{} bytes", json.len());
+
+    // The older layout: the whole conversation, its last message included.
+    let backend = confab_store::open(&url, Retention::default())
+        .await
+        .unwrap();
+    let whole = backend
+        .store
+        .conversation("t1", &conversation)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(backend);
+    db.execute(
+        "UPDATE conversations SET json = ?1 WHERE id = ?2",
+        [&serde_json::to_string(&whole).unwrap(), &conversation],
+    )
+    .unwrap();
+    let backend = confab_store::open(&url, Retention::default())
+        .await
+        .unwrap();
+    let store = backend.store.clone();
+    let read = store.conversation("t1", &conversation).await.unwrap();
+    assert_eq!(read.unwrap().last_message.unwrap().body, long);
+    // The writer reads the row (its cache starts empty), and saves it without.
+    let second = store
+        .append_message(visitor_message("t1", &conversation, "two", "c2"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        second.message.id,
+        confab_store::message_id(&conversation, 2)
+    );
+    let page = store.conversations("t1", None, None, 10).await.unwrap();
+    assert_eq!(page.conversations.len(), 1);
+    let listed = &page.conversations[0];
+    assert_eq!(listed.last_message.as_ref().unwrap().body, "two");
+    assert_eq!(listed.unread_by_agent, 2);
+    assert!(row(&db).contains("\"lastMessage\":null"));
+}

@@ -377,7 +377,7 @@ impl SqliteStore {
             if change(&mut conv) {
                 let now = clock.now_ms();
                 conv.updated_at = format_ms(now);
-                conversation_updated(c, tx, &conv, seq, created, now)?;
+                conversation_updated(c, tx, conv.clone(), seq, created, now)?;
             }
             Ok(Some(conv))
         })
@@ -562,20 +562,25 @@ fn take_conversation(
 /// Reads a conversation row, whatever its tenant (reads cannot use the writer's cache).
 fn read_conversation(conn: &Connection, id: &str) -> Result<Option<Row>> {
     let row = conn
-        .prepare_cached("SELECT json, last_seq, last_created_ms FROM conversations WHERE id = ?1")
+        .prepare_cached(
+            "SELECT c.json, m.json, c.last_seq, c.last_created_ms FROM conversations c
+             LEFT JOIN messages m ON m.conversation_id = c.id AND m.seq = c.last_seq
+             WHERE c.id = ?1",
+        )
         .map_err(db_err)?
         .query_row(params![id], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
+                r.get::<_, Option<String>>(1)?,
                 r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
             ))
         })
         .optional()
         .map_err(db_err)?;
-    row.map(|(json, seq, created)| {
+    row.map(|(json, last, seq, created)| {
         Ok(Row {
-            conversation: serde_json::from_str(&json).map_err(json_err)?,
+            conversation: parse_conversation(&json, last.as_deref())?,
             last_seq: seq as u64,
             last_created_ms: created,
         })
@@ -583,35 +588,55 @@ fn read_conversation(conn: &Connection, id: &str) -> Result<Option<Row>> {
     .transpose()
 }
 
-/// Writes a conversation row (and caches it: see [`rows`]).
+/// A conversation from its row's JSON and the JSON of the message at its `last_seq` (its
+/// `lastMessage`, not kept in the row: see [`write_conversation_row`]). A row written before
+/// that (schema 2 from an older build) has its `lastMessage` inside, the same message.
+fn parse_conversation(row: &str, last_message: Option<&str>) -> Result<Conversation> {
+    let mut c: Conversation = serde_json::from_str(row).map_err(json_err)?;
+    if let Some(m) = last_message {
+        c.last_message = Some(serde_json::from_str(m).map_err(json_err)?);
+    }
+    Ok(c)
+}
+
+/// Writes a conversation row and caches it (see [`rows`]).
 fn save_conversation(
     conn: &Connection,
     tx: &mut Tx,
-    c: &Conversation,
+    mut c: Conversation,
     last_seq: u64,
     last_created_ms: i64,
     updated_ms: i64,
-) -> Result<String> {
+) -> Result<()> {
+    write_conversation_row(conn, &mut c, last_seq, last_created_ms, updated_ms)?;
     tx.rows.put(Row {
-        conversation: c.clone(),
+        conversation: c,
         last_seq,
         last_created_ms,
     });
-    write_conversation_row(conn, c, last_seq, last_created_ms, updated_ms)
+    Ok(())
 }
 
 /// Writes a conversation row without caching it: for a conversation just started, which
 /// may never be written again (a visitor who opens the widget and says nothing). Cached
 /// from its creation, every such session would hold a row in the writer's cache until it
 /// was evicted (+1.0 KiB per idle socket at 19,000 new sessions: 8.5 against 7.5 KiB).
+///
+/// The row's JSON leaves out `lastMessage`: that is the message at `last_seq`, stored once
+/// in `messages`, and reads join it back ([`parse_conversation`]). Inside the row, every
+/// message would be written twice — serialized again, and making the row grow with the
+/// body: a 10,000-character message made it spill onto overflow pages, rewritten with
+/// every message.
 fn write_conversation_row(
     conn: &Connection,
-    c: &Conversation,
+    c: &mut Conversation,
     last_seq: u64,
     last_created_ms: i64,
     updated_ms: i64,
-) -> Result<String> {
-    let json = to_json(c);
+) -> Result<()> {
+    let last_message = c.last_message.take();
+    let json = to_json(&*c);
+    c.last_message = last_message;
     conn.prepare_cached(
         "INSERT INTO conversations (id, tenant, status, updated_ms, last_seq, last_created_ms, json)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -620,7 +645,7 @@ fn write_conversation_row(
     .map_err(db_err)?
     .execute(params![c.id, c.tenant_id, c.status.as_str(), updated_ms, last_seq as i64, last_created_ms, json])
     .map_err(db_err)?;
-    Ok(json)
+    Ok(())
 }
 
 /// The commit of one message (inside the writer's transaction): idempotency, the message,
@@ -697,12 +722,13 @@ fn append_tx(c: &Connection, tx: &mut Tx, now: i64, new: &NewMessage) -> Result<
         json: json.clone(),
     });
     append_event_tx(c, tx, &new.tenant, "message:new", json.to_string(), now)?;
-    if record_message(&mut conv, &message, new.handler) {
-        conversation_updated(c, tx, &conv, seq, created, now)?;
-    } else {
-        save_conversation(c, tx, &conv, seq, created, now)?;
-    }
+    let changed = record_message(&mut conv, &message, new.handler);
     let reply_owed = new.direction == Direction::Inbound && conv.handler == Handler::Bot;
+    if changed {
+        conversation_updated(c, tx, conv, seq, created, now)?;
+    } else {
+        save_conversation(c, tx, conv, seq, created, now)?;
+    }
     if reply_owed {
         c.prepare_cached(
             "INSERT INTO replies (tenant, conversation_id, through_seq, holder, lease_until) VALUES (?1, ?2, ?3, '', 0)
@@ -754,23 +780,18 @@ fn append_event_tx(
 fn conversation_updated(
     conn: &Connection,
     tx: &mut Tx,
-    c: &Conversation,
+    c: Conversation,
     seq: u64,
     created: i64,
     now: i64,
 ) -> Result<()> {
-    let json = save_conversation(conn, tx, c, seq, created, now)?;
-    append_event_tx(
-        conn,
-        tx,
-        &c.tenant_id,
-        "conversation:updated",
-        json.clone(),
-        now,
-    )?;
+    let json = to_json(&c);
+    let (tenant, id) = (c.tenant_id.clone(), c.id.clone());
+    save_conversation(conn, tx, c, seq, created, now)?;
+    append_event_tx(conn, tx, &tenant, "conversation:updated", json.clone(), now)?;
     tx.publish(Published::ConversationUpdated {
-        tenant: c.tenant_id.as_str().into(),
-        conversation_id: c.id.as_str().into(),
+        tenant: tenant.into(),
+        conversation_id: id.into(),
         json: json.into(),
     });
     Ok(())
@@ -932,7 +953,7 @@ impl Store for SqliteStore {
         let clock = self.clock.clone();
         self.write(move |c, tx| {
             let now = clock.now_ms();
-            let conv = new_conversation(&new, new_conversation_id(), new_visitor_id(), now);
+            let mut conv = new_conversation(&new, new_conversation_id(), new_visitor_id(), now);
             c.prepare_cached(
                 "INSERT INTO visitors (tenant, token_hash, visitor_id, conversation_id) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (tenant, token_hash) DO UPDATE SET visitor_id = ?3, conversation_id = ?4",
@@ -940,8 +961,8 @@ impl Store for SqliteStore {
             .map_err(db_err)?
             .execute(params![new.tenant, new.token_hash, conv.visitor_id, conv.id])
             .map_err(db_err)?;
-            let json = write_conversation_row(c, &conv, 0, 0, now)?;
-            append_event_tx(c, tx, &new.tenant, "conversation:new", json, now)?;
+            write_conversation_row(c, &mut conv, 0, 0, now)?;
+            append_event_tx(c, tx, &new.tenant, "conversation:new", to_json(&conv), now)?;
             Ok(conv)
         })
         .await
@@ -1062,10 +1083,11 @@ impl Store for SqliteStore {
                 .unwrap_or((i64::MAX, String::new()));
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT json, updated_ms, id FROM conversations
-                     WHERE tenant = ?1 AND (?2 IS NULL OR status = ?2)
-                       AND (updated_ms < ?3 OR (updated_ms = ?3 AND id < ?4))
-                     ORDER BY updated_ms DESC, id DESC LIMIT ?5",
+                    "SELECT c.json, m.json, c.updated_ms, c.id FROM conversations c
+                     LEFT JOIN messages m ON m.conversation_id = c.id AND m.seq = c.last_seq
+                     WHERE c.tenant = ?1 AND (?2 IS NULL OR c.status = ?2)
+                       AND (c.updated_ms < ?3 OR (c.updated_ms = ?3 AND c.id < ?4))
+                     ORDER BY c.updated_ms DESC, c.id DESC LIMIT ?5",
                 )
                 .map_err(db_err)?;
             let rows = stmt
@@ -1080,8 +1102,9 @@ impl Store for SqliteStore {
                     |r| {
                         Ok((
                             r.get::<_, String>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, String>(2)?,
+                            r.get::<_, Option<String>>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, String>(3)?,
                         ))
                     },
                 )
@@ -1091,8 +1114,8 @@ impl Store for SqliteStore {
             let more = rows.len() > limit;
             let mut conversations = Vec::with_capacity(limit);
             let mut next_cursor = None;
-            for (json, updated_ms, id) in rows.into_iter().take(limit) {
-                conversations.push(serde_json::from_str(&json).map_err(json_err)?);
+            for (json, last, updated_ms, id) in rows.into_iter().take(limit) {
+                conversations.push(parse_conversation(&json, last.as_deref())?);
                 next_cursor = Some(ConversationCursor { updated_ms, id }.encode());
             }
             Ok(ConversationPage {
@@ -1335,7 +1358,8 @@ impl Store for SqliteStore {
                 if kind == "conversation:qualified" {
                     conv.qualified = true;
                     conv.updated_at = format_ms(now);
-                    let json = save_conversation(c, tx, &conv, seq, created, now)?;
+                    let json = to_json(&conv);
+                    save_conversation(c, tx, conv, seq, created, now)?;
                     tx.publish(Published::ConversationUpdated {
                         tenant: tenant.as_str().into(),
                         conversation_id: id.as_str().into(),
