@@ -412,7 +412,7 @@ async fn a_version_1_database_is_migrated_with_its_messages() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     assert!(!sql.contains("WITHOUT ROWID"), "{sql}");
 }
 
@@ -496,4 +496,86 @@ async fn a_conversation_row_keeps_its_last_message_in_messages_only() {
     assert_eq!(listed.last_message.as_ref().unwrap().body, "two");
     assert_eq!(listed.unread_by_agent, 2);
     assert!(row(&db).contains("\"lastMessage\":null"));
+}
+
+/// Schema 3: a `message:new` row in the tenant's log names its message instead of holding
+/// its JSON; reads give the same events. A version-2 database (JSON inside every row)
+/// is migrated in place and reads the same, old rows and new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_events_name_their_message_and_a_version_2_log_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let url = format!("sqlite:{}", path.display());
+    let (conversation, before) = {
+        let backend = confab_store::open(&url, Retention::default())
+            .await
+            .unwrap();
+        let store = backend.store.clone();
+        let conv = store
+            .start_conversation(human_conversation("t1"))
+            .await
+            .unwrap();
+        for (body, id) in [("one", "c1"), ("two", "c2")] {
+            store
+                .append_message(visitor_message("t1", &conv.id, body, id))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        (conv.id, store.events("t1", 0, 100).await.unwrap().events)
+    };
+    let kinds: Vec<&str> = before.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["conversation:new", "message:new", "message:new"]);
+    let two: serde_json::Value = serde_json::from_str(&before[2].data).unwrap();
+    assert_eq!(two["body"], "two");
+    assert_eq!(
+        two["id"].as_str().unwrap(),
+        confab_store::message_id(&conversation, 2)
+    );
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let empty: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM tenant_events WHERE kind = 'message:new' AND data = ''",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(empty, 2, "message rows hold no copy of the message");
+
+    // Put the log back in its version-2 layout: the JSON inside every row.
+    db.execute_batch(
+        "BEGIN;
+         CREATE TABLE v2 (
+             tenant TEXT NOT NULL, offset INTEGER NOT NULL, created_ms INTEGER NOT NULL,
+             kind TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (tenant, offset)) WITHOUT ROWID;
+         INSERT INTO v2 SELECT e.tenant, e.offset, e.created_ms, e.kind, COALESCE(m.json, e.data)
+             FROM tenant_events e
+             LEFT JOIN messages m ON m.conversation_id = e.conversation_id AND m.seq = e.seq;
+         DROP TABLE tenant_events;
+         ALTER TABLE v2 RENAME TO tenant_events;
+         PRAGMA user_version = 2;
+         COMMIT;",
+    )
+    .unwrap();
+    let backend = confab_store::open(&url, Retention::default())
+        .await
+        .unwrap();
+    let store = backend.store.clone();
+    let same = store.events("t1", 0, 100).await.unwrap().events;
+    assert_eq!(same.len(), before.len());
+    for (a, b) in before.iter().zip(&same) {
+        assert_eq!((a.offset, &a.kind, &a.data), (b.offset, &b.kind, &b.data));
+    }
+    store
+        .append_message(visitor_message("t1", &conversation, "three", "c3"))
+        .await
+        .unwrap()
+        .unwrap();
+    let page = store.events("t1", 3, 100).await.unwrap();
+    let three: serde_json::Value = serde_json::from_str(&page.events[0].data).unwrap();
+    assert_eq!(three["body"], "three");
+    let version: i64 = db
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
 }

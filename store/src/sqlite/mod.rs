@@ -132,9 +132,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (conversation
 DROP INDEX IF EXISTS messages_by_time;
 CREATE TABLE IF NOT EXISTS tenant_logs (
     tenant TEXT PRIMARY KEY, last_offset INTEGER NOT NULL, pruned_through INTEGER NOT NULL) WITHOUT ROWID;
+-- A `message:new` event names its message (conversation_id, seq) and leaves `data` empty:
+-- its data is that message's JSON, stored once, in `messages` (see `append_message_event_tx`).
 CREATE TABLE IF NOT EXISTS tenant_events (
     tenant TEXT NOT NULL, offset INTEGER NOT NULL, created_ms INTEGER NOT NULL, kind TEXT NOT NULL,
-    data TEXT NOT NULL, PRIMARY KEY (tenant, offset)) WITHOUT ROWID;
+    data TEXT NOT NULL, conversation_id TEXT, seq INTEGER, PRIMARY KEY (tenant, offset)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS webhooks (
     tenant TEXT NOT NULL, webhook TEXT NOT NULL, offset INTEGER NOT NULL, state TEXT NOT NULL,
     PRIMARY KEY (tenant, webhook)) WITHOUT ROWID;
@@ -151,8 +153,13 @@ CREATE TABLE IF NOT EXISTS attachments (
     id TEXT PRIMARY KEY, tenant TEXT NOT NULL, conversation_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
     message_seq INTEGER, json TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS attachments_unsent ON attachments (created_ms) WHERE message_seq IS NULL;
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
 "#;
+
+/// Schema version 2 → 3: `tenant_events` gets its message reference (a version-1
+/// database's table needs it too, before `SCHEMA`).
+const ADD_EVENT_MESSAGE_REFS: &str = "ALTER TABLE tenant_events ADD COLUMN conversation_id TEXT;
+ALTER TABLE tenant_events ADD COLUMN seq INTEGER;";
 
 /// Schema version 1 → 2, `messages` becoming a rowid table: in one transaction, the old
 /// table is set aside, `SCHEMA` creates the new one, and its rows move over.
@@ -169,16 +176,29 @@ fn create_schema(conn: &Connection) -> Result<()> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(db_err)?;
-    if version != 1 {
+    if !matches!(version, 1 | 2) {
         return conn.execute_batch(SCHEMA).map_err(db_err);
     }
-    conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE; {SET_ASIDE_V1_MESSAGES} {SCHEMA} {MOVE_V1_MESSAGES} COMMIT;"
-    ))
-    .map_err(|e| {
-        let _ = conn.execute_batch("ROLLBACK");
-        StoreError::Internal(format!("migrating the database from schema version 1: {e}"))
-    })
+    // A log without the message reference gets it (whatever the version says).
+    let has_refs: bool = conn
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('tenant_events') WHERE name = 'seq'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    let add_refs = if has_refs { "" } else { ADD_EVENT_MESSAGE_REFS };
+    let steps = match version {
+        1 => format!("{SET_ASIDE_V1_MESSAGES} {add_refs} {SCHEMA} {MOVE_V1_MESSAGES}"),
+        _ => format!("{add_refs} {SCHEMA}"),
+    };
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; {steps} COMMIT;"))
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            StoreError::Internal(format!(
+                "migrating the database from schema version {version}: {e}"
+            ))
+        })
 }
 
 enum Readers {
@@ -721,7 +741,15 @@ fn append_tx(c: &Connection, tx: &mut Tx, now: i64, new: &NewMessage) -> Result<
         seq,
         json: json.clone(),
     });
-    append_event_tx(c, tx, &new.tenant, "message:new", json.to_string(), now)?;
+    append_message_event_tx(
+        c,
+        tx,
+        &new.tenant,
+        &new.conversation_id,
+        seq,
+        json.to_string(),
+        now,
+    )?;
     let changed = record_message(&mut conv, &message, new.handler);
     let reply_owed = new.direction == Direction::Inbound && conv.handler == Handler::Bot;
     if changed {
@@ -757,12 +785,56 @@ fn append_event_tx(
     data: String,
     now: i64,
 ) -> Result<TenantEvent> {
+    log_event(conn, tx, tenant, kind, data, None, now)
+}
+
+/// Appends `message:new` for message `seq` of `conversation_id`, whose JSON is `json`: the
+/// log row only names the message (reads join its JSON back: see `events`), so that each
+/// message is stored once — a 10,000-character one was written twice.
+fn append_message_event_tx(
+    conn: &Connection,
+    tx: &mut Tx,
+    tenant: &str,
+    conversation_id: &str,
+    seq: u64,
+    json: String,
+    now: i64,
+) -> Result<TenantEvent> {
+    let message = Some((conversation_id, seq));
+    log_event(conn, tx, tenant, "message:new", json, message, now)
+}
+
+/// Appends an event to the tenant's log; with `message`, its row leaves `data` out.
+fn log_event(
+    conn: &Connection,
+    tx: &mut Tx,
+    tenant: &str,
+    kind: &str,
+    data: String,
+    message: Option<(&str, u64)>,
+    now: i64,
+) -> Result<TenantEvent> {
     // Written to `tenant_logs` before the commit (see `rows`).
     let offset = tx.heads.next(conn, tenant)?;
-    conn.prepare_cached("INSERT INTO tenant_events (tenant, offset, created_ms, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .map_err(db_err)?
-        .execute(params![tenant, offset, now, kind, data])
-        .map_err(db_err)?;
+    let (stored, conversation_id, seq) = match message {
+        Some((conversation_id, seq)) => ("", Some(conversation_id), Some(seq as i64)),
+        None => (data.as_str(), None, None),
+    };
+    conn.prepare_cached(
+        "INSERT INTO tenant_events (tenant, offset, created_ms, kind, data, conversation_id, seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .map_err(db_err)?
+    .execute(params![
+        tenant,
+        offset,
+        now,
+        kind,
+        stored,
+        conversation_id,
+        seq
+    ])
+    .map_err(db_err)?;
     let event = TenantEvent {
         offset: offset as u64,
         kind: kind.to_owned(),
@@ -1383,8 +1455,9 @@ impl Store for SqliteStore {
             let pruned = pruned_through(c, &tenant)?;
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT offset, created_ms, kind, data FROM tenant_events WHERE tenant = ?1 AND offset > ?2
-                     ORDER BY offset LIMIT ?3",
+                    "SELECT e.offset, e.created_ms, e.kind, COALESCE(m.json, e.data) FROM tenant_events e
+                     LEFT JOIN messages m ON m.conversation_id = e.conversation_id AND m.seq = e.seq
+                     WHERE e.tenant = ?1 AND e.offset > ?2 ORDER BY e.offset LIMIT ?3",
                 )
                 .map_err(db_err)?;
             let mut events = stmt
