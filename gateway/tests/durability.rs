@@ -1,7 +1,8 @@
 //! Crash and shutdown of the real `confab` process on a SQLite file: every acknowledged
 //! message survives `kill -9`, in order, and sessions and visitor tokens stay valid
-//! (the generated session secret is kept in the store). SIGTERM closes sockets with 1001
-//! and exits 0.
+//! (the generated session secret is kept in the store), and so are the tenant's log and
+//! the conversation's last message, which name the stored messages. SIGTERM closes sockets
+//! with 1001 and exits 0.
 
 mod common;
 
@@ -97,6 +98,43 @@ async fn acknowledged_messages_survive_kill_9() {
         );
     }
     assert_eq!(*bodies.last().unwrap(), "last words");
+    // The conversation's last message and the tenant's log are joined back from the
+    // messages (each message's JSON is stored once): the same messages, in the same order.
+    let agent = acme_agent("ann");
+    let conv = c
+        .get_auth(
+            &format!("/v1/tenant/conversations/{}", s.conversation_id),
+            &agent,
+        )
+        .await;
+    assert_eq!(
+        conv.json["lastMessage"]["body"], "last words",
+        "{}",
+        conv.text
+    );
+    let mut logged: Vec<String> = Vec::new();
+    let mut after = String::from("0");
+    loop {
+        let page = c
+            .get_auth(
+                &format!("/v1/tenant/events?after={after}&limit=200"),
+                &agent,
+            )
+            .await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        let events = page.json["events"].as_array().unwrap();
+        if events.is_empty() {
+            break;
+        }
+        logged.extend(
+            events
+                .iter()
+                .filter(|e| e["type"] == "message:new")
+                .map(|e| e["data"]["body"].as_str().unwrap().to_owned()),
+        );
+        after = page.json["nextCursor"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(logged, bodies, "the log's message:new events");
     // Idempotency keys survived too.
     let again = c.send(&s, "t0-m0", Some("t0-m0")).await;
     assert_eq!(
