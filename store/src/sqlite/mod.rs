@@ -646,14 +646,14 @@ fn save_conversation(
 /// in `messages`, and reads join it back ([`parse_conversation`]). Inside the row, every
 /// message would be written twice — serialized again, and making the row grow with the
 /// body: a 10,000-character message made it spill onto overflow pages, rewritten with
-/// every message.
+/// every message. Returns the row's JSON.
 fn write_conversation_row(
     conn: &Connection,
     c: &mut Conversation,
     last_seq: u64,
     last_created_ms: i64,
     updated_ms: i64,
-) -> Result<()> {
+) -> Result<String> {
     let last_message = c.last_message.take();
     let json = to_json(&*c);
     c.last_message = last_message;
@@ -665,7 +665,7 @@ fn write_conversation_row(
     .map_err(db_err)?
     .execute(params![c.id, c.tenant_id, c.status.as_str(), updated_ms, last_seq as i64, last_created_ms, json])
     .map_err(db_err)?;
-    Ok(())
+    Ok(json)
 }
 
 /// The commit of one message (inside the writer's transaction): idempotency, the message,
@@ -1033,8 +1033,9 @@ impl Store for SqliteStore {
             .map_err(db_err)?
             .execute(params![new.tenant, new.token_hash, conv.visitor_id, conv.id])
             .map_err(db_err)?;
-            write_conversation_row(c, &mut conv, 0, 0, now)?;
-            append_event_tx(c, tx, &new.tenant, "conversation:new", to_json(&conv), now)?;
+            // No last message yet: the row's JSON is the whole conversation.
+            let json = write_conversation_row(c, &mut conv, 0, 0, now)?;
+            append_event_tx(c, tx, &new.tenant, "conversation:new", json, now)?;
             Ok(conv)
         })
         .await
