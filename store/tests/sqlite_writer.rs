@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use confab_protocol::model::{Author, AuthorKind, Contact, Direction, Handler};
 use confab_store::{
-    AttachmentRecord, Cursor, NewConversation, NewMessage, Retention, Store, StoreError,
+    Appended, AttachmentRecord, Cursor, NewConversation, NewMessage, Retention, Store, StoreError,
 };
 use serde_json::json;
 
@@ -184,6 +184,39 @@ fn visitor_message(tenant: &str, conversation: &str, body: &str, id: &str) -> Ne
     }
 }
 
+/// Appends a visitor message that must be stored (a new one or a duplicate).
+async fn append(
+    store: &dyn Store,
+    tenant: &str,
+    conversation: &str,
+    body: &str,
+    id: &str,
+) -> Appended {
+    store
+        .append_message(visitor_message(tenant, conversation, body, id))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Opens the store at `url` and starts a conversation of tenant `t1` with `messages`
+/// (body, `clientMessageId`).
+async fn open_with_conversation(
+    url: &str,
+    messages: &[(&str, &str)],
+) -> (confab_store::Backend, String) {
+    let backend = confab_store::open(url, Retention::default()).await.unwrap();
+    let conv = backend
+        .store
+        .start_conversation(human_conversation("t1"))
+        .await
+        .unwrap();
+    for (body, id) in messages {
+        append(&*backend.store, "t1", &conv.id, body, id).await;
+    }
+    (backend, conv.id)
+}
+
 fn upload(tenant: &str, conversation: &str, n: u32) -> AttachmentRecord {
     AttachmentRecord {
         id: format!("att_{n:032x}"),
@@ -214,11 +247,7 @@ async fn a_rolled_back_append_leaves_no_trace_in_the_cached_conversation() {
             .start_conversation(human_conversation("t1"))
             .await
             .unwrap();
-        let first = store
-            .append_message(visitor_message("t1", &conv.id, "one", "c1"))
-            .await
-            .unwrap()
-            .unwrap();
+        let first = append(&*store, "t1", &conv.id, "one", "c1").await;
         assert_eq!(first.message.id, confab_store::message_id(&conv.id, 1));
 
         let good = upload("t1", &conv.id, 1);
@@ -232,18 +261,10 @@ async fn a_rolled_back_append_leaves_no_trace_in_the_cached_conversation() {
         let unclaimed = store.attachment("t1", &good.id).await.unwrap().unwrap();
         assert_eq!(unclaimed.message_id, None, "the claim was rolled back");
 
-        let second = store
-            .append_message(visitor_message("t1", &conv.id, "two", "c3"))
-            .await
-            .unwrap()
-            .unwrap();
+        let second = append(&*store, "t1", &conv.id, "two", "c3").await;
         assert!(!second.duplicate);
         assert_eq!(second.message.id, confab_store::message_id(&conv.id, 2));
-        let again = store
-            .append_message(visitor_message("t1", &conv.id, "two", "c3"))
-            .await
-            .unwrap()
-            .unwrap();
+        let again = append(&*store, "t1", &conv.id, "two", "c3").await;
         assert!(again.duplicate, "the idempotency key is found by its index");
         assert_eq!(again.message.id, second.message.id);
 
@@ -289,23 +310,14 @@ async fn a_rolled_back_append_leaves_no_trace_in_the_cached_conversation() {
         };
         check(store.clone()).await;
         // The next write reads the conversation from the cache, then from the database.
-        let third = store
-            .append_message(visitor_message("t1", &conv.id, "three", "c4"))
-            .await
-            .unwrap()
-            .unwrap();
+        let third = append(&*store, "t1", &conv.id, "three", "c4").await;
         assert_eq!(third.message.id, confab_store::message_id(&conv.id, 3));
         if url == "memory" {
             continue;
         }
         drop((store, backend));
         let backend = confab_store::open(url, Retention::default()).await.unwrap();
-        let fourth = backend
-            .store
-            .append_message(visitor_message("t1", &conv.id, "four", "c5"))
-            .await
-            .unwrap()
-            .unwrap();
+        let fourth = append(&*backend.store, "t1", &conv.id, "four", "c5").await;
         assert_eq!(fourth.message.id, confab_store::message_id(&conv.id, 4));
         let c = backend
             .store
@@ -338,22 +350,8 @@ async fn a_version_1_database_is_migrated_with_its_messages() {
     let path = dir.path().join("db.sqlite");
     let url = format!("sqlite:{}", path.display());
     let conversation = {
-        let backend = confab_store::open(&url, Retention::default())
-            .await
-            .unwrap();
-        let store = backend.store.clone();
-        let conv = store
-            .start_conversation(human_conversation("t1"))
-            .await
-            .unwrap();
-        for (body, id) in [("one", "c1"), ("two", "c2"), ("three", "c3")] {
-            store
-                .append_message(visitor_message("t1", &conv.id, body, id))
-                .await
-                .unwrap()
-                .unwrap();
-        }
-        conv.id
+        let messages = [("one", "c1"), ("two", "c2"), ("three", "c3")];
+        open_with_conversation(&url, &messages).await.1
     };
     // Put the table back in its version-1 layout, as that version's schema made it.
     let db = rusqlite::Connection::open(&path).unwrap();
@@ -385,18 +383,10 @@ async fn a_version_1_database_is_migrated_with_its_messages() {
         .unwrap();
     let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, [1, 2, 3]);
-    let again = store
-        .append_message(visitor_message("t1", &conversation, "two again", "c2"))
-        .await
-        .unwrap()
-        .unwrap();
+    let again = append(&*store, "t1", &conversation, "two again", "c2").await;
     assert!(again.duplicate);
     assert_eq!(again.message.id, confab_store::message_id(&conversation, 2));
-    let fourth = store
-        .append_message(visitor_message("t1", &conversation, "four", "c4"))
-        .await
-        .unwrap()
-        .unwrap();
+    let fourth = append(&*store, "t1", &conversation, "four", "c4").await;
     assert_eq!(
         fourth.message.id,
         confab_store::message_id(&conversation, 4)
@@ -435,12 +425,7 @@ async fn a_conversation_row_keeps_its_last_message_in_messages_only() {
             .start_conversation(human_conversation("t1"))
             .await
             .unwrap();
-        backend
-            .store
-            .append_message(visitor_message("t1", &conv.id, &long, "c1"))
-            .await
-            .unwrap()
-            .unwrap();
+        append(&*backend.store, "t1", &conv.id, &long, "c1").await;
         let read = backend.store.conversation("t1", &conv.id).await.unwrap();
         assert_eq!(read.unwrap().last_message.unwrap().body, long);
         conv.id
@@ -481,11 +466,7 @@ async fn a_conversation_row_keeps_its_last_message_in_messages_only() {
     let read = store.conversation("t1", &conversation).await.unwrap();
     assert_eq!(read.unwrap().last_message.unwrap().body, long);
     // The writer reads the row (its cache starts empty), and saves it without.
-    let second = store
-        .append_message(visitor_message("t1", &conversation, "two", "c2"))
-        .await
-        .unwrap()
-        .unwrap();
+    let second = append(&*store, "t1", &conversation, "two", "c2").await;
     assert_eq!(
         second.message.id,
         confab_store::message_id(&conversation, 2)
@@ -507,22 +488,11 @@ async fn message_events_name_their_message_and_a_version_2_log_is_migrated() {
     let path = dir.path().join("db.sqlite");
     let url = format!("sqlite:{}", path.display());
     let (conversation, before) = {
-        let backend = confab_store::open(&url, Retention::default())
-            .await
-            .unwrap();
-        let store = backend.store.clone();
-        let conv = store
-            .start_conversation(human_conversation("t1"))
-            .await
-            .unwrap();
-        for (body, id) in [("one", "c1"), ("two", "c2")] {
-            store
-                .append_message(visitor_message("t1", &conv.id, body, id))
-                .await
-                .unwrap()
-                .unwrap();
-        }
-        (conv.id, store.events("t1", 0, 100).await.unwrap().events)
+        let (backend, conv) = open_with_conversation(&url, &[("one", "c1"), ("two", "c2")]).await;
+        (
+            conv,
+            backend.store.events("t1", 0, 100).await.unwrap().events,
+        )
     };
     let kinds: Vec<&str> = before.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["conversation:new", "message:new", "message:new"]);
@@ -566,11 +536,7 @@ async fn message_events_name_their_message_and_a_version_2_log_is_migrated() {
     for (a, b) in before.iter().zip(&same) {
         assert_eq!((a.offset, &a.kind, &a.data), (b.offset, &b.kind, &b.data));
     }
-    store
-        .append_message(visitor_message("t1", &conversation, "three", "c3"))
-        .await
-        .unwrap()
-        .unwrap();
+    append(&*store, "t1", &conversation, "three", "c3").await;
     let page = store.events("t1", 3, 100).await.unwrap();
     let three: serde_json::Value = serde_json::from_str(&page.events[0].data).unwrap();
     assert_eq!(three["body"], "three");
