@@ -462,7 +462,8 @@ impl Hub {
                 continue;
             }
             let next = r.next.load(Ordering::SeqCst);
-            // Frames it has yet to read, this one included.
+            // Frames it has yet to read, this one included — or 0: a reader on another
+            // worker thread may have taken this frame already, since it was pushed.
             let behind = head.saturating_sub(next);
             if behind > r.capacity && class != Class::Ephemeral {
                 self.kicks.fetch_add(1, Ordering::Relaxed);
@@ -473,7 +474,7 @@ impl Hub {
                 self.dropped_ephemeral.fetch_add(1, Ordering::Relaxed);
             } else {
                 delivered += 1;
-                self.queue_depth.observe(behind - 1);
+                self.queue_depth.observe(behind.saturating_sub(1));
             }
             keep_from = keep_from.min(next);
             r.waker.wake();
