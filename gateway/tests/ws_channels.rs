@@ -158,6 +158,14 @@ async fn typing_close_reopen_and_ping() {
         .await;
     let u = tab.next_of(&["conversation:updated"]).await;
     assert_eq!(u["data"]["status"], "open");
+    // It was the conversation's first message: the automatic reply follows (stored after
+    // the answer), and must be in before the history is counted below.
+    loop {
+        let m = tab.next_of(&["message:new"]).await;
+        if m["data"]["author"]["kind"] != "visitor" {
+            break;
+        }
+    }
 
     for ws in [&mut tab, &mut agent] {
         ws.send_json(&json!({"type": "ping"})).await;
