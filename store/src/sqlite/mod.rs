@@ -133,7 +133,7 @@ DROP INDEX IF EXISTS messages_by_time;
 CREATE TABLE IF NOT EXISTS tenant_logs (
     tenant TEXT PRIMARY KEY, last_offset INTEGER NOT NULL, pruned_through INTEGER NOT NULL) WITHOUT ROWID;
 -- A `message:new` event names its message (conversation_id, seq) and leaves `data` empty:
--- its data is that message's JSON, stored once, in `messages` (see `append_message_event_tx`).
+-- its data is that message's JSON, stored once, in `messages` (see `log_event`).
 CREATE TABLE IF NOT EXISTS tenant_events (
     tenant TEXT NOT NULL, offset INTEGER NOT NULL, created_ms INTEGER NOT NULL, kind TEXT NOT NULL,
     data TEXT NOT NULL, conversation_id TEXT, seq INTEGER, PRIMARY KEY (tenant, offset)) WITHOUT ROWID;
@@ -741,13 +741,14 @@ fn append_tx(c: &Connection, tx: &mut Tx, now: i64, new: &NewMessage) -> Result<
         seq,
         json: json.clone(),
     });
-    append_message_event_tx(
+    let named = Some((new.conversation_id.as_str(), seq));
+    log_event(
         c,
         tx,
         &new.tenant,
-        &new.conversation_id,
-        seq,
+        "message:new",
         json.to_string(),
+        named,
         now,
     )?;
     let changed = record_message(&mut conv, &message, new.handler);
@@ -788,23 +789,10 @@ fn append_event_tx(
     log_event(conn, tx, tenant, kind, data, None, now)
 }
 
-/// Appends `message:new` for message `seq` of `conversation_id`, whose JSON is `json`: the
-/// log row only names the message (reads join its JSON back: see `events`), so that each
-/// message is stored once — a 10,000-character one was written twice.
-fn append_message_event_tx(
-    conn: &Connection,
-    tx: &mut Tx,
-    tenant: &str,
-    conversation_id: &str,
-    seq: u64,
-    json: String,
-    now: i64,
-) -> Result<TenantEvent> {
-    let message = Some((conversation_id, seq));
-    log_event(conn, tx, tenant, "message:new", json, message, now)
-}
-
-/// Appends an event to the tenant's log; with `message`, its row leaves `data` out.
+/// Appends an event to the tenant's log. With `message` (conversation id, seq), `data` is
+/// that message's JSON and the row only names the message: reads join its JSON back (see
+/// `events`), so that each message is stored once — a 10,000-character one was written
+/// twice.
 fn log_event(
     conn: &Connection,
     tx: &mut Tx,
@@ -858,15 +846,20 @@ fn conversation_updated(
     now: i64,
 ) -> Result<()> {
     let json = to_json(&c);
-    let (tenant, id) = (c.tenant_id.clone(), c.id.clone());
-    save_conversation(conn, tx, c, seq, created, now)?;
-    append_event_tx(conn, tx, &tenant, "conversation:updated", json.clone(), now)?;
+    append_event_tx(
+        conn,
+        tx,
+        &c.tenant_id,
+        "conversation:updated",
+        json.clone(),
+        now,
+    )?;
     tx.publish(Published::ConversationUpdated {
-        tenant: tenant.into(),
-        conversation_id: id.into(),
+        tenant: c.tenant_id.as_str().into(),
+        conversation_id: c.id.as_str().into(),
         json: json.into(),
     });
-    Ok(())
+    save_conversation(conn, tx, c, seq, created, now)
 }
 
 /// Marks each attachment of `new` as sent by message `seq` — only if it is an unsent

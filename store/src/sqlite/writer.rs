@@ -517,8 +517,9 @@ fn sync_loop(
         let durable = if ready.iter().any(|b| b.committed) {
             let t0 = std::time::Instant::now();
             let r = wal.sync_data();
-            tracing::trace!(took = ?t0.elapsed(), batches = ready.len(), "sqlite: WAL fsync");
-            fsync_took = Some(t0.elapsed());
+            let took = t0.elapsed();
+            tracing::trace!(?took, batches = ready.len(), "sqlite: WAL fsync");
+            fsync_took = Some(took);
             match r {
                 Ok(()) => true,
                 Err(e) => {
