@@ -16,6 +16,13 @@
 //!   the view directly (a team reconnecting together would otherwise cost a read per
 //!   agent, O(n²)); a status change reads the set at once; agents leaving are read
 //!   together, [`SETTLE`] after the first leaves.
+//! - **Changes announced together.** A change does not go to the tenant's agents on its
+//!   own: it waits in the tenant's announcement (the latest status per agent), and
+//!   [`announce`] sends what is waiting at most every [`ANNOUNCE_EVERY`] (the first change
+//!   after a quiet spell at once). A team connecting together makes O(n²) `presence`
+//!   frames; sent one by one, each went to every socket in a write of its own once the
+//!   sockets kept up, and a 5,000-agent ramp could take 2.5 times as long, most of it in
+//!   the kernel. Sent together, each socket writes a whole announcement at once.
 //! - **Availability.** `isAvailable` is the schedule (mode, hours) and, with
 //!   `require_agent`, an online agent; `GET /v1/config` reads the same view (its cached
 //!   part is dropped when availability flips).
@@ -41,6 +48,9 @@ pub const ENTRY_TTL_MS: i64 = 20_000;
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// After an agent leaves, how long the refresher waits for more to leave before reading.
 pub const SETTLE: Duration = Duration::from_millis(50);
+/// Least time between two announcements of presence changes (see the module's doc): how
+/// late a change can reach the other agents while their team is busy changing.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(50);
 
 /// The node's presence state. One per node, in [`AppState`].
 #[derive(Default)]
@@ -51,6 +61,27 @@ pub struct Presence {
     views: DashMap<String, View>,
     /// Wakes the refresher after a local change.
     changed: Notify,
+    /// Changes not yet announced: tenant → agent id → its latest presence.
+    unannounced: parking_lot::Mutex<BTreeMap<String, BTreeMap<String, AgentPresence>>>,
+    /// Wakes [`announce`] when a change starts waiting.
+    to_announce: Notify,
+}
+
+impl Presence {
+    /// Queues a change for the tenant's agents on this node (see [`announce`]); a later
+    /// change of the same agent replaces it.
+    fn tell_agents(&self, tenant: &str, presence: AgentPresence) {
+        let mut waiting = self.unannounced.lock();
+        let first = waiting.is_empty();
+        waiting
+            .entry(tenant.to_owned())
+            .or_default()
+            .insert(presence.agent_id.clone(), presence);
+        drop(waiting);
+        if first {
+            self.to_announce.notify_one();
+        }
+    }
 }
 
 struct Local {
@@ -201,8 +232,47 @@ async fn beat(state: &AppState, tenant: &str, entries: &[PresenceEntry]) {
     }
 }
 
-/// Renews this node's agents, then refreshes the tenants it cares about; until shutdown.
+/// Announces presence changes and keeps the views fresh (see [`refresh_loop`]); until
+/// shutdown.
 pub async fn run(state: AppState) {
+    tokio::join!(announce(state.clone()), refresh_loop(state));
+}
+
+/// Sends the changes waiting for each tenant's agents on this node as one burst of
+/// `presence` frames: nothing yields in between, so each socket's writer finds them all
+/// queued and writes them at once. Then waits [`ANNOUNCE_EVERY`] before the next burst,
+/// while changes gather.
+async fn announce(state: AppState) {
+    loop {
+        tokio::select! {
+            _ = state.presence.to_announce.notified() => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        announce_now(&state);
+        tokio::select! {
+            _ = tokio::time::sleep(ANNOUNCE_EVERY) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Sends every waiting change to the tenant's agents on this node.
+fn announce_now(state: &AppState) {
+    let waiting = std::mem::take(&mut *state.presence.unannounced.lock());
+    for (tenant, changes) in waiting {
+        let channel = Channel::Tenant {
+            tenant: tenant.into(),
+        };
+        for presence in changes.values() {
+            state
+                .hub
+                .local_ephemeral(&channel, &frames::presence(presence));
+        }
+    }
+}
+
+/// Renews this node's agents, then refreshes the tenants it cares about; until shutdown.
+async fn refresh_loop(state: AppState) {
     let mut next_beat = tokio::time::Instant::now() + BEAT_EVERY;
     loop {
         tokio::select! {
@@ -269,12 +339,7 @@ fn joined_view(state: &AppState, tenant: &Tenant, entry: &PresenceEntry) -> bool
         },
     };
     if before != Some(&now) {
-        let tenant_channel = Channel::Tenant {
-            tenant: id.as_str().into(),
-        };
-        state
-            .hub
-            .local_ephemeral(&tenant_channel, &frames::presence(&now));
+        state.presence.tell_agents(id, now.clone());
         view.agents.insert(entry.agent_id.clone(), now);
     }
     let online = view
@@ -316,9 +381,6 @@ async fn refresh(state: &AppState, tenant: &Tenant) {
             a.name = e.name;
         }
     }
-    let tenant_channel = Channel::Tenant {
-        tenant: id.as_str().into(),
-    };
     let mut view = state.presence.views.entry(id.clone()).or_default();
     // An agent with a socket on this node is there, whatever a read says that started
     // before its entry was written (its join was folded into the view meanwhile, see
@@ -336,9 +398,7 @@ async fn refresh(state: &AppState, tenant: &Tenant) {
     }
     for (agent, a) in &now {
         if view.agents.get(agent) != Some(a) {
-            state
-                .hub
-                .local_ephemeral(&tenant_channel, &frames::presence(a));
+            state.presence.tell_agents(id, a.clone());
         }
     }
     for (agent, a) in &view.agents {
@@ -347,9 +407,7 @@ async fn refresh(state: &AppState, tenant: &Tenant) {
                 status: PresenceStatus::Offline,
                 ..a.clone()
             };
-            state
-                .hub
-                .local_ephemeral(&tenant_channel, &frames::presence(&gone));
+            state.presence.tell_agents(id, gone);
         }
     }
     let online = now.values().any(|a| a.status == PresenceStatus::Online);
@@ -390,8 +448,13 @@ mod tests {
     use super::*;
     use crate::state::Clock;
 
-    /// The next `presence` frame's data on `sub`, if one is waiting.
-    fn next_presence(sub: &crate::hub::Subscription) -> Option<serde_json::Value> {
+    /// The next `presence` frame's data on `sub`, if one is waiting, once the waiting
+    /// changes are announced.
+    fn next_presence(
+        state: &AppState,
+        sub: &crate::hub::Subscription,
+    ) -> Option<serde_json::Value> {
+        announce_now(state);
         let out = sub.try_recv()?;
         let v: serde_json::Value = serde_json::from_str(out.frame.as_text()).unwrap();
         assert_eq!(v["type"], "presence", "{v}");
@@ -406,6 +469,7 @@ mod tests {
         let state = AppState::for_tests(Clock::system()).await;
         let tenant = state.tenants.by_id("demo").unwrap().clone();
         let (_ann, _, _) = join(&state, &tenant, "ann", Some("Ann"), 10).await;
+        announce_now(&state);
         let sub = state.hub.subscribe(
             &state.broker,
             Channel::Tenant {
@@ -417,7 +481,7 @@ mod tests {
         let (bob, agents_then, total) = join(&state, &tenant, "bob", Some("Bob"), 10).await;
         assert_eq!((agents_then.len(), total), (2, 2));
         assert_eq!(agents_then[0].agent_id, "bob", "the joining agent first");
-        let joined = next_presence(&sub).expect("bob announced");
+        let joined = next_presence(&state, &sub).expect("bob announced");
         assert_eq!(joined["agentId"], "bob");
         assert_eq!(joined["status"], "online");
 
@@ -428,15 +492,55 @@ mod tests {
             .await
             .unwrap();
         refresh(&state, &tenant).await;
-        assert_eq!(next_presence(&sub), None, "nothing changed for the agents");
+        assert_eq!(
+            next_presence(&state, &sub),
+            None,
+            "nothing changed for the agents"
+        );
         let (listed, _) = agents(&state, "demo", "bob", 1);
         assert!(listed[0].agent_id == "bob" && listed[0].status == PresenceStatus::Online);
 
         // Once his socket is gone, the same read takes him offline.
         drop(bob);
         refresh(&state, &tenant).await;
-        let left = next_presence(&sub).expect("bob gone");
+        let left = next_presence(&state, &sub).expect("bob gone");
         assert_eq!(left["agentId"], "bob");
         assert_eq!(left["status"], "offline");
+    }
+
+    /// Changes wait for the next announcement, which names each agent once, with its
+    /// latest status.
+    #[tokio::test]
+    async fn an_announcement_carries_each_agents_latest_status_once() {
+        let state = AppState::for_tests(Clock::system()).await;
+        let tenant = state.tenants.by_id("demo").unwrap().clone();
+        let sub = state.hub.subscribe(
+            &state.broker,
+            Channel::Tenant {
+                tenant: "demo".into(),
+            },
+            100,
+            false,
+        );
+        let (_ann, _, _) = join(&state, &tenant, "ann", Some("Ann"), 10).await;
+        let (_bob, _, _) = join(&state, &tenant, "bob", Some("Bob"), 10).await;
+        set_status(&state, &tenant, "ann", true).await;
+        assert!(sub.try_recv().is_none(), "nothing before the announcement");
+
+        let ann = next_presence(&state, &sub).expect("ann announced");
+        assert_eq!(
+            (ann["agentId"].as_str(), ann["status"].as_str()),
+            (Some("ann"), Some("away"))
+        );
+        let bob = next_presence(&state, &sub).expect("bob announced");
+        assert_eq!(
+            (bob["agentId"].as_str(), bob["status"].as_str()),
+            (Some("bob"), Some("online"))
+        );
+        assert_eq!(
+            next_presence(&state, &sub),
+            None,
+            "ann's earlier status is not announced"
+        );
     }
 }
