@@ -412,8 +412,13 @@ impl Hub {
     /// Hands an ephemeral frame to this node's subscribers of `channel` (typing arriving
     /// from the broker; presence and availability, which every node computes itself).
     pub fn local_ephemeral(&self, channel: &Channel, frame: &str) {
+        self.local_ephemeral_frame(channel, WireFrame::text(frame));
+    }
+
+    /// [`local_ephemeral`](Self::local_ephemeral) with a frame encoded already.
+    pub fn local_ephemeral_frame(&self, channel: &Channel, frame: WireFrame) {
         self.deliver(channel, || Outbound {
-            frame: WireFrame::text(frame),
+            frame,
             seq: None,
             class: Class::Ephemeral,
         });

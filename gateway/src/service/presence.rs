@@ -39,6 +39,7 @@ use tokio::sync::Notify;
 
 use crate::settings::Tenant;
 use crate::state::AppState;
+use crate::ws::WireFrame;
 
 /// How often a node renews its agents' entries.
 pub const BEAT_EVERY: Duration = Duration::from_secs(5);
@@ -62,7 +63,7 @@ pub struct Presence {
     /// Wakes the refresher after a local change.
     changed: Notify,
     /// Changes not yet announced: tenant → agent id → its latest presence.
-    unannounced: parking_lot::Mutex<BTreeMap<String, BTreeMap<String, AgentPresence>>>,
+    unannounced: parking_lot::Mutex<BTreeMap<String, BTreeMap<String, Known>>>,
     /// Wakes [`announce`] when a change starts waiting.
     to_announce: Notify,
 }
@@ -70,13 +71,13 @@ pub struct Presence {
 impl Presence {
     /// Queues a change for the tenant's agents on this node (see [`announce`]); a later
     /// change of the same agent replaces it.
-    fn tell_agents(&self, tenant: &str, presence: AgentPresence) {
+    fn tell_agents(&self, tenant: &str, change: Known) {
         let mut waiting = self.unannounced.lock();
         let first = waiting.is_empty();
         waiting
             .entry(tenant.to_owned())
             .or_default()
-            .insert(presence.agent_id.clone(), presence);
+            .insert(change.presence.agent_id.clone(), change);
         drop(waiting);
         if first {
             self.to_announce.notify_one();
@@ -92,9 +93,35 @@ struct Local {
 
 #[derive(Default)]
 struct View {
-    agents: BTreeMap<String, AgentPresence>,
+    agents: BTreeMap<String, Known>,
     /// The availability last announced to visitors (`None`: never read).
     available: Option<bool>,
+}
+
+/// An agent as a view has it, with its `presence` frame encoded once: every agent socket
+/// that opens is sent up to [`join`]'s `more` of them, and a team reconnecting together
+/// would otherwise encode O(agents²) frames.
+#[derive(Clone)]
+struct Known {
+    presence: AgentPresence,
+    frame: WireFrame,
+}
+
+impl From<AgentPresence> for Known {
+    fn from(presence: AgentPresence) -> Known {
+        let frame = WireFrame::text(&frames::presence(&presence));
+        Known { presence, frame }
+    }
+}
+
+/// A tenant's team for a joining agent's `ready` (see [`join`]).
+pub struct Team {
+    /// Listed in `ready`: the joining agent first.
+    pub listed: Vec<AgentPresence>,
+    /// `presence` frames of the agents `listed` leaves out, to follow `ready`.
+    pub more: Vec<WireFrame>,
+    /// How many agents the tenant has online or away.
+    pub total: usize,
 }
 
 /// Held by an agent's socket; dropping it takes the socket out of the agent's count.
@@ -133,15 +160,16 @@ impl Drop for Seat {
 }
 
 /// An agent socket opened: counts it, announces the agent (online, or away if it already
-/// was on this node), and returns the tenant's current agents for `ready` (see [`agents`]:
-/// at most `limit`, this one first) and how many there are.
+/// was on this node), and returns the tenant's current team for `ready` (see [`team`]:
+/// at most `listed` agents, this one first, and `more` frames).
 pub async fn join(
     state: &AppState,
     tenant: &Tenant,
     agent_id: &str,
     name: Option<&str>,
-    limit: usize,
-) -> (Seat, Vec<AgentPresence>, usize) {
+    listed: usize,
+    more: usize,
+) -> (Seat, Team) {
     let key = (tenant.cfg.id.clone(), agent_id.to_owned());
     let entry = {
         let mut l = state.presence.local.entry(key.clone()).or_insert(Local {
@@ -163,8 +191,7 @@ pub async fn join(
         state: state.clone(),
         key,
     };
-    let (listed, total) = agents(state, &tenant.cfg.id, agent_id, limit);
-    (seat, listed, total)
+    (seat, team(state, &tenant.cfg.id, agent_id, listed, more))
 }
 
 /// The agent set itself online or away (`offline` is not a choice: closing is).
@@ -182,22 +209,32 @@ pub async fn set_status(state: &AppState, tenant: &Tenant, agent_id: &str, away:
 }
 
 /// The tenant's agents as this node last saw them (online and away): `first` (if there)
-/// and then others, at most `limit` in all; and how many there are. Bounded because every
-/// agent socket that opens asks, and a team reconnecting at once (a node restart) would
-/// otherwise copy the whole team once per agent.
-pub fn agents(
-    state: &AppState,
-    tenant: &str,
-    first: &str,
-    limit: usize,
-) -> (Vec<AgentPresence>, usize) {
+/// and then others, at most `listed` of them listed and the next `more` as frames. Bounded
+/// because every agent socket that opens asks, and a team reconnecting at once (a node
+/// restart) would otherwise copy the whole team once per agent.
+fn team(state: &AppState, tenant: &str, first: &str, listed: usize, more: usize) -> Team {
     let Some(view) = state.presence.views.get(tenant) else {
-        return (Vec::new(), 0);
+        return Team {
+            listed: Vec::new(),
+            more: Vec::new(),
+            total: 0,
+        };
     };
     let me = view.agents.get(first);
-    let others = view.agents.values().filter(|a| a.agent_id != first);
-    let listed = me.into_iter().chain(others).take(limit).cloned().collect();
-    (listed, view.agents.len())
+    let others = view
+        .agents
+        .values()
+        .filter(|a| a.presence.agent_id != first);
+    let mut agents = me.into_iter().chain(others);
+    Team {
+        listed: agents
+            .by_ref()
+            .take(listed)
+            .map(|a| a.presence.clone())
+            .collect(),
+        more: agents.take(more).map(|a| a.frame.clone()).collect(),
+        total: view.agents.len(),
+    }
 }
 
 /// Whether the tenant's chat is available now: its schedule and, with `require_agent`, an
@@ -212,7 +249,7 @@ fn agent_online(state: &AppState, tenant: &str) -> bool {
     state.presence.views.get(tenant).is_some_and(|v| {
         v.agents
             .values()
-            .any(|a| a.status == PresenceStatus::Online)
+            .any(|a| a.presence.status == PresenceStatus::Online)
     })
 }
 
@@ -263,10 +300,8 @@ fn announce_now(state: &AppState) {
         let channel = Channel::Tenant {
             tenant: tenant.into(),
         };
-        for presence in changes.values() {
-            state
-                .hub
-                .local_ephemeral(&channel, &frames::presence(presence));
+        for change in changes.into_values() {
+            state.hub.local_ephemeral_frame(&channel, change.frame);
         }
     }
 }
@@ -325,7 +360,7 @@ fn joined_view(state: &AppState, tenant: &Tenant, entry: &PresenceEntry) -> bool
     let Some(mut view) = state.presence.views.get_mut(id) else {
         return false;
     };
-    let before = view.agents.get(&entry.agent_id);
+    let before = view.agents.get(&entry.agent_id).map(|a| &a.presence);
     let now = AgentPresence {
         agent_id: entry.agent_id.clone(),
         name: before
@@ -339,13 +374,14 @@ fn joined_view(state: &AppState, tenant: &Tenant, entry: &PresenceEntry) -> bool
         },
     };
     if before != Some(&now) {
+        let now = Known::from(now);
         state.presence.tell_agents(id, now.clone());
         view.agents.insert(entry.agent_id.clone(), now);
     }
     let online = view
         .agents
         .values()
-        .any(|a| a.status == PresenceStatus::Online);
+        .any(|a| a.presence.status == PresenceStatus::Online);
     settle_availability(state, tenant, view, online);
     true
 }
@@ -393,25 +429,33 @@ async fn refresh(state: &AppState, tenant: &Tenant) {
                 .local
                 .contains_key(&(id.clone(), agent.clone()))
         {
-            now.insert(agent.clone(), a.clone());
+            now.insert(agent.clone(), a.presence.clone());
         }
     }
-    for (agent, a) in &now {
-        if view.agents.get(agent) != Some(a) {
-            state.presence.tell_agents(id, a.clone());
-        }
+    // Unchanged agents keep their encoded frame; what is left of `before` has gone.
+    let mut before = std::mem::take(&mut view.agents);
+    for (agent, a) in now {
+        let known = match before.remove(&agent) {
+            Some(k) if k.presence == a => k,
+            _ => {
+                let changed = Known::from(a);
+                state.presence.tell_agents(id, changed.clone());
+                changed
+            }
+        };
+        view.agents.insert(agent, known);
     }
-    for (agent, a) in &view.agents {
-        if !now.contains_key(agent) {
-            let gone = AgentPresence {
-                status: PresenceStatus::Offline,
-                ..a.clone()
-            };
-            state.presence.tell_agents(id, gone);
-        }
+    for gone in before.into_values() {
+        let offline = AgentPresence {
+            status: PresenceStatus::Offline,
+            ..gone.presence
+        };
+        state.presence.tell_agents(id, offline.into());
     }
-    let online = now.values().any(|a| a.status == PresenceStatus::Online);
-    view.agents = now;
+    let online = view
+        .agents
+        .values()
+        .any(|a| a.presence.status == PresenceStatus::Online);
     settle_availability(state, tenant, view, online);
 }
 
@@ -468,7 +512,7 @@ mod tests {
     async fn a_read_that_missed_a_connected_agent_does_not_take_it_offline() {
         let state = AppState::for_tests(Clock::system()).await;
         let tenant = state.tenants.by_id("demo").unwrap().clone();
-        let (_ann, _, _) = join(&state, &tenant, "ann", Some("Ann"), 10).await;
+        let (_ann, _) = join(&state, &tenant, "ann", Some("Ann"), 10, 0).await;
         announce_now(&state);
         let sub = state.hub.subscribe(
             &state.broker,
@@ -478,9 +522,10 @@ mod tests {
             100,
             false,
         );
-        let (bob, agents_then, total) = join(&state, &tenant, "bob", Some("Bob"), 10).await;
-        assert_eq!((agents_then.len(), total), (2, 2));
-        assert_eq!(agents_then[0].agent_id, "bob", "the joining agent first");
+        let (bob, then) = join(&state, &tenant, "bob", Some("Bob"), 1, 10).await;
+        assert_eq!((then.listed.len(), then.more.len(), then.total), (1, 1, 2));
+        assert_eq!(then.listed[0].agent_id, "bob", "the joining agent first");
+        assert!(then.more[0].as_text().contains(r#""agentId":"ann""#));
         let joined = next_presence(&state, &sub).expect("bob announced");
         assert_eq!(joined["agentId"], "bob");
         assert_eq!(joined["status"], "online");
@@ -497,7 +542,7 @@ mod tests {
             None,
             "nothing changed for the agents"
         );
-        let (listed, _) = agents(&state, "demo", "bob", 1);
+        let listed = team(&state, "demo", "bob", 1, 0).listed;
         assert!(listed[0].agent_id == "bob" && listed[0].status == PresenceStatus::Online);
 
         // Once his socket is gone, the same read takes him offline.
@@ -522,8 +567,8 @@ mod tests {
             100,
             false,
         );
-        let (_ann, _, _) = join(&state, &tenant, "ann", Some("Ann"), 10).await;
-        let (_bob, _, _) = join(&state, &tenant, "bob", Some("Bob"), 10).await;
+        let (_ann, _) = join(&state, &tenant, "ann", Some("Ann"), 10, 0).await;
+        let (_bob, _) = join(&state, &tenant, "bob", Some("Bob"), 10, 0).await;
         set_status(&state, &tenant, "ann", true).await;
         assert!(sub.try_recv().is_none(), "nothing before the announcement");
 

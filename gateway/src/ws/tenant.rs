@@ -233,26 +233,26 @@ async fn setup(state: AppState, mut conn: Conn, upgrade: Upgrade) -> Option<Serv
             Err(_) => return closed(conn, Disconnect::StoreUnavailable).await,
         };
     // This agent first: `ready` always lists it.
-    let (seat, mut agents_online, total) = crate::service::presence::join(
+    let (seat, team) = crate::service::presence::join(
         &state,
         &tenant,
         &claims.sub,
         claims.name.as_deref(),
-        READY_AGENTS + MORE_PRESENCE,
+        READY_AGENTS,
+        MORE_PRESENCE,
     )
     .await;
-    let more = agents_online.split_off(agents_online.len().min(READY_AGENTS));
     let ready = frames::ready_tenant(
         &tenant.cfg.id,
         &claims.sub,
         claims.name.as_deref(),
         recovered,
-        &agents_online,
-        total,
+        &team.listed,
+        team.total,
     );
     // Queued now, written after `ready` and the replay.
-    for agent in &more {
-        sub.reply(frames::presence(agent));
+    for frame in team.more {
+        sub.reply(frame);
     }
     // JWT `exp` is in seconds.
     let expires_ms = claims.exp.saturating_mul(1000);
