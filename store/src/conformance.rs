@@ -108,6 +108,7 @@ pub async fn run_all(factory: Factory) {
     tenants_are_isolated(&factory).await;
     status_changes_and_reopen(&factory).await;
     custom_and_qualified_events(&factory).await;
+    event_kinds_count_a_window_of_the_log(&factory).await;
     conversation_list(&factory).await;
     retention_and_recovery(&factory).await;
     publications_reach_the_sink_in_order(&factory).await;
@@ -757,6 +758,61 @@ async fn custom_and_qualified_events(f: &Factory) {
         .await
         .unwrap()
         .is_none());
+}
+
+/// `event_kinds`: the kinds of at most `limit` events after `after`, counted, the same as
+/// reading them.
+async fn event_kinds_count_a_window_of_the_log(f: &Factory) {
+    let b = f(Retention::default()).await;
+    let t = tenant();
+    let conv = b.store.start_conversation(new_conv(&t)).await.unwrap(); // conversation:new
+    for i in 0..3 {
+        let cmid = format!("k{i}");
+        b.store
+            .append_message(visitor_msg(&t, &conv.id, "hello", Some(&cmid)))
+            .await
+            .unwrap()
+            .unwrap();
+        b.store
+            .append_event(&t, "campaign:progress", json!({"i": i}), None)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let kinds = |after, limit| {
+        let store = &b.store;
+        let t = &t;
+        async move { store.event_kinds(t, after, limit).await.unwrap() }
+    };
+    let counted = |pairs: &[(&str, u64)]| {
+        pairs
+            .iter()
+            .map(|(k, n)| (k.to_string(), *n))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let all = b.store.events(&t, 0, 100).await.unwrap().events;
+    let mut read = std::collections::BTreeMap::new();
+    for e in &all {
+        *read.entry(e.kind.clone()).or_insert(0u64) += 1;
+    }
+    assert_eq!(kinds(0, 100).await, read, "the same as reading the events");
+    assert_eq!(read["message:new"], 3);
+    assert_eq!(read["campaign:progress"], 3);
+    // A window: after the first event, at most 2.
+    let second = &all[1];
+    let third = &all[2];
+    let mut window = counted(&[(&second.kind, 1)]);
+    *window.entry(third.kind.clone()).or_insert(0) += 1;
+    assert_eq!(kinds(all[0].offset, 2).await, window);
+    assert_eq!(kinds(all.last().unwrap().offset, 100).await, counted(&[]));
+    assert_eq!(kinds(0, 0).await, counted(&[]));
+    assert_eq!(kinds(0, 100).await.values().sum::<u64>(), all.len() as u64);
+    assert!(b
+        .store
+        .event_kinds("other-tenant", 0, 100)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn conversation_list(f: &Factory) {

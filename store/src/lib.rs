@@ -634,6 +634,31 @@ pub trait Store: Send + Sync + 'static {
     /// The tenant's events after `after`, in offset order, at most `limit`.
     async fn events(&self, tenant: &str, after: u64, limit: usize) -> Result<EventsPage>;
 
+    /// How many of the tenant's first `limit` events after `after` are of each kind: what a
+    /// webhook's lag counts, without the events' data (a message's can be 10,000
+    /// characters). This default reads the events themselves.
+    async fn event_kinds(
+        &self,
+        tenant: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<std::collections::BTreeMap<String, u64>> {
+        let mut kinds = std::collections::BTreeMap::new();
+        let (mut after, mut left) = (after, limit);
+        while left > 0 {
+            let page = self.events(tenant, after, left.min(1000)).await?;
+            left -= page.events.len();
+            for e in &page.events {
+                *kinds.entry(e.kind.clone()).or_default() += 1;
+            }
+            match page.events.last() {
+                Some(e) if page.has_more => after = e.offset,
+                _ => break,
+            }
+        }
+        Ok(kinds)
+    }
+
     /// The tenant's latest offset (0 when it has none).
     async fn last_offset(&self, tenant: &str) -> Result<u64>;
 

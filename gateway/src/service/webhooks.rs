@@ -560,20 +560,15 @@ pub async fn status(state: &AppState, tenant: &Tenant) -> Result<Vec<Status>, Ap
                 ..WebhookState::default()
             },
         };
-        let (mut lag, mut after, mut scanned) = (0u64, st.offset, 0usize);
-        while scanned < LAG_SCAN_LIMIT {
-            let page = state
-                .store
-                .events(&tenant.cfg.id, after, (LAG_SCAN_LIMIT - scanned).min(1000))
-                .await
-                .map_err(crate::error::store_error)?;
-            scanned += page.events.len();
-            lag += page.events.iter().filter(|e| hook.wants(&e.kind)).count() as u64;
-            match page.events.last() {
-                Some(e) if page.has_more => after = e.offset,
-                _ => break,
-            }
-        }
+        let lag = state
+            .store
+            .event_kinds(&tenant.cfg.id, st.offset, LAG_SCAN_LIMIT)
+            .await
+            .map_err(crate::error::store_error)?
+            .into_iter()
+            .filter(|(kind, _)| hook.wants(kind))
+            .map(|(_, n)| n)
+            .sum();
         out.push(Status {
             hook: hook.clone(),
             state: st,

@@ -1468,6 +1468,37 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn event_kinds(
+        &self,
+        tenant: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<std::collections::BTreeMap<String, u64>> {
+        let tenant = tenant.to_owned();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT kind, COUNT(*) FROM (SELECT kind FROM tenant_events
+                     WHERE tenant = ?1 AND offset > ?2 ORDER BY offset LIMIT ?3) GROUP BY kind",
+                )
+                .map_err(db_err)?;
+            let kinds = stmt
+                .query_map(
+                    params![
+                        tenant,
+                        after.min(i64::MAX as u64) as i64,
+                        limit.min(i64::MAX as usize) as i64
+                    ],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)),
+                )
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(db_err)?;
+            Ok(kinds)
+        })
+        .await
+    }
+
     async fn last_offset(&self, tenant: &str) -> Result<u64> {
         let tenant = tenant.to_owned();
         self.read(move |c| {
