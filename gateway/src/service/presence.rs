@@ -505,6 +505,14 @@ mod tests {
         Some(v["data"].clone())
     }
 
+    /// A subscription to the demo tenant's channel, as an agent socket has.
+    fn demo_agents(state: &AppState) -> crate::hub::Subscription {
+        let channel = Channel::Tenant {
+            tenant: "demo".into(),
+        };
+        state.hub.subscribe(&state.broker, channel, 100, false)
+    }
+
     /// A read of the presence set that misses an agent connected here (it started before
     /// the agent's entry was written, or the entry lapsed) does not announce it offline:
     /// its join was folded into the view, and it is there while its socket is open.
@@ -514,14 +522,7 @@ mod tests {
         let tenant = state.tenants.by_id("demo").unwrap().clone();
         let (_ann, _) = join(&state, &tenant, "ann", Some("Ann"), 10, 0).await;
         announce_now(&state);
-        let sub = state.hub.subscribe(
-            &state.broker,
-            Channel::Tenant {
-                tenant: "demo".into(),
-            },
-            100,
-            false,
-        );
+        let sub = demo_agents(&state);
         let (bob, then) = join(&state, &tenant, "bob", Some("Bob"), 1, 10).await;
         assert_eq!((then.listed.len(), then.more.len(), then.total), (1, 1, 2));
         assert_eq!(then.listed[0].agent_id, "bob", "the joining agent first");
@@ -559,14 +560,7 @@ mod tests {
     async fn an_announcement_carries_each_agents_latest_status_once() {
         let state = AppState::for_tests(Clock::system()).await;
         let tenant = state.tenants.by_id("demo").unwrap().clone();
-        let sub = state.hub.subscribe(
-            &state.broker,
-            Channel::Tenant {
-                tenant: "demo".into(),
-            },
-            100,
-            false,
-        );
+        let sub = demo_agents(&state);
         let (_ann, _) = join(&state, &tenant, "ann", Some("Ann"), 10, 0).await;
         let (_bob, _) = join(&state, &tenant, "bob", Some("Bob"), 10, 0).await;
         set_status(&state, &tenant, "ann", true).await;
