@@ -1,4 +1,5 @@
-//! Agent presence over real sockets: agents see each other come, go away and leave;
+//! Agent presence over real sockets: agents see each other come, go away and leave, also
+//! when a whole team connects at once;
 //! `require_agent` makes availability follow the team, live on the visitor channel and in
 //! `GET /v1/config`; and across two nodes on a real `redis-server`, the agents of a node
 //! killed with SIGKILL drop out within 30 s.
@@ -110,6 +111,42 @@ async fn a_large_team_comes_as_a_capped_ready_then_presence_frames() {
         .chain(["zed".to_owned()])
         .collect();
     assert_eq!(seen, everyone);
+}
+
+/// A team connecting together (as after a node restart): every agent ends up knowing
+/// every other one online, from its `ready` and the announcements that follow, which
+/// gather the changes of many joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_connecting_together_sees_everyone_online() {
+    const TEAM: usize = 40;
+    let gw = Gateway::start(&config_toml("")).await;
+    let tokens: Vec<String> = (0..TEAM).map(|i| agent(&format!("t{i:02}"), "T")).collect();
+    let opened = futures_util::future::join_all(
+        tokens
+            .iter()
+            .map(|token| Ws::open(gw.addr, TENANT_WS, token, None)),
+    )
+    .await;
+    for (mut ws, ready) in opened {
+        let mut online: std::collections::BTreeSet<String> = names(&ready)
+            .into_iter()
+            .filter(|(_, status)| status == "online")
+            .map(|(id, _)| id)
+            .collect();
+        while online.len() < TEAM {
+            let p = next_data(&mut ws, "presence", Duration::from_secs(5), |v| {
+                v["type"] == "presence"
+            })
+            .await;
+            let id = p["agentId"].as_str().unwrap().to_owned();
+            if p["status"] == "online" {
+                online.insert(id);
+            } else {
+                online.remove(&id);
+            }
+        }
+    }
+    gw.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
