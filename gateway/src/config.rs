@@ -21,6 +21,9 @@ pub const DEMO_PUBLIC_KEY: &str = "pk_live_0123456789abcdef0123456789abcdef";
 
 /// Longest session or challenge lifetime (10 years), in seconds.
 pub const MAX_TTL_SECS: u64 = 10 * 366 * 24 * 3600;
+/// Longest `ws_write_delay_ms`: a held socket reads nothing meanwhile (not even a pong),
+/// so the hold stays far below the ping and idle timers.
+pub const MAX_WS_WRITE_DELAY_MS: u64 = 100;
 
 /// The whole configuration, as read from the file.
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +68,11 @@ pub struct Config {
     /// token cannot take the node's WebSocket slots. Counted per node.
     #[serde(default = "default_max_sockets_per_visitor")]
     pub max_sockets_per_visitor: usize,
+    /// A WebSocket written to less than this long ago holds its next frames until this
+    /// long after that write, and sends them together (0: every frame at once). For nodes
+    /// that fan many events out to big teams: fewer, larger writes. See `ws::Conn`.
+    #[serde(default)]
+    pub ws_write_delay_ms: u64,
     /// Where attachment bytes are stored: `file:DIR`, or `s3://BUCKET?endpoint=…&region=…`
     /// (required in Redis mode: nodes share no disk). Default: `attachments/` beside the
     /// SQLite file; in memory for `store = "memory"`. See `crate::blobs`.

@@ -11,7 +11,9 @@ use confab_protocol::validate::{is_event_type, is_public_key, MAX_MESSAGE_CHARS}
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
-use crate::config::{AssistantConfig, AssistantKind, Config, TenantConfig, MAX_TTL_SECS};
+use crate::config::{
+    AssistantConfig, AssistantKind, Config, TenantConfig, MAX_TTL_SECS, MAX_WS_WRITE_DELAY_MS,
+};
 use crate::policy::availability::Schedule;
 use crate::policy::limits::parse_cidr;
 use crate::policy::origin::{check_pattern, OriginPolicy};
@@ -184,6 +186,11 @@ fn check_globals(c: &Config) -> Result<(), String> {
     if !(1..=MAX_TTL_SECS).contains(&c.attachment_url_ttl_secs) {
         return Err(format!(
             "attachment_url_ttl_secs must be 1..={MAX_TTL_SECS}"
+        ));
+    }
+    if c.ws_write_delay_ms > MAX_WS_WRITE_DELAY_MS {
+        return Err(format!(
+            "ws_write_delay_ms must be 0..={MAX_WS_WRITE_DELAY_MS}"
         ));
     }
     if c.max_connections == 0 || c.max_connections_per_ip == 0 || c.max_sockets_per_visitor == 0 {

@@ -29,6 +29,7 @@ const KEYS: &[&str] = &[
     "max_connections",
     "max_connections_per_ip",
     "max_sockets_per_visitor",
+    "ws_write_delay_ms",
     "shutdown_grace_secs",
     "id",
     "name",
@@ -258,10 +259,14 @@ fn overflowing_settings_are_refused() {
         "session_ttl_secs = 9300000000000000",
         "max_connections = 9223372036854775807",
         "max_connections = 0",
+        "ws_write_delay_ms = 101",
+        "ws_write_delay_ms = 18446744073709551615",
     ] {
         let c = Config::from_toml(&format!("{setting}\n{VALID}")).unwrap();
         assert!(c.check().is_err(), "{setting} accepted");
     }
     let c = Config::from_toml(&format!("session_ttl_secs = 315360000\n{VALID}")).unwrap();
     assert_eq!(c.check(), Ok(()), "ten years is fine");
+    let c = Config::from_toml(&format!("ws_write_delay_ms = 100\n{VALID}")).unwrap();
+    assert_eq!(c.check(), Ok(()), "the longest write delay is fine");
 }

@@ -368,6 +368,45 @@ async fn tenant_resume_mid_stream_loses_nothing() {
     gw.shutdown().await;
 }
 
+/// `ws_write_delay_ms`: sockets hold frames that come in a burst and write them together;
+/// over real sockets, every agent still gets every event, in order, with contiguous offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_sockets_deliver_every_event_in_order() {
+    let gw = Gateway::start(&format!("ws_write_delay_ms = 20\n{}", config_toml(""))).await;
+    let c = gw.client();
+    let mut agents = Vec::new();
+    for name in ["ann", "bob", "cid"] {
+        agents.push(
+            Ws::open(gw.addr, TENANT_WS, &acme_agent(name), Some("0"))
+                .await
+                .0,
+        );
+    }
+    for i in 0..300 {
+        let r = c
+            .post(
+                "/v1/tenant/events",
+                &[("authorization", &format!("Bearer {SERVER_KEY}"))],
+                &json!({"type": "campaign:progress", "data": {"i": i}}),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    for ws in &mut agents {
+        let mut last_offset = None;
+        for i in 0..300 {
+            let e = ws.next_of(&["campaign:progress"]).await;
+            assert_eq!(e["data"]["i"], i);
+            let offset: u64 = e["offset"].as_str().unwrap().parse().unwrap();
+            if let Some(last) = last_offset {
+                assert_eq!(offset, last + 1, "offsets are contiguous");
+            }
+            last_offset = Some(offset);
+        }
+    }
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_resume_beyond_retention_is_not_recovered() {
     let opts = confab_gateway::Options {

@@ -176,7 +176,9 @@ where
         Box::pin(async move {
             let io = TokioIo::new(switched.await.ok()?);
             let socket = WireSocket::server(io, socket_config());
-            setup(state, Conn::new(socket), upgrade).await
+            let conn =
+                Conn::new(socket).paced(Duration::from_millis(state.config.ws_write_delay_ms));
+            setup(state, conn, upgrade).await
         })
     };
     state.sockets.clone().spawn(async move {
@@ -323,10 +325,22 @@ pub type LiveSocket = WireSocket<TokioIo<hyper::upgrade::Upgraded>>;
 /// read's future is dropped), so the lock a split puts around every read and write would
 /// be paid for nothing. Boxed, as the split's shared half was: inline, the socket would
 /// take room in the connection task's every state (+0.6 KiB per idle socket, measured).
+///
+/// **Paced writes** (`ws_write_delay_ms`, off by default). Each write to a loopback or
+/// LAN peer costs a syscall, a TCP segment and usually a wake-up of the reader, whatever
+/// it carries; in a broadcast to a big team that cost per write is most of the node's
+/// CPU. A paced socket written to less than `write_delay` ago holds its next frames until
+/// `write_delay` after that write, and whatever its channel queued meanwhile goes out in
+/// the same write: at most one write per socket per `write_delay`, each frame late by at
+/// most that, order unchanged. A socket that was quiet longer writes at once.
 pub struct Conn<S: Socket = LiveSocket> {
     socket: Box<S>,
     last_heard: Instant,
     read: Arc<ReadWake>,
+    /// Zero: not paced.
+    write_delay: Duration,
+    /// When a paced socket may write its next frames (its last write + `write_delay`).
+    next_write: Instant,
 }
 
 /// Wakes the connection's task when its socket may have something to read, and remembers
@@ -366,7 +380,20 @@ impl<S: Socket> Conn<S> {
                 maybe_readable: AtomicBool::new(true),
                 task: AtomicWaker::new(),
             }),
+            write_delay: Duration::ZERO,
+            next_write: Instant::now(),
         }
+    }
+
+    /// Paces this socket's writes of its channel's frames (see the type's doc).
+    pub fn paced(mut self, write_delay: Duration) -> Conn<S> {
+        self.write_delay = write_delay;
+        self
+    }
+
+    /// When a paced socket that wrote less than its delay ago may write again.
+    fn held_until(&self) -> Option<Instant> {
+        (!self.write_delay.is_zero() && self.next_write > Instant::now()).then_some(self.next_write)
     }
 
     /// The socket's next message. Tries the socket only if the last try found something
@@ -404,6 +431,9 @@ impl<S: Socket> Conn<S> {
     }
 
     async fn flush(&mut self) -> Result<(), End> {
+        if !self.write_delay.is_zero() {
+            self.next_write = Instant::now() + self.write_delay;
+        }
         std::future::poll_fn(|cx| self.socket.poll_flush(cx))
             .await
             .map_err(|_| End::Gone)
@@ -554,6 +584,16 @@ pub fn serve<L: ChannelLogic, S: Socket>(
                         timer.as_mut().reset(next_wake(&state, next_ping, expires_ms));
                     }
                     mut out = sub.recv() => {
+                        if let Some(at) = conn.held_until() {
+                            // Boxed: only a paced socket in a burst sleeps here, and an
+                            // inline timer would take room in every idle socket's task.
+                            let held = Box::pin(tokio::time::sleep_until(at));
+                            unless_stopped(shutdown.as_mut(), kicked.as_mut(), async {
+                                held.await;
+                                Ok(())
+                            })
+                            .await?;
+                        }
                         // Whatever is already queued goes out with this frame in one write.
                         for n in 1.. {
                             match (out.class, out.seq) {
@@ -905,6 +945,28 @@ mod tests {
         after: u64,
         expires_ms: i64,
     ) -> (tokio::task::JoinHandle<()>, Client) {
+        open_paced(
+            state,
+            queue,
+            outbound,
+            log,
+            after,
+            expires_ms,
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// [`open`], its writes paced by `write_delay`.
+    async fn open_paced(
+        state: &AppState,
+        queue: usize,
+        outbound: usize,
+        log: u64,
+        after: u64,
+        expires_ms: i64,
+        write_delay: Duration,
+    ) -> (tokio::task::JoinHandle<()>, Client) {
         let sub = state
             .hub
             .subscribe_live(&state.broker, channel(), queue, false)
@@ -912,7 +974,7 @@ mod tests {
         let (sock, client) = socket(outbound);
         let task = tokio::spawn(serve(
             state.clone(),
-            Conn::new(sock),
+            Conn::new(sock).paced(write_delay),
             sub,
             Log { log },
             after,
@@ -980,6 +1042,40 @@ mod tests {
         }
         client.text(r#"{"type":"ping"}"#).await;
         assert_eq!(client.json().await["type"], "pong");
+        state.shutdown.cancel();
+        assert_eq!(client.close_code().await, Disconnect::ShuttingDown.code());
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_socket_sends_a_burst_together_and_after_a_quiet_spell_at_once() {
+        const DELAY: Duration = Duration::from_millis(10);
+        let state = node().await;
+        let (task, mut client) = open_paced(&state, 16, 64, 0, 0, NEVER, DELAY).await;
+        assert_eq!(client.json().await["type"], "ready");
+        let ready_at = Instant::now();
+        // Both come within DELAY of the last write (the ready frame): held, then together.
+        publish(&state, 1);
+        tokio::time::advance(Duration::from_millis(4)).await;
+        publish(&state, 2);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(client.sent.try_recv().is_err(), "held for {DELAY:?}");
+        assert_eq!(client.json().await["data"]["n"], 1);
+        let written_at = Instant::now();
+        assert!(
+            written_at - ready_at >= DELAY,
+            "held until {DELAY:?} after the last write"
+        );
+        assert_eq!(client.json().await["data"]["n"], 2);
+        assert_eq!(Instant::now(), written_at, "in the same write");
+        // After a quiet spell longer than DELAY, a frame goes out at once.
+        tokio::time::advance(DELAY * 3).await;
+        let published_at = Instant::now();
+        publish(&state, 3);
+        assert_eq!(client.json().await["data"]["n"], 3);
+        assert_eq!(Instant::now(), published_at, "not held");
         state.shutdown.cancel();
         assert_eq!(client.close_code().await, Disconnect::ShuttingDown.code());
         task.await.unwrap();
