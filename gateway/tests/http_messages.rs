@@ -169,6 +169,26 @@ async fn the_same_client_message_id_is_stored_once() {
     // No event for the duplicates.
     let after = c.tenant_events(&agent, Some(&offset)).await;
     assert_eq!(after.json["events"], json!([]), "{}", after.text);
+    // A retry is its duplicate even when what it says now would be refused.
+    for body in [
+        json!({"message": "", "clientMessageId": "cm-1"}),
+        json!({"message": "x".repeat(10_001), "clientMessageId": "cm-1"}),
+        json!({"message": "hi", "intent": "nope", "clientMessageId": "cm-1"}),
+    ] {
+        let again = c.post_auth("/v1/messages", &s.token, &body).await;
+        assert_eq!(again.status, 200, "{}", again.text);
+        assert_eq!(again.json["duplicate"], true);
+        assert_eq!(again.json["messageId"], first.json["messageId"]);
+    }
+    // Refused as before when no message has that id.
+    let r = c
+        .post_auth(
+            "/v1/messages",
+            &s.token,
+            &json!({"message": "", "clientMessageId": "cm-new"}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
     // The key is per conversation: another visitor may use the same one.
     let other = c.session(PK).await;
     let r = c.send(&other, "mine", Some("cm-1")).await;

@@ -188,6 +188,64 @@ async fn resume_with_a_known_visitor_token() {
     gw.shutdown().await;
 }
 
+/// A resume merges its variables into the conversation's; the limits (50 keys, 4096 bytes
+/// JSON-encoded) hold for what the conversation keeps, not only for each request's part.
+#[tokio::test]
+async fn resumed_variables_stay_within_the_limits() {
+    let gw = Gateway::start(&config_toml("")).await;
+    let c = gw.client();
+    let agent = acme_agent("ann");
+    let vars = |from: usize, n: usize| -> Value {
+        (from..from + n)
+            .map(|i| (format!("k{i}"), json!(i)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let r = c.session_with(PK, json!({"variables": vars(0, 30)})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let (vt, id) = (
+        r.json["visitorToken"].as_str().unwrap().to_owned(),
+        r.json["conversationId"].as_str().unwrap().to_owned(),
+    );
+    let resume = |extra: Value| {
+        let (c, vt) = (c.clone(), vt.clone());
+        async move {
+            let mut body = json!({"visitorToken": vt});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            c.session_with(PK, body).await
+        }
+    };
+    // 30 + 21 new keys: refused, and nothing of it kept.
+    assert_invalid(
+        &resume(json!({"variables": vars(30, 21)})).await,
+        "variables",
+    );
+    let kept = |conv: &Value| conv["variables"].as_object().unwrap().len();
+    assert_eq!(kept(&conversation(&c, &agent, &id).await), 30);
+    // Keys it has already are replaced, not counted twice: 30 + 20 new = 50.
+    let r = resume(json!({"variables": vars(10, 40)})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(kept(&conversation(&c, &agent, &id).await), 50);
+    // The size counts too: half the values made 80 characters long fit (~2.5 KB), the
+    // other half as well would not (~4.5 KB), though each request alone is ~2.3 KB.
+    let long = |keys: std::ops::Range<usize>| -> Value {
+        keys.map(|i| (format!("k{i}"), json!("x".repeat(80))))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let r = resume(json!({"variables": long(0..25)})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_invalid(
+        &resume(json!({"variables": long(25..50)})).await,
+        "variables",
+    );
+    let conv = conversation(&c, &agent, &id).await;
+    assert_eq!(conv["variables"]["k49"], 49, "unchanged");
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn unknown_or_foreign_visitor_tokens_start_a_new_visitor() {
     let gw = Gateway::start(&config_toml("")).await;

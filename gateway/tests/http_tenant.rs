@@ -1176,3 +1176,43 @@ async fn recovered_is_false_once_retention_dropped_the_requested_events() {
     assert_eq!(without_after.json["events"].as_array().unwrap().len(), 2);
     gw.shutdown().await;
 }
+
+/// A cursor beyond the log's end (from a wiped or another store) is answered at once, not
+/// after the wait, with `recovered: false` and the log's end as `nextCursor`, from which
+/// the client goes on.
+#[tokio::test]
+async fn a_tenant_events_cursor_beyond_the_end_is_not_recovered() {
+    let gw = Gateway::start(&config_toml("")).await;
+    let c = gw.client();
+    let agent = acme_agent("ann");
+    let s = c.session(PK).await;
+    let end = c.tenant_events(&agent, None).await.json["nextCursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let started = Instant::now();
+    let r = c
+        .get_auth("/v1/tenant/events?after=999999999&wait=20", &agent)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered at once, not after the wait"
+    );
+    assert_eq!(r.json["recovered"], false);
+    assert_eq!(r.json["events"], json!([]));
+    assert_eq!(r.json["nextCursor"], end.as_str());
+    assert_eq!(c.send(&s, "hi", None).await.status, 201);
+    let next = c.tenant_events(&agent, Some(&end)).await;
+    assert_eq!(next.json["recovered"], true);
+    assert!(
+        next.json["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "message:new"),
+        "{}",
+        next.text
+    );
+    gw.shutdown().await;
+}

@@ -240,6 +240,10 @@ pub fn without_type_names(message: &str) -> String {
                 words.next();
                 out.push("one of the allowed values");
             }
+            // Primitive numbers: "expected f64", "expected u64".
+            "f32" | "f64" => out.push("a number"),
+            "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => out.push("a non-negative integer"),
+            "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => out.push("an integer"),
             _ => out.push(w),
         }
     }
@@ -308,6 +312,14 @@ mod tests {
             "expected one of the allowed values"
         );
         assert_eq!(without_type_names("a struct of b"), "a struct of b");
+        assert_eq!(
+            without_type_names("invalid type: string \"5000\", expected f64"),
+            "invalid type: string \"5000\", expected a number"
+        );
+        assert_eq!(
+            without_type_names("invalid value: integer `-1`, expected u64"),
+            "invalid value: integer `-1`, expected a non-negative integer"
+        );
     }
 
     #[test]

@@ -32,9 +32,15 @@ pub enum TokenError {
     BadSignature,
     UnknownKey,
     Expired,
+    /// `nbf` (not before) is still ahead, beyond [`NBF_LEEWAY_MS`].
+    NotYetValid,
     WrongAlgorithm,
     MissingClaim(&'static str),
 }
+
+/// How far ahead an agent JWT's `nbf` may be and still count as reached: the clocks of the
+/// tenant's backend (which signs) and of the gateway disagree by a little.
+pub const NBF_LEEWAY_MS: i64 = 60_000;
 
 /// The session/challenge signing keys: the current one signs, all verify.
 #[derive(Clone)]
@@ -284,6 +290,7 @@ struct LooseClaims {
     sub: Option<serde_json::Value>,
     tenant: Option<serde_json::Value>,
     exp: Option<serde_json::Value>,
+    nbf: Option<serde_json::Value>,
     name: Option<serde_json::Value>,
 }
 
@@ -361,8 +368,9 @@ pub fn peek_jwt_tenant(token: &str) -> Option<String> {
     claims.tenant?.as_str().map(str::to_owned)
 }
 
-/// Verifies an HS256 agent JWT: algorithm exactly HS256, valid signature, `sub`,
-/// `tenant` (strings) and `exp` (number, in the future) present.
+/// Verifies an HS256 agent JWT: algorithm exactly HS256, valid signature, `sub` and
+/// `tenant` (non-empty strings) and `exp` (number, in the future) present, and `nbf`, if
+/// present, a number not ahead of `now_ms` by more than [`NBF_LEEWAY_MS`].
 pub fn verify_agent_jwt(
     token: &str,
     secret: &[u8],
@@ -401,11 +409,13 @@ pub fn verify_agent_jwt(
         .sub
         .as_ref()
         .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
         .ok_or(TokenError::MissingClaim("sub"))?;
     let tenant = loose
         .tenant
         .as_ref()
         .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
         .ok_or(TokenError::MissingClaim("tenant"))?;
     let exp = loose
         .exp
@@ -423,6 +433,12 @@ pub fn verify_agent_jwt(
     };
     if exp_ms <= now_ms {
         return Err(TokenError::Expired);
+    }
+    if let Some(nbf) = &loose.nbf {
+        let nbf_secs = nbf.as_f64().ok_or(TokenError::Malformed)?;
+        if nbf_secs * 1000.0 > (now_ms + NBF_LEEWAY_MS) as f64 {
+            return Err(TokenError::NotYetValid);
+        }
     }
     Ok(AgentClaims {
         sub: sub.to_owned(),
@@ -588,6 +604,37 @@ mod tests {
             verify_agent_jwt(&format!("{h}.{no_exp}.{sig}"), b"k", 0),
             Err(TokenError::MissingClaim("exp"))
         );
+    }
+
+    #[test]
+    fn jwt_nbf_ahead_and_empty_ids_are_refused() {
+        let signed = |payload: &str| sign_hs256(b"k", HS256_HEADER, payload);
+        let now_ms = 1_000_000_000_000;
+        let at = |nbf: &str| {
+            signed(&format!(
+                r#"{{"sub":"a","tenant":"t","exp":2000000000,"nbf":{nbf}}}"#
+            ))
+        };
+        assert!(verify_agent_jwt(&at("1000000000"), b"k", now_ms).is_ok());
+        // Within the leeway for clock skew, then beyond it.
+        assert!(verify_agent_jwt(&at("1000000060"), b"k", now_ms).is_ok());
+        assert_eq!(
+            verify_agent_jwt(&at("1000000061"), b"k", now_ms),
+            Err(TokenError::NotYetValid)
+        );
+        assert_eq!(
+            verify_agent_jwt(&at(r#""soon""#), b"k", now_ms),
+            Err(TokenError::Malformed)
+        );
+        for (payload, claim) in [
+            (r#"{"sub":"","tenant":"t","exp":2000000000}"#, "sub"),
+            (r#"{"sub":"a","tenant":"","exp":2000000000}"#, "tenant"),
+        ] {
+            assert_eq!(
+                verify_agent_jwt(&signed(payload), b"k", now_ms),
+                Err(TokenError::MissingClaim(claim))
+            );
+        }
     }
 
     #[test]

@@ -252,6 +252,10 @@ mod tokens {
                 exp,
                 name,
             })
+            // An empty `sub` or `tenant` is refused (see `jwt_nbf_ahead_and_empty_ids_are_refused`).
+            .prop_filter("agent and tenant ids are not empty", |c| {
+                !c.sub.is_empty() && !c.tenant.is_empty()
+            })
     }
 
     /// One edit of a token: replace, insert or delete a character, cut it, or append.

@@ -167,8 +167,9 @@ impl ProfileUpdate {
             && self.visitor_context.is_none()
     }
 
-    /// Applies the update; true when something changed.
-    pub fn apply(self, c: &mut Conversation) -> bool {
+    /// Applies the update; true when something changed. Refused (nothing changes) when
+    /// the variables kept with those from before break the limits one request's must meet.
+    pub fn apply(self, c: &mut Conversation) -> Result<bool> {
         let before = c.clone();
         if let Some(v) = self.customer_id {
             c.customer_id = Some(v);
@@ -186,11 +187,21 @@ impl ProfileUpdate {
         }
         if let Some(v) = self.variables {
             c.variables.extend(v);
+            if let Err(e) = confab_protocol::validate::variables(&c.variables) {
+                *c = before;
+                return Err(StoreError::Invalid {
+                    field: "variables".into(),
+                    message: format!(
+                        "{} (counting the variables the conversation already has)",
+                        e.message
+                    ),
+                });
+            }
         }
         if let Some(v) = self.visitor_context {
             c.visitor_context = v;
         }
-        *c != before
+        Ok(*c != before)
     }
 }
 

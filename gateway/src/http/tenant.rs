@@ -469,10 +469,13 @@ pub struct EventsPage {
     /// In offset order; the same frames the tenant channel sends.
     pub events: Vec<EventFrame>,
     /// The offset of the last event returned, or the `after` given; null without either.
+    /// For an `after` beyond the log's end, the log's end.
     pub next_cursor: Option<String>,
     /// More events follow: ask again with `after=nextCursor`.
     pub has_more: bool,
-    /// False when `after` is older than what is retained: reload state over HTTP.
+    /// False when `after` is older than what is retained, or beyond the log's end (a
+    /// cursor from another store; answered at once): reload state over HTTP, then go on
+    /// with `after=nextCursor`.
     pub recovered: bool,
 }
 
@@ -520,8 +523,20 @@ pub async fn events(
         ),
     };
     let (limit, wait) = limit_and_wait(&params)?;
-    let page =
-        service::events::page(&state, &auth.tenant.cfg.id, after.unwrap_or(0), limit, wait).await?;
+    let tenant = &auth.tenant.cfg.id;
+    if let Some(a) = after {
+        // An offset this log never reached (a cursor from a wiped or another store): no
+        // wait, nothing to recover from; the client reloads and goes on from the end.
+        if let Some(latest) = service::events::beyond_end(&state, tenant, a).await? {
+            return Ok(json_text(
+                StatusCode::OK,
+                format!(
+                    r#"{{"events":[],"nextCursor":"{latest}","hasMore":false,"recovered":false}}"#
+                ),
+            ));
+        }
+    }
+    let page = service::events::page(&state, tenant, after.unwrap_or(0), limit, wait).await?;
     // Spliced from the stored, already encoded events; `EventsPage` describes it.
     let mut s = String::from(r#"{"events":["#);
     for (i, e) in page.events.iter().enumerate() {

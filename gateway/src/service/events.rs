@@ -41,11 +41,11 @@ pub async fn resume_point(
     tenant: &str,
     after: Option<u64>,
 ) -> Result<(u64, bool), ApiError> {
-    let latest = state.store.last_offset(tenant).await.map_err(store_error)?;
     let Some(a) = after else {
+        let latest = state.store.last_offset(tenant).await.map_err(store_error)?;
         return Ok((latest, true));
     };
-    if a > latest {
+    if let Some(latest) = beyond_end(state, tenant, a).await? {
         return Ok((latest, false));
     }
     let page = state
@@ -64,6 +64,17 @@ pub async fn resume_point(
         .map_err(store_error)?;
     let floor = oldest.events.first().map(|e| e.offset - 1).unwrap_or(a);
     Ok((floor, false))
+}
+
+/// The log's last offset when `after` is beyond it (an offset this log never reached: the
+/// client's state is from elsewhere); `None` for an offset the log has reached.
+pub async fn beyond_end(
+    state: &AppState,
+    tenant: &str,
+    after: u64,
+) -> Result<Option<u64>, ApiError> {
+    let latest = state.store.last_offset(tenant).await.map_err(store_error)?;
+    Ok((after > latest).then_some(latest))
 }
 
 /// Appends a custom event (`POST /v1/tenant/events`) for the tenant's agents; 404 when it

@@ -213,7 +213,8 @@ pub async fn send(
     intent: Option<String>,
     attachments: &[String],
 ) -> Result<Appended, ApiError> {
-    let mut draft = VisitorDraft::check(
+    let retry_of = client_message_id.clone();
+    let mut draft = match VisitorDraft::check(
         &session.tenant,
         "message",
         message,
@@ -221,7 +222,10 @@ pub async fn send(
         meta,
         intent,
         !attachments.is_empty(),
-    )?;
+    ) {
+        Ok(draft) => draft,
+        Err(refused) => return refused_unless_stored(state, session, retry_of, refused).await,
+    };
     if !attachments.is_empty() {
         let c = &session.claims;
         draft.files =
@@ -229,6 +233,39 @@ pub async fn send(
                 .await?;
     }
     admit_and_store(state, session, ip, draft).await
+}
+
+/// A retry of a stored message is its duplicate whatever it says now, even when that
+/// would be refused (a client that re-sends after a lost answer must not get a 422 for a
+/// message that was stored): a refused message with a `clientMessageId` is looked up by
+/// it first. `Ok` (the first message, `duplicate`) when found; else the refusal.
+async fn refused_unless_stored(
+    state: &AppState,
+    session: &VisitorSession,
+    client_message_id: Option<String>,
+    refused: ApiError,
+) -> Result<Appended, ApiError> {
+    let Some(id) = client_message_id.filter(|id| validate::client_message_id(id).is_ok()) else {
+        return Err(refused);
+    };
+    let probe = VisitorDraft {
+        body: String::new(),
+        client_message_id: Some(id),
+        meta: None,
+        intent: None,
+        files: Vec::new(),
+    }
+    .into_new(session);
+    match state.store.find_duplicate(&probe).await {
+        Ok(Some(message)) => Ok(Appended {
+            message,
+            duplicate: true,
+            first_in_conversation: false,
+            reply_owed: false,
+        }),
+        // Not stored, or not known now (the store is down): the refusal stands.
+        Ok(None) | Err(_) => Err(refused),
+    }
 }
 
 /// Charges the visitor's IP and session in the message's own commit (one Redis round

@@ -1090,7 +1090,7 @@ impl Store for RedisStore {
             let Some((mut conv, ver)) = self.load(tenant, conversation_id).await? else {
                 return Ok(None);
             };
-            if !update.clone().apply(&mut conv) {
+            if !update.clone().apply(&mut conv)? {
                 return Ok(Some(conv));
             }
             let now = self.clock.now_ms();

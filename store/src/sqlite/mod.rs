@@ -386,7 +386,7 @@ impl SqliteStore {
         &self,
         tenant: &str,
         conversation_id: &str,
-        change: impl FnOnce(&mut Conversation) -> bool + Send + 'static,
+        change: impl FnOnce(&mut Conversation) -> Result<bool> + Send + 'static,
     ) -> Result<Option<Conversation>> {
         let (tenant, id) = (tenant.to_owned(), conversation_id.to_owned());
         let clock = self.clock.clone();
@@ -394,7 +394,7 @@ impl SqliteStore {
             let Some((mut conv, seq, created)) = load_conversation(c, tx, &tenant, &id)? else {
                 return Ok(None);
             };
-            if change(&mut conv) {
+            if change(&mut conv)? {
                 let now = clock.now_ms();
                 conv.updated_at = format_ms(now);
                 conversation_updated(c, tx, conv.clone(), seq, created, now)?;
@@ -1199,7 +1199,7 @@ impl Store for SqliteStore {
         status: Status,
     ) -> Result<Option<Conversation>> {
         self.change(tenant, conversation_id, move |c| {
-            std::mem::replace(&mut c.status, status) != status
+            Ok(std::mem::replace(&mut c.status, status) != status)
         })
         .await
     }
@@ -1211,7 +1211,7 @@ impl Store for SqliteStore {
         handler: Handler,
     ) -> Result<Option<Conversation>> {
         self.change(tenant, conversation_id, move |c| {
-            std::mem::replace(&mut c.handler, handler) != handler
+            Ok(std::mem::replace(&mut c.handler, handler) != handler)
         })
         .await
     }
