@@ -524,8 +524,15 @@ async fn bad_cursors_limits_and_waits_are_422() {
     let gw = Gateway::start(&quiet()).await;
     let c = gw.client();
     let s = c.session(PK).await;
-    send_n(&c, &s, 2).await;
+    let sent = send_n(&c, &s, 2).await;
+    let beyond = sent[1].replace("_2", "_999");
+    let after_beyond = format!("?after={beyond}");
     let cases = [
+        // Past the conversation's last message: no message of it (answered at once,
+        // wait or not).
+        (after_beyond.as_str(), "after"),
+        (&format!("{after_beyond}&wait=30"), "after"),
+        ("?after=99999", "after"),
         ("?after=abc", "after"),
         ("?after=-1", "after"),
         ("?after=1.5", "after"),
@@ -562,7 +569,8 @@ async fn bad_cursors_limits_and_waits_are_422() {
         "?limit=1",
         "?wait=0",
         "?after=0",
-        "?after=99999",
+        "?after=2",
+        &format!("?after={}&wait=0", sent[1]),
         "?after=",
         "?limit=",
     ] {

@@ -887,6 +887,7 @@ async fn the_event_stream_has_ordered_offsets_and_paging() {
     assert_eq!(evs[0]["data"]["id"], s.conversation_id);
     assert_conversation_shape(&evs[0]["data"]);
     assert_eq!(evs[1]["data"]["id"], sent.json["messageId"]);
+    // The checked id replaces whatever the data said.
     assert_eq!(evs[1]["data"]["conversationId"], s.conversation_id);
     assert_eq!(evs[1]["data"]["body"], "hello");
     let offsets: Vec<u64> = evs
@@ -955,7 +956,7 @@ async fn custom_events_from_the_tenant_backend() {
     assert_eq!(r.json["accepted"], true);
     let published_at = r.json["offset"].clone();
     let r2 = c
-        .post_auth("/v1/tenant/events", SERVER_KEY, &json!({"type": "crm:note_added", "data": {"note": "VIP"}, "conversationId": s.conversation_id}))
+        .post_auth("/v1/tenant/events", SERVER_KEY, &json!({"type": "crm:note_added", "data": {"note": "VIP", "conversationId": "spoofed"}, "conversationId": s.conversation_id}))
         .await;
     assert_eq!(r2.status, 202, "{}", r2.text);
     let r3 = c
@@ -998,7 +999,14 @@ async fn custom_events_from_the_tenant_backend() {
 
     // Reserved and malformed types, agents, unknown conversations.
     let offset = last_offset(&ev);
-    for t in ["conversation:new", "conversation:updated", "message:new"] {
+    for t in [
+        "conversation:new",
+        "conversation:updated",
+        "conversation:read",
+        "message:new",
+        "message:delta",
+        "voice:requested",
+    ] {
         assert_invalid(
             &c.post_auth(
                 "/v1/tenant/events",
@@ -1049,6 +1057,18 @@ async fn custom_events_from_the_tenant_backend() {
         )
         .await;
     assert_error(&r, 404, "conversation_not_found");
+    // With a conversation, the data must be an object: the id goes into it.
+    for data in [json!([1, 2]), json!("text"), json!(5)] {
+        assert_invalid(
+            &c.post_auth(
+                "/v1/tenant/events",
+                SERVER_KEY,
+                &json!({"type": "crm:x", "data": data, "conversationId": s.conversation_id}),
+            )
+            .await,
+            "data",
+        );
+    }
     assert_eq!(
         c.tenant_events(&agent, Some(&offset)).await.json["events"],
         json!([]),

@@ -266,12 +266,18 @@ async fn close_codes() {
         "an allowed origin upgrades"
     );
 
-    // Shutdown: 1001 to every socket.
+    // Shutdown: 1001 to every socket, one still waiting for its auth frame included (at
+    // once: within 2 s, before that socket's 5 s auth deadline).
     let (mut v, _) = Ws::open(gw.addr, VISITOR_WS, &s.token, None).await;
     let (mut a, _) = Ws::open(gw.addr, TENANT_WS, &acme_agent("ann"), None).await;
+    let mut unauthenticated = Ws::connect(gw.addr, VISITOR_WS).await;
     let shutdown = tokio::spawn(gw.shutdown());
     assert_eq!(v.closed(Duration::from_secs(10)).await, Closed::Code(1001));
     assert_eq!(a.closed(Duration::from_secs(10)).await, Closed::Code(1001));
+    assert_eq!(
+        unauthenticated.closed(Duration::from_secs(2)).await,
+        Closed::Code(1001)
+    );
     shutdown.await.unwrap();
 }
 

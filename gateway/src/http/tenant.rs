@@ -573,17 +573,19 @@ pub async fn events(
 #[serde(rename_all = "camelCase")]
 pub struct PublishBody {
     /// `^[a-z][a-z0-9_]*:[a-z][a-z0-9_]*$`, not one Confab emits itself
-    /// (`conversation:new`, `conversation:updated`, `message:new`).
+    /// (`conversation:new`, `conversation:updated`, `conversation:read`, `message:new`,
+    /// `message:delta`, `voice:requested`).
     #[serde(rename = "type")]
     #[schema(
         pattern = "^[a-z][a-z0-9_]*:[a-z][a-z0-9_]*$",
         example = "campaign:progress"
     )]
     kind: String,
-    /// Any JSON; `{}` when absent.
+    /// Any JSON (an object when `conversationId` is given); `{}` when absent.
     #[serde(default)]
     data: Option<Value>,
-    /// Ties the event to a conversation of this tenant (404 when there is none).
+    /// Ties the event to a conversation of this tenant (404 when there is none): it is set
+    /// as `data.conversationId`, replacing any given there.
     #[serde(default)]
     conversation_id: Option<String>,
 }
@@ -597,7 +599,14 @@ pub struct Published {
 }
 
 /// Event types only Confab itself emits.
-const RESERVED: [&str; 3] = ["conversation:new", "conversation:updated", "message:new"];
+const RESERVED: [&str; 6] = [
+    "conversation:new",
+    "conversation:updated",
+    "conversation:read",
+    "message:new",
+    "message:delta",
+    "voice:requested",
+];
 
 /// `POST /v1/tenant/events` (server key only): publishes a custom event to the tenant's
 /// agents (and its log). `conversation:qualified` with a `conversationId` also sets that
@@ -638,11 +647,20 @@ pub async fn publish(
         )
         .into());
     }
+    let data = body.data.unwrap_or_else(|| json!({}));
+    if body.conversation_id.is_some() && !data.is_object() {
+        // The conversation's id goes into the data, which must have room for it.
+        return Err(ApiError::invalid(
+            "data",
+            "data must be an object when conversationId is given",
+        )
+        .into());
+    }
     let event = service::events::publish(
         &state,
         &auth.tenant,
         &body.kind,
-        body.data.unwrap_or_else(|| json!({})),
+        data,
         body.conversation_id.as_deref(),
     )
     .await?;

@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::auth::VisitorSession;
 use crate::config::PiiRetention;
+use crate::error::store_error;
 use crate::policy::limits::Limit;
 use crate::service::limits::Charges;
 use crate::settings::Tenant;
@@ -441,6 +442,40 @@ pub async fn history(
     limit: usize,
     wait: u64,
 ) -> Result<MessagePage, ApiError> {
+    let named = match cursor {
+        Cursor::After(seq) => Some(("after", seq)),
+        Cursor::AfterCreated { id, .. } => Some(("afterId", id)),
+        Cursor::Start | Cursor::Since(_) => None,
+    };
+    if let Some((field, seq)) = named {
+        // A message id past the conversation's last names no message of it (it was made
+        // up, or kept from a wiped store): refused, rather than echoed back as
+        // `nextCursor`, from which a poller would skip every message up to it. Checked
+        // only when nothing follows the cursor, before any wait.
+        let page = state
+            .store
+            .messages(tenant, conversation_id, cursor, limit)
+            .await
+            .map_err(store_error)?;
+        if !page.messages.is_empty() {
+            return Ok(page);
+        }
+        let last = state
+            .store
+            .conversation(tenant, conversation_id)
+            .await
+            .map_err(store_error)?
+            .map_or(0, |c| last_seq(&c));
+        if seq > last {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field} names no message of this conversation"),
+            ));
+        }
+        if wait == 0 {
+            return Ok(page);
+        }
+    }
     let channel = confab_store::Channel::Conversation {
         tenant: tenant.into(),
         conversation_id: conversation_id.into(),

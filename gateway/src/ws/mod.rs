@@ -36,7 +36,7 @@ use confab_protocol::{ApiError, Disconnect, ErrorCode};
 use futures_util::task::AtomicWaker;
 use hyper_util::rt::TokioIo;
 use tokio::time::{timeout, Instant};
-use tokio_util::sync::WaitForCancellationFuture;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, Utf8Bytes};
 
@@ -471,11 +471,20 @@ impl<S: Socket> Conn<S> {
         }
     }
 
-    /// Waits for the auth frame: `(token, after)`. `Err(None)`: the peer is gone.
-    pub async fn authenticate(&mut self) -> Result<(String, Option<String>), Option<Disconnect>> {
+    /// Waits for the auth frame: `(token, after)`. `Err(None)`: the peer is gone. A node
+    /// shutting down (`shutdown`) closes it meanwhile, as it does every other socket.
+    pub async fn authenticate(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<(String, Option<String>), Option<Disconnect>> {
         let deadline = Instant::now() + AUTH_TIMEOUT;
         loop {
-            let text = match tokio::time::timeout_at(deadline, self.next_text()).await {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Err(Some(Disconnect::ShuttingDown)),
+                next = tokio::time::timeout_at(deadline, self.next_text()) => next,
+            };
+            let text = match next {
                 Err(_) => return Err(Some(Disconnect::AuthTimeout)),
                 Ok(Err(End::Close(why))) => return Err(Some(why)),
                 Ok(Err(End::Gone)) => return Err(None),
@@ -527,10 +536,12 @@ const EXPIRED: End = End::Close(Disconnect::TokenExpired);
 /// When the socket's timer should next fire: the next ping, or the credential's expiry if
 /// sooner. The expiry is read from the node's clock (injectable) and re-checked when the
 /// timer fires, so a clock that differs from the monotonic one only delays the check.
-fn next_wake(state: &AppState, next_ping: Instant, expires_ms: i64) -> Instant {
+fn next_wake(state: &AppState, next_ping: Instant, silent_at: Instant, expires_ms: i64) -> Instant {
     let left = expires_ms.saturating_sub(state.now_ms()).max(0) as u64;
     let now = Instant::now();
-    next_ping.min(now + Duration::from_millis(left).min(PING_EVERY))
+    next_ping
+        .min(silent_at)
+        .min(now + Duration::from_millis(left).min(PING_EVERY))
 }
 
 /// Runs an authenticated, subscribed connection until it ends: replays after `last`,
@@ -557,7 +568,12 @@ pub fn serve<L: ChannelLogic, S: Socket>(
             refill.after(Box::pin(fill(&state, &mut conn, &logic, &mut last, false)).await?);
             // One timer for pings and the credential's expiry (an idle socket pays for one).
             let mut next_ping = Instant::now() + PING_EVERY;
-            let timer = tokio::time::sleep_until(next_wake(&state, next_ping, expires_ms));
+            let timer = tokio::time::sleep_until(next_wake(
+                &state,
+                next_ping,
+                conn.last_heard + IDLE_LIMIT,
+                expires_ms,
+            ));
             let kick = sub.kick_handle();
             // Registered once per connection, not at every wake-up: the shutdown token's
             // waiter list is shared by every socket of the node.
@@ -574,14 +590,16 @@ pub fn serve<L: ChannelLogic, S: Socket>(
                         if state.now_ms() >= expires_ms {
                             return Err(EXPIRED);
                         }
+                        // Checked when it falls due, not at the next ping: the timer also
+                        // wakes when the last frame heard becomes IDLE_LIMIT old.
+                        if conn.last_heard.elapsed() >= IDLE_LIMIT {
+                            return Err(End::Close(Disconnect::Idle));
+                        }
                         if Instant::now() >= next_ping {
-                            if conn.last_heard.elapsed() > IDLE_LIMIT {
-                                return Err(End::Close(Disconnect::Idle));
-                            }
                             conn.send(WireFrame::ping()).await?;
                             next_ping = Instant::now() + PING_EVERY;
                         }
-                        timer.as_mut().reset(next_wake(&state, next_ping, expires_ms));
+                        timer.as_mut().reset(next_wake(&state, next_ping, conn.last_heard + IDLE_LIMIT, expires_ms));
                     }
                     mut out = sub.recv() => {
                         if let Some(at) = conn.held_until() {
@@ -989,7 +1007,7 @@ mod tests {
         let (sock, mut client) = socket(8);
         let mut conn = Conn::new(sock);
         let started = Instant::now();
-        let r = conn.authenticate().await;
+        let r = conn.authenticate(&CancellationToken::new()).await;
         assert_eq!(r.unwrap_err(), Some(Disconnect::AuthTimeout));
         assert_eq!(started.elapsed(), AUTH_TIMEOUT);
         // Anything but auth first is answered, and the clock keeps running.
@@ -998,7 +1016,7 @@ mod tests {
         c2.text(r#"{"type":"ping"}"#).await;
         c2.text(r#"{"type":"auth","token":"t","after":"7"}"#).await;
         assert_eq!(
-            conn2.authenticate().await.unwrap(),
+            conn2.authenticate(&CancellationToken::new()).await.unwrap(),
             ("t".to_owned(), Some("7".to_owned()))
         );
         assert_eq!(c2.json().await["code"], "invalid_frame");
@@ -1023,6 +1041,12 @@ mod tests {
         assert_eq!(code, Disconnect::Idle.code());
         assert!(pings >= 2, "pinged every 25 s while silent ({pings})");
         assert!(started.elapsed() >= IDLE_LIMIT);
+        // When the silence reaches the limit, not at the next ping after it.
+        assert!(
+            started.elapsed() < IDLE_LIMIT + Duration::from_secs(1),
+            "closed after {:?}",
+            started.elapsed()
+        );
         task.await.unwrap();
     }
 

@@ -200,7 +200,7 @@ pub async fn upgrade(
 
 /// Authenticates and subscribes an agent socket; `None` once it closed it.
 async fn setup(state: AppState, mut conn: Conn, upgrade: Upgrade) -> Option<Serving<Agent>> {
-    let (token, after) = match conn.authenticate().await {
+    let (token, after) = match conn.authenticate(&state.shutdown).await {
         Ok(x) => x,
         Err(None) => return None,
         Err(Some(why)) => return closed(conn, why).await,

@@ -177,7 +177,7 @@ async fn setup(
     upgrade: Upgrade,
     ip: IpAddr,
 ) -> Option<Serving<Visitor>> {
-    let (token, after) = match conn.authenticate().await {
+    let (token, after) = match conn.authenticate(&state.shutdown).await {
         Ok(x) => x,
         Err(None) => return None,
         Err(Some(why)) => return closed(conn, why).await,

@@ -1546,8 +1546,8 @@ impl Store for RedisStore {
         }
         let mut data = data;
         if let (Some(id), Json::Object(map)) = (conversation_id, &mut data) {
-            map.entry("conversationId")
-                .or_insert_with(|| Json::String(id.to_owned()));
+            // The checked id, whatever the data said.
+            map.insert("conversationId".into(), Json::String(id.to_owned()));
         }
         let data = to_json(&data);
         let mut inv = scripts::EVENT.of(self.sharded).prepare_invoke();

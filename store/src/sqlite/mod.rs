@@ -1434,8 +1434,8 @@ impl Store for SqliteStore {
                     return append_event_tx(c, tx, &tenant, &kind, json, now).map(Some);
                 }
                 if let Value::Object(map) = &mut data {
-                    map.entry("conversationId")
-                        .or_insert_with(|| Value::String(id.clone()));
+                    // The checked id, whatever the data said.
+                    map.insert("conversationId".into(), Value::String(id.clone()));
                 }
             }
             append_event_tx(c, tx, &tenant, &kind, to_json(&data), now).map(Some)
