@@ -325,6 +325,20 @@ async fn visitor_resume_mid_stream_loses_nothing() {
     gw.shutdown().await;
 }
 
+/// Publishes `campaign:progress` events `{"i": i}` for each `i`, one after another.
+async fn publish_progress(c: &Client, range: std::ops::Range<i64>) {
+    for i in range {
+        let r = c
+            .post(
+                "/v1/tenant/events",
+                &[("authorization", &format!("Bearer {SERVER_KEY}"))],
+                &json!({"type": "campaign:progress", "data": {"i": i}}),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_resume_mid_stream_loses_nothing() {
     let gw = Gateway::start(&config_toml("")).await;
@@ -334,16 +348,7 @@ async fn tenant_resume_mid_stream_loses_nothing() {
     let sender = {
         let c = c.clone();
         tokio::spawn(async move {
-            for i in 0..1000 {
-                let r = c
-                    .post(
-                        "/v1/tenant/events",
-                        &[("authorization", &format!("Bearer {SERVER_KEY}"))],
-                        &json!({"type": "campaign:progress", "data": {"i": i}}),
-                    )
-                    .await;
-                assert_eq!(r.status, 202, "{}", r.text);
-            }
+            publish_progress(&c, 0..1000).await;
         })
     };
     let mut seen: Vec<(u64, i64)> = Vec::new();
@@ -388,16 +393,7 @@ async fn paced_sockets_deliver_every_event_in_order() {
                 .0,
         );
     }
-    for i in 0..300 {
-        let r = c
-            .post(
-                "/v1/tenant/events",
-                &[("authorization", &format!("Bearer {SERVER_KEY}"))],
-                &json!({"type": "campaign:progress", "data": {"i": i}}),
-            )
-            .await;
-        assert_eq!(r.status, 202, "{}", r.text);
-    }
+    publish_progress(&c, 0..300).await;
     for ws in &mut agents {
         let mut last_offset = None;
         for i in 0..300 {
