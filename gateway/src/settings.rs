@@ -220,6 +220,19 @@ fn check_tenant(t: &TenantConfig, demo: bool) -> Result<(), String> {
                 "attachments.allowed_types: {ty:?} is not a lowercase type/subtype"
             ));
         }
+        // Types come from the file's bytes, never from the client: a name the sniffer
+        // never gives (`image/jpg`) would allow nothing.
+        if !crate::service::attachments::can_sniff(ty) {
+            return Err(format!(
+                "attachments.allowed_types: {ty:?} is not a type Confab recognises in a \
+                 file's bytes (e.g. image/jpeg, image/png, application/pdf, text/plain)"
+            ));
+        }
+    }
+    if let Some(key) = t.rate_limits.zero() {
+        return Err(format!(
+            "rate_limits.{key} must be at least 1 (0 would refuse every request)"
+        ));
     }
     if t.id.is_empty()
         || t.id.len() > 64
@@ -271,6 +284,13 @@ fn compile_webhooks(t: &TenantConfig) -> Result<Vec<Arc<Webhook>>, String> {
             ));
         }
         if let Some(events) = &w.events {
+            if events.is_empty() {
+                return Err(format!(
+                    "{:?}: events is empty, so nothing would be delivered (leave it out for \
+                     every event type)",
+                    w.url
+                ));
+            }
             for e in events {
                 if !is_event_type(e) {
                     return Err(format!("{:?}: {e:?} is not an event type (a:b)", w.url));

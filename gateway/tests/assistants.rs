@@ -334,6 +334,45 @@ fn assert_is_fallback(m: &Value, id: &str) {
 // The openai dialect
 // ---------------------------------------------------------------------------------------
 
+/// The model gets no files, but a line per file tells it what was sent: a message of files
+/// only is not an empty turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_reach_the_model_as_a_line_each() {
+    let up = Upstream::start(Script::openai(&["Got it."])).await;
+    let (gw, c) = start(&openai("ava", &up.url(), "")).await;
+    let s = c.session(PK).await;
+    let up_r = c
+        .request(
+            "POST",
+            "/v1/attachments?filename=notes.txt",
+            &[
+                ("authorization", &s.bearer()),
+                ("content-type", "text/plain"),
+            ],
+            Some(b"see attached text".to_vec()),
+        )
+        .await;
+    assert_eq!(up_r.status, 201, "{}", up_r.text);
+    let id = up_r.json["id"].as_str().unwrap().to_owned();
+    let r = send(
+        &c,
+        &s,
+        json!({"message": "", "attachments": [id], "awaitReply": true}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let chat = up.hits()[0].chat();
+    assert_eq!(
+        chat.last().unwrap(),
+        &(
+            "user".to_string(),
+            "[attached file: notes.txt (text/plain, 17 bytes)]".to_string()
+        ),
+        "{chat:?}"
+    );
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_reply_streams_to_both_channels_then_is_stored() {
     let pieces = ["Hel", "lo", " there", "!"];
@@ -752,6 +791,14 @@ async fn falls_back(dialect: Dialect, script: Option<Script>, cause: &str, strea
         texts(&deltas(&vframes)),
         streamed,
         "the pieces streamed before the failure"
+    );
+    // Pieces that went out name their stream, and the fallback names it too, so that a
+    // client replaces the draft they made with the fallback.
+    let stream = deltas(&vframes).first().map(|d| d["streamId"].clone());
+    assert_eq!(
+        fallback["meta"].get("streamId").cloned(),
+        stream,
+        "{fallback}"
     );
     // The agents see the fallback and the handoff (in either order).
     let mut aframes = Vec::new();

@@ -270,3 +270,33 @@ fn overflowing_settings_are_refused() {
     let c = Config::from_toml(&format!("ws_write_delay_ms = 100\n{VALID}")).unwrap();
     assert_eq!(c.check(), Ok(()), "the longest write delay is fine");
 }
+
+/// Tenant settings that parse but could never work are refused at start, naming the key.
+#[test]
+fn settings_that_could_never_work_are_refused() {
+    for (setting, named) in [
+        (
+            "[tenants.attachments]\nallowed_types = [\"image/jpg\"]",
+            "image/jpg",
+        ),
+        (
+            "[tenants.attachments]\nallowed_types = [\"application/x-msdownload\"]",
+            "application/x-msdownload",
+        ),
+        (
+            "[tenants.rate_limits]\nuploads_per_hour_per_session = 0",
+            "uploads_per_hour_per_session",
+        ),
+        (
+            "[tenants.rate_limits]\nmessages_per_minute_per_session = 0",
+            "messages_per_minute_per_session",
+        ),
+    ] {
+        let c = Config::from_toml(&format!("{VALID}{setting}\n")).unwrap();
+        let e = c.check().unwrap_err();
+        assert!(e.contains(named), "{setting}: {e}");
+    }
+    let ok = "[tenants.attachments]\nallowed_types = [\"image/jpeg\", \"application/pdf\", \"text/plain\"]";
+    let c = Config::from_toml(&format!("{VALID}{ok}\n")).unwrap();
+    assert_eq!(c.check(), Ok(()));
+}

@@ -130,7 +130,7 @@ async fn every_event_arrives_signed_and_in_order() {
     for h in &hits {
         assert!(h.signature_ok, "bad signature on {:?}", h.body);
         assert_eq!(h.header("content-type"), "application/json");
-        assert_eq!(h.header("user-agent"), "Confab/1");
+        assert_eq!(h.header("user-agent"), "Confab-Webhooks/1");
         assert_eq!(h.header("x-confab-event"), h.body["type"]);
         assert_eq!(h.header("x-confab-delivery"), h.body["id"]);
         assert_eq!(h.body["tenantId"], "acme");
@@ -465,6 +465,10 @@ fn bad_webhooks_are_refused_at_start() {
         (
             format!("{}events = [\"Nope\"]\n", hook("https://x.example/h", None)),
             "not an event type",
+        ),
+        (
+            format!("{}events = []\n", hook("https://x.example/h", None)),
+            "events is empty",
         ),
         (
             format!(

@@ -206,8 +206,10 @@ pub struct ReplyBody {
     #[serde(default)]
     #[schema(max_length = 64, example = "a-1")]
     client_message_id: Option<String>,
-    /// Server key only: who the message is from (`bot`, `system` or `agent`). Agents
-    /// always write as themselves (422 when an agent JWT sets it).
+    /// Server key only: who the message is from (`bot`, `system` or `agent`); without it,
+    /// the tenant's bot (`{"kind":"bot","id":"server","name":<tenant name>}`), which does
+    /// not take the conversation over from its assistant. Agents always write as themselves
+    /// (422 when an agent JWT sets it).
     #[serde(default)]
     author: Option<AuthorIn>,
     /// Server key only: `{ "mode": "flow" | "ai" | "safe_fallback" }` for bot messages,

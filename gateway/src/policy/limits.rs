@@ -47,6 +47,37 @@ impl Default for RateLimits {
     }
 }
 
+impl RateLimits {
+    /// The first allowance that is zero, by its key: such a limit would refuse every
+    /// request while telling the client to retry later.
+    pub fn zero(&self) -> Option<&'static str> {
+        [
+            ("sessions_per_hour_per_ip", self.sessions_per_hour_per_ip),
+            ("messages_per_hour_per_ip", self.messages_per_hour_per_ip),
+            (
+                "messages_per_minute_per_session",
+                self.messages_per_minute_per_session,
+            ),
+            ("config_per_minute_per_ip", self.config_per_minute_per_ip),
+            (
+                "polls_per_minute_per_session",
+                self.polls_per_minute_per_session,
+            ),
+            (
+                "events_per_minute_per_session",
+                self.events_per_minute_per_session,
+            ),
+            (
+                "uploads_per_hour_per_session",
+                self.uploads_per_hour_per_session,
+            ),
+        ]
+        .into_iter()
+        .find(|(_, n)| *n == 0)
+        .map(|(key, _)| key)
+    }
+}
+
 /// Which limit of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {

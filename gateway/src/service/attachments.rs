@@ -267,6 +267,14 @@ pub fn sniff(head: &[u8]) -> &'static str {
     }
 }
 
+/// Whether [`sniff`] can give `ty` (a configured allowed type must be one of these).
+pub fn can_sniff(ty: &str) -> bool {
+    matches!(
+        ty,
+        "text/plain" | "application/octet-stream" | "text/html" | "text/xml" | "image/svg+xml"
+    ) || infer::is_mime_supported(ty)
+}
+
 /// `Some(type)` when the text opens like HTML, SVG or XML (after a BOM and whitespace).
 fn looks_like_markup(head: &[u8]) -> Option<&'static str> {
     let start = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);

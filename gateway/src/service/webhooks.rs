@@ -34,6 +34,9 @@ use crate::metrics::WebhookStats;
 use crate::settings::{Tenant, Webhook};
 use crate::state::AppState;
 
+/// Every delivery's `User-Agent`.
+const WEBHOOK_USER_AGENT: &str = "Confab-Webhooks/1";
+
 /// Response bytes read (then discarded) from a receiver, so the connection can be reused.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Events read from the log at a time.
@@ -456,6 +459,9 @@ async fn post(
         .post(hook.url.clone())
         .timeout(state.webhook_timing.attempt_timeout)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
+        // The contract's own name for deliveries (the client's default, `Confab/1`, is
+        // what assistant calls send), so a receiver can tell them apart.
+        .header(reqwest::header::USER_AGENT, WEBHOOK_USER_AGENT)
         .header("X-Confab-Event", kind)
         .header("X-Confab-Delivery", id)
         .header("X-Confab-Signature", signature)

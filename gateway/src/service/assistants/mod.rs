@@ -297,11 +297,12 @@ async fn answer(state: &AppState, tenant: &Arc<Tenant>, holder: &str, owed: Owed
         id: assistant.cfg.id.clone(),
         name: Some(assistant.cfg.name.clone()),
     };
-    let outcome = if state.assistants.is_open(tid, &assistant.cfg.id) {
-        Err(Failure::CircuitOpen)
+    // With the stream's id when pieces of it went out (a fallback then replaces them).
+    let (outcome, streamed) = if state.assistants.is_open(tid, &assistant.cfg.id) {
+        (Err(Failure::CircuitOpen), None)
     } else {
         match produce(state, tenant, holder, &assistant, &conv, &owed, &author).await {
-            Ok(result) => {
+            Ok((result, streamed)) => {
                 let ok = result.is_ok();
                 if state
                     .assistants
@@ -314,7 +315,7 @@ async fn answer(state: &AppState, tenant: &Arc<Tenant>, holder: &str, owed: Owed
                         state.assistant_timing.breaker_open
                     );
                 }
-                result
+                (result, streamed)
             }
             Err(Abandon::LeaseLost) => {
                 tracing::warn!(
@@ -338,13 +339,18 @@ async fn answer(state: &AppState, tenant: &Arc<Tenant>, holder: &str, owed: Owed
                 "assistant failed ({failure}); storing the safe fallback"
             );
             state.metrics.assistant_fallback(failure.cause());
+            let mut meta = json!({"mode": "safe_fallback"});
+            if let Some(id) = streamed {
+                // The draft its pieces made is replaced by the fallback, as a reply's is.
+                meta["streamId"] = id.into();
+            }
             let message = reply_message(
                 tenant,
                 &conv,
                 &owed,
                 author,
                 assistant.cfg.fallback_message.trim().to_owned(),
-                json!({"mode": "safe_fallback"}),
+                meta,
                 Some(Handler::Human),
             );
             state.metrics.assistant_reply("safe_fallback");
@@ -574,7 +580,8 @@ pub async fn await_reply(
     }
 }
 
-/// Asks the upstream, streaming its pieces out, while keeping the lease.
+/// Asks the upstream, streaming its pieces out, while keeping the lease. With the outcome,
+/// the stream's id if any piece went out.
 async fn produce(
     state: &AppState,
     tenant: &Tenant,
@@ -583,16 +590,19 @@ async fn produce(
     conv: &Conversation,
     owed: &OwedReply,
     author: &Author,
-) -> Result<Result<Reply, Failure>, Abandon> {
+) -> Result<(Result<Reply, Failure>, Option<String>), Abandon> {
     let stream_id = confab_protocol::token::random_id("str_", 16);
     let stream_id = stream_id.as_str();
     let tid = tenant.cfg.id.as_str();
     let messages = match context(state, tid, conv, owed, assistant.cfg.context_messages).await {
         Ok(m) => m,
         Err(e) => {
-            return Ok(Err(Failure::Connect(format!(
-                "the conversation's history could not be read: {e}"
-            ))))
+            return Ok((
+                Err(Failure::Connect(format!(
+                    "the conversation's history could not be read: {e}"
+                ))),
+                None,
+            ))
         }
     };
     let intent = chosen_intent(tenant, &messages);
@@ -617,6 +627,7 @@ async fn produce(
         Channel::Tenant { tenant: tid.into() },
     ];
     let mut first_delta = true;
+    let mut streamed = false;
     let result = loop {
         tokio::select! {
             biased;
@@ -626,6 +637,7 @@ async fn produce(
                     first_delta = false;
                     state.metrics.assistant_first_delta.observe_duration(started.elapsed());
                 }
+                streamed = true;
                 publish_delta(state, &channels, &conv.id, stream_id, &piece, author).await;
             }
             r = &mut call => break r,
@@ -641,18 +653,20 @@ async fn produce(
     };
     // Pieces sent before the call returned.
     while let Ok(piece) = rx.try_recv() {
+        streamed = true;
         publish_delta(state, &channels, &conv.id, stream_id, &piece, author).await;
     }
     state
         .metrics
         .assistant_reply_latency
         .observe_duration(started.elapsed());
-    Ok(result.unwrap_or(Err(Failure::Timeout)).map(|mut reply| {
+    let outcome = result.unwrap_or(Err(Failure::Timeout)).map(|mut reply| {
         if reply.streamed {
             reply.stream_id = Some(stream_id.to_owned());
         }
         reply
-    }))
+    });
+    Ok((outcome, streamed.then(|| stream_id.to_owned())))
 }
 
 async fn publish_delta(

@@ -135,9 +135,25 @@ pub fn openai_messages(assistant: &Assistant, req: &Request<'_>) -> Vec<Value> {
             AuthorKind::Agent | AuthorKind::Bot => "assistant",
             AuthorKind::System => continue,
         };
-        out.push(json!({"role": role, "content": m.body}));
+        out.push(json!({"role": role, "content": with_attachments(m)}));
     }
     out
+}
+
+/// A message's text for the model, with a line naming each file it carries: the model
+/// does not get the files, but it knows they were sent (a message may be files only).
+fn with_attachments(m: &Message) -> String {
+    let mut text = m.body.clone();
+    for a in &m.attachments {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "[attached file: {} ({}, {} bytes)]",
+            a.filename, a.content_type, a.size
+        ));
+    }
+    text
 }
 
 async fn send(builder: reqwest::RequestBuilder) -> Result<reqwest::Response, Failure> {
