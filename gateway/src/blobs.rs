@@ -141,6 +141,9 @@ pub enum BlobError {
     /// The store failed; nothing can be promised.
     #[error("object store: {0}")]
     Store(String),
+    /// There is no store to write to (Redis mode without `attachments_store`).
+    #[error("no attachments_store: Redis mode needs an s3:// store for attachments")]
+    Unconfigured,
 }
 
 impl From<object_store::Error> for BlobError {
@@ -224,9 +227,7 @@ impl Blobs {
     /// Starts writing an object; nothing is visible under its name until `finish`.
     pub async fn writer(&self, tenant: &str, id: &str) -> Result<BlobWriter, BlobError> {
         if !self.enabled {
-            return Err(BlobError::Store(
-                "no attachments_store: Redis mode needs an s3:// store for attachments".into(),
-            ));
+            return Err(BlobError::Unconfigured);
         }
         let path = Self::path(tenant, id);
         let upload = self.store.put_multipart(&path).await?;

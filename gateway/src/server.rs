@@ -171,9 +171,14 @@ pub async fn run(
     } else {
         settings
     };
-    let blobs = crate::blobs::Location::of(&settings.config)
-        .and_then(|l| crate::blobs::Blobs::open(&l))
-        .map_err(std::io::Error::other)?;
+    let location = crate::blobs::Location::of(&settings.config).map_err(std::io::Error::other)?;
+    if location == crate::blobs::Location::Unconfigured {
+        tracing::warn!(
+            "attachments: no attachments_store; uploads answer 503 until an s3:// store is \
+             configured (Redis mode: the nodes share no disk)"
+        );
+    }
+    let blobs = crate::blobs::Blobs::open(&location).map_err(std::io::Error::other)?;
     let hub = Arc::new(Hub::default());
     backend.broker.set_sink(hub.clone());
     let state = AppState::new(settings, keys, backend, hub, blobs, &options);

@@ -107,6 +107,10 @@ impl Settings {
             check_pattern(o).map_err(|e| format!("allowed_origins: {e}"))?;
         }
         let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
+        // A tenant's secrets are its own: a server key shared by two tenants would open
+        // only one of them (the other's backend would read the first's data), and a shared
+        // agent secret would sign either tenant's agents.
+        let mut secrets: HashMap<&str, &str> = HashMap::new();
         let mut tenants = Vec::with_capacity(config.tenants.len());
         for t in &config.tenants {
             let at = format!("tenant {:?}", t.id);
@@ -116,6 +120,14 @@ impl Settings {
             }
             if !keys.insert(&t.public_key) {
                 return Err(format!("{at}: public_key is used by another tenant"));
+            }
+            for (name, secret) in [
+                ("server_key", &t.server_key),
+                ("agent_secret", &t.agent_secret),
+            ] {
+                if *secrets.entry(secret).or_insert(&t.id) != t.id {
+                    return Err(format!("{at}: {name} is used by another tenant"));
+                }
             }
             for o in &t.allowed_origins {
                 check_pattern(o).map_err(|e| format!("{at}: allowed_origins: {e}"))?;
@@ -160,7 +172,32 @@ impl Settings {
     }
 }
 
+/// Shortest `session_secret` (and previous one): it signs every session token and
+/// challenge, so an empty or trivial one would let anyone forge them.
+pub const MIN_SESSION_SECRET: usize = 8;
+
 fn check_globals(c: &Config) -> Result<(), String> {
+    // What the gateway binds and opens at start, checked here too: `check-config` must
+    // refuse what would not start.
+    let port = c
+        .listen
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()));
+    if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
+        return Err(format!(
+            "listen {:?} is not HOST:PORT (e.g. 127.0.0.1:8080, [::]:8080)",
+            c.listen
+        ));
+    }
+    confab_store::check_url(&c.store)?;
+    for secret in c.session_secret.iter().chain(&c.previous_session_secrets) {
+        if secret.chars().count() < MIN_SESSION_SECRET {
+            return Err(format!(
+                "session_secret and previous_session_secrets must be at least \
+                 {MIN_SESSION_SECRET} characters (leave session_secret out to have one generated)"
+            ));
+        }
+    }
     let redis = ["redis://", "rediss://", "redis-cluster://"]
         .iter()
         .any(|p| c.store.starts_with(p));

@@ -187,3 +187,46 @@ async fn upload_on_one_node_download_on_the_other_through_s3() {
         .await;
     assert_invalid(&again, "attachments[0]");
 }
+
+/// Redis mode without an `attachments_store`: the node starts and says at start that
+/// uploads are off, and an upload's 503 says what is missing rather than "retry later".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_mode_without_an_attachments_store_says_so() {
+    let test = "redis_mode_without_an_attachments_store_says_so";
+    let Some(redis) = RedisServer::start_or_skip(test).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml("").replace(
+        "store = \"memory\"",
+        &format!("store = \"{}\"", redis.url()),
+    );
+    let config = dir.path().join("confab.toml");
+    std::fs::write(&config, toml).unwrap();
+    let node = spawn_node(&config);
+    let c = node.client();
+    let s = c.session(PK).await;
+    let up = c
+        .request(
+            "POST",
+            "/v1/attachments?filename=a.txt",
+            &[
+                ("authorization", &s.bearer()),
+                ("content-type", "text/plain"),
+            ],
+            Some(b"hello".to_vec()),
+        )
+        .await;
+    assert_eq!(up.status, 503, "{}", up.text);
+    assert_eq!(up.code(), "store_unavailable");
+    let message = up.json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("attachments_store") && !message.contains("retry"),
+        "{message}"
+    );
+    let log = node.log.lock().clone();
+    assert!(
+        log.iter().any(|l| l.contains("no attachments_store")),
+        "warned at start: {log:#?}"
+    );
+}

@@ -423,6 +423,20 @@ fn check_config_refuses_a_bad_file_with_its_error() {
     let o = confab(dir.path(), &["check-config", "nowhere.toml"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("nowhere.toml"), "{}", stderr(&o));
+    // What the gateway could not bind or open fails the check too, environment overrides
+    // included, as it would fail the start.
+    let good = write_config(dir.path(), &config_toml(""));
+    for (var, value) in [("CONFAB_LISTEN", "zzz"), ("CONFAB_STORE", "bogus")] {
+        let o = Command::new(env!("CARGO_BIN_EXE_confab"))
+            .args(["check-config", good.to_str().unwrap()])
+            .current_dir(dir.path())
+            .env_remove("CONFAB_CONFIG")
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{var}={value}");
+        assert!(stderr(&o).contains(value), "{var}: {}", stderr(&o));
+    }
 }
 
 #[tokio::test]

@@ -261,6 +261,13 @@ fn overflowing_settings_are_refused() {
         "max_connections = 0",
         "ws_write_delay_ms = 101",
         "ws_write_delay_ms = 18446744073709551615",
+        // What the gateway could not bind or open.
+        "listen = \"not-an-addr\"",
+        "listen = \"127.0.0.1:99999\"",
+        "listen = \":8080\"",
+        "store = \"postgres://x\"",
+        "store = \"sqlite:\"",
+        "store = \"sqlite:a.db?synchronous=sometimes\"",
     ] {
         let c = Config::from_toml(&format!("{setting}\n{VALID}")).unwrap();
         assert!(c.check().is_err(), "{setting} accepted");
@@ -299,4 +306,47 @@ fn settings_that_could_never_work_are_refused() {
     let ok = "[tenants.attachments]\nallowed_types = [\"image/jpeg\", \"application/pdf\", \"text/plain\"]";
     let c = Config::from_toml(&format!("{VALID}{ok}\n")).unwrap();
     assert_eq!(c.check(), Ok(()));
+}
+
+/// Settings that would open a hole are refused at start, naming what is wrong: a trivial
+/// session secret (anyone could sign challenges and session tokens), a server key or agent
+/// secret shared by two tenants, and an origin pattern that is not one.
+#[test]
+fn settings_that_would_open_a_hole_are_refused() {
+    let second = |server_key: &str, agent_secret: &str| {
+        format!(
+            "[[tenants]]\nid = \"beta\"\nname = \"B\"\n\
+             public_key = \"pk_live_ffffffffffffffffffffffffffffffff\"\n\
+             agent_secret = \"{agent_secret}\"\nserver_key = \"{server_key}\"\n"
+        )
+    };
+    for (toml, named) in [
+        (format!("session_secret = \"\"\n{VALID}"), "session_secret"),
+        (format!("session_secret = \"x\"\n{VALID}"), "session_secret"),
+        (
+            format!("session_secret = \"long-enough-secret\"\nprevious_session_secrets = [\"old\"]\n{VALID}"),
+            "previous_session_secrets",
+        ),
+        (
+            format!("{VALID}{}", second("server-key-1", "beta-agent-secret")),
+            "server_key is used by another tenant",
+        ),
+        (
+            format!("{VALID}{}", second("beta-server-key", "agent-secret")),
+            "agent_secret is used by another tenant",
+        ),
+        (
+            format!("allowed_origins = [\"https://*\"]\n{VALID}"),
+            "https://*",
+        ),
+    ] {
+        let c = Config::from_toml(&toml).unwrap();
+        let e = c.check().unwrap_err();
+        assert!(e.contains(named), "{toml}: {e}");
+    }
+    let ok = format!(
+        "session_secret = \"s3cret-s3cret\"\n{VALID}{}",
+        second("beta-server-key", "beta-agent-secret")
+    );
+    assert_eq!(Config::from_toml(&ok).unwrap().check(), Ok(()));
 }

@@ -877,6 +877,31 @@ pub async fn open_with_clock(url: &str, retention: Retention, clock: Clock) -> R
 /// Opens a backend from its URL (`memory`, `sqlite:PATH`, `redis://…` or
 /// `redis-cluster://HOST:PORT,HOST:PORT,…`), stamping time with the node's `clock`;
 /// `redis` applies to the Redis backends only.
+/// Checks a store URL's form (what [`open_with_options`] would take) without opening it:
+/// the configuration check refuses a URL the gateway could never open.
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    if url == "memory"
+        || url.starts_with("redis://")
+        || url.starts_with("rediss://")
+        || url.starts_with("redis-cluster://")
+    {
+        return Ok(());
+    }
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if path.is_empty() {
+            return Err(format!("store {url:?}: sqlite: needs a file path"));
+        }
+        if !query.is_empty() {
+            sqlite::FileOptions::parse(query).map_err(|e| format!("store {url:?}: {e}"))?;
+        }
+        return Ok(());
+    }
+    Err(format!(
+        "unknown store URL {url:?}: use memory, sqlite:PATH, redis://HOST:PORT/DB or redis-cluster://HOST:PORT,HOST:PORT,…"
+    ))
+}
+
 pub async fn open_with_options(
     url: &str,
     retention: Retention,

@@ -15,9 +15,17 @@ use confab_protocol::{ApiError, ErrorCode};
 
 /// Checks that a list entry is well-formed.
 pub fn check_pattern(p: &str) -> Result<(), String> {
-    let ok = (p.starts_with("http://") || p.starts_with("https://"))
-        && !p.ends_with('/')
-        && !p[p.find("://").map(|i| i + 3).unwrap_or(0)..].contains('/');
+    let host = p
+        .strip_prefix("http://")
+        .or_else(|| p.strip_prefix("https://"));
+    // A `*` only as the whole first label of a domain (`https://*` would match nothing).
+    let ok = host.is_some_and(|h| {
+        let named = h.strip_prefix("*.").unwrap_or(h);
+        !named.is_empty()
+            && !named.starts_with('.')
+            && !named.contains(['/', '*'])
+            && !named.contains(char::is_whitespace)
+    });
     if ok {
         Ok(())
     } else {
@@ -125,5 +133,16 @@ mod tests {
         assert!(check_pattern("a.example").is_err());
         assert!(check_pattern("https://a.example/").is_err());
         assert!(check_pattern("https://a.example/path").is_err());
+        assert!(check_pattern("https://*.a.example").is_ok());
+        for bad in [
+            "https://*",
+            "https://*.",
+            "https://",
+            "https://a.*.example",
+            "https://*.*.x",
+            "https://a b",
+        ] {
+            assert!(check_pattern(bad).is_err(), "{bad}");
+        }
     }
 }

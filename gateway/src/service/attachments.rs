@@ -113,6 +113,13 @@ fn too_large(max: u64) -> ApiError {
 }
 
 fn blob_error(e: BlobError) -> ApiError {
+    if matches!(e, BlobError::Unconfigured) {
+        // Said at start too; a retry cannot succeed until the operator configures it.
+        return ApiError::new(
+            ErrorCode::StoreUnavailable,
+            "uploads are not set up on this server (it needs an attachments_store); nothing was stored",
+        );
+    }
     tracing::warn!(error = %e, "attachment store failed");
     ApiError::new(
         ErrorCode::StoreUnavailable,
