@@ -31,6 +31,8 @@ use confab_store::{Channel, WebhookState};
 use tokio::time::Instant;
 
 use crate::metrics::WebhookStats;
+use sha2::{Digest, Sha256};
+
 use crate::settings::{Tenant, Webhook};
 use crate::state::AppState;
 
@@ -331,7 +333,7 @@ impl Deliverer<'_> {
 
     /// Delivers one event, retrying until a 2xx, or until it leaves retention.
     async fn deliver(&mut self, st: &mut WebhookState, ev: &TenantEvent) -> Result<(), Stop> {
-        let id = delivery_id(&self.hook.key, ev.offset);
+        let id = delivery_id(self.tenant_id(), &self.hook.key, ev);
         // Attachment links are minted when the delivery starts (valid for the link TTL).
         let signed;
         let ev = match self
@@ -517,9 +519,25 @@ fn describe(e: &reqwest::Error) -> String {
     }
 }
 
-/// The delivery id: the same for an event on every retry, on every node.
-pub fn delivery_id(webhook_key: &str, offset: u64) -> String {
-    format!("dlv_{}_{offset}", webhook_key.trim_start_matches("wh_"))
+/// The delivery id: the same for an event on every retry, on every node, and different
+/// for any other delivery — another tenant's (which may share the URL), another webhook's,
+/// or the same offset of a log that started again (a new store): it digests the tenant,
+/// the webhook, the offset and when the event was stored. The offset stays readable at
+/// the end.
+pub fn delivery_id(tenant: &str, webhook_key: &str, ev: &TenantEvent) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        tenant.as_bytes(),
+        webhook_key.as_bytes(),
+        &ev.offset.to_be_bytes(),
+        &ev.created_ms.to_be_bytes(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    let digest = h.finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("dlv_{hex}_{}", ev.offset)
 }
 
 /// The POST body: the event as on the tenant channel, with its delivery id and tenant.
@@ -610,14 +628,42 @@ mod tests {
             data: r#"{"text":"hi \"you\""}"#.into(),
             created_ms: 0,
         };
-        let body = payload("demo", &delivery_id("wh_0011", 42), &ev);
+        let id = delivery_id("demo", "wh_0011", &ev);
+        let body = payload("demo", &id, &ev);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             v,
             serde_json::json!({
-                "id": "dlv_0011_42", "type": "message:new", "offset": "42", "tenantId": "demo",
+                "id": id, "type": "message:new", "offset": "42", "tenantId": "demo",
                 "createdAt": "1970-01-01T00:00:00.000Z", "data": {"text": "hi \"you\""}
             })
         );
+    }
+
+    #[test]
+    fn delivery_ids_are_stable_and_unique_to_their_delivery() {
+        let ev = |offset, created_ms| TenantEvent {
+            offset,
+            kind: "message:new".into(),
+            data: "{}".into(),
+            created_ms,
+        };
+        let id = delivery_id("acme", "wh_0011", &ev(42, 1_000));
+        assert!(id.starts_with("dlv_") && id.ends_with("_42"), "{id}");
+        assert_eq!(id.len(), "dlv_".len() + 16 + "_42".len());
+        // The same event: the same id, whatever else about the event changes.
+        let mut same = ev(42, 1_000);
+        same.data = r#"{"x":1}"#.into();
+        assert_eq!(delivery_id("acme", "wh_0011", &same), id);
+        // Another tenant on the same URL, another webhook, another offset, or the same
+        // offset of a log that started again: all different.
+        for other in [
+            delivery_id("beta", "wh_0011", &ev(42, 1_000)),
+            delivery_id("acme", "wh_0012", &ev(42, 1_000)),
+            delivery_id("acme", "wh_0011", &ev(43, 1_000)),
+            delivery_id("acme", "wh_0011", &ev(42, 2_000)),
+        ] {
+            assert_ne!(other, id);
+        }
     }
 }
