@@ -332,7 +332,8 @@ pub type LiveSocket = WireSocket<TokioIo<hyper::upgrade::Upgraded>>;
 /// CPU. A paced socket written to less than `write_delay` ago holds its next frames until
 /// `write_delay` after that write, and whatever its channel queued meanwhile goes out in
 /// the same write: at most one write per socket per `write_delay`, each frame late by at
-/// most that, order unchanged. A socket that was quiet longer writes at once.
+/// most that, order unchanged. A socket that was quiet longer writes at once. A held
+/// socket keeps reading its client's frames; what they answer waits with the rest.
 pub struct Conn<S: Socket = LiveSocket> {
     socket: Box<S>,
     last_heard: Instant,
@@ -581,6 +582,13 @@ pub fn serve<L: ChannelLogic, S: Socket>(
             let kicked = kick.wait();
             tokio::pin!(shutdown, kicked, timer);
             loop {
+                // A paced socket that wrote less than its delay ago takes nothing from its
+                // channel (frames wait there, and go out together) but keeps reading: the
+                // one timer also wakes it when it may write again.
+                let held = conn.held_until();
+                if let Some(at) = held.filter(|at| *at < timer.deadline()) {
+                    timer.as_mut().reset(at);
+                }
                 tokio::select! {
                     biased;
                     _ = &mut shutdown => return Err(End::Close(Disconnect::ShuttingDown)),
@@ -601,17 +609,7 @@ pub fn serve<L: ChannelLogic, S: Socket>(
                         }
                         timer.as_mut().reset(next_wake(&state, next_ping, conn.last_heard + IDLE_LIMIT, expires_ms));
                     }
-                    mut out = sub.recv() => {
-                        if let Some(at) = conn.held_until() {
-                            // Boxed: only a paced socket in a burst sleeps here, and an
-                            // inline timer would take room in every idle socket's task.
-                            let held = Box::pin(tokio::time::sleep_until(at));
-                            unless_stopped(shutdown.as_mut(), kicked.as_mut(), async {
-                                held.await;
-                                Ok(())
-                            })
-                            .await?;
-                        }
+                    mut out = sub.recv(), if held.is_none() => {
                         // Whatever is already queued goes out with this frame in one write.
                         for n in 1.. {
                             match (out.class, out.seq) {
@@ -1079,9 +1077,14 @@ mod tests {
         assert_eq!(client.json().await["type"], "ready");
         let ready_at = Instant::now();
         // Both come within DELAY of the last write (the ready frame): held, then together.
+        // The client's frames are still read meanwhile: 3 pings sent while held are
+        // answered in that same write, not one write (and one delay) each.
         publish(&state, 1);
         tokio::time::advance(Duration::from_millis(4)).await;
         publish(&state, 2);
+        for _ in 0..3 {
+            client.text(r#"{"type":"ping"}"#).await;
+        }
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
@@ -1092,7 +1095,11 @@ mod tests {
             written_at - ready_at >= DELAY,
             "held until {DELAY:?} after the last write"
         );
+        assert!(written_at - ready_at < DELAY * 2, "held once");
         assert_eq!(client.json().await["data"]["n"], 2);
+        for _ in 0..3 {
+            assert_eq!(client.json().await["type"], "pong");
+        }
         assert_eq!(Instant::now(), written_at, "in the same write");
         // After a quiet spell longer than DELAY, a frame goes out at once.
         tokio::time::advance(DELAY * 3).await;
