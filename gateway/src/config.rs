@@ -422,7 +422,9 @@ impl Overrides {
 impl Config {
     /// Parses a TOML document and checks it.
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        // Rust's type names (`u64`, `struct X`) mean nothing to an operator.
+        let config: Config = toml::from_str(text)
+            .map_err(|e| confab_protocol::without_type_names(&e.to_string()))?;
         Ok(config)
     }
 

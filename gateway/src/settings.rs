@@ -227,7 +227,7 @@ fn check_globals(c: &Config) -> Result<(), String> {
     }
     if c.ws_write_delay_ms > MAX_WS_WRITE_DELAY_MS {
         return Err(format!(
-            "ws_write_delay_ms must be 0..={MAX_WS_WRITE_DELAY_MS}"
+            "ws_write_delay_ms must be 0 to {MAX_WS_WRITE_DELAY_MS}"
         ));
     }
     if c.max_connections == 0 || c.max_connections_per_ip == 0 || c.max_sockets_per_visitor == 0 {

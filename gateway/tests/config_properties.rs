@@ -276,6 +276,9 @@ fn overflowing_settings_are_refused() {
     assert_eq!(c.check(), Ok(()), "ten years is fine");
     let c = Config::from_toml(&format!("ws_write_delay_ms = 100\n{VALID}")).unwrap();
     assert_eq!(c.check(), Ok(()), "the longest write delay is fine");
+    // A wrong type is named in words, not as a Rust type.
+    let e = Config::from_toml(&format!("ws_write_delay_ms = 50.5\n{VALID}")).unwrap_err();
+    assert!(e.contains("ws_write_delay_ms") && !e.contains("u64"), "{e}");
 }
 
 /// Tenant settings that parse but could never work are refused at start, naming the key.

@@ -174,6 +174,8 @@ async fn the_same_client_message_id_is_stored_once() {
         json!({"message": "", "clientMessageId": "cm-1"}),
         json!({"message": "x".repeat(10_001), "clientMessageId": "cm-1"}),
         json!({"message": "hi", "intent": "nope", "clientMessageId": "cm-1"}),
+        json!({"message": "hi", "attachments": ["att_00000000000000000000000000000000"], "clientMessageId": "cm-1"}),
+        json!({"message": "hi", "attachments": ["att_bogus"], "clientMessageId": "cm-1"}),
     ] {
         let again = c.post_auth("/v1/messages", &s.token, &body).await;
         assert_eq!(again.status, 200, "{}", again.text);

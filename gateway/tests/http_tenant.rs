@@ -625,6 +625,25 @@ async fn replies_from_agents_and_the_tenant_backend() {
     assert_eq!(again.status, 200, "{}", again.text);
     assert_eq!(again.json["duplicate"], true);
     assert_eq!(again.json["messageId"], first_id);
+    // Even when what the retry says now would be refused.
+    for body in [
+        json!({"message": "", "clientMessageId": "r-1"}),
+        json!({"message": "x".repeat(10_001), "clientMessageId": "r-1"}),
+        json!({"message": "hi", "attachments": ["att_bogus"], "clientMessageId": "r-1"}),
+    ] {
+        let again = c.post_auth(&path, &agent, &body).await;
+        assert_eq!(again.status, 200, "{}", again.text);
+        assert_eq!(again.json["messageId"], first_id);
+    }
+    // Another agent's id is its own: the refusal stands.
+    let r = c
+        .post_auth(
+            &path,
+            &acme_agent("bob"),
+            &json!({"message": "", "clientMessageId": "r-1"}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
 
     // The tenant's backend speaks as a bot with a mode, or by default as itself.
     let bot = c
@@ -1057,6 +1076,16 @@ async fn custom_events_from_the_tenant_backend() {
         )
         .await;
     assert_error(&r, 404, "conversation_not_found");
+    // conversation:qualified marks a conversation: it needs one.
+    assert_invalid(
+        &c.post_auth(
+            "/v1/tenant/events",
+            SERVER_KEY,
+            &json!({"type": "conversation:qualified", "data": {"id": "made-up"}}),
+        )
+        .await,
+        "conversationId",
+    );
     // With a conversation, the data must be an object: the id goes into it.
     for data in [json!([1, 2]), json!("text"), json!(5)] {
         assert_invalid(

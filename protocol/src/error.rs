@@ -212,7 +212,7 @@ impl ApiError {
 /// Rewrites serde's "expected struct SendBody" / "expected internally tagged enum
 /// ClientFrame" into words a client understands: Rust type names are not part of the API.
 pub fn without_type_names(message: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
+    let mut out: Vec<std::borrow::Cow<'_, str>> = Vec::new();
     let mut words = message.split(' ').peekable();
     while let Some(w) = words.next() {
         // "internally tagged enum X", "adjacently tagged enum X", "unit struct X", …
@@ -234,20 +234,34 @@ pub fn without_type_names(message: &str) -> String {
         match w {
             "struct" if named => {
                 words.next();
-                out.push("an object");
+                out.push("an object".into());
             }
             "enum" | "variant" if named => {
                 words.next();
-                out.push("one of the allowed values");
+                out.push("one of the allowed values".into());
             }
-            // Primitive numbers: "expected f64", "expected u64".
-            "f32" | "f64" => out.push("a number"),
-            "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => out.push("a non-negative integer"),
-            "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => out.push("an integer"),
-            _ => out.push(w),
+            _ => {
+                // Primitive numbers ("expected f64", "expected u64"), perhaps followed in
+                // the same word by punctuation or a line break.
+                let core = w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+                match number_words(core) {
+                    Some(words) => out.push(format!("{words}{}", &w[core.len()..]).into()),
+                    None => out.push(w.into()),
+                }
+            }
         }
     }
     out.join(" ")
+}
+
+/// Words for a Rust number type's name.
+fn number_words(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "f32" | "f64" => "a number",
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a non-negative integer",
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer",
+        _ => return None,
+    })
 }
 
 /// The body of every 4xx/5xx answer: `{ "error": { "code", "message", "field"? } }`.
@@ -319,6 +333,10 @@ mod tests {
         assert_eq!(
             without_type_names("invalid value: integer `-1`, expected u64"),
             "invalid value: integer `-1`, expected a non-negative integer"
+        );
+        assert_eq!(
+            without_type_names("invalid type: floating point `50.5`, expected u64\n"),
+            "invalid type: floating point `50.5`, expected a non-negative integer\n"
         );
     }
 

@@ -409,13 +409,13 @@ pub fn verify_agent_jwt(
         .sub
         .as_ref()
         .and_then(|v| v.as_str())
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.trim().is_empty())
         .ok_or(TokenError::MissingClaim("sub"))?;
     let tenant = loose
         .tenant
         .as_ref()
         .and_then(|v| v.as_str())
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.trim().is_empty())
         .ok_or(TokenError::MissingClaim("tenant"))?;
     let exp = loose
         .exp
@@ -629,6 +629,7 @@ mod tests {
         for (payload, claim) in [
             (r#"{"sub":"","tenant":"t","exp":2000000000}"#, "sub"),
             (r#"{"sub":"a","tenant":"","exp":2000000000}"#, "tenant"),
+            (r#"{"sub":"  ","tenant":"t","exp":2000000000}"#, "sub"),
         ] {
             assert_eq!(
                 verify_agent_jwt(&signed(payload), b"k", now_ms),

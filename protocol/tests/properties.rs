@@ -254,7 +254,7 @@ mod tokens {
             })
             // An empty `sub` or `tenant` is refused (see `jwt_nbf_ahead_and_empty_ids_are_refused`).
             .prop_filter("agent and tenant ids are not empty", |c| {
-                !c.sub.is_empty() && !c.tenant.is_empty()
+                !c.sub.trim().is_empty() && !c.tenant.trim().is_empty()
             })
     }
 

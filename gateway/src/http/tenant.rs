@@ -649,6 +649,14 @@ pub async fn publish(
         )
         .into());
     }
+    if body.kind == "conversation:qualified" && body.conversation_id.is_none() {
+        // It marks a conversation; without one it would announce nothing real.
+        return Err(ApiError::invalid(
+            "conversationId",
+            "conversation:qualified needs the conversationId it qualifies",
+        )
+        .into());
+    }
     let data = body.data.unwrap_or_else(|| json!({}));
     if body.conversation_id.is_some() && !data.is_object() {
         // The conversation's id goes into the data, which must have room for it.

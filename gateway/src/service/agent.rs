@@ -27,25 +27,11 @@ pub async fn reply(
     meta: Option<Value>,
     attachments: &[String],
 ) -> Result<Appended, ApiError> {
-    let body = validate::message_body_or_files(
-        "message",
-        message,
-        validate::MAX_MESSAGE_CHARS,
-        !attachments.is_empty(),
-    )?;
-    if let Some(id) = &client_message_id {
-        validate::client_message_id(id)?;
-    }
-    let files = if attachments.is_empty() {
-        Vec::new()
-    } else {
-        super::attachments::for_message(state, &tenant.cfg.id, conversation_id, attachments).await?
-    };
-    let new = NewMessage {
+    let mut new = NewMessage {
         tenant: tenant.cfg.id.clone(),
         conversation_id: conversation_id.to_owned(),
         direction: Direction::Outbound,
-        body,
+        body: String::new(),
         client_message_id,
         meta,
         intent: None,
@@ -53,8 +39,34 @@ pub async fn reply(
         // the tenant's backend posts does not).
         handler: (author.kind == AuthorKind::Agent).then_some(Handler::Human),
         author,
-        attachments: files,
+        attachments: Vec::new(),
     };
+    let checked = async {
+        new.body = validate::message_body_or_files(
+            "message",
+            message,
+            validate::MAX_MESSAGE_CHARS,
+            !attachments.is_empty(),
+        )?;
+        if let Some(id) = &new.client_message_id {
+            validate::client_message_id(id)?;
+        }
+        if !attachments.is_empty() {
+            new.attachments = super::attachments::for_message(
+                state,
+                &tenant.cfg.id,
+                conversation_id,
+                attachments,
+            )
+            .await?;
+        }
+        Ok::<(), ApiError>(())
+    }
+    .await;
+    if let Err(refused) = checked {
+        // A retry of a stored reply is its duplicate, as a visitor's is.
+        return super::duplicate_or(state, &new, refused).await;
+    }
     super::append(state, new).await
 }
 

@@ -38,6 +38,34 @@ fn not_found() -> ApiError {
     ApiError::new(ErrorCode::ConversationNotFound, "no such conversation")
 }
 
+/// A refused message that retries one stored before is that message's duplicate,
+/// whatever it says now (a client that re-sends after a lost answer must not be told its
+/// stored message failed): `probe` — the refused message's conversation, author and
+/// `clientMessageId` — is looked up first. `Ok` (the first message, `duplicate`) when
+/// found; otherwise, or when the store cannot say, the refusal.
+async fn duplicate_or(
+    state: &AppState,
+    probe: &NewMessage,
+    refused: ApiError,
+) -> Result<Appended, ApiError> {
+    let usable = probe
+        .client_message_id
+        .as_deref()
+        .is_some_and(|id| confab_protocol::validate::client_message_id(id).is_ok());
+    if !usable {
+        return Err(refused);
+    }
+    match state.store.find_duplicate(probe).await {
+        Ok(Some(message)) => Ok(Appended {
+            message,
+            duplicate: true,
+            first_in_conversation: false,
+            reply_owed: false,
+        }),
+        Ok(None) | Err(_) => Err(refused),
+    }
+}
+
 /// Appends through the store (404 for a conversation not in the tenant) and counts it.
 async fn append(state: &AppState, new: NewMessage) -> Result<Appended, ApiError> {
     append_charged(state, new, &limits::Charges::default()).await

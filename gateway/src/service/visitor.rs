@@ -229,44 +229,38 @@ pub async fn send(
     };
     if !attachments.is_empty() {
         let c = &session.claims;
-        draft.files =
-            super::attachments::for_message(state, &c.tenant, &c.conversation_id, attachments)
-                .await?;
+        draft.files = match super::attachments::for_message(
+            state,
+            &c.tenant,
+            &c.conversation_id,
+            attachments,
+        )
+        .await
+        {
+            Ok(files) => files,
+            // A retry whose files were sent with it (or swept since) is its duplicate.
+            Err(refused) => return refused_unless_stored(state, session, retry_of, refused).await,
+        };
     }
     admit_and_store(state, session, ip, draft).await
 }
 
-/// A retry of a stored message is its duplicate whatever it says now, even when that
-/// would be refused (a client that re-sends after a lost answer must not get a 422 for a
-/// message that was stored): a refused message with a `clientMessageId` is looked up by
-/// it first. `Ok` (the first message, `duplicate`) when found; else the refusal.
+/// [`super::duplicate_or`] for a visitor's refused message in its session's conversation.
 async fn refused_unless_stored(
     state: &AppState,
     session: &VisitorSession,
     client_message_id: Option<String>,
     refused: ApiError,
 ) -> Result<Appended, ApiError> {
-    let Some(id) = client_message_id.filter(|id| validate::client_message_id(id).is_ok()) else {
-        return Err(refused);
-    };
     let probe = VisitorDraft {
         body: String::new(),
-        client_message_id: Some(id),
+        client_message_id,
         meta: None,
         intent: None,
         files: Vec::new(),
     }
     .into_new(session);
-    match state.store.find_duplicate(&probe).await {
-        Ok(Some(message)) => Ok(Appended {
-            message,
-            duplicate: true,
-            first_in_conversation: false,
-            reply_owed: false,
-        }),
-        // Not stored, or not known now (the store is down): the refusal stands.
-        Ok(None) | Err(_) => Err(refused),
-    }
+    super::duplicate_or(state, &probe, refused).await
 }
 
 /// Charges the visitor's IP and session in the message's own commit (one Redis round
