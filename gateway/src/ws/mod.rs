@@ -534,8 +534,9 @@ fn classify(e: tungstenite::Error) -> End {
 /// The close for a credential that expired while its socket was open.
 const EXPIRED: End = End::Close(Disconnect::TokenExpired);
 
-/// When the socket's timer should next fire: the next ping, or the credential's expiry if
-/// sooner. The expiry is read from the node's clock (injectable) and re-checked when the
+/// When the socket's timer should next fire: the next ping, the moment the client's
+/// silence (`silent_at`) reaches the idle limit, or the credential's expiry, whichever is
+/// soonest. The expiry is read from the node's clock (injectable) and re-checked when the
 /// timer fires, so a clock that differs from the monotonic one only delays the check.
 fn next_wake(state: &AppState, next_ping: Instant, silent_at: Instant, expires_ms: i64) -> Instant {
     let left = expires_ms.saturating_sub(state.now_ms()).max(0) as u64;
