@@ -57,6 +57,10 @@ fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such attachment")
 }
 
+/// Room for a multipart body's part headers and boundaries around the file, when its
+/// announced length is checked against the file limit.
+const MULTIPART_OVERHEAD: u64 = 16 * 1024;
+
 /// The request's file as a stream: the body itself, or the `file` part of a
 /// `multipart/form-data` body (parsed by `multer` as it arrives).
 async fn file_of(
@@ -70,8 +74,20 @@ async fn file_of(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    let multipart = ct.to_ascii_lowercase().starts_with("multipart/form-data");
+    // A body announced as too large is refused before its bytes are sent for nothing (a
+    // multipart body may exceed the file by its part headers and boundaries).
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let room = if multipart { MULTIPART_OVERHEAD } else { 0 };
+    if announced.is_some_and(|n| n > max_bytes.saturating_add(room)) {
+        return Err(crate::service::attachments::too_large(max_bytes));
+    }
     let stream = req.into_body().into_data_stream();
-    if !ct.to_ascii_lowercase().starts_with("multipart/form-data") {
+    if !multipart {
         let name = query_filename
             .filter(|f| !f.is_empty())
             .ok_or_else(|| ApiError::invalid("filename", "give ?filename= with a raw body"))?;

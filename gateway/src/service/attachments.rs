@@ -105,7 +105,7 @@ pub struct Uploaded {
 /// What the transports hand [`upload`]: the file's bytes, errors already mapped.
 pub type UploadBody<'a> = BoxStream<'a, Result<Bytes, ApiError>>;
 
-fn too_large(max: u64) -> ApiError {
+pub(crate) fn too_large(max: u64) -> ApiError {
     ApiError::new(
         ErrorCode::PayloadTooLarge,
         format!("the file is larger than this widget accepts ({max} bytes)"),
