@@ -95,14 +95,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 "request body is larger than 64 KiB",
             )
         };
-        // A body announced as too large is refused before any of it is read: waiting for
-        // it would hold the connection until the body timeout (then 408, not 413).
-        let announced = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if announced.is_some_and(|n| n > crate::http::MAX_BODY as u64) {
+        if crate::http::announces_more_than(req.headers(), crate::http::MAX_BODY as u64) {
             return Err(Error(too_large()));
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {

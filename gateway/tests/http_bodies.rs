@@ -212,28 +212,14 @@ async fn channel_routes_asked_without_an_upgrade_answer_the_error_body() {
 /// of it arrives, not held until the body timeout.
 #[tokio::test]
 async fn an_announced_oversized_body_is_413_at_once() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = Gateway::start(&config_toml("")).await;
     let s = gw.client().session(PK).await;
-    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let head = format!(
         "POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
          Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{{",
         s.token
     );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while !String::from_utf8_lossy(&answer).contains("payload_too_large") {
-            let n = tcp.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed without an answer");
-            answer.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await;
-    let text = String::from_utf8_lossy(&answer);
-    assert!(read.is_ok(), "no answer within 5 s: {text:?}");
+    let text = raw_answer(gw.addr, &head, "payload_too_large").await;
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     gw.shutdown().await;
 }

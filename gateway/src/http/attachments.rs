@@ -75,15 +75,9 @@ async fn file_of(
         .unwrap_or("")
         .to_owned();
     let multipart = ct.to_ascii_lowercase().starts_with("multipart/form-data");
-    // A body announced as too large is refused before its bytes are sent for nothing (a
-    // multipart body may exceed the file by its part headers and boundaries).
-    let announced = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    // A multipart body may exceed the file by its part headers and boundaries.
     let room = if multipart { MULTIPART_OVERHEAD } else { 0 };
-    if announced.is_some_and(|n| n > max_bytes.saturating_add(room)) {
+    if super::announces_more_than(req.headers(), max_bytes.saturating_add(room)) {
         return Err(crate::service::attachments::too_large(max_bytes));
     }
     let stream = req.into_body().into_data_stream();

@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -39,6 +39,17 @@ pub mod visitor;
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// Whether a request announces (`Content-Length`) a body longer than `max` bytes: such a
+/// body is refused before any of it is read, rather than waited for (a client would
+/// otherwise send it for nothing, or hold the connection until the body timeout).
+pub fn announces_more_than(headers: &HeaderMap, max: u64) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > max)
+}
 
 /// The route table, written once: each route is its handler, and each handler carries its
 /// `#[utoipa::path]` description, so the router and `GET /openapi.json` cannot disagree.

@@ -802,3 +802,25 @@ impl TestClock {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// Writes `request` (raw HTTP/1.1 bytes, possibly an unfinished body) to a new connection
+/// and reads the answer until it contains `until`; fails unless that happens within 5 s.
+/// For answers that must come before the client has sent all it announced.
+pub async fn raw_answer(addr: SocketAddr, request: &str, until: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while !String::from_utf8_lossy(&answer).contains(until) {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed without an answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert!(read.is_ok(), "no answer within 5 s: {text:?}");
+    text
+}
