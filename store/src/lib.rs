@@ -874,72 +874,80 @@ pub async fn open_with_clock(url: &str, retention: Retention, clock: Clock) -> R
     open_with_options(url, retention, clock, &redis::RedisOptions::default()).await
 }
 
-/// Opens a backend from its URL (`memory`, `sqlite:PATH`, `redis://…` or
-/// `redis-cluster://HOST:PORT,HOST:PORT,…`), stamping time with the node's `clock`;
-/// `redis` applies to the Redis backends only.
+/// A store URL, read: which backend, and its options.
+enum StoreUrl<'a> {
+    Memory,
+    Sqlite(&'a str, sqlite::FileOptions),
+    Redis,
+}
+
+impl<'a> StoreUrl<'a> {
+    fn parse(url: &'a str) -> std::result::Result<StoreUrl<'a>, String> {
+        if url == "memory" {
+            return Ok(StoreUrl::Memory);
+        }
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let (path, options) = match rest.split_once('?') {
+                None => (rest, sqlite::FileOptions::default()),
+                Some((path, query)) => (
+                    path,
+                    sqlite::FileOptions::parse(query).map_err(|e| format!("store {url:?}: {e}"))?,
+                ),
+            };
+            if path.is_empty() {
+                return Err(format!("store {url:?}: sqlite: needs a file path"));
+            }
+            return Ok(StoreUrl::Sqlite(path, options));
+        }
+        if url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("redis-cluster://")
+        {
+            return Ok(StoreUrl::Redis);
+        }
+        Err(format!(
+            "unknown store URL {url:?}: use memory, sqlite:PATH, redis://HOST:PORT/DB or redis-cluster://HOST:PORT,HOST:PORT,…"
+        ))
+    }
+}
+
 /// Checks a store URL's form (what [`open_with_options`] would take) without opening it:
 /// the configuration check refuses a URL the gateway could never open.
 pub fn check_url(url: &str) -> std::result::Result<(), String> {
-    if url == "memory"
-        || url.starts_with("redis://")
-        || url.starts_with("rediss://")
-        || url.starts_with("redis-cluster://")
-    {
-        return Ok(());
-    }
-    if let Some(rest) = url.strip_prefix("sqlite:") {
-        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-        if path.is_empty() {
-            return Err(format!("store {url:?}: sqlite: needs a file path"));
-        }
-        if !query.is_empty() {
-            sqlite::FileOptions::parse(query).map_err(|e| format!("store {url:?}: {e}"))?;
-        }
-        return Ok(());
-    }
-    Err(format!(
-        "unknown store URL {url:?}: use memory, sqlite:PATH, redis://HOST:PORT/DB or redis-cluster://HOST:PORT,HOST:PORT,…"
-    ))
+    StoreUrl::parse(url).map(|_| ())
 }
 
+/// Opens a backend from its URL (`memory`, `sqlite:PATH`, `redis://…` or
+/// `redis-cluster://HOST:PORT,HOST:PORT,…`), stamping time with the node's `clock`;
+/// `redis` applies to the Redis backends only.
 pub async fn open_with_options(
     url: &str,
     retention: Retention,
     clock: Clock,
     redis: &redis::RedisOptions,
 ) -> Result<Backend> {
-    if url == "memory" {
-        let s = Arc::new(sqlite::SqliteStore::open_memory(retention, clock)?);
-        return Ok(Backend {
-            store: s.clone(),
-            broker: s,
-            limiter: Arc::new(ratelimit::MemoryRateLimiter::default()),
-        });
+    match StoreUrl::parse(url).map_err(StoreError::Internal)? {
+        StoreUrl::Memory => {
+            let s = Arc::new(sqlite::SqliteStore::open_memory(retention, clock)?);
+            Ok(Backend {
+                store: s.clone(),
+                broker: s,
+                limiter: Arc::new(ratelimit::MemoryRateLimiter::default()),
+            })
+        }
+        StoreUrl::Sqlite(path, options) => {
+            let s = Arc::new(sqlite::SqliteStore::open_file(
+                std::path::Path::new(path),
+                retention,
+                options,
+                clock,
+            )?);
+            Ok(Backend {
+                store: s.clone(),
+                broker: s,
+                limiter: Arc::new(ratelimit::MemoryRateLimiter::default()),
+            })
+        }
+        StoreUrl::Redis => redis::open(url, retention, clock, redis).await,
     }
-    if let Some(rest) = url.strip_prefix("sqlite:") {
-        let (path, options) = match rest.split_once('?') {
-            None => (rest, sqlite::FileOptions::default()),
-            Some((path, query)) => (path, sqlite::FileOptions::parse(query)?),
-        };
-        let s = Arc::new(sqlite::SqliteStore::open_file(
-            std::path::Path::new(path),
-            retention,
-            options,
-            clock,
-        )?);
-        return Ok(Backend {
-            store: s.clone(),
-            broker: s,
-            limiter: Arc::new(ratelimit::MemoryRateLimiter::default()),
-        });
-    }
-    if url.starts_with("redis://")
-        || url.starts_with("rediss://")
-        || url.starts_with("redis-cluster://")
-    {
-        return redis::open(url, retention, clock, redis).await;
-    }
-    Err(StoreError::Internal(format!(
-        "unknown store URL {url:?}: use memory, sqlite:PATH, redis://HOST:PORT/DB or redis-cluster://HOST:PORT,HOST:PORT,…"
-    )))
 }

@@ -27,6 +27,7 @@ pub async fn page(
         wait,
         |p: &confab_store::EventsPage| p.events.is_empty(),
         || state.store.events(tenant, after, limit),
+        None,
     )
     .await
 }

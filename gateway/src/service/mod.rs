@@ -150,19 +150,24 @@ async fn publish_ephemeral(state: &AppState, channel: Channel, frame: impl Into<
 
 /// A read that, with `wait > 0` and nothing new, holds the request until something is
 /// published on `channel` (the hub wakes it), the time is up, or the node shuts down.
-/// Subscribing before the second read closes the race with a concurrent write.
+/// Subscribing before the second read closes the race with a concurrent write. `first`:
+/// the first read, when the caller has made it already.
 pub(crate) async fn long_poll<P, F, Fut>(
     state: &AppState,
     channel: confab_store::Channel,
     wait: u64,
     is_empty: impl Fn(&P) -> bool,
     read: F,
+    first: Option<P>,
 ) -> Result<P, ApiError>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = confab_store::Result<P>>,
 {
-    let page = read().await.map_err(crate::error::store_error)?;
+    let page = match first {
+        Some(page) => page,
+        None => read().await.map_err(crate::error::store_error)?,
+    };
     if !is_empty(&page) || wait == 0 {
         return Ok(page);
     }

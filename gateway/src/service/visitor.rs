@@ -441,6 +441,7 @@ pub async fn history(
         Cursor::AfterCreated { id, .. } => Some(("afterId", id)),
         Cursor::Start | Cursor::Since(_) => None,
     };
+    let mut first = None;
     if let Some((field, seq)) = named {
         // A message id past the conversation's last names no message of it (it was made
         // up, or kept from a wiped store): refused, rather than echoed back as
@@ -451,24 +452,22 @@ pub async fn history(
             .messages(tenant, conversation_id, cursor, limit)
             .await
             .map_err(store_error)?;
-        if !page.messages.is_empty() {
-            return Ok(page);
+        if page.messages.is_empty() {
+            let last = state
+                .store
+                .conversation(tenant, conversation_id)
+                .await
+                .map_err(store_error)?
+                .map_or(0, |c| last_seq(&c));
+            if seq > last {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("{field} names no message of this conversation"),
+                ));
+            }
         }
-        let last = state
-            .store
-            .conversation(tenant, conversation_id)
-            .await
-            .map_err(store_error)?
-            .map_or(0, |c| last_seq(&c));
-        if seq > last {
-            return Err(ApiError::invalid(
-                field,
-                format!("{field} names no message of this conversation"),
-            ));
-        }
-        if wait == 0 {
-            return Ok(page);
-        }
+        // The long-poll's first read.
+        first = Some(page);
     }
     let channel = confab_store::Channel::Conversation {
         tenant: tenant.into(),
@@ -480,6 +479,7 @@ pub async fn history(
         wait,
         |p: &MessagePage| p.messages.is_empty(),
         || state.store.messages(tenant, conversation_id, cursor, limit),
+        first,
     )
     .await
 }
